@@ -1,0 +1,41 @@
+# Set-up and entry points. Every target creates the virtual environment first; running any
+# target twice is harmless (the install is skipped while pyproject.toml is unchanged).
+VENV ?= .venv
+PYTHON ?= python3
+CYCADA_DATA ?= ../shared/data
+export CYCADA_DATA
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# CPU torch first, from the local wheel: a bare 'torch' requirement would pull a CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job on the embedded default: the whole digits pipeline USPS→MNIST, quick preset.
+demo: $(STAMP)
+	$(BIN)/cycada train digits --source usps --target mnist --preset quick \
+		--target-split test --data-root $(CYCADA_DATA) --out runs/demo-usps2mnist
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""gRPC clients and the user commands built on them."""

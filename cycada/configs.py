@@ -1,0 +1,159 @@
+"""Typed, validated configuration built from frozen dataclasses.
+
+A run's configuration is one frozen dataclass tree. It is resolved from the dataclass
+defaults (the paper's hyper-parameters), then a preset YAML holding only overrides, then an
+optional user YAML, then ``--set section.key=value`` flags. Every key is checked: a misspelt key
+is an error that names it and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cycada.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
+    name = f"{where}.{key}" if where else key
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(
+        f"unknown config key '{name}' (valid keys: {', '.join(sorted(valid))}){hint}"
+    )
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], name)
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(
+                f"config key '{name}' is {value!r}; expected one of {', '.join(map(str, allowed))}"
+            )
+        return value
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{name}' is {value!r}; expected a list")
+        return tuple(_coerce(v, item_type, name) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config key '{name}' is {value!r}; expected true or false")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key '{name}' is {value!r}; expected an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key '{name}' is {value!r}; expected an integer") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{name}' is {value!r}; expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{name}' is {value!r}; expected a number") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{name}' is {value!r}; expected a string")
+        return str(value)
+    return value
+
+
+def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping, validating every key and value."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where or 'top'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key_error(key, list(fields), where)
+        name = f"{where}.{key}" if where else key
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = build(annotation, value, name)
+        else:
+            kwargs[key] = _coerce(value, annotation, name)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # __post_init__ validation
+        raise ConfigError(str(exc)) from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set_flags(flags: list[str]) -> dict[str, Any]:
+    """Turn ``["pixel.lr=1e-4", "seed=3"]`` into a nested mapping (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for flag in flags:
+        if "=" not in flag:
+            raise ConfigError(f"--set '{flag}' must look like section.key=value")
+        dotted, raw = flag.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    return json.loads(json.dumps(data))  # tuples → lists, plain types only
+
+
+def to_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of config sections (used to match checkpoints to configs)."""
+    blob = json.dumps([p if isinstance(p, dict) else to_dict(p) for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

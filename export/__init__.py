@@ -1,0 +1,1 @@
+"""Export of trained runs to ONNX / TensorRT and the Triton model repository."""

@@ -1,0 +1,1 @@
+"""Serving: Triton server management and Python-backend model code."""

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from cycada.atomic import write_atomic
+from cycada.checkpoint import load_modules, load_state, read_header, save_modules, save_state
+from cycada.errors import CheckpointError, ConfigError
+from cycada.training.digits_config import resolve_digits_config
+from cycada.training.models.task_nets import LeNet
+
+
+def test_presets_resolve_and_hold_paper_defaults():
+    paper = resolve_digits_config("paper")
+    assert (paper.source.lr, paper.source.batch_size, paper.source.epochs) == (1e-4, 128, 100)
+    assert (paper.pixel.lr, paper.pixel.batch_size, paper.pixel.epochs) == (2e-4, 100, 50)
+    assert (paper.feature.lr, paper.feature.max_epochs, paper.feature.gate_threshold) == (
+        1e-5,
+        200,
+        0.6,
+    )
+    quick = resolve_digits_config("quick")
+    assert quick.source.epochs < paper.source.epochs
+
+
+def test_set_flags_override_and_are_typed():
+    config = resolve_digits_config("quick", sets=["pixel.lambda_semantic=0", "seed=7"])
+    assert config.pixel.lambda_semantic == 0.0 and config.seed == 7
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'pixel\.lamda_cycle'.*'lambda_cycle'"
+    ):
+        resolve_digits_config("paper", sets=["pixel.lamda_cycle=2"])
+
+
+def test_bad_value_is_named():
+    with pytest.raises(ConfigError, match=r"'feature\.disc_input' is 'logits'; expected one of"):
+        resolve_digits_config("paper", sets=["feature.disc_input=logits"])
+    with pytest.raises(ConfigError, match=r"'source\.epochs' is 'many'; expected an integer"):
+        resolve_digits_config("paper", sets=["source.epochs=many"])
+
+
+def test_user_config_file(tmp_path):
+    path = tmp_path / "over.yaml"
+    path.write_text("pixel:\n  lambda_cycle: 10\n")
+    assert resolve_digits_config("paper", config_file=str(path)).pixel.lambda_cycle == 10.0
+    path.write_text("pixle:\n  lambda_cycle: 10\n")
+    with pytest.raises(ConfigError, match="'pixle'.*did you mean 'pixel'"):
+        resolve_digits_config("paper", config_file=str(path))
+
+
+def test_checkpoint_round_trip_keeps_config(tmp_path):
+    net = LeNet()
+    path = save_modules(
+        tmp_path / "c.safetensors", {"task_src": net}, {"seed": 3}, {"stage": "source"}
+    )
+    other = LeNet()
+    config, meta = load_modules(path, {"task_src": other})
+    assert config == {"seed": 3} and meta == {"stage": "source"}
+    for a, b in zip(net.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = save_modules(tmp_path / "c.safetensors", {"task_src": LeNet()}, {}, {})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_modules(path, {"task_src": LeNet()})
+
+
+def test_wrong_network_is_a_clear_error(tmp_path):
+    path = save_modules(tmp_path / "c.safetensors", {"task_src": LeNet()}, {}, {})
+    with pytest.raises(CheckpointError, match="has no network 'task_tgt'"):
+        load_modules(path, {"task_tgt": LeNet()})
+
+
+def test_failed_write_keeps_the_last_good_checkpoint(tmp_path):
+    path = save_modules(tmp_path / "c.safetensors", {"task_src": LeNet()}, {"v": 1}, {})
+
+    def interrupted_writer(tmp):
+        tmp.write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomic(path, interrupted_writer)
+    assert read_header(path)[0] == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp files left
+
+
+def test_resume_state_is_loaded_without_pickle_code(tmp_path):
+    path = save_state(tmp_path / "s.pt", {"epoch": 3, "rng": torch.get_rng_state()})
+    assert load_state(path)["epoch"] == 3
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state(path)

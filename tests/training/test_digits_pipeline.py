@@ -1,0 +1,225 @@
+"""End-to-end digits runs on tiny data: synthetic digits as source, a folder domain as target."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from cycada.checkpoint import load_state, read_header
+from cycada.training.data.synthetic_digits import render_synthetic_digits
+from cycada.training.digits_ablation import run_ablation
+from cycada.training.digits_config import resolve_digits_config
+from cycada.training.digits_pipeline import run_digits
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.synthetic_size=120",
+    "data.max_samples=96",
+    "source.epochs=2",
+    "source.batch_size=32",
+    "pixel.max_steps=4",
+    "pixel.batch_size=16",
+    "pixel.generator_width=8",
+    "pixel.discriminator_width=8",
+    "pixel.sample_every=2",
+    "target.epochs=1",
+    "target.batch_size=32",
+    "feature.max_epochs=2",
+    "feature.batch_size=32",
+    "feature.gate_threshold=0.0",
+    "eval_batch_size=50",
+]
+
+
+@pytest.fixture(scope="module")
+def folder_domain(tmp_path_factory) -> str:
+    """A user-brought target domain: grey, inverted synthetic digits in class folders."""
+    root = tmp_path_factory.mktemp("grey_digits")
+    images, labels = render_synthetic_digits(80, seed=99)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        folder = root / str(label)
+        folder.mkdir(exist_ok=True)
+        grey = 255 - cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        cv2.imwrite(str(folder / f"{index:03d}.png"), grey)
+    return f"folder:{root}"
+
+
+def tiny_config(folder_domain: str, *extra: str, **overrides):
+    data = {"source": "synth", "target": folder_domain, "eval_split": "train"}
+    return resolve_digits_config(
+        "quick", sets=[*TINY, *extra], overrides={"data": data, **overrides}
+    )
+
+
+def test_full_run_writes_every_artifact(tmp_path, folder_domain):
+    metrics = run_digits(tiny_config(folder_domain), tmp_path, quiet=True)
+    assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
+    for stage in metrics["stages"].values():
+        for domain in ("source", "target"):
+            assert 0.0 <= stage[domain]["accuracy"] <= 1.0
+            assert len(stage[domain]["per_class_accuracy"]) == 10
+    assert metrics["final"]["stage"] == "feature"
+    assert metrics["stages"]["feature"]["stop_reason"] in (
+        "max_epochs",
+        "no_suitable_discriminator",
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert "lambda_semantic" in (tmp_path / "config.yaml").read_text()
+    for stage in ("source", "pixel", "target", "feature"):
+        config, meta = read_header(tmp_path / "checkpoints" / f"{stage}.safetensors")
+        assert config["data"]["source"] == "synth" and meta["stage"] == stage
+        assert (tmp_path / "eval" / stage / "confusion_target.png").stat().st_size > 0
+    assert not list((tmp_path / "checkpoints").glob("*.resume.pt"))
+    grids = sorted((tmp_path / "samples").glob("pixel_step*.png"))
+    assert grids and cv2.imread(str(grids[-1])).shape[1] > 6 * 32  # six columns of images
+    translated = np.load(tmp_path / "translated" / "source_train.npz")
+    assert translated["images"].shape[0] == translated["labels"].shape[0] == 96
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_same_seed_same_metrics(tmp_path, folder_domain):
+    config = tiny_config(folder_domain, "feature.enabled=false", "pixel.max_steps=2")
+    first = run_digits(config, tmp_path / "a", quiet=True)
+    second = run_digits(config, tmp_path / "b", quiet=True)
+    for stage in first["stages"]:
+        for domain in ("source", "target"):
+            assert first["stages"][stage][domain] == second["stages"][stage][domain]
+
+
+def test_stages_run_one_at_a_time_from_checkpoints(tmp_path, folder_domain):
+    config = tiny_config(folder_domain)
+    for stage in ("source", "pixel", "target", "feature"):
+        metrics = run_digits(config, tmp_path, stages=[stage], quiet=True)
+        assert metrics["final"]["stage"] == stage
+    assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
+
+
+def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):
+    from cycada.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="stage 'source' has no checkpoint.*--stage source"):
+        run_digits(tiny_config(folder_domain), tmp_path, stages=["pixel"], quiet=True)
+
+
+def test_joint_mode(tmp_path, folder_domain):
+    metrics = run_digits(
+        tiny_config(folder_domain, mode="joint", joint_epochs=1), tmp_path, quiet=True
+    )
+    assert list(metrics["stages"]) == ["source", "joint"]
+    _, meta = read_header(tmp_path / "checkpoints" / "joint.safetensors")
+    assert meta["stage"] == "joint"
+
+
+def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain):
+    config = tiny_config(folder_domain, "feature.max_epochs=1")
+    table = run_ablation(config, tmp_path, rows=["source_only", "no_feat", "full"], quiet=True)
+    assert "| Source only |" in table and "| CyCADA (Full) |" in table
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["source_only", "no_feat", "full"]
+    assert (tmp_path / "results.csv").read_text().startswith("row,model,")
+    # the source model is trained once, the pixel stage once for no_feat and full
+    assert "reusing" in (tmp_path / "full" / "log.txt").read_text()
+    assert len(list((tmp_path / "_stage_cache").glob("source-*"))) == 1
+    assert len(list((tmp_path / "_stage_cache").glob("pixel-*"))) == 1
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cycada.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_interrupted_run_resumes_and_keeps_good_checkpoints(tmp_path, folder_domain):
+    args = [
+        "train",
+        "digits",
+        "--source",
+        "synth",
+        "--target",
+        folder_domain,
+        "--preset",
+        "quick",
+        "--eval-split",
+        "train",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    sets = [f"--set={s}" for s in TINY if not s.startswith("pixel.max_steps")]
+    sets += ["--set=pixel.max_steps=0", "--set=pixel.epochs=6"]
+    process = cli(*args, *sets)
+    resume_file = tmp_path / "checkpoints" / "pixel.resume.pt"
+    deadline = time.monotonic() + 120
+    while not resume_file.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert resume_file.exists(), process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "run the same command to resume" in err
+    assert load_state(resume_file)["epoch"] >= 1  # the last completed epoch is intact
+    read_header(tmp_path / "checkpoints" / "source.safetensors")  # earlier stage intact
+    process = cli(*args, *sets)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    log = (tmp_path / "log.txt").read_text()
+    assert "source: finished checkpoint found" in log
+    assert "pixel: resuming at epoch" in log
+    assert "target accuracy" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--source", "svhm"], "unknown digit data set 'svhm'"),
+        (["--set", "pixel.lamda_cycle=3"], "unknown config key 'pixel.lamda_cycle'"),
+        (["--source", "folder:/nonexistent/digits"], "folder data set /nonexistent/digits"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    process = cli("train", "digits", "--out", str(tmp_path / "run"), "--quiet", *args)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert err.strip().count("\n") == 0 and message in err, err
+
+
+def test_cli_eval_of_truncated_checkpoint(tmp_path):
+    path = tmp_path / "source.safetensors"
+    path.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a"')
+    process = cli("eval", "digits", str(path), "--dataset", "synth")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "truncated or corrupt" in err and err.count("\n") == 1
+
+
+def test_cli_eval_of_a_finished_run(tmp_path, folder_domain):
+    run_digits(
+        tiny_config(folder_domain, "feature.enabled=false", "pixel.enabled=false"),
+        tmp_path,
+        quiet=True,
+    )
+    process = cli(
+        "eval",
+        "digits",
+        str(tmp_path / "checkpoints" / "source.safetensors"),
+        "--dataset",
+        folder_domain,
+        "--split",
+        "train",
+        "--out",
+        str(tmp_path / "ev"),
+    )
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "accuracy" in out and (tmp_path / "ev" / "confusion.png").exists()

@@ -1,0 +1,1 @@
+"""Adaptation training: data, networks, CyCADA losses and stages."""

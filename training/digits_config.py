@@ -1,0 +1,130 @@
+"""Configuration of a digits CyCADA run. Defaults are the paper's appendix A.1.1 values.
+
+Symbols of the paper, mapped once: f_S = ``task_src``, f_T = ``task_tgt``, G_S→T =
+``gen_src2tgt``, G_T→S = ``gen_tgt2src``, D_S = ``disc_src``, D_T = ``disc_tgt``, D_feat =
+``disc_feat``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cycada import configs
+
+PRESET_DIR = Path(__file__).parent / "presets"
+STAGES = ("source", "pixel", "target", "feature")
+
+
+@dataclass(frozen=True)
+class DigitsDataConfig:
+    source: str = "usps"
+    target: str = "mnist"
+    data_root: str = "data"
+    source_split: str = "train"  # labelled source used for training
+    target_split: str = "train"  # unlabelled target used for adaptation
+    eval_split: str = "test"  # labelled split of each domain used for evaluation
+    synthetic_size: int = 25000  # images per split of the synthetic domain
+    max_samples: int = 0  # cap every split (0 = all); for tests and smoke runs
+
+
+@dataclass(frozen=True)
+class SourceStageConfig:
+    """Stage 1: f_S on labelled source, Eq. 1 (Adam 1e-4, batch 128, 100 epochs)."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class PixelStageConfig:
+    """Stage 2: CycleGAN with semantic consistency, Eqs. 2-4 (Adam 2e-4, batch 100, 50 epochs)."""
+
+    enabled: bool = True
+    epochs: int = 50
+    max_steps: int = 0  # stop after this many steps (0 = run all epochs)
+    batch_size: int = 100
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    image_size: int = 32
+    generator: Literal["digit", "resnet6", "resnet9"] = "digit"
+    generator_width: int = 64  # channels of the generator's first layer (CycleGAN: 64)
+    discriminator: Literal["digit", "patch"] = "digit"
+    discriminator_width: int = 64
+    gan_mode: Literal["lsgan", "vanilla"] = "lsgan"
+    lambda_gan: float = 1.0
+    lambda_cycle: float = 1.0
+    lambda_semantic: float = 1.0
+    lambda_identity: float = 0.0
+    pool_size: int = 50
+    sample_every: int = 200  # steps between image grids
+
+
+@dataclass(frozen=True)
+class TargetStageConfig:
+    """Stage 3: f_T (initialised from f_S) trained on G_S→T(X_S) with source labels."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class FeatureStageConfig:
+    """Stage 4: feature-level GAN on f_T, Eq. 5 (Adam 1e-5, up to 200 epochs, 60% gate)."""
+
+    enabled: bool = True
+    max_epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-5
+    disc_lr: float = 0.0  # 0 = same as lr
+    beta1: float = 0.5
+    beta2: float = 0.999
+    disc_input: Literal["scores", "features"] = "scores"
+    gate_threshold: float = 0.6
+    gate_window: int = 1  # batches over which the discriminator accuracy is averaged
+    generator_weight: float = 1.0  # appendix: generator and discriminator losses weighted equally
+    task_weight: float = 1.0  # L_task(f_T, G(X_S), Y_S) of Eq. 6; 0 = pure feature GAN
+
+
+@dataclass(frozen=True)
+class DigitsRunConfig:
+    task: Literal["digits"] = "digits"
+    model: Literal["auto", "lenet", "dtn"] = "auto"
+    mode: Literal["staged", "joint"] = "staged"
+    joint_epochs: int = 20  # joint mode: epochs of the single loop running stages 2-4 (Eq. 7)
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    data: DigitsDataConfig = field(default_factory=DigitsDataConfig)
+    source: SourceStageConfig = field(default_factory=SourceStageConfig)
+    pixel: PixelStageConfig = field(default_factory=PixelStageConfig)
+    target: TargetStageConfig = field(default_factory=TargetStageConfig)
+    feature: FeatureStageConfig = field(default_factory=FeatureStageConfig)
+
+
+def preset_names(task: str) -> list[str]:
+    return sorted(p.stem.split("-", 1)[1] for p in PRESET_DIR.glob(f"{task}-*.yaml"))
+
+
+def resolve_digits_config(
+    preset: str = "paper",
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> DigitsRunConfig:
+    """Defaults ← preset YAML ← user YAML ← explicit overrides ← ``--set`` flags."""
+    preset_path = PRESET_DIR / f"digits-{preset}.yaml"
+    if not preset_path.is_file():
+        raise configs.ConfigError(
+            f"unknown preset '{preset}' (valid: {', '.join(preset_names('digits'))})"
+        )
+    data = configs.load_yaml(preset_path)
+    if config_file:
+        data = configs.merge(data, configs.load_yaml(config_file))
+    data = configs.merge(data, overrides or {})
+    data = configs.merge(data, configs.parse_set_flags(sets or []))
+    return configs.build(DigitsRunConfig, data)

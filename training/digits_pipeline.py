@@ -1,0 +1,246 @@
+"""The digits pipeline: stages 1-4 (or 1 + joint), with resume, metrics and artifacts.
+
+Layout of ``--out DIR``::
+
+    config.yaml              resolved config
+    metrics.json             per-stage source/target metrics (stable keys) and the final result
+    checkpoints/<stage>.safetensors  finished stages (config inside); <stage>.resume.pt meanwhile
+    eval/<stage>/confusion_{source,target}.png
+    samples/pixel_step*.png  source | translated | reconstructed grids
+    translated/source_train.npz       G_S→T(X_S) with labels (stage 3's training set)
+    tensorboard/             scalars;  log.txt  messages
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cycada import configs
+from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.errors import CheckpointError, ConfigError
+from cycada.training.data.transforms import fit_images
+from cycada.training.digits_config import DigitsRunConfig
+from cycada.training.digits_run import DigitsRun
+from cycada.training.stages.feature import train_feature
+from cycada.training.stages.joint import train_joint
+from cycada.training.stages.pixel import PixelAdaptation, train_pixel
+from cycada.training.stages.source import train_source
+from cycada.training.stages.target import train_target, translated_source
+
+ALL_STAGES = ("source", "pixel", "target", "feature", "joint")
+
+
+def stage_plan(config: DigitsRunConfig) -> list[str]:
+    """The stages a config runs, in order."""
+    if config.mode == "joint":
+        return ["source", "joint"]
+    plan = ["source"]
+    if config.pixel.enabled:
+        plan += ["pixel", "target"]
+    if config.feature.enabled:
+        plan.append("feature")
+    return plan
+
+
+class TranslatedClassifier(nn.Module):
+    """classifier(generator(x)): evaluates f_S on translated images (pixel-stage metrics)."""
+
+    def __init__(self, generator: nn.Module, classifier: nn.Module, channels: int, size: int):
+        super().__init__()
+        self.generator, self.classifier = generator, classifier
+        self.channels, self.size = channels, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.generator(fit_images(x, self.channels, self.size)))
+
+
+class DigitsPipeline:
+    def __init__(
+        self,
+        config: DigitsRunConfig,
+        out_dir: Path,
+        stages: list[str] | None = None,
+        restart: bool = False,
+        stage_cache: Path | None = None,
+        quiet: bool = False,
+    ):
+        self.plan = stage_plan(config)
+        unknown = [s for s in stages or [] if s not in self.plan]
+        if unknown:
+            raise ConfigError(
+                f"stage '{unknown[0]}' is not part of this run (its stages: {', '.join(self.plan)})"
+            )
+        self.requested = list(stages) if stages else list(self.plan)
+        self.config, self.out_dir, self.stage_cache = config, out_dir, stage_cache
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
+        self.run = DigitsRun(config, out_dir, quiet=quiet)
+        if restart:
+            first = min(self.plan.index(s) for s in self.requested)
+            for stage in self.plan[first:]:
+                self.run.checkpoint_path(stage).unlink(missing_ok=True)
+                self.run.resume_path(stage).unlink(missing_ok=True)
+        metrics_path = out_dir / "metrics.json"
+        self.metrics: dict[str, Any] = {"stages": {}}
+        if metrics_path.exists():
+            import json
+
+            self.metrics = json.loads(metrics_path.read_text())
+        self.metrics.update(self._header())
+
+    def _header(self) -> dict[str, Any]:
+        data = self.config.data
+        return {
+            "task": "digits",
+            "source": data.source,
+            "target": data.target,
+            "model": self.run.model_name,
+            "mode": self.config.mode,
+            "seed": self.config.seed,
+            "protocol": {
+                "source_train": f"{data.source}/{data.source_split} (labelled)",
+                "target_train": f"{data.target}/{data.target_split} (images only)",
+                "source_eval": f"{data.source}/{data.eval_split}",
+                "target_eval": f"{data.target}/{data.eval_split}",
+                "max_samples": data.max_samples,
+            },
+        }
+
+    # -- stage bookkeeping ------------------------------------------------------------------
+    def _cached(self, stage: str) -> Path | None:
+        if self.stage_cache is None:
+            return None
+        return self.stage_cache / f"{stage}-{self.run.stage_fingerprint(stage)}.safetensors"
+
+    def _available(self, stage: str) -> bool:
+        """A finished checkpoint exists here, or in the shared stage cache (then copied here)."""
+        if self.run.has_checkpoint(stage):
+            return True
+        cached = self._cached(stage)
+        if cached is not None and cached.exists():
+            target = self.run.checkpoint_path(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached, target)
+            self.run.log.info(f"{stage}: reusing {cached.name} from the stage cache")
+            return True
+        return False
+
+    def _finished(
+        self, stage: str, modules: dict[str, nn.Module], extra: dict | None = None
+    ) -> None:
+        path = self.run.save_stage(stage, modules, extra)
+        cached = self._cached(stage)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, cached)
+
+    def _record(
+        self, stage: str, results: dict[str, Any], started: float, extra: dict | None = None
+    ) -> None:
+        results["seconds"] = round(time.monotonic() - started, 1)
+        results.update(extra or {})
+        stages = {**self.metrics["stages"], stage: results}
+        self.metrics["stages"] = {s: stages[s] for s in ALL_STAGES if s in stages}
+        last = next(s for s in reversed(ALL_STAGES) if s in stages)
+        self.metrics["final"] = {
+            "stage": last,
+            "source_accuracy": stages[last]["source"]["accuracy"],
+            "target_accuracy": stages[last]["target"]["accuracy"],
+        }
+        write_json_atomic(self.out_dir / "metrics.json", self.metrics)
+        self.run.log.info(
+            f"{stage}: source {results['source']['dataset']} {results['source']['accuracy']:.2%}, "
+            f"target {results['target']['dataset']} {results['target']['accuracy']:.2%}"
+        )
+
+    def _must_train(self, stage: str) -> bool:
+        if self._available(stage):
+            self.run.log.info(f"{stage}: finished checkpoint found, not training it again")
+            return False
+        if stage not in self.requested:
+            raise CheckpointError(
+                f"stage '{stage}' has no checkpoint in {self.out_dir / 'checkpoints'}; "
+                f"run it first (--stage {stage})"
+            )
+        return True
+
+    # -- the stages --------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        run = self.run
+        last = max(self.plan.index(s) for s in self.requested)
+        plan = self.plan[: last + 1]
+        task_src = run.new_task_net()
+        pixel: PixelAdaptation | None = None
+        task_tgt = None
+        for stage in plan:
+            started = time.monotonic()
+            if stage == "source":
+                if self._must_train(stage):
+                    task_src = train_source(run)
+                    self._finished(stage, {"task_src": task_src})
+                    self._record(stage, run.evaluate(task_src, stage), started)
+                else:
+                    run.load_stage(stage, {"task_src": task_src})
+                task_src.eval()
+                task_tgt = task_src
+            elif stage == "pixel":
+                pixel = PixelAdaptation(
+                    self.config.pixel, run.image_channels, None, torch.Generator()
+                ).to(run.device)
+                if self._must_train(stage):
+                    pixel = train_pixel(run, task_src)
+                    self._finished(stage, pixel.networks())
+                    self._record(
+                        stage,
+                        self._pixel_metrics(pixel, task_src),
+                        started,
+                        {"note": "f_S on G_S→T(source eval) and on G_T→S(target eval)"},
+                    )
+                else:
+                    run.load_stage(stage, pixel.networks())
+                pixel.eval()
+            elif stage == "target":
+                assert pixel is not None
+                if self._must_train(stage):
+                    task_tgt = train_target(run, task_src, pixel.gen_src2tgt)
+                    self._finished(stage, {"task_tgt": task_tgt})
+                    self._record(stage, run.evaluate(task_tgt, stage), started)
+                else:
+                    task_tgt = run.new_task_net()
+                    run.load_stage(stage, {"task_tgt": task_tgt})
+            elif stage == "feature":
+                assert task_tgt is not None
+                if self._must_train(stage):
+                    if pixel is not None:
+                        source_images = translated_source(run, pixel.gen_src2tgt)
+                    else:
+                        source_images = run.source_train.images
+                    task_tgt, summary = train_feature(run, task_tgt, source_images)
+                    self._finished(stage, {"task_tgt": task_tgt}, summary)
+                    self._record(stage, run.evaluate(task_tgt, stage), started, summary)
+                else:
+                    task_tgt = run.new_task_net()
+                    run.load_stage(stage, {"task_tgt": task_tgt})
+            elif stage == "joint" and self._must_train(stage):
+                pixel, task_tgt, summary = train_joint(run, task_src)
+                self._finished(stage, {**pixel.networks(), "task_tgt": task_tgt}, summary)
+                self._record(stage, run.evaluate(task_tgt, stage), started, summary)
+        run.log.close()
+        return self.metrics
+
+    def _pixel_metrics(self, pixel: PixelAdaptation, task_src: nn.Module) -> dict[str, Any]:
+        size, channels = self.config.pixel.image_size, self.run.image_channels
+        on_source = TranslatedClassifier(pixel.gen_src2tgt, task_src, channels, size)
+        on_target = TranslatedClassifier(pixel.gen_tgt2src, task_src, channels, size)
+        return self.run.evaluate(on_source, "pixel", target_model=on_target)
+
+
+def run_digits(config: DigitsRunConfig, out_dir: Path, **options: Any) -> dict[str, Any]:
+    """Run (or resume) a digits CyCADA run into ``out_dir``; returns its metrics."""
+    return DigitsPipeline(config, out_dir, **options).execute()

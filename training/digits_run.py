@@ -1,0 +1,212 @@
+"""Shared state of one digits run: data, device, paths, evaluation, checkpoint naming."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cycada import configs
+from cycada.checkpoint import load_modules, read_header, save_modules
+from cycada.errors import CheckpointError, ConfigError
+from cycada.training.data.digits import DigitSet, load_digits
+from cycada.training.data.transforms import fit_images, to_unit_range
+from cycada.training.digits_config import DigitsRunConfig
+from cycada.training.metrics import classification_metrics, confusion_matrix, predict
+from cycada.training.models.task_nets import TASK_NETS, DigitTaskNet, build_task_net
+from cycada.training.run_log import RunLog
+from cycada.training.stages.resume import StageResume
+from cycada.training.visuals import confusion_png
+
+RGB_DOMAINS = ("svhn", "synth")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"config key 'device' is '{name}'; expected auto, cpu or cuda[:N]"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is '{name}' but no CUDA GPU is available")
+    return device
+
+
+def choose_model(config: DigitsRunConfig, source: DigitSet, target: DigitSet) -> str:
+    """LeNet for grey domains (USPS, MNIST); DTN when either domain is RGB (SVHN, synthetic)."""
+    if config.model != "auto":
+        return config.model
+    return "dtn" if 3 in (source.channels, target.channels) else "lenet"
+
+
+@dataclass
+class DigitDomain:
+    """One split as float tensors in [-1, 1] at its native size, with labels."""
+
+    data: DigitSet
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_set(cls, data: DigitSet) -> DigitDomain:
+        return cls(data, to_unit_range(data.images), torch.as_tensor(data.labels))
+
+    def fitted(self, channels: int, size: int) -> torch.Tensor:
+        return fit_images(self.images, channels, size)
+
+
+class DigitsRun:
+    """Everything the stages share. Stage code reads data and writes checkpoints through here."""
+
+    def __init__(self, config: DigitsRunConfig, out_dir: Path, quiet: bool = False):
+        self.config = config
+        self.out_dir = out_dir
+        self.device = resolve_device(config.device)
+        data = config.data
+
+        def load(name: str, split: str) -> DigitDomain:
+            digit_set = load_digits(name, split, data.data_root, data.synthetic_size, config.seed)
+            return DigitDomain.from_set(digit_set.head(data.max_samples))
+
+        self.source_train = load(data.source, data.source_split)
+        self.source_eval = load(data.source, data.eval_split)
+        self.target_train = load(data.target, data.target_split)
+        self.target_eval = load(data.target, data.eval_split)
+        self.class_names = self.source_train.data.class_names
+        if self.target_eval.data.class_names != self.class_names:
+            raise ConfigError(
+                f"source classes {self.class_names} differ from target classes "
+                f"{self.target_eval.data.class_names}"
+            )
+        self.model_name = choose_model(config, self.source_train.data, self.target_train.data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLog(out_dir, quiet=quiet)
+
+    # -- networks -------------------------------------------------------------------------
+    def new_task_net(self) -> DigitTaskNet:
+        return build_task_net(self.model_name, len(self.class_names)).to(self.device)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the pixel stage's images: those of the task net's input."""
+        return TASK_NETS[self.model_name].in_channels
+
+    # -- seeds ----------------------------------------------------------------------------
+    def generator(self, stage: str) -> torch.Generator:
+        """Seed torch for ``stage`` and return its data-order generator.
+
+        Called first in every stage, before networks are built, so each stage's result depends
+        only on the seed and its inputs, whether earlier stages ran now or came from checkpoints.
+        """
+        offset = {"source": 1, "pixel": 2, "target": 3, "feature": 4, "joint": 5}[stage]
+        torch.manual_seed(self.config.seed * 100 + offset)
+        return torch.Generator().manual_seed(self.config.seed * 100 + offset)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def stage_fingerprint(self, stage: str) -> str:
+        """Identifies the configs a stage's result depends on (its own and earlier stages')."""
+        c = self.config
+        data = dataclasses.replace(c.data, data_root="")
+        common = {"model": c.model, "seed": c.seed, "mode": c.mode, "data": configs.to_dict(data)}
+        parts: list[Any] = [common, c.source]
+        if stage in ("pixel", "target", "feature", "joint"):
+            parts.append(c.pixel)
+        if stage in ("target", "feature"):
+            parts.append(c.target)
+        if stage in ("feature", "joint"):
+            parts.append(c.feature)
+        if stage == "joint":
+            parts.append({"joint_epochs": c.joint_epochs})
+        return configs.fingerprint(*parts)
+
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.out_dir / "checkpoints" / f"{stage}.safetensors"
+
+    def resume_path(self, stage: str) -> Path:
+        return self.out_dir / "checkpoints" / f"{stage}.resume.pt"
+
+    def stage_resume(
+        self,
+        stage: str,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        generator: torch.Generator,
+    ) -> StageResume:
+        """The epoch-level resume file of ``stage``, bound to this config's fingerprint."""
+        return StageResume(
+            self.resume_path(stage), modules, optimizers, generator, self.stage_fingerprint(stage)
+        )
+
+    def has_checkpoint(self, stage: str) -> bool:
+        """True when a finished checkpoint of ``stage`` made with this config exists."""
+        path = self.checkpoint_path(stage)
+        if not path.exists():
+            return False
+        _, meta = read_header(path)
+        if meta.get("fingerprint") != self.stage_fingerprint(stage):
+            raise CheckpointError(
+                f"{path} was made with a different config; use a new --out, or --restart to "
+                f"train '{stage}' and later stages again"
+            )
+        return True
+
+    def save_stage(
+        self, stage: str, modules: dict[str, nn.Module], extra: dict | None = None
+    ) -> Path:
+        meta = {
+            "stage": stage,
+            "task": "digits",
+            "model": self.model_name,
+            "image_channels": self.image_channels,
+            "image_size": self.config.pixel.image_size,
+            "class_names": self.class_names,
+            "fingerprint": self.stage_fingerprint(stage),
+            **(extra or {}),
+        }
+        return save_modules(
+            self.checkpoint_path(stage), modules, configs.to_dict(self.config), meta
+        )
+
+    def load_stage(self, stage: str, modules: dict[str, nn.Module]) -> dict[str, Any]:
+        path = self.checkpoint_path(stage)
+        if not path.exists():
+            raise CheckpointError(
+                f"stage '{stage}' has no checkpoint at {path}; run that stage first"
+            )
+        _, meta = load_modules(path, modules)
+        return meta
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(
+        self,
+        model: nn.Module,
+        stage: str,
+        target_model: nn.Module | None = None,
+        write_png: bool = True,
+    ) -> dict[str, Any]:
+        """Source and target metrics of ``model`` (``target_model`` on target, if given)."""
+        results: dict[str, Any] = {}
+        for domain_name, domain in (("source", self.source_eval), ("target", self.target_eval)):
+            if domain_name == "target" and target_model is not None:
+                model = target_model
+            predictions = predict(model, domain.images, self.config.eval_batch_size, self.device)
+            confusion = confusion_matrix(domain.labels.numpy(), predictions, len(self.class_names))
+            metrics = classification_metrics(confusion, self.class_names)
+            metrics["dataset"] = f"{domain.data.name}/{domain.data.split}"
+            results[domain_name] = metrics
+            if write_png:
+                title = f"{stage}: {metrics['dataset']} accuracy {metrics['accuracy']:.2%}"
+                confusion_png(
+                    self.out_dir / "eval" / stage / f"confusion_{domain_name}.png",
+                    confusion,
+                    self.class_names,
+                    title,
+                )
+        return results

@@ -1,0 +1,49 @@
+"""What a run shows and records while it trains: progress bars, TensorBoard scalars, messages."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """Progress bars (rate and ETA) on stderr, scalars to TensorBoard under ``OUT/tensorboard``."""
+
+    def __init__(self, out_dir: Path, quiet: bool = False):
+        from torch.utils.tensorboard import SummaryWriter  # slow import; only when a run starts
+
+        self.out_dir = out_dir
+        self.quiet = quiet
+        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.started = time.monotonic()
+
+    def progress(self, total: int, description: str, initial: int = 0) -> tqdm:
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=description,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=self.quiet,
+            file=sys.stderr,
+        )
+
+    def scalars(self, tag: str, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(f"{tag}/{key}", value, step)
+
+    def info(self, message: str) -> None:
+        elapsed = time.monotonic() - self.started
+        line = f"[{elapsed:7.1f}s] {message}"
+        if not self.quiet:
+            tqdm.write(line, file=sys.stderr)
+        with open(self.out_dir / "log.txt", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,210 @@
+"""Stage 2: pixel-level adaptation, paper Eqs. 2-4.
+
+Both generators and both image discriminators are trained as in CycleGAN (GAN losses both
+ways, image pool, cycle L1 both ways, optional identity loss), plus the semantic consistency
+loss with the frozen source model f_S. One explicit step: generators first, then discriminators.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cycada.training.data.batches import EndlessBatches
+from cycada.training.digits_config import PixelStageConfig
+from cycada.training.digits_run import DigitsRun
+from cycada.training.image_pool import ImagePool
+from cycada.training.losses import CycleLoss, GANLoss, SemanticConsistencyLoss
+from cycada.training.models.discriminators import build_image_discriminator
+from cycada.training.models.generators import build_generator
+from cycada.training.visuals import image_grid, write_png
+
+PIXEL_NETWORKS = ("gen_src2tgt", "gen_tgt2src", "disc_src", "disc_tgt")
+
+
+def _set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
+    for module in modules:
+        for parameter in module.parameters():
+            parameter.requires_grad_(flag)
+
+
+class PixelAdaptation(nn.Module):
+    """G_S→T, G_T→S, D_S, D_T with their losses, optimizers and one training step."""
+
+    def __init__(
+        self,
+        cfg: PixelStageConfig,
+        channels: int,
+        task_src: nn.Module | None,
+        generator: torch.Generator,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        gen_width, disc_width = cfg.generator_width, cfg.discriminator_width
+        self.gen_src2tgt = build_generator(cfg.generator, channels, channels, gen_width)
+        self.gen_tgt2src = build_generator(cfg.generator, channels, channels, gen_width)
+        self.disc_src = build_image_discriminator(cfg.discriminator, channels, disc_width)
+        self.disc_tgt = build_image_discriminator(cfg.discriminator, channels, disc_width)
+        self.gan_loss = GANLoss(cfg.gan_mode)
+        self.cycle_loss = CycleLoss()
+        self.semantic_loss = (
+            SemanticConsistencyLoss(copy.deepcopy(task_src))
+            if task_src is not None and cfg.lambda_semantic > 0
+            else None
+        )
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_gen = torch.optim.Adam(
+            [*self.gen_src2tgt.parameters(), *self.gen_tgt2src.parameters()], lr=cfg.lr, betas=betas
+        )
+        self.opt_disc = torch.optim.Adam(
+            [*self.disc_src.parameters(), *self.disc_tgt.parameters()], lr=cfg.lr, betas=betas
+        )
+        self.pool_src = ImagePool(cfg.pool_size, generator)
+        self.pool_tgt = ImagePool(cfg.pool_size, generator)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in PIXEL_NETWORKS}
+
+    def step(
+        self, x_src: torch.Tensor, x_tgt: torch.Tensor
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        """One generator update, then one discriminator update. Returns losses and G_S→T(x_src)."""
+        cfg = self.cfg
+        discs = [self.disc_src, self.disc_tgt]
+        # --- generators: fool D_T and D_S, reconstruct, keep f_S's labels (Eqs. 2-4)
+        _set_requires_grad(discs, False)
+        fake_tgt = self.gen_src2tgt(x_src)
+        rec_src = self.gen_tgt2src(fake_tgt)
+        fake_src = self.gen_tgt2src(x_tgt)
+        rec_tgt = self.gen_src2tgt(fake_src)
+        loss_gan = self.gan_loss(self.disc_tgt(fake_tgt), True) + self.gan_loss(
+            self.disc_src(fake_src), True
+        )
+        loss_cycle = self.cycle_loss(rec_src, x_src) + self.cycle_loss(rec_tgt, x_tgt)
+        total = cfg.lambda_gan * loss_gan + cfg.lambda_cycle * loss_cycle
+        losses = {"gen_gan": loss_gan.item(), "cycle": loss_cycle.item()}
+        if self.semantic_loss is not None:
+            loss_sem = self.semantic_loss(fake_tgt, x_src) + self.semantic_loss(fake_src, x_tgt)
+            total = total + cfg.lambda_semantic * loss_sem
+            losses["semantic"] = loss_sem.item()
+        if cfg.lambda_identity > 0:
+            loss_idt = F.l1_loss(self.gen_src2tgt(x_tgt), x_tgt) + F.l1_loss(
+                self.gen_tgt2src(x_src), x_src
+            )
+            total = total + cfg.lambda_identity * loss_idt
+            losses["identity"] = loss_idt.item()
+        self.opt_gen.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_gen.step()
+        # --- discriminators: real vs (pooled) translated, both domains
+        _set_requires_grad(discs, True)
+        pooled_tgt = self.pool_tgt.query(fake_tgt.detach())
+        pooled_src = self.pool_src.query(fake_src.detach())
+        loss_disc_tgt = 0.5 * (
+            self.gan_loss(self.disc_tgt(x_tgt), True)
+            + self.gan_loss(self.disc_tgt(pooled_tgt), False)
+        )
+        loss_disc_src = 0.5 * (
+            self.gan_loss(self.disc_src(x_src), True)
+            + self.gan_loss(self.disc_src(pooled_src), False)
+        )
+        self.opt_disc.zero_grad(set_to_none=True)
+        (loss_disc_tgt + loss_disc_src).backward()
+        self.opt_disc.step()
+        losses.update(disc_tgt=loss_disc_tgt.item(), disc_src=loss_disc_src.item())
+        return losses, fake_tgt.detach()
+
+
+@torch.no_grad()
+def translate(
+    generator: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 500
+) -> torch.Tensor:
+    """Apply a generator (eval mode) to float images in batches; returns CPU tensors."""
+    was_training = generator.training
+    generator.eval()
+    out = [
+        generator(images[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    generator.train(was_training)
+    return torch.cat(out)
+
+
+def write_samples(
+    run: DigitsRun, pixel: PixelAdaptation, x_src: torch.Tensor, x_tgt: torch.Tensor, step: int
+) -> None:
+    """Grid: source | G_S→T(source) | reconstruction || target | G_T→S(target) | reconstruction."""
+    with torch.no_grad():
+        was_training = pixel.training
+        pixel.eval()
+        fake_tgt = pixel.gen_src2tgt(x_src)
+        fake_src = pixel.gen_tgt2src(x_tgt)
+        columns = [
+            x_src,
+            fake_tgt,
+            pixel.gen_tgt2src(fake_tgt),
+            x_tgt,
+            fake_src,
+            pixel.gen_src2tgt(fake_src),
+        ]
+        pixel.train(was_training)
+    write_png(
+        run.out_dir / "samples" / f"pixel_step{step:06d}.png",
+        image_grid([c.cpu() for c in columns]),
+    )
+
+
+def pixel_domains(run: DigitsRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and target training images at the pixel stage's size and channels."""
+    size, channels = run.config.pixel.image_size, run.image_channels
+    return (
+        run.source_train.fitted(channels, size).to(run.device),
+        run.target_train.fitted(channels, size).to(run.device),
+    )
+
+
+def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
+    cfg = run.config.pixel
+    generator = run.generator("pixel")
+    pixel = PixelAdaptation(cfg, run.image_channels, task_src, generator).to(run.device)
+    x_src, x_tgt = pixel_domains(run)
+    steps_per_epoch = max(len(x_src), len(x_tgt)) // cfg.batch_size or 1
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    epochs = -(-total // steps_per_epoch)
+    resume = run.stage_resume(
+        "pixel",
+        pixel.networks(),
+        {"gen": pixel.opt_gen, "disc": pixel.opt_disc},
+        generator,
+    )
+    start_epoch, _ = resume.restore()
+    if start_epoch:
+        run.log.info(f"pixel: resuming at epoch {start_epoch + 1}/{epochs}")
+    src_batches = EndlessBatches(len(x_src), cfg.batch_size, generator)
+    tgt_batches = EndlessBatches(len(x_tgt), cfg.batch_size, generator)
+    fixed_src, fixed_tgt = x_src[:8], x_tgt[:8]
+    step = start_epoch * steps_per_epoch
+    bar = run.log.progress(total, "pixel", initial=step)
+    pixel.train()
+    for epoch in range(start_epoch, epochs):
+        for _ in range(steps_per_epoch):
+            if step >= total:
+                break
+            losses, _ = pixel.step(x_src[next(src_batches)], x_tgt[next(tgt_batches)])
+            step += 1
+            bar.update()
+            if step % 10 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                run.log.scalars("pixel", losses, step)
+            if step % cfg.sample_every == 0 or step == total:
+                write_samples(run, pixel, fixed_src, fixed_tgt, step)
+        resume.save(epoch + 1)
+    bar.close()
+    resume.finish()
+    pixel.eval()
+    return pixel
