@@ -11,15 +11,14 @@ import torch
 from torch import nn
 
 from cycada import configs
-from cycada.checkpoint import load_modules, read_header, save_modules
-from cycada.errors import CheckpointError, ConfigError
+from cycada.errors import ConfigError
 from cycada.training.data.digits import DigitSet, load_digits
 from cycada.training.data.transforms import fit_images, to_unit_range
 from cycada.training.digits_config import DigitsRunConfig
 from cycada.training.metrics import classification_metrics, confusion_matrix, predict
 from cycada.training.models.task_nets import TASK_NETS, DigitTaskNet, build_task_net
 from cycada.training.run_log import RunLog
-from cycada.training.stages.resume import StageResume
+from cycada.training.stage_store import StageStore
 from cycada.training.visuals import confusion_png
 
 RGB_DOMAINS = ("svhn", "synth")
@@ -62,7 +61,7 @@ class DigitDomain:
         return fit_images(self.images, channels, size)
 
 
-class DigitsRun:
+class DigitsRun(StageStore):
     """Everything the stages share. Stage code reads data and writes checkpoints through here."""
 
     def __init__(self, config: DigitsRunConfig, out_dir: Path, quiet: bool = False):
@@ -126,62 +125,14 @@ class DigitsRun:
             parts.append({"joint_epochs": c.joint_epochs})
         return configs.fingerprint(*parts)
 
-    def checkpoint_path(self, stage: str) -> Path:
-        return self.out_dir / "checkpoints" / f"{stage}.safetensors"
-
-    def resume_path(self, stage: str) -> Path:
-        return self.out_dir / "checkpoints" / f"{stage}.resume.pt"
-
-    def stage_resume(
-        self,
-        stage: str,
-        modules: dict[str, nn.Module],
-        optimizers: dict[str, torch.optim.Optimizer],
-        generator: torch.Generator,
-    ) -> StageResume:
-        """The epoch-level resume file of ``stage``, bound to this config's fingerprint."""
-        return StageResume(
-            self.resume_path(stage), modules, optimizers, generator, self.stage_fingerprint(stage)
-        )
-
-    def has_checkpoint(self, stage: str) -> bool:
-        """True when a finished checkpoint of ``stage`` made with this config exists."""
-        path = self.checkpoint_path(stage)
-        if not path.exists():
-            return False
-        _, meta = read_header(path)
-        if meta.get("fingerprint") != self.stage_fingerprint(stage):
-            raise CheckpointError(
-                f"{path} was made with a different config; use a new --out, or --restart to "
-                f"train '{stage}' and later stages again"
-            )
-        return True
-
-    def save_stage(
-        self, stage: str, modules: dict[str, nn.Module], extra: dict | None = None
-    ) -> Path:
-        meta = {
-            "stage": stage,
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
             "task": "digits",
             "model": self.model_name,
             "image_channels": self.image_channels,
             "image_size": self.config.pixel.image_size,
             "class_names": self.class_names,
-            "fingerprint": self.stage_fingerprint(stage),
-            **(extra or {}),
         }
-        return save_modules(
-            self.checkpoint_path(stage), modules, configs.to_dict(self.config), meta
-        )
-
-    def load_stage(self, stage: str, modules: dict[str, nn.Module]) -> dict[str, Any]:
-        path = self.checkpoint_path(stage)
-        if not path.exists():
-            raise CheckpointError(
-                f"stage '{stage}' has no checkpoint at {path}; run that stage first"
-            )
-        _, meta = load_modules(path, modules)
-        return meta
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(

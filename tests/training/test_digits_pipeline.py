@@ -160,19 +160,25 @@ def test_interrupted_run_resumes_and_keeps_good_checkpoints(tmp_path, folder_dom
     sets = [f"--set={s}" for s in TINY if not s.startswith("pixel.max_steps")]
     sets += ["--set=pixel.max_steps=0", "--set=pixel.epochs=6"]
     process = cli(*args, *sets)
-    resume_file = tmp_path / "checkpoints" / "pixel.resume.pt"
-    deadline = time.monotonic() + 120
-    while not resume_file.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    assert resume_file.exists(), process.communicate()
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        resume_file = tmp_path / "checkpoints" / "pixel.resume.pt"
+        deadline = time.monotonic() + 120
+        while not resume_file.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert resume_file.exists(), process.communicate()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode == 130, err
     assert "run the same command to resume" in err
     assert load_state(resume_file)["epoch"] >= 1  # the last completed epoch is intact
     read_header(tmp_path / "checkpoints" / "source.safetensors")  # earlier stage intact
     process = cli(*args, *sets)
-    out, err = process.communicate(timeout=300)
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
     assert process.returncode == 0, err
     log = (tmp_path / "log.txt").read_text()
     assert "source: finished checkpoint found" in log

@@ -1,0 +1,408 @@
+"""Synthetic labelled driving scenes in two styles, for tests and the self-contained demo.
+
+A scene is a small 3-D world along a road (lanes, sidewalks, terrain, buildings, walls, fences,
+trees, poles with signs and lights, cars, trucks, buses, people, riders) seen by a pinhole
+camera 1.5 m above the road. Every object is painted far to near into the image and, with the
+same polygons, into a label map of the 19 Cityscapes train ids. Two renderings of the same
+kind of world differ the way game renders and camera frames differ:
+
+* ``game``: flat saturated colours, hard (aliased) edges, no noise.
+* ``camera``: muted colours with a colour cast, texture, lens blur, vignetting, sensor noise.
+
+Moving the camera along the road gives a clip (:func:`render_clip`). Deterministic in the seed.
+It is a stand-in for GTA5/Cityscapes in tests and demos, not a replacement for real data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+CAMERA_HEIGHT = 1.5
+NEAR = 1.5
+FAR = 160.0
+STYLES = ("game", "camera")
+
+# base colours per train id (RGB): game renders saturate them, the camera style mutes them
+BASE_COLOURS = {
+    0: (110, 100, 115), 1: (190, 170, 190), 2: (150, 110, 90), 3: (170, 160, 140),
+    4: (160, 140, 110), 5: (120, 120, 130), 6: (40, 40, 40), 7: (230, 200, 30),
+    8: (60, 140, 40), 9: (140, 190, 90), 10: (110, 170, 240), 11: (200, 60, 70),
+    12: (230, 120, 40), 13: (40, 70, 180), 14: (200, 200, 210), 15: (220, 180, 40),
+    16: (90, 90, 120), 17: (60, 60, 200), 18: (150, 30, 60),
+}  # fmt: skip
+
+
+@dataclass
+class Box:
+    """An axis-aligned object standing on the ground: centre x, near z, size, class, colour."""
+
+    x: float
+    z: float
+    width: float
+    height: float
+    depth: float
+    label: int
+    colour: tuple[int, int, int]
+    kind: str = "box"  # box, tree, pole, person, vehicle
+
+
+@dataclass
+class World:
+    road_half: float
+    sidewalk: float
+    curve: float
+    horizon: float  # fraction of image height
+    objects: list[Box] = field(default_factory=list)
+    sky: tuple[tuple[int, int, int], tuple[int, int, int]] = ((110, 170, 240), (200, 220, 250))
+
+
+def _jitter(rng: np.random.Generator, colour, amount: float = 25):
+    return tuple(int(np.clip(c + rng.normal(0, amount), 0, 255)) for c in colour)
+
+
+def make_world(rng: np.random.Generator, length: float = 400.0) -> World:
+    """A random street ``length`` metres long."""
+    world = World(
+        road_half=float(rng.uniform(3.5, 7.0)),
+        sidewalk=float(rng.uniform(1.5, 4.0)),
+        curve=float(rng.uniform(-0.0015, 0.0015)),
+        horizon=float(rng.uniform(0.40, 0.50)),
+    )
+    world.sky = (_jitter(rng, BASE_COLOURS[10], 20), _jitter(rng, (205, 220, 245), 10))
+    edge = world.road_half + world.sidewalk
+    for side in (-1, 1):
+        z = float(rng.uniform(2, 10))
+        while z < length:  # buildings, with walls/fences/vegetation in the gaps
+            span = float(rng.uniform(8, 30))
+            choice = rng.random()
+            setback = float(rng.uniform(1.0, 6.0))
+            if choice < 0.6:
+                world.objects.append(
+                    Box(
+                        side * (edge + setback + 6),
+                        z,
+                        12,
+                        float(rng.uniform(6, 30)),
+                        span,
+                        2,
+                        _jitter(rng, BASE_COLOURS[2], 40),
+                    )
+                )
+            elif choice < 0.75:
+                world.objects.append(
+                    Box(
+                        side * (edge + 0.3),
+                        z,
+                        0.3,
+                        float(rng.uniform(0.8, 2.0)),
+                        span,
+                        int(rng.choice([3, 4])),
+                        _jitter(rng, BASE_COLOURS[3]),
+                    )
+                )
+            else:
+                world.objects.append(
+                    Box(
+                        side * (edge + setback + 2),
+                        z,
+                        4,
+                        float(rng.uniform(3, 9)),
+                        span,
+                        8,
+                        _jitter(rng, BASE_COLOURS[8]),
+                        "tree",
+                    )
+                )
+            z += span + float(rng.uniform(0, 6))
+        z = float(rng.uniform(3, 15))
+        while z < length:  # street furniture on the sidewalk
+            x = side * (world.road_half + float(rng.uniform(0.3, world.sidewalk)))
+            roll = rng.random()
+            if roll < 0.35:
+                world.objects.append(
+                    Box(
+                        x,
+                        z,
+                        0.2,
+                        float(rng.uniform(3.5, 6)),
+                        0.2,
+                        5,
+                        _jitter(rng, BASE_COLOURS[5]),
+                        "pole",
+                    )
+                )
+            elif roll < 0.7:
+                world.objects.append(
+                    Box(
+                        x,
+                        z,
+                        0.6,
+                        float(rng.uniform(1.5, 1.9)),
+                        0.4,
+                        11,
+                        _jitter(rng, BASE_COLOURS[11], 60),
+                        "person",
+                    )
+                )
+            elif roll < 0.85:
+                world.objects.append(
+                    Box(
+                        x,
+                        z,
+                        2.5,
+                        float(rng.uniform(3, 7)),
+                        2.5,
+                        8,
+                        _jitter(rng, BASE_COLOURS[8]),
+                        "tree",
+                    )
+                )
+            else:
+                world.objects.append(
+                    Box(x, z, 0.6, 1.7, 1.6, 12, _jitter(rng, BASE_COLOURS[12]), "rider")
+                )
+            z += float(rng.uniform(4, 18))
+    z = float(rng.uniform(6, 20))
+    while z < length:  # traffic in the lanes
+        lane = float(rng.choice([-0.5, 0.5])) * world.road_half
+        kind = rng.random()
+        label, width, height, depth = (13, 1.8, 1.5, 4.2)
+        if kind > 0.85:
+            label, width, height, depth = (14, 2.4, 3.2, 7.0)
+        elif kind > 0.75:
+            label, width, height, depth = (15, 2.5, 3.3, 11.0)
+        world.objects.append(
+            Box(
+                lane + float(rng.uniform(-0.5, 0.5)),
+                z,
+                width,
+                height,
+                depth,
+                label,
+                _jitter(rng, BASE_COLOURS[label], 70),
+                "vehicle",
+            )
+        )
+        z += float(rng.uniform(8, 35))
+    return world
+
+
+class Camera:
+    def __init__(self, width: int, height: int, horizon: float):
+        self.width, self.height = width, height
+        self.focal = 0.9 * width
+        self.cx, self.horizon = width / 2, horizon * height
+
+    def project(self, x: float, y: float, z: float) -> tuple[float, float]:
+        """World (x right, y up from the road, z forward) → pixel (u, v)."""
+        z = max(z, 1e-3)
+        return self.cx + self.focal * x / z, self.horizon + self.focal * (CAMERA_HEIGHT - y) / z
+
+
+def _ground_strip(world: World, camera: Camera, cam_z: float, x0: float, x1: float) -> np.ndarray:
+    points_left, points_right = [], []
+    for dz in np.geomspace(NEAR, FAR, 40):
+        offset = world.curve * (cam_z + dz) ** 2 - world.curve * cam_z**2
+        points_left.append(camera.project(x0 + offset, 0, dz))
+        points_right.append(camera.project(x1 + offset, 0, dz))
+    return np.array(points_left + points_right[::-1], np.float32)
+
+
+def _fill(image, label, polygon, colour, class_id, antialias: bool):
+    pts = np.round(polygon * 8).astype(np.int32)  # 3 fractional bits
+    line = cv2.LINE_AA if antialias else cv2.LINE_8
+    cv2.fillPoly(image, [pts], colour, line, shift=3)
+    cv2.fillPoly(label, [pts], int(class_id), cv2.LINE_8, shift=3)
+
+
+def _box_polygons(box: Box, world: World, camera: Camera, cam_z: float):
+    """Screen polygons (with class and colour) of one object; empty when behind the camera."""
+    dz = box.z - cam_z
+    if dz + box.depth < NEAR or dz > FAR:
+        return []
+    near = max(dz, NEAR)
+    offset = world.curve * (cam_z + near) ** 2 - world.curve * cam_z**2
+    x = box.x + offset
+    half = box.width / 2
+    shapes = []
+    if box.kind in ("box",):
+        inner = x - np.sign(x) * half  # the face towards the road, from near to far
+        far = dz + box.depth
+        quad = [
+            camera.project(inner, 0, near),
+            camera.project(inner, box.height, near),
+            camera.project(inner, box.height, far),
+            camera.project(inner, 0, far),
+        ]
+        shapes.append((np.array(quad, np.float32), box.label, box.colour))
+        front = [
+            camera.project(x - half, 0, near),
+            camera.project(x + half, 0, near),
+            camera.project(x + half, box.height, near),
+            camera.project(x - half, box.height, near),
+        ]
+        shapes.append((np.array(front, np.float32), box.label, box.colour))
+    elif box.kind == "tree":
+        trunk = [
+            camera.project(x - 0.15, 0, near),
+            camera.project(x + 0.15, 0, near),
+            camera.project(x + 0.15, box.height * 0.5, near),
+            camera.project(x - 0.15, box.height * 0.5, near),
+        ]
+        shapes.append((np.array(trunk, np.float32), 8, (90, 70, 50)))
+        cu, cv = camera.project(x, box.height * 0.65, near)
+        radius = camera.focal * box.width / 2 / near
+        angles = np.linspace(0, 2 * np.pi, 18, endpoint=False)
+        crown = np.stack([cu + radius * np.cos(angles), cv + 0.8 * radius * np.sin(angles)], 1)
+        shapes.append((crown.astype(np.float32), 8, box.colour))
+    elif box.kind == "pole":
+        pole = [
+            camera.project(x - 0.08, 0, near),
+            camera.project(x + 0.08, 0, near),
+            camera.project(x + 0.08, box.height, near),
+            camera.project(x - 0.08, box.height, near),
+        ]
+        shapes.append((np.array(pole, np.float32), 5, box.colour))
+        sign_label = 7 if (int(box.z * 10) % 3) else 6
+        top = box.height - 0.2
+        sign = [
+            camera.project(x - 0.4, top - 0.8, near),
+            camera.project(x + 0.4, top - 0.8, near),
+            camera.project(x + 0.4, top, near),
+            camera.project(x - 0.4, top, near),
+        ]
+        shapes.append((np.array(sign, np.float32), sign_label, BASE_COLOURS[sign_label]))
+    elif box.kind in ("person", "rider"):
+        if box.kind == "rider":
+            bike = [
+                camera.project(x - 0.3, 0, near),
+                camera.project(x + 0.3, 0, near),
+                camera.project(x + 0.3, 0.9, near),
+                camera.project(x - 0.3, 0.9, near),
+            ]
+            shapes.append((np.array(bike, np.float32), 18, BASE_COLOURS[18]))
+        base = 0.8 if box.kind == "rider" else 0.0
+        body = [
+            camera.project(x - 0.25, base, near),
+            camera.project(x + 0.25, base, near),
+            camera.project(x + 0.2, box.height * 0.8 + base * 0.3, near),
+            camera.project(x - 0.2, box.height * 0.8 + base * 0.3, near),
+        ]
+        shapes.append((np.array(body, np.float32), box.label, box.colour))
+        hu, hv = camera.project(x, box.height * 0.9 + base * 0.3, near)
+        r = camera.focal * 0.13 / near
+        angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        head = np.stack([hu + r * np.cos(angles), hv + r * np.sin(angles)], 1)
+        shapes.append((head.astype(np.float32), box.label, (230, 190, 160)))
+    else:  # vehicle, seen from behind
+        body = [
+            camera.project(x - half, 0.3, near),
+            camera.project(x + half, 0.3, near),
+            camera.project(x + half, box.height * 0.6, near),
+            camera.project(x - half, box.height * 0.6, near),
+        ]
+        roof = [
+            camera.project(x - half * 0.8, box.height * 0.6, near),
+            camera.project(x + half * 0.8, box.height * 0.6, near),
+            camera.project(x + half * 0.7, box.height, near),
+            camera.project(x - half * 0.7, box.height, near),
+        ]
+        for wheel_x in (x - half * 0.7, x + half * 0.7):
+            wheel = [
+                camera.project(wheel_x - 0.25, 0, near),
+                camera.project(wheel_x + 0.25, 0, near),
+                camera.project(wheel_x + 0.25, 0.4, near),
+                camera.project(wheel_x - 0.25, 0.4, near),
+            ]
+            shapes.append((np.array(wheel, np.float32), box.label, (25, 25, 25)))
+        shapes.append((np.array(body, np.float32), box.label, box.colour))
+        window = tuple(int(c * 0.5) for c in box.colour)
+        shapes.append((np.array(roof, np.float32), box.label, window))
+    return shapes
+
+
+def _style_colour(colour, style: str, cast: np.ndarray) -> tuple[int, int, int]:
+    rgb = np.asarray(colour, np.float32)
+    grey = rgb.mean()
+    if style == "game":
+        rgb = grey + 1.5 * (rgb - grey)  # saturated
+    else:
+        rgb = (grey + 0.45 * (rgb - grey)) * 0.85 + cast  # muted, colour cast
+    return tuple(int(v) for v in np.clip(rgb, 0, 255))
+
+
+def render_frame(
+    world: World, width: int, height: int, cam_z: float, style: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB frame and its train-id label map."""
+    if style not in STYLES:
+        raise ValueError(f"unknown scene style '{style}' (valid: {', '.join(STYLES)})")
+    camera = Camera(width, height, world.horizon)
+    antialias = style == "camera"
+    cast = np.asarray([12, 8, -6], np.float32) if style == "camera" else np.zeros(3, np.float32)
+    image = np.zeros((height, width, 3), np.uint8)
+    label = np.full((height, width), 10, np.uint8)
+    top, bottom = (_style_colour(c, style, cast) for c in world.sky)
+    ramp = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    image[:] = (np.asarray(top) * (1 - ramp) + np.asarray(bottom) * ramp).astype(np.uint8)
+    horizon_v = int(camera.horizon)
+    image[horizon_v:] = _style_colour(BASE_COLOURS[9], style, cast)
+    label[horizon_v:] = 9
+    edge = world.road_half + world.sidewalk
+    for x0, x1, class_id in (
+        (-edge, -world.road_half, 1),
+        (world.road_half, edge, 1),
+        (-world.road_half, world.road_half, 0),
+    ):
+        polygon = _ground_strip(world, camera, cam_z, x0, x1)
+        _fill(
+            image,
+            label,
+            polygon,
+            _style_colour(BASE_COLOURS[class_id], style, cast),
+            class_id,
+            antialias,
+        )
+    for x0 in (-0.08, 0.08):  # centre line (still road)
+        polygon = _ground_strip(world, camera, cam_z, x0 - 0.06, x0 + 0.06)
+        _fill(image, label, polygon, (235, 235, 225), 0, antialias)
+    visible = sorted(world.objects, key=lambda b: -(b.z - cam_z))
+    for box in visible:
+        for polygon, class_id, colour in _box_polygons(box, world, camera, cam_z):
+            _fill(image, label, polygon, _style_colour(colour, style, cast), class_id, antialias)
+    if style == "camera":
+        image = _camera_effects(image, rng)
+    return image, label
+
+
+def _camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    height, width = image.shape[:2]
+    frame = image.astype(np.float32)
+    texture = cv2.GaussianBlur(rng.normal(0, 12, (height, width)).astype(np.float32), (0, 0), 2)
+    frame += texture[..., None]
+    frame = cv2.GaussianBlur(frame, (0, 0), 0.5 + 0.0015 * width)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    radius = ((xs - width / 2) / (width / 2)) ** 2 + ((ys - height / 2) / (height / 2)) ** 2
+    frame *= (1 - 0.35 * np.clip(radius, 0, 2) / 2)[..., None]
+    frame += rng.normal(0, 4, frame.shape).astype(np.float32)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def render_scene(seed: int, width: int = 1024, height: int = 512, style: str = "game"):
+    """One random scene (image RGB uint8 (H, W, 3), train-id labels uint8 (H, W))."""
+    rng = np.random.default_rng(seed)
+    world = make_world(rng, length=FAR + 10)
+    return render_frame(world, width, height, float(rng.uniform(0, 5)), style, rng)
+
+
+def render_clip_frames(
+    seed: int, frames: int, width: int, height: int, style: str = "camera", speed: float = 0.6
+):
+    """Frames of a camera driving ``speed`` metres per frame along one street."""
+    rng = np.random.default_rng(seed)
+    world = make_world(rng, length=FAR + frames * speed + 20)
+    for index in range(frames):
+        yield render_frame(world, width, height, index * speed, style, rng)

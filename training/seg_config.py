@@ -1,0 +1,132 @@
+"""Configuration of a segmentation CyCADA run. Defaults are the paper's appendix A.1.2 values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cycada import configs
+from cycada.training.digits_config import PRESET_DIR, preset_names
+
+SEG_STAGES = ("source", "pixel", "translate", "target", "feature")
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    source: str = "gta5"
+    target: str = "cityscapes"
+    data_root: str = "data"
+    label_space: Literal["cityscapes19", "synthia13"] = "cityscapes19"
+    source_split: str = "train"
+    target_split: str = "train"  # unlabelled target images
+    eval_split: str = "val"  # labelled target split for evaluation
+    resize_width: int = 1024  # every image is resized to this width, keeping its aspect ratio
+    max_samples: int = 0  # cap every split (0 = all)
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class SegSourceConfig:
+    """Source segmenter f_S: SGD lr 1e-3, momentum 0.9, crop 600, batch 8 (DRN: 115k iter.)."""
+
+    iterations: int = 115000
+    batch_size: int = 8
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    crop: int = 600
+    flip: bool = True
+    poly_power: float = 0.0  # 0 = the paper's fixed learning rate; 0.9 = "poly" decay
+
+
+@dataclass(frozen=True)
+class SegPixelConfig:
+    """CycleGAN at 400x400 crops of width-1024 images, 20 epochs; + semantic loss (made to fit)."""
+
+    enabled: bool = True
+    epochs: int = 20
+    max_steps: int = 0
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    crop: int = 400
+    generator: Literal["digit", "resnet6", "resnet9"] = "resnet9"
+    generator_width: int = 64
+    discriminator: Literal["digit", "patch"] = "patch"
+    discriminator_width: int = 64
+    gan_mode: Literal["lsgan", "vanilla"] = "lsgan"
+    lambda_gan: float = 1.0
+    lambda_cycle: float = 10.0  # CycleGAN's default, which the paper followed
+    lambda_semantic: float = 1.0  # the paper dropped it for memory; mixed precision makes it fit
+    lambda_identity: float = 0.0
+    pool_size: int = 50
+    sample_every: int = 500
+
+
+@dataclass(frozen=True)
+class SegTargetConfig:
+    """f_T (initialised from f_S) on the translated source, same recipe as the source model."""
+
+    iterations: int = 115000
+    batch_size: int = 8
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    crop: int = 600
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class SegFeatureConfig:
+    """Score-map discriminator 19→512→256→2; SGD momentum 0.99, lr 1e-5; G loss ×0.1; 60% gate."""
+
+    enabled: bool = True
+    iterations: int = 20000
+    lr: float = 1e-5
+    momentum: float = 0.99
+    weight_decay: float = 5e-4
+    crop: int = 768
+    generator_weight: float = 0.1
+    task_weight: float = 1.0  # L_task on translated source beside the feature GAN (Eq. 6)
+    gate_threshold: float = 0.6
+    gate_window: int = 100
+    discriminator_channels: tuple[int, ...] = (512, 256)
+
+
+@dataclass(frozen=True)
+class SegRunConfig:
+    task: Literal["seg"] = "seg"
+    model: Literal["drn26", "fcn8s", "fastscnn"] = "drn26"
+    backbone_weights: str = ""  # local ImageNet weights (fyu/drn or torchvision VGG16 layout)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on GPU (ignored on CPU)
+    channels_last: bool = True  # on GPU
+    eval_max_samples: int = 0  # cap the evaluation split (0 = all)
+    eval_panels: int = 4  # Figure 5-like panels written per evaluation
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    source: SegSourceConfig = field(default_factory=SegSourceConfig)
+    pixel: SegPixelConfig = field(default_factory=SegPixelConfig)
+    target: SegTargetConfig = field(default_factory=SegTargetConfig)
+    feature: SegFeatureConfig = field(default_factory=SegFeatureConfig)
+
+
+def resolve_seg_config(
+    preset: str = "paper",
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SegRunConfig:
+    """Defaults ← preset YAML ← user YAML ← explicit overrides ← ``--set`` flags."""
+    path = PRESET_DIR / f"seg-{preset}.yaml"
+    if not path.is_file():
+        raise configs.ConfigError(
+            f"unknown preset '{preset}' (valid: {', '.join(preset_names('seg'))})"
+        )
+    data = configs.load_yaml(path)
+    if config_file:
+        data = configs.merge(data, configs.load_yaml(config_file))
+    data = configs.merge(data, overrides or {})
+    data = configs.merge(data, configs.parse_set_flags(sets or []))
+    return configs.build(SegRunConfig, data)
