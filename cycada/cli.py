@@ -10,7 +10,7 @@ from cycada.errors import CycadaError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cycada.training import digits_cli
+    from cycada.training import digits_cli, seg_cli
 
     parser = argparse.ArgumentParser(
         prog="cycada",
@@ -47,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate a checkpoint",
         "cycada eval digits runs/u2m/checkpoints/feature.safetensors --dataset mnist",
     )
+    data = group(
+        "data",
+        "generate synthetic data sets and clips",
+        "cycada data scenes --out data/synth --count 200 --style game --layout gta5",
+    )
     digits_cli.register(train, ablate, evaluate)
+    seg_cli.register(train, ablate, evaluate, data)
     return parser
 
 

@@ -70,7 +70,7 @@ def segmentation_metrics(
 def table_markdown(rows: dict[str, dict[str, Any]]) -> str:
     """Table 4's layout: one row per model, per-class IoU then mIoU, fwIoU, pixel accuracy (%)."""
     first = next(iter(rows.values()))
-    classes = list(first["per_class_iou"])
+    classes = list(first["evaluated_classes"])
     header = ["Model", *classes, "mIoU", "fwIoU", "Pixel acc."]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, metrics in rows.items():
@@ -82,7 +82,7 @@ def table_markdown(rows: dict[str, dict[str, Any]]) -> str:
 
 def table_csv(rows: dict[str, dict[str, Any]]) -> str:
     first = next(iter(rows.values()))
-    classes = list(first["per_class_iou"])
+    classes = list(first["evaluated_classes"])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["model", *classes, "miou", "fwiou", "pixel_accuracy", "mean_class_accuracy"])

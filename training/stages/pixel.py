@@ -20,6 +20,7 @@ from cycada.training.image_pool import ImagePool
 from cycada.training.losses import CycleLoss, GANLoss, SemanticConsistencyLoss
 from cycada.training.models.discriminators import build_image_discriminator
 from cycada.training.models.generators import build_generator
+from cycada.training.seg_config import SegPixelConfig
 from cycada.training.visuals import image_grid, write_png
 
 PIXEL_NETWORKS = ("gen_src2tgt", "gen_tgt2src", "disc_src", "disc_tgt")
@@ -36,13 +37,18 @@ class PixelAdaptation(nn.Module):
 
     def __init__(
         self,
-        cfg: PixelStageConfig,
+        cfg: PixelStageConfig | SegPixelConfig,
         channels: int,
         task_src: nn.Module | None,
         generator: torch.Generator,
+        amp: bool = False,
     ):
         super().__init__()
         self.cfg = cfg
+        # mixed precision (CUDA only): how the semantic loss fits beside CycleGAN at 400x400
+        self.amp = amp
+        self.scaler_gen = torch.amp.GradScaler("cuda", enabled=amp)
+        self.scaler_disc = torch.amp.GradScaler("cuda", enabled=amp)
         gen_width, disc_width = cfg.generator_width, cfg.discriminator_width
         self.gen_src2tgt = build_generator(cfg.generator, channels, channels, gen_width)
         self.gen_tgt2src = build_generator(cfg.generator, channels, channels, gen_width)
@@ -72,10 +78,38 @@ class PixelAdaptation(nn.Module):
         self, x_src: torch.Tensor, x_tgt: torch.Tensor
     ) -> tuple[dict[str, float], torch.Tensor]:
         """One generator update, then one discriminator update. Returns losses and G_S→T(x_src)."""
-        cfg = self.cfg
         discs = [self.disc_src, self.disc_tgt]
+        autocast = torch.autocast(x_src.device.type, dtype=torch.float16, enabled=self.amp)
         # --- generators: fool D_T and D_S, reconstruct, keep f_S's labels (Eqs. 2-4)
         _set_requires_grad(discs, False)
+        with autocast:
+            losses, total, fake_tgt, fake_src = self._generator_losses(x_src, x_tgt)
+        self.opt_gen.zero_grad(set_to_none=True)
+        self.scaler_gen.scale(total).backward()
+        self.scaler_gen.step(self.opt_gen)
+        self.scaler_gen.update()
+        # --- discriminators: real vs (pooled) translated, both domains
+        _set_requires_grad(discs, True)
+        with autocast:
+            pooled_tgt = self.pool_tgt.query(fake_tgt.detach())
+            pooled_src = self.pool_src.query(fake_src.detach())
+            loss_disc_tgt = 0.5 * (
+                self.gan_loss(self.disc_tgt(x_tgt), True)
+                + self.gan_loss(self.disc_tgt(pooled_tgt), False)
+            )
+            loss_disc_src = 0.5 * (
+                self.gan_loss(self.disc_src(x_src), True)
+                + self.gan_loss(self.disc_src(pooled_src), False)
+            )
+        self.opt_disc.zero_grad(set_to_none=True)
+        self.scaler_disc.scale(loss_disc_tgt + loss_disc_src).backward()
+        self.scaler_disc.step(self.opt_disc)
+        self.scaler_disc.update()
+        losses.update(disc_tgt=loss_disc_tgt.item(), disc_src=loss_disc_src.item())
+        return losses, fake_tgt.detach()
+
+    def _generator_losses(self, x_src: torch.Tensor, x_tgt: torch.Tensor):
+        cfg = self.cfg
         fake_tgt = self.gen_src2tgt(x_src)
         rec_src = self.gen_tgt2src(fake_tgt)
         fake_src = self.gen_tgt2src(x_tgt)
@@ -96,26 +130,7 @@ class PixelAdaptation(nn.Module):
             )
             total = total + cfg.lambda_identity * loss_idt
             losses["identity"] = loss_idt.item()
-        self.opt_gen.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_gen.step()
-        # --- discriminators: real vs (pooled) translated, both domains
-        _set_requires_grad(discs, True)
-        pooled_tgt = self.pool_tgt.query(fake_tgt.detach())
-        pooled_src = self.pool_src.query(fake_src.detach())
-        loss_disc_tgt = 0.5 * (
-            self.gan_loss(self.disc_tgt(x_tgt), True)
-            + self.gan_loss(self.disc_tgt(pooled_tgt), False)
-        )
-        loss_disc_src = 0.5 * (
-            self.gan_loss(self.disc_src(x_src), True)
-            + self.gan_loss(self.disc_src(pooled_src), False)
-        )
-        self.opt_disc.zero_grad(set_to_none=True)
-        (loss_disc_tgt + loss_disc_src).backward()
-        self.opt_disc.step()
-        losses.update(disc_tgt=loss_disc_tgt.item(), disc_src=loss_disc_src.item())
-        return losses, fake_tgt.detach()
+        return losses, total, fake_tgt, fake_src
 
 
 @torch.no_grad()

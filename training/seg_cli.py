@@ -1,0 +1,266 @@
+"""`cycada train seg`, `cycada eval seg`, `cycada ablate seg` and `cycada data scenes|clip`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from cycada.training.data.segmentation import SEG_DATASETS
+from cycada.training.digits_cli import DEFAULT_DATA_ROOT
+from cycada.training.digits_config import preset_names
+from cycada.training.seg_config import SEG_STAGES, SegRunConfig, resolve_seg_config
+
+EXAMPLE_TRAIN = (
+    "cycada train seg --source gta5 --target cityscapes --model drn26 --preset paper "
+    "--data-root /data --out runs/gta2cs"
+)
+SEG_ABLATION_ROWS = {
+    "feature_only": "CyCADA feature-only",
+    "pixel_only_no_cycle": "CyCADA pixel-only w/o cycle",
+    "pixel_only": "CyCADA pixel-only",
+    "full": "CyCADA",
+}
+
+
+def _with_format(
+    parser_factory, name: str, help_text: str, example: str
+) -> argparse.ArgumentParser:
+    return parser_factory.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_seg_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        default="gta5",
+        metavar="NAME",
+        help=f"labelled source domain: {', '.join(SEG_DATASETS)}",
+    )
+    parser.add_argument(
+        "--target",
+        default="cityscapes",
+        metavar="NAME",
+        help="unlabelled target domain (same names)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["drn26", "fcn8s", "fastscnn"],
+        help="drn26 (paper B, default), fcn8s (paper A), fastscnn (CPU/edge)",
+    )
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--preset", default="paper", choices=preset_names("seg"))
+    parser.add_argument("--config", help="YAML file of overrides, applied after the preset")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--source-split")
+    parser.add_argument("--target-split", help="unlabelled target split (default train)")
+    parser.add_argument("--eval-split", help="labelled target split for evaluation (default val)")
+    parser.add_argument("--label-space", choices=["cityscapes19", "synthia13"])
+    parser.add_argument("--backbone-weights", help="local ImageNet weights file")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--quiet", action="store_true")
+
+
+def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
+    data = {"source": args.source, "target": args.target, "data_root": args.data_root}
+    for key in ("source_split", "target_split", "eval_split", "label_space"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    overrides: dict = {"data": data}
+    for key in ("model", "seed", "device", "backbone_weights"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return resolve_seg_config(args.preset, args.config, args.sets, overrides)
+
+
+def seg_row_config(config: SegRunConfig, row: str) -> SegRunConfig:
+    """Table 5 rows: feature-only, pixel-only without cycle, pixel-only, full."""
+    pixel, feature = config.pixel, config.feature
+    return {
+        "feature_only": dataclasses.replace(
+            config, pixel=dataclasses.replace(pixel, enabled=False)
+        ),
+        "pixel_only_no_cycle": dataclasses.replace(
+            config,
+            pixel=dataclasses.replace(pixel, lambda_cycle=0.0),
+            feature=dataclasses.replace(feature, enabled=False),
+        ),
+        "pixel_only": dataclasses.replace(
+            config, feature=dataclasses.replace(feature, enabled=False)
+        ),
+        "full": config,
+    }[row]
+
+
+def cmd_train_seg(args: argparse.Namespace) -> int:
+    from cycada.training.seg_pipeline import run_seg
+
+    config = seg_config_from_args(args)
+    if args.row:
+        config = seg_row_config(config, args.row)
+    stages = [args.stage] if args.stage else None
+    metrics = run_seg(config, args.out, stages=stages, restart=args.restart, quiet=args.quiet)
+    final = metrics.get("final")
+    if final:
+        print(
+            f"{final['stage']}: mIoU {final['miou']:.2%} ({metrics['protocol']['target_eval']}); "
+            f"results in {args.out}"
+        )
+    return 0
+
+
+def cmd_eval_seg(args: argparse.Namespace) -> int:
+    from cycada.training.seg_eval import evaluate_seg_checkpoint
+
+    print(
+        evaluate_seg_checkpoint(
+            args.checkpoint,
+            args.dataset,
+            args.split,
+            args.data_root,
+            args.out,
+            args.compare,
+            args.max_samples,
+        )
+    )
+    return 0
+
+
+def cmd_data_scenes(args: argparse.Namespace) -> int:
+    from cycada.training.data.scene_writer import write_scene_dataset
+
+    width, height = _size(args.size)
+    write_scene_dataset(
+        args.out,
+        args.count,
+        args.style,
+        args.layout,
+        width,
+        height,
+        args.seed,
+        args.split,
+        quiet=False,
+    )
+    print(f"{args.count} {args.style} scenes in the {args.layout} layout in {args.out}")
+    return 0
+
+
+def cmd_data_clip(args: argparse.Namespace) -> int:
+    from cycada.training.data.scene_writer import write_clip
+
+    width, height = _size(args.size)
+    write_clip(args.out, args.frames, width, height, args.style, args.fps, args.seed)
+    print(f"{args.frames} frames written to {args.out}")
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    from cycada.errors import ConfigError
+
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size '{text}' must look like WIDTHxHEIGHT, e.g. 1024x512") from None
+    return width, height
+
+
+def register(train, ablate, evaluate, data) -> None:
+    parser = _with_format(
+        train, "seg", "CyCADA on semantic segmentation (Tables 4-6)", EXAMPLE_TRAIN
+    )
+    add_seg_options(parser)
+    parser.add_argument("--stage", choices=SEG_STAGES, help="run only this stage")
+    parser.add_argument(
+        "--row",
+        choices=sorted(SEG_ABLATION_ROWS),
+        help="a Table 5 row: feature_only, pixel_only_no_cycle, pixel_only, full",
+    )
+    parser.add_argument("--restart", action="store_true")
+    parser.set_defaults(handler=cmd_train_seg)
+
+    parser = _with_format(
+        ablate,
+        "seg",
+        "the rows of Table 5, one run folder each",
+        "cycada ablate seg --source gta5 --target cityscapes --out runs/t5",
+    )
+    add_seg_options(parser)
+    parser.add_argument("--rows", help="comma-separated subset (default: all)")
+    parser.set_defaults(handler=cmd_ablate_seg)
+
+    parser = _with_format(
+        evaluate,
+        "seg",
+        "mIoU, fwIoU, pixel and class accuracy, per-class IoU",
+        "cycada eval seg runs/gta2cs/checkpoints/feature.safetensors "
+        "--dataset cityscapes --split val --out runs/gta2cs/eval-val",
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--dataset", required=True, help=", ".join(SEG_DATASETS))
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="a second checkpoint (e.g. source only) shown beside in the panels",
+    )
+    parser.add_argument("--max-samples", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    parser.set_defaults(handler=cmd_eval_seg)
+
+    parser = _with_format(
+        data,
+        "scenes",
+        "render labelled synthetic driving scenes",
+        "cycada data scenes --out data/synth-gta --count 500 --style game --layout gta5",
+    )
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--style", choices=["game", "camera"], default="game")
+    parser.add_argument("--layout", choices=["gta5", "cityscapes"], default="gta5")
+    parser.add_argument("--split", default="train", help="cityscapes layout split folder")
+    parser.add_argument("--size", default="1024x512")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=cmd_data_scenes)
+
+    parser = _with_format(
+        data,
+        "clip",
+        "render an MP4 of a camera driving a synthetic street",
+        "cycada data clip --out data/clip.mp4 --frames 150 --size 512x256",
+    )
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--style", choices=["game", "camera"], default="camera")
+    parser.add_argument("--size", default="512x256")
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=cmd_data_clip)
+
+
+def cmd_ablate_seg(args: argparse.Namespace) -> int:
+    from cycada.atomic import write_text_atomic
+    from cycada.errors import ConfigError
+    from cycada.training.seg_metrics import table_csv, table_markdown
+    from cycada.training.seg_pipeline import run_seg
+
+    config = seg_config_from_args(args)
+    rows = args.rows.split(",") if args.rows else list(SEG_ABLATION_ROWS)
+    unknown = [r for r in rows if r not in SEG_ABLATION_ROWS]
+    if unknown:
+        raise ConfigError(f"unknown row '{unknown[0]}' (valid: {', '.join(SEG_ABLATION_ROWS)})")
+    results = {}
+    for row in rows:
+        metrics = run_seg(seg_row_config(config, row), args.out / row, quiet=args.quiet)
+        results[SEG_ABLATION_ROWS[row]] = metrics["stages"][metrics["final"]["stage"]]["target"]
+        write_text_atomic(args.out / "results.md", table_markdown(results))
+        write_text_atomic(args.out / "results.csv", table_csv(results))
+    print((args.out / "results.md").read_text())
+    return 0

@@ -1,0 +1,216 @@
+"""Shared state of one segmentation run: data, device, precision, loaders, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from cycada import configs
+from cycada.errors import DataError
+from cycada.training.data.label_spaces import LABEL_SPACES
+from cycada.training.data.seg_transforms import SegTransform, resize_to_width
+from cycada.training.data.segmentation import SegmentationSet, load_segmentation
+from cycada.training.digits_run import resolve_device
+from cycada.training.models.segmenters import Segmenter, build_segmenter, load_backbone
+from cycada.training.run_log import RunLog
+from cycada.training.seg_config import SEG_STAGES, SegRunConfig
+from cycada.training.seg_metrics import ConfusionMatrix, segmentation_metrics
+from cycada.training.stage_store import StageStore
+from cycada.training.visuals import write_png
+
+
+def cap(dataset: SegmentationSet, count: int) -> SegmentationSet:
+    """The first ``count`` items of a split (all when count <= 0)."""
+    if count <= 0 or count >= len(dataset):
+        return dataset
+    return SegmentationSet(
+        dataset.name,
+        dataset.split,
+        dataset.items[:count],
+        dataset.mapping,
+        dataset.space,
+        dataset.label_reader,
+    )
+
+
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → float in [-1, 1] on ``device``."""
+    x = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class SegRun(StageStore):
+    def __init__(self, config: SegRunConfig, out_dir: Path, quiet: bool = False):
+        self.config, self.out_dir = config, out_dir
+        self.device = resolve_device(config.device)
+        self.cuda = self.device.type == "cuda"
+        self.space = LABEL_SPACES[config.data.label_space]
+        data = config.data
+
+        def load(name: str, split: str) -> SegmentationSet:
+            return cap(load_segmentation(name, split, data.data_root, self.space), data.max_samples)
+
+        self.source_train = load(data.source, data.source_split)
+        if not self.source_train.labelled:
+            raise DataError(f"source {data.source}/{data.source_split} has images without labels")
+        self.target_train = load(data.target, data.target_split)
+        self.target_eval = cap(
+            load_segmentation(data.target, data.eval_split, data.data_root, self.space),
+            config.eval_max_samples,
+        )
+        if not self.target_eval.labelled:
+            raise DataError(
+                f"evaluation split {data.target}/{data.eval_split} has unlabelled images"
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLog(out_dir, quiet=quiet)
+
+    # -- networks and precision -------------------------------------------------------------
+    def new_segmenter(self, backbone: bool = True) -> Segmenter:
+        model = build_segmenter(self.config.model, self.space.num_classes)
+        if backbone and self.config.backbone_weights:
+            loaded = load_backbone(model, self.config.backbone_weights)
+            self.log.info(f"backbone: {len(loaded)} tensors from {self.config.backbone_weights}")
+        model = model.to(self.device)
+        if self.cuda and self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cuda and self.config.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def input(self, images: torch.Tensor) -> torch.Tensor:
+        return to_input(images, self.device, self.cuda and self.config.channels_last)
+
+    def generator(self, stage: str) -> torch.Generator:
+        offset = SEG_STAGES.index(stage) + 1
+        torch.manual_seed(self.config.seed * 100 + offset)
+        return torch.Generator().manual_seed(self.config.seed * 100 + offset)
+
+    def batches(
+        self,
+        dataset: SegmentationSet,
+        transform: SegTransform,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Shuffled transformed batches forever (a new random crop/flip of each image per pass)."""
+        dataset = dataset.with_transform(transform, seed=self.config.seed)
+        batch_size = min(batch_size, len(dataset))
+        epoch = 0
+        while True:
+            dataset.epoch = epoch
+            loader = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=True,
+                generator=generator,
+                num_workers=self.config.data.workers,
+                pin_memory=self.cuda,
+            )
+            yield from loader
+            epoch += 1
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def stage_fingerprint(self, stage: str) -> str:
+        c = self.config
+        data = dataclasses.replace(c.data, data_root="", workers=0)
+        parts: list[Any] = [
+            {
+                "model": c.model,
+                "seed": c.seed,
+                "backbone": c.backbone_weights,
+                "data": configs.to_dict(data),
+            },
+            c.source,
+        ]
+        position = SEG_STAGES.index(stage)
+        if position >= SEG_STAGES.index("pixel"):
+            parts.append(c.pixel)
+        if position >= SEG_STAGES.index("target"):
+            parts.append(c.target)
+        if position >= SEG_STAGES.index("feature"):
+            parts.append(c.feature)
+        return configs.fingerprint(*parts)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "task": "seg",
+            "model": self.config.model,
+            "label_space": self.space.name,
+            "class_names": list(self.space.classes),
+            "resize_width": self.config.data.resize_width,
+        }
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, model: Segmenter, image: np.ndarray, out_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Labels (H, W) at ``out_size`` for one RGB image, run at the configured width."""
+        resized, _ = resize_to_width(image, None, self.config.data.resize_width)
+        x = self.input(torch.from_numpy(resized).permute(2, 0, 1)[None])
+        with self.autocast():
+            logits = model(x)
+        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+        return logits.argmax(1)[0]
+
+    def evaluate(
+        self, model: Segmenter, stage: str, compare: dict[str, Segmenter] | None = None
+    ) -> dict[str, Any]:
+        """One confusion matrix over the evaluation split at full label resolution.
+
+        Writes prediction PNGs and panels (image | ``compare`` models | this model | truth).
+        """
+        was_training = model.training
+        model.eval()
+        dataset = self.target_eval
+        confusion = ConfusionMatrix(self.space.num_classes, self.device)
+        folder = self.out_dir / "eval" / stage
+        for index in range(len(dataset)):
+            image, label = dataset.load_raw(index)
+            prediction = self.predict(model, image, label.shape)
+            confusion.update(prediction, torch.from_numpy(label).to(self.device))
+            if index < self.config.eval_panels:
+                name = dataset.items[index].image.stem
+                colour = self.space.colorize(prediction.cpu().numpy().astype(np.uint8))
+                write_png(folder / "predictions" / f"{name}.png", colour)
+                columns = [image]
+                for other in (compare or {}).values():
+                    other.eval()
+                    columns.append(
+                        self.space.colorize(
+                            self.predict(other, image, label.shape).cpu().numpy().astype(np.uint8)
+                        )
+                    )
+                columns += [colour, self.space.colorize(label)]
+                write_png(folder / "panels" / f"{name}.png", panel(columns))
+        model.train(was_training)
+        metrics = segmentation_metrics(
+            confusion.numpy(), self.space.classes, dataset.mapping.evaluated
+        )
+        metrics["dataset"] = f"{dataset.name}/{dataset.split}"
+        metrics["confusion_matrix"] = confusion.numpy().tolist()
+        return metrics
+
+
+def panel(columns: list[np.ndarray], height: int = 256) -> np.ndarray:
+    """Side-by-side RGB images scaled to one height, like the paper's Figure 5."""
+    scaled = []
+    for image in columns:
+        width = round(image.shape[1] * height / image.shape[0])
+        scaled.append(cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST))
+        scaled.append(np.full((height, 4, 3), 255, np.uint8))
+    return np.concatenate(scaled[:-1], axis=1)
