@@ -159,6 +159,16 @@ class DigitsPipeline:
             f"target {results['target']['dataset']} {results['target']['accuracy']:.2%}"
         )
 
+    def _record_reused(self, stage: str, started: float, model: nn.Module, pixel=None) -> None:
+        """Stages reused from a checkpoint or the stage cache still get their metrics."""
+        if stage in self.metrics["stages"]:
+            return
+        if pixel is not None:
+            results = self._pixel_metrics(pixel, model)
+        else:
+            results = self.run.evaluate(model, stage)
+        self._record(stage, results, started, {"reused_checkpoint": True})
+
     def _must_train(self, stage: str) -> bool:
         if self._available(stage):
             self.run.log.info(f"{stage}: finished checkpoint found, not training it again")
@@ -187,6 +197,7 @@ class DigitsPipeline:
                     self._record(stage, run.evaluate(task_src, stage), started)
                 else:
                     run.load_stage(stage, {"task_src": task_src})
+                    self._record_reused(stage, started, task_src)
                 task_src.eval()
                 task_tgt = task_src
             elif stage == "pixel":
@@ -204,6 +215,7 @@ class DigitsPipeline:
                     )
                 else:
                     run.load_stage(stage, pixel.networks())
+                    self._record_reused(stage, started, task_src, pixel)
                 pixel.eval()
             elif stage == "target":
                 assert pixel is not None
@@ -214,6 +226,7 @@ class DigitsPipeline:
                 else:
                     task_tgt = run.new_task_net()
                     run.load_stage(stage, {"task_tgt": task_tgt})
+                    self._record_reused(stage, started, task_tgt)
             elif stage == "feature":
                 assert task_tgt is not None
                 if self._must_train(stage):
@@ -227,6 +240,7 @@ class DigitsPipeline:
                 else:
                     task_tgt = run.new_task_net()
                     run.load_stage(stage, {"task_tgt": task_tgt})
+                    self._record_reused(stage, started, task_tgt)
             elif stage == "joint" and self._must_train(stage):
                 pixel, task_tgt, summary = train_joint(run, task_src)
                 self._finished(stage, {**pixel.networks(), "task_tgt": task_tgt}, summary)

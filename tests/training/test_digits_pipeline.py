@@ -129,6 +129,8 @@ def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain)
     assert "reusing" in (tmp_path / "full" / "log.txt").read_text()
     assert len(list((tmp_path / "_stage_cache").glob("source-*"))) == 1
     assert len(list((tmp_path / "_stage_cache").glob("pixel-*"))) == 1
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert list(full["stages"]) == ["source", "pixel", "target", "feature"]  # reused ones too
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
