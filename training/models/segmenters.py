@@ -6,9 +6,10 @@ discriminator). Module names follow the public reference implementations (fyu/dr
 VGG16) so ImageNet-initialised weights in those layouts load by name (:func:`load_backbone`).
 
 Fast-SCNN (Poudel et al., 2019) is the light real-time model: 1.1 M parameters, a shared
-learning-to-downsample stem at 1/8 resolution, a global context branch at 1/32 with pyramid
-pooling, and a cheap fusion; it is designed for low-compute devices, which makes it the CPU/edge
-default here (see ``cycada.training.bench_segmenters`` for its ONNX Runtime speed).
+learning-to-downsample stem at 1/8 resolution, a global context branch at 1/32 with pyramid-style
+context pooling (size-agnostic for ONNX, see :class:`ContextPooling`) and a cheap fusion. It is
+designed for low-compute devices, which makes it the CPU/edge default here (its ONNX Runtime
+speed: ``python -m cycada.training.bench_segmenters``).
 """
 
 from __future__ import annotations
@@ -234,21 +235,27 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class PyramidPooling(nn.Module):
-    def __init__(self, channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)):
+class ContextPooling(nn.Module):
+    """Pyramid-pooling-like global context that exports to ONNX for any input size.
+
+    Fast-SCNN's pyramid pooling uses adaptive pooling to 1, 2, 3 and 6 bins, which ONNX cannot
+    express for input sizes those bins do not divide. Here the global bin is a mean over the map
+    and the finer bins are stride-1 average pools of growing windows: same role (context at
+    several scales), any size, one graph for every resolution.
+    """
+
+    def __init__(self, channels: int, windows: tuple[int, ...] = (3, 5, 9)):
         super().__init__()
-        self.bins = bins
-        self.reduce = nn.ModuleList(_conv_bn_relu(channels, channels // 4, 1) for _ in bins)
+        self.windows = windows
+        self.reduce = nn.ModuleList(
+            _conv_bn_relu(channels, channels // 4, 1) for _ in range(len(windows) + 1)
+        )
         self.project = _conv_bn_relu(channels * 2, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        pooled = [
-            F.interpolate(
-                conv(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False
-            )
-            for b, conv in zip(self.bins, self.reduce, strict=True)
-        ]
+        pooled = [self.reduce[0](x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, *x.shape[-2:])]
+        for window, conv in zip(self.windows, self.reduce[1:], strict=True):
+            pooled.append(conv(F.avg_pool2d(x, window, 1, window // 2, count_include_pad=False)))
         return self.project(torch.cat([x, *pooled], dim=1))
 
 
@@ -267,7 +274,7 @@ class FastSCNN(Segmenter):
         for cin, cout, stride in ((64, 64, 2), (64, 96, 2), (96, 128, 1)):
             blocks += [InvertedResidual(cin, cout, stride)]
             blocks += [InvertedResidual(cout, cout, 1) for _ in range(2)]
-        self.global_features = nn.Sequential(*blocks, PyramidPooling(128))
+        self.global_features = nn.Sequential(*blocks, ContextPooling(128))
         self.fuse_low = nn.Sequential(nn.Conv2d(64, 128, 1, bias=False), nn.BatchNorm2d(128))
         self.fuse_high = nn.Sequential(
             _conv_bn_relu(128, 128, 3, groups=128),
