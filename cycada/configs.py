@@ -157,3 +157,25 @@ def fingerprint(*parts: Any) -> str:
     """A short stable hash of config sections (used to match checkpoints to configs)."""
     blob = json.dumps([p if isinstance(p, dict) else to_dict(p) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve(
+    cls: type[T],
+    preset_dir: Path,
+    task: str,
+    preset: str,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Defaults ← preset YAML (``<task>-<preset>.yaml``) ← user YAML ← overrides ← ``--set``."""
+    preset_path = preset_dir / f"{task}-{preset}.yaml"
+    if not preset_path.is_file():
+        names = sorted(p.stem.split("-", 1)[1] for p in preset_dir.glob(f"{task}-*.yaml"))
+        raise ConfigError(f"unknown preset '{preset}' (valid: {', '.join(names)})")
+    data = load_yaml(preset_path)
+    if config_file:
+        data = merge(data, load_yaml(config_file))
+    data = merge(data, overrides or {})
+    data = merge(data, parse_set_flags(sets or []))
+    return build(cls, data)

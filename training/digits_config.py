@@ -117,14 +117,6 @@ def resolve_digits_config(
     overrides: dict[str, Any] | None = None,
 ) -> DigitsRunConfig:
     """Defaults ← preset YAML ← user YAML ← explicit overrides ← ``--set`` flags."""
-    preset_path = PRESET_DIR / f"digits-{preset}.yaml"
-    if not preset_path.is_file():
-        raise configs.ConfigError(
-            f"unknown preset '{preset}' (valid: {', '.join(preset_names('digits'))})"
-        )
-    data = configs.load_yaml(preset_path)
-    if config_file:
-        data = configs.merge(data, configs.load_yaml(config_file))
-    data = configs.merge(data, overrides or {})
-    data = configs.merge(data, configs.parse_set_flags(sets or []))
-    return configs.build(DigitsRunConfig, data)
+    return configs.resolve(
+        DigitsRunConfig, PRESET_DIR, "digits", preset, config_file, sets, overrides
+    )

@@ -54,6 +54,8 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
         help="drn26 (paper B, default), fcn8s (paper A), fastscnn (CPU/edge)",
     )
     parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--source-root", help="folder of the source domain (default --data-root)")
+    parser.add_argument("--target-root", help="folder of the target domain (default --data-root)")
     parser.add_argument("--preset", default="paper", choices=preset_names("seg"))
     parser.add_argument("--config", help="YAML file of overrides, applied after the preset")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -70,7 +72,14 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
 
 def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
     data = {"source": args.source, "target": args.target, "data_root": args.data_root}
-    for key in ("source_split", "target_split", "eval_split", "label_space"):
+    for key in (
+        "source_split",
+        "target_split",
+        "eval_split",
+        "label_space",
+        "source_root",
+        "target_root",
+    ):
         if getattr(args, key):
             data[key] = getattr(args, key)
     overrides: dict = {"data": data}

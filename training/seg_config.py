@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cycada import configs
-from cycada.training.digits_config import PRESET_DIR, preset_names
+from cycada.training.digits_config import PRESET_DIR
 
 SEG_STAGES = ("source", "pixel", "translate", "target", "feature")
 
@@ -16,6 +16,8 @@ class SegDataConfig:
     source: str = "gta5"
     target: str = "cityscapes"
     data_root: str = "data"
+    source_root: str = ""  # where the source domain lives, when not under data_root
+    target_root: str = ""  # where the target domain lives, when not under data_root
     label_space: Literal["cityscapes19", "synthia13"] = "cityscapes19"
     source_split: str = "train"
     target_split: str = "train"  # unlabelled target images
@@ -119,14 +121,4 @@ def resolve_seg_config(
     overrides: dict[str, Any] | None = None,
 ) -> SegRunConfig:
     """Defaults ← preset YAML ← user YAML ← explicit overrides ← ``--set`` flags."""
-    path = PRESET_DIR / f"seg-{preset}.yaml"
-    if not path.is_file():
-        raise configs.ConfigError(
-            f"unknown preset '{preset}' (valid: {', '.join(preset_names('seg'))})"
-        )
-    data = configs.load_yaml(path)
-    if config_file:
-        data = configs.merge(data, configs.load_yaml(config_file))
-    data = configs.merge(data, overrides or {})
-    data = configs.merge(data, configs.parse_set_flags(sets or []))
-    return configs.build(SegRunConfig, data)
+    return configs.resolve(SegRunConfig, PRESET_DIR, "seg", preset, config_file, sets, overrides)

@@ -56,15 +56,18 @@ class SegRun(StageStore):
         self.space = LABEL_SPACES[config.data.label_space]
         data = config.data
 
-        def load(name: str, split: str) -> SegmentationSet:
-            return cap(load_segmentation(name, split, data.data_root, self.space), data.max_samples)
+        source_root = data.source_root or data.data_root
+        target_root = data.target_root or data.data_root
 
-        self.source_train = load(data.source, data.source_split)
+        def load(name: str, split: str, root: str) -> SegmentationSet:
+            return cap(load_segmentation(name, split, root, self.space), data.max_samples)
+
+        self.source_train = load(data.source, data.source_split, source_root)
         if not self.source_train.labelled:
             raise DataError(f"source {data.source}/{data.source_split} has images without labels")
-        self.target_train = load(data.target, data.target_split)
+        self.target_train = load(data.target, data.target_split, target_root)
         self.target_eval = cap(
-            load_segmentation(data.target, data.eval_split, data.data_root, self.space),
+            load_segmentation(data.target, data.eval_split, target_root, self.space),
             config.eval_max_samples,
         )
         if not self.target_eval.labelled:
@@ -126,7 +129,7 @@ class SegRun(StageStore):
     # -- checkpoints --------------------------------------------------------------------------
     def stage_fingerprint(self, stage: str) -> str:
         c = self.config
-        data = dataclasses.replace(c.data, data_root="", workers=0)
+        data = dataclasses.replace(c.data, data_root="", source_root="", target_root="", workers=0)
         parts: list[Any] = [
             {
                 "model": c.model,

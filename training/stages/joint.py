@@ -68,7 +68,7 @@ def train_joint(
                     d_acc=f"{values['disc_accuracy']:.2f}", cyc=f"{losses['cycle']:.3f}"
                 )
             if step % cfg.pixel.sample_every == 0 or step == total:
-                write_samples(run, pixel, x_src[:8], x_tgt[:8], step)
+                write_samples(run.out_dir, pixel, x_src[:8], x_tgt[:8], step)
         resume.save(epoch + 1, {"generator_updates": updates})
     bar.close()
     resume.finish()

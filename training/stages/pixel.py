@@ -8,6 +8,7 @@ loss with the frozen source model f_S. One explicit step: generators first, then
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +150,12 @@ def translate(
 
 
 def write_samples(
-    run: DigitsRun, pixel: PixelAdaptation, x_src: torch.Tensor, x_tgt: torch.Tensor, step: int
+    out_dir: Path,
+    pixel: PixelAdaptation,
+    x_src: torch.Tensor,
+    x_tgt: torch.Tensor,
+    step: int,
+    scale: int = 2,
 ) -> None:
     """Grid: source | G_S→T(source) | reconstruction || target | G_T→S(target) | reconstruction."""
     with torch.no_grad():
@@ -167,8 +173,8 @@ def write_samples(
         ]
         pixel.train(was_training)
     write_png(
-        run.out_dir / "samples" / f"pixel_step{step:06d}.png",
-        image_grid([c.cpu() for c in columns]),
+        out_dir / "samples" / f"pixel_step{step:06d}.png",
+        image_grid([c.float().cpu() for c in columns], scale=scale),
     )
 
 
@@ -217,7 +223,7 @@ def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                 run.log.scalars("pixel", losses, step)
             if step % cfg.sample_every == 0 or step == total:
-                write_samples(run, pixel, fixed_src, fixed_tgt, step)
+                write_samples(run.out_dir, pixel, fixed_src, fixed_tgt, step)
         resume.save(epoch + 1)
     bar.close()
     resume.finish()

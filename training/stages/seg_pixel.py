@@ -13,8 +13,8 @@ from cycada.training.data.seg_transforms import SegTransform, resize_to_width
 from cycada.training.data.segmentation import SegmentationSet, load_segmentation
 from cycada.training.models.segmenters import Segmenter
 from cycada.training.seg_run import SegRun
-from cycada.training.stages.pixel import PixelAdaptation
-from cycada.training.visuals import image_grid, write_png
+from cycada.training.stages.pixel import PixelAdaptation, write_samples
+from cycada.training.visuals import write_png
 
 CHECKPOINT_EVERY = 200
 
@@ -48,7 +48,7 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             run.log.scalars("pixel", losses, step + 1)
         if (step + 1) % cfg.sample_every == 0 or step + 1 == total:
-            _write_samples(run, pixel, x_src[:2], x_tgt[:2], step + 1)
+            write_samples(run.out_dir, pixel, x_src[:2], x_tgt[:2], step + 1, scale=1)
         if (step + 1) % CHECKPOINT_EVERY == 0:
             resume.save(step + 1)
     bar.close()
@@ -58,25 +58,6 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
         run.log.info(f"pixel: peak GPU memory {peak:.2f} GiB")
     pixel.eval()
     return pixel
-
-
-@torch.no_grad()
-def _write_samples(run: SegRun, pixel: PixelAdaptation, x_src, x_tgt, step: int) -> None:
-    pixel.eval()
-    fake_tgt, fake_src = pixel.gen_src2tgt(x_src), pixel.gen_tgt2src(x_tgt)
-    columns = [
-        x_src,
-        fake_tgt,
-        pixel.gen_tgt2src(fake_tgt),
-        x_tgt,
-        fake_src,
-        pixel.gen_src2tgt(fake_src),
-    ]
-    pixel.train()
-    write_png(
-        run.out_dir / "samples" / f"pixel_step{step:06d}.png",
-        image_grid([c.float().cpu() for c in columns], scale=1),
-    )
 
 
 @torch.no_grad()
