@@ -15,7 +15,7 @@ EXAMPLE_TRAIN = (
     "cycada train seg --source gta5 --target cityscapes --model drn26 --preset paper "
     "--data-root /data --out runs/gta2cs"
 )
-SEG_ABLATION_ROWS = {
+SEG_ABLATION_ROWS = {  # Table 5
     "feature_only": "CyCADA feature-only",
     "pixel_only_no_cycle": "CyCADA pixel-only w/o cycle",
     "pixel_only": "CyCADA pixel-only",
@@ -89,9 +89,27 @@ def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
     return resolve_seg_config(args.preset, args.config, args.sets, overrides)
 
 
+SEG_TABLE4_ROWS = {"source_only": "Source only", "oracle": "Oracle (train on target)"}
+
+
 def seg_row_config(config: SegRunConfig, row: str) -> SegRunConfig:
-    """Table 5 rows: feature-only, pixel-only without cycle, pixel-only, full."""
+    """Table 5 rows (feature-only, pixel-only without cycle, pixel-only, full) and Table 4's
+    source-only and oracle rows (the labelled target train split as the source)."""
     pixel, feature = config.pixel, config.feature
+    no_adaptation = dict(
+        pixel=dataclasses.replace(pixel, enabled=False),
+        feature=dataclasses.replace(feature, enabled=False),
+    )
+    if row == "source_only":
+        return dataclasses.replace(config, **no_adaptation)
+    if row == "oracle":
+        data = dataclasses.replace(
+            config.data,
+            source=config.data.target,
+            source_split="train",
+            source_root=config.data.target_root,
+        )
+        return dataclasses.replace(config, data=data, **no_adaptation)
     return {
         "feature_only": dataclasses.replace(
             config, pixel=dataclasses.replace(pixel, enabled=False)

@@ -98,6 +98,9 @@ def test_table5_rows(tmp_path, scenes):
     assert list(feature_only["stages"]) == ["source", "feature"]
     no_cycle = seg_row_config(tiny(scenes), "pixel_only_no_cycle")
     assert no_cycle.pixel.lambda_cycle == 0 and not no_cycle.feature.enabled
+    oracle = seg_row_config(tiny(scenes), "oracle")
+    assert (oracle.data.source, oracle.data.source_split) == ("cityscapes", "train")
+    assert not oracle.pixel.enabled and not oracle.feature.enabled
 
 
 def test_stage_order_and_class_count_errors(tmp_path, scenes):
