@@ -45,4 +45,5 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write JSON keeping the insertion order of keys (stage order, class order)."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
