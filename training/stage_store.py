@@ -6,6 +6,7 @@ folder never silently mixes stages trained with different settings.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,19 @@ from cycada.errors import CheckpointError
 from cycada.training.stages.resume import StageResume
 
 
-class StageStore:
+class StageStore(abc.ABC):
     """Base of the run contexts; subclasses define ``stage_fingerprint`` and ``checkpoint_meta``."""
 
     out_dir: Path
     config: Any
 
-    def stage_fingerprint(self, stage: str) -> str:  # overridden by each task's run
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stage_fingerprint(self, stage: str) -> str:
+        """Hash of the configs the result of ``stage`` depends on."""
 
-    def checkpoint_meta(self) -> dict[str, Any]:  # overridden: what export needs to rebuild nets
-        raise NotImplementedError
+    @abc.abstractmethod
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What export and serving need to rebuild the networks (task, model, classes...)."""
 
     def checkpoint_path(self, stage: str) -> Path:
         return self.out_dir / "checkpoints" / f"{stage}.safetensors"

@@ -14,6 +14,7 @@ speed: ``python -m cycada.training.bench_segmenters``).
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class Segmenter(nn.Module):
+class Segmenter(nn.Module, abc.ABC):
     """Base: maps [-1, 1] inputs to ImageNet normalisation, upsamples scores to the input."""
 
     num_classes: int
@@ -44,8 +45,9 @@ class Segmenter(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.input_scale + self.input_shift
 
-    def score_maps(self, x: torch.Tensor) -> torch.Tensor:  # overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at the network's output stride (before upsampling)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.score_maps(x)
