@@ -134,6 +134,11 @@ class SegPipeline:
             f"{metrics['fwiou']:.2%}, pixel accuracy {metrics['pixel_accuracy']:.2%}"
         )
 
+    def _load_task_tgt(self, stage: str):
+        model = self.run.new_segmenter(backbone=False)
+        self.run.load_stage(stage, {"task_tgt": model})
+        return model
+
     def execute(self) -> dict[str, Any]:
         run = self.run
         plan = self.plan[: max(self.plan.index(s) for s in self.requested) + 1]
@@ -174,8 +179,7 @@ class SegPipeline:
                 source_for_feature = translated_set(run)
             elif stage == "target":
                 if self._done(stage):
-                    task_tgt = run.new_segmenter(backbone=False)
-                    run.load_stage(stage, {"task_tgt": task_tgt})
+                    task_tgt = self._load_task_tgt(stage)
                 else:
                     generator = run.generator(stage)
                     task_tgt = train_segmenter(
@@ -190,8 +194,7 @@ class SegPipeline:
                     self._record(stage, task_tgt, started, {"source only": task_src})
             elif stage == "feature":
                 if self._done(stage):
-                    task_tgt = run.new_segmenter(backbone=False)
-                    run.load_stage(stage, {"task_tgt": task_tgt})
+                    task_tgt = self._load_task_tgt(stage)
                 else:
                     task_tgt, summary = train_seg_feature(
                         run, copy.deepcopy(task_tgt), source_for_feature
