@@ -15,3 +15,11 @@ class ConfigError(CycadaError):
 
 class CheckpointError(CycadaError):
     """A checkpoint is missing, truncated or does not match the requested network."""
+
+
+class ExportError(CycadaError):
+    """Export failed: a parity bound was missed, or an engine could not be built."""
+
+
+class ServingError(CycadaError):
+    """The Triton server could not start, load a model, or answer."""

@@ -1,0 +1,71 @@
+"""`cycada export`: command-line front of :mod:`cycada.export.exporter`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cycada.errors import ExportError
+
+
+def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        pairs = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected HxW[,HxW...] like 512x1024, got '{text}'")
+    return tuple(pairs)  # type: ignore[return-value]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="export a training run to ONNX/TensorRT and a Triton model repository",
+        description="Export the generators and the adapted task model of RUN_DIR as a new "
+        "version of each model in the repository, with parity checks on real images.",
+        epilog="example:\n  cycada export runs/demo --repository model_repository --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of a training run")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--check", action="store_true", help="print the parity table")
+    parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX variant")
+    parser.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 plans")
+    parser.add_argument(
+        "--int8-calibration", type=Path, metavar="DIR", help="INT8 plans calibrated on DIR's images"
+    )
+    parser.add_argument(
+        "--trt-shapes",
+        type=_shapes,
+        default=((256, 512), (512, 1024), (1024, 2048)),
+        metavar="HxW,...",
+        help="resolutions the TensorRT profiles cover (min to max)",
+    )
+    parser.add_argument("--trt-max-batch", type=int, default=8)
+    parser.add_argument("--keep", type=int, default=3, help="versions kept on disk per model")
+    parser.add_argument("--data-root", type=Path, help="real images for parity (../shared/data)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cycada.export.exporter import ExportOptions, export_run
+
+    if args.int8_calibration and not args.int8_calibration.is_dir():
+        raise ExportError(f"--int8-calibration {args.int8_calibration} is not a folder of images")
+    options = ExportOptions(
+        fp16=not args.no_fp16,
+        tensorrt=args.tensorrt or args.int8_calibration is not None,
+        int8_calibration=args.int8_calibration,
+        trt_max_batch=args.trt_max_batch,
+        trt_shapes=args.trt_shapes,
+        keep=args.keep,
+        data_root=args.data_root,
+    )
+    report = export_run(args.run_dir, args.repository, options, log=lambda m: print(m, flush=True))
+    if args.check:
+        print(report.table())
+    for name, path in report.versions.items():
+        print(f"{name}: version {path.name} at {path}")
+    print(f"exported in {report.seconds:.0f} s; serve it with: cycada serve {args.repository}")
+    return 0

@@ -1,0 +1,130 @@
+"""`cycada export RUN_DIR --repository DIR`: a training run → a versioned Triton model repository."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cycada.errors import ExportError
+from cycada.export import parity
+from cycada.export.onnx_export import OPSET, export_onnx
+from cycada.export.repository import spec_for, write_model
+from cycada.export.run_models import Endpoint, load_run_endpoints
+
+
+@dataclass
+class ExportOptions:
+    fp16: bool = True
+    tensorrt: bool = False
+    int8_calibration: Path | None = None  # target-domain images for INT8 TensorRT plans
+    trt_max_batch: int = 8
+    trt_shapes: tuple[tuple[int, int], ...] = ((256, 512), (512, 1024), (1024, 2048))
+    keep: int = 3
+    data_root: Path | None = None
+
+
+@dataclass
+class ExportReport:
+    versions: dict[str, Path] = field(default_factory=dict)
+    rows: list[parity.ParityRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        return parity.table(self.rows)
+
+
+def _check_rows(rows: list[parity.ParityRow]) -> None:
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        worst = failed[0]
+        raise ExportError(
+            f"parity bound missed: {worst.endpoint} {worst.variant} {worst.metric} = "
+            f"{worst.value:.6g} (bound {worst.bound:g}); nothing was written\n" + parity.table(rows)
+        )
+
+
+def _export_endpoint(
+    endpoint: Endpoint, options: ExportOptions, report: ExportReport, log: Callable[[str], None]
+) -> Callable[[Path], None]:
+    """Returns the function that fills a version folder (export + parity, before any rename)."""
+
+    def fill(version_dir: Path) -> None:
+        images = parity.parity_images(endpoint, options.data_root)
+        with_logits = endpoint.kind != "translate"
+        reference = parity.torch_runner(endpoint, logits=with_logits)
+        log(f"{endpoint.name}: ONNX fp32")
+        served = export_onnx(endpoint, version_dir / "model.onnx")
+        logits_runner = None
+        with tempfile.TemporaryDirectory() as scratch:
+            if with_logits:
+                checked = export_onnx(endpoint, Path(scratch) / "logits.onnx", logits=True)
+                logits_runner = parity.onnx_runner(checked)
+            rows = parity.compare(
+                endpoint,
+                "onnx-fp32",
+                reference,
+                parity.onnx_runner(served),
+                images,
+                False,
+                logits_runner,
+            )
+        if options.fp16:
+            log(f"{endpoint.name}: ONNX fp16")
+            half = export_onnx(endpoint, version_dir / "model.fp16.onnx", half=True)
+            rows += parity.compare(
+                endpoint, "onnx-fp16", reference, parity.onnx_runner(half), images, True
+            )
+        if options.tensorrt:
+            from cycada.export import tensorrt_build
+
+            log(f"{endpoint.name}: TensorRT plan")
+            plan = tensorrt_build.build_plan(served, version_dir / "model.plan", endpoint, options)
+            runner = tensorrt_build.plan_runner(plan, endpoint)
+            rows += parity.compare(endpoint, "tensorrt", reference, runner, images, True)
+        report.rows.extend(rows)
+        _check_rows(rows)
+
+    return fill
+
+
+def export_run(
+    run_dir: Path,
+    repository: Path,
+    options: ExportOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportReport:
+    """Export every endpoint of ``run_dir`` into ``repository`` as a new version of each model."""
+    options = options or ExportOptions()
+    start = time.perf_counter()
+    endpoints = load_run_endpoints(run_dir)
+    report = ExportReport()
+    for endpoint in endpoints:
+        spec = spec_for(
+            endpoint.name, endpoint.kind, endpoint.in_channels, len(endpoint.class_names)
+        )
+        info = {
+            "endpoint": endpoint.name,
+            "kind": endpoint.kind,
+            "run": str(run_dir.resolve()),
+            "checkpoint": endpoint.meta.get("checkpoint"),
+            "stage": endpoint.meta.get("stage"),
+            "model": endpoint.meta.get("model"),
+            "class_names": endpoint.class_names,
+            "pad_multiple": endpoint.multiple,
+            "opset": OPSET,
+            "fp16": options.fp16,
+            "tensorrt": options.tensorrt,
+        }
+        fill = _export_endpoint(endpoint, options, report, log)
+        report.versions[endpoint.name] = write_model(repository, spec, fill, info, options.keep)
+        if endpoint.kind == "segment":
+            encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
+            info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
+            report.versions["segment_encoded"] = write_model(
+                repository, encoded, lambda _: None, info, options.keep
+            )
+    report.seconds = time.perf_counter() - start
+    return report

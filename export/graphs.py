@@ -1,0 +1,93 @@
+"""Serving graphs: trained networks wrapped so that uint8 images go in and uint8 results come out.
+
+Normalisation, padding to the network's stride, argmax and the conversion back to uint8 live
+inside these modules, so the exported ONNX/TensorRT graphs need no Python pre- or
+post-processing and a native Triton backend can serve them as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cycada.training.data.transforms import fit_channels
+
+
+def _to_unit_nchw(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right by edge replication so height and width are multiples of ``multiple``."""
+    height, width = x.shape[-2], x.shape[-1]
+    pad_h = (multiple - height % multiple) % multiple
+    pad_w = (multiple - width % multiple) % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+class SegmentationGraph(nn.Module):
+    """uint8 (N, H, W, 3) → labels uint8 (N, H, W), confidence uint8 (N, H, W) [, logits].
+
+    Confidence is the winning class's softmax probability scaled to 0..255.
+    """
+
+    def __init__(
+        self, segmenter: nn.Module, multiple: int, half: bool = False, logits: bool = False
+    ):
+        super().__init__()
+        self.segmenter, self.multiple = segmenter, multiple
+        self.half, self.with_logits = half, logits
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = _to_unit_nchw(images)
+        height, width = x.shape[-2], x.shape[-1]
+        x = _pad_to_multiple(x, self.multiple)
+        if self.half:
+            x = x.half()
+        logits = self.segmenter(x)[:, :, :height, :width].float()
+        confidence, labels = logits.softmax(1).max(1)
+        outputs = (labels.to(torch.uint8), confidence.mul(255.0).round().to(torch.uint8))
+        return (*outputs, logits) if self.with_logits else outputs
+
+
+class TranslationGraph(nn.Module):
+    """uint8 (N, H, W, C_in) → translated uint8 (N, H, W, C_out), any H and W."""
+
+    def __init__(self, generator: nn.Module, multiple: int, half: bool = False):
+        super().__init__()
+        self.generator, self.multiple, self.half = generator, multiple, half
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = _to_unit_nchw(images)
+        height, width = x.shape[-2], x.shape[-1]
+        x = _pad_to_multiple(x, self.multiple)
+        if self.half:
+            x = x.half()
+        y = self.generator(x)[:, :, :height, :width].float()
+        return y.add(1.0).mul(127.5).round().clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class DigitGraph(nn.Module):
+    """uint8 (N, H, W, C) digits → class ids uint8 (N, 1), probabilities float32 (N, K) [, logits].
+
+    The network's own input fitting (grey↔RGB, resize to its input size) runs in the graph, so
+    any digit image size is accepted. C must be the channel count fixed at export.
+    """
+
+    def __init__(self, task_net: nn.Module, half: bool = False, logits: bool = False):
+        super().__init__()
+        self.task_net, self.half, self.with_logits = task_net, half, logits
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = fit_channels(_to_unit_nchw(images), self.task_net.in_channels)
+        size = (self.task_net.in_size, self.task_net.in_size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # identity at size
+        if self.half:
+            x = x.half()
+        logits = self.task_net.classifier(self.task_net.encode(x)).float()
+        probabilities = logits.softmax(1)
+        class_ids = probabilities.argmax(1, keepdim=True).to(torch.uint8)
+        outputs = (class_ids, probabilities)
+        return (*outputs, logits) if self.with_logits else outputs

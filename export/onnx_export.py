@@ -1,0 +1,90 @@
+"""ONNX export of the serving graphs: dynamic batch/height/width, checked and shape-inferred.
+
+The graphs are traced with ``torch.export`` (the dynamo exporter), which keeps the stride
+padding symbolic, so one graph serves any resolution. The FP16 variant runs the network in half
+precision between the same uint8 inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from cycada.atomic import atomic_path
+from cycada.errors import ExportError
+from cycada.export.graphs import DigitGraph, SegmentationGraph, TranslationGraph
+from cycada.export.run_models import Endpoint
+
+OPSET = 18
+MAX_SIDE = 8192  # largest height/width the exported graphs accept
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = {
+    "segment": ["labels", "confidence"],
+    "translate": ["translated"],
+    "classify": ["class_ids", "probabilities"],
+}
+
+
+def serving_graph(endpoint: Endpoint, half: bool = False, logits: bool = False) -> nn.Module:
+    """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks)."""
+    network = copy.deepcopy(endpoint.network).eval()
+    if half:
+        network = network.half()
+    if endpoint.kind == "segment":
+        return SegmentationGraph(network, endpoint.multiple, half, logits).eval()
+    if endpoint.kind == "translate":
+        return TranslationGraph(network, endpoint.multiple, half).eval()
+    return DigitGraph(network, half, logits).eval()
+
+
+def output_names(endpoint: Endpoint, logits: bool = False) -> list[str]:
+    names = list(OUTPUT_NAMES[endpoint.kind])
+    return [*names, "logits"] if logits and endpoint.kind != "translate" else names
+
+
+def example_input(endpoint: Endpoint) -> torch.Tensor:
+    """A batch-2 example (batch 1 would let torch.export specialise the batch dimension)."""
+    side = 32 if endpoint.kind == "classify" else 64
+    return torch.zeros(2, side, side + endpoint.multiple, endpoint.in_channels, dtype=torch.uint8)
+
+
+def export_onnx(endpoint: Endpoint, path: Path, half: bool = False, logits: bool = False) -> Path:
+    """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it."""
+    graph = serving_graph(endpoint, half, logits)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=1, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=1, max=MAX_SIDE)
+    dynamic = {INPUT_NAME: {0: batch, 1: height, 2: width}}
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                graph,
+                (example_input(endpoint),),
+                input_names=[INPUT_NAME],
+                output_names=output_names(endpoint, logits),
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; keep the first line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
+        program.save(str(tmp))
+        model = onnx.load(str(tmp))
+        try:
+            onnx.checker.check_model(model, full_check=True)
+            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ExportError(f"{endpoint.name}: exported ONNX graph is invalid ({exc})") from exc
+        onnx.save(model, str(tmp))
+    return path

@@ -1,0 +1,181 @@
+"""The Triton model repository: one model per endpoint, three deployment profiles, versions.
+
+Layout of one model::
+
+    segment/
+      config.pbtxt              default profile: Python backend running ONNX Runtime
+      configs/onnxruntime.pbtxt native onnxruntime backend, TensorRT accelerator in FP16
+      configs/tensorrt.pbtxt    native TensorRT plan
+      3/ model.onnx model.fp16.onnx [model.plan] model.py endpoint.json
+
+A profile is picked at server start with ``--model-config-name``; a model without that config
+file falls back to its ``config.pbtxt`` (the encoded-frame endpoint is Python in every profile).
+Exporting again writes version N+1 (atomically: a hidden folder renamed into place) and
+deletes all but the newest ``keep`` versions; the server loads the newest two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cycada.atomic import write_text_atomic
+
+PROFILES = ("default", "onnxruntime", "tensorrt")
+SERVED_VERSIONS = 2
+WARMUP_SHAPE = (256, 512)  # height, width of the warm-up request of image endpoints
+MAX_BATCH = {"segment": 8, "translate": 8, "classify": 256, "encoded": 8}
+
+
+@dataclass
+class ModelSpec:
+    """What a config needs: tensor names, dtypes, dims (without the batch dim)."""
+
+    name: str
+    kind: str  # segment | translate | classify | encoded
+    inputs: list[tuple[str, str, list[int]]]
+    outputs: list[tuple[str, str, list[int]]]
+    python_handler: str  # class in cycada.serving.python_model the model.py exposes
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def spec_for(name: str, kind: str, in_channels: int, num_classes: int) -> ModelSpec:
+    image = ("images", "TYPE_UINT8", [-1, -1, in_channels])
+    if kind == "segment":
+        outputs = [("labels", "TYPE_UINT8", [-1, -1]), ("confidence", "TYPE_UINT8", [-1, -1])]
+        return ModelSpec(name, kind, [image], outputs, "OnnxImageModel")
+    if kind == "translate":
+        outputs = [("translated", "TYPE_UINT8", [-1, -1, in_channels])]
+        return ModelSpec(name, kind, [image], outputs, "OnnxImageModel")
+    if kind == "classify":
+        outputs = [("class_ids", "TYPE_UINT8", [1]), ("probabilities", "TYPE_FP32", [num_classes])]
+        return ModelSpec(name, kind, [image], outputs, "OnnxImageModel")
+    if kind == "encoded":
+        outputs = [("labels", "TYPE_UINT8", [-1, -1]), ("confidence", "TYPE_UINT8", [-1, -1])]
+        frames = [("frames", "TYPE_STRING", [1])]
+        return ModelSpec(
+            name, kind, frames, outputs, "EncodedFrameModel", {"segment_model": "segment"}
+        )
+    raise ValueError(f"unknown endpoint kind '{kind}'")
+
+
+def _tensors(section: str, tensors: list[tuple[str, str, list[int]]]) -> str:
+    items = ",\n".join(
+        f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
+        for name, dtype, dims in tensors
+    )
+    return f"{section} [\n{items}\n]\n"
+
+
+def _warmup(spec: ModelSpec) -> str:
+    if spec.kind == "encoded":
+        return ""  # a zero-filled frame is not a decodable image
+    name, _, dims = spec.inputs[0]
+    if spec.kind == "classify":
+        shape = [28, 28, dims[-1]]
+    else:
+        shape = [*WARMUP_SHAPE, dims[-1]]
+    return (
+        'model_warmup [\n  {\n    name: "zeros"\n    batch_size: 1\n'
+        f'    inputs {{ key: "{name}" value: {{ data_type: TYPE_UINT8 '
+        f"dims: [ {', '.join(map(str, shape))} ] zero_data: true }} }}\n  }}\n]\n"
+    )
+
+
+def config_text(spec: ModelSpec, profile: str) -> str:
+    """config.pbtxt text of ``spec`` for a deployment profile."""
+    lines = [f'name: "{spec.name}"']
+    if profile == "default" or spec.kind == "encoded":
+        lines.append('backend: "python"')
+    elif profile == "onnxruntime":
+        lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
+    elif profile == "tensorrt":
+        lines += ['platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
+    else:
+        raise ValueError(f"unknown profile '{profile}' (valid: {', '.join(PROFILES)})")
+    lines.append(f"max_batch_size: {MAX_BATCH[spec.kind]}")
+    text = "\n".join(lines) + "\n"
+    text += _tensors("input", spec.inputs) + _tensors("output", spec.outputs)
+    text += "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    native = profile != "default" and spec.kind != "encoded"
+    kind = "KIND_GPU" if native else "KIND_CPU"
+    text += f"instance_group [ {{ kind: {kind} count: 1 }} ]\n"
+    text += f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}\n"
+    if native and profile == "onnxruntime":
+        text += (
+            "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
+            '  name: "tensorrt"\n'
+            '  parameters { key: "precision_mode" value: "FP16" }\n'
+            '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
+            "} ] } }\n"
+        )
+    if not native:
+        parameters = {"handler": spec.python_handler, **spec.parameters}
+        text += "".join(
+            f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+            for key, value in parameters.items()
+        )
+    return text + _warmup(spec)
+
+
+def validate_config(text: str, where: str) -> None:
+    """Parse ``text`` with Triton's model_config protobuf (from tritonclient) when installed."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return
+    try:
+        text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{where}: not a valid Triton model config ({exc})") from exc
+
+
+MODEL_PY = '''"""Triton Python-backend entry point; the tested code lives in cycada.serving."""
+
+from cycada.serving.python_model import {handler} as TritonPythonModel  # noqa: F401
+'''
+
+
+def versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def write_model(
+    repository: Path,
+    spec: ModelSpec,
+    fill_version: Callable[[Path], None],
+    info: dict,
+    keep: int = 3,
+) -> Path:
+    """Write configs and a new version folder (filled by ``fill_version``); prune old versions."""
+    model_dir = repository / spec.name
+    texts = {}
+    for profile in PROFILES:
+        if profile != "default" and spec.kind == "encoded":
+            continue  # falls back to config.pbtxt (Python) in every profile
+        path = model_dir / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
+        texts[path] = config_text(spec, profile)
+        validate_config(texts[path], str(path))
+    version = (versions(model_dir) or [0])[-1] + 1
+    staging = model_dir / f".{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        fill_version(staging)
+        (staging / "model.py").write_text(MODEL_PY.format(handler=spec.python_handler))
+        (staging / "endpoint.json").write_text(json.dumps({**info, "version": version}, indent=2))
+        os.replace(staging, model_dir / str(version))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for path, text in texts.items():  # configs last: a failed export leaves the model as it was
+        write_text_atomic(path, text)
+    for old in versions(model_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(model_dir / str(old))
+    return model_dir / str(version)

@@ -1,0 +1,121 @@
+"""The networks of a finished training run, rebuilt from its checkpoints, as serving endpoints.
+
+A run folder (``--out`` of ``cycada train``) holds ``checkpoints/<stage>.safetensors``. Export
+takes the adapted task model of the latest finished stage (feature, joint, target, then source)
+and, when the pixel stage finished, both generators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from cycada.checkpoint import load_modules, read_header
+from cycada.errors import CheckpointError
+from cycada.training.models.generators import build_generator
+from cycada.training.models.segmenters import build_segmenter
+from cycada.training.models.task_nets import build_task_net
+
+TASK_STAGES = ("feature", "joint", "target", "source")
+
+Kind = Literal["segment", "translate", "classify"]
+
+
+@dataclass
+class Endpoint:
+    """One served model: its network, what it does, and what export and serving need to know."""
+
+    name: str
+    kind: Kind
+    network: nn.Module
+    multiple: int  # height and width are padded to a multiple of this inside the graph
+    in_channels: int
+    out_channels: int = 0
+    class_names: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.kind}, from {self.meta.get('checkpoint', '?')})"
+
+
+def _checkpoint(run_dir: Path, stage: str) -> Path:
+    return run_dir / "checkpoints" / f"{stage}.safetensors"
+
+
+def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
+    """Every endpoint a run can serve; errors name what is missing."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist (expected the --out of a run)")
+    finished = [stage for stage in TASK_STAGES if _checkpoint(run_dir, stage).exists()]
+    if not finished:
+        raise CheckpointError(
+            f"{run_dir} has no finished task model (expected checkpoints/"
+            f"{{{','.join(TASK_STAGES)}}}.safetensors)"
+        )
+    task_path = _checkpoint(run_dir, finished[0])
+    _, meta = read_header(task_path)
+    task = meta.get("task")
+    if task not in ("seg", "digits"):
+        raise CheckpointError(f"{task_path}: unknown task '{task}' in its metadata")
+    name = "task_src" if finished[0] == "source" else "task_tgt"
+    class_names = list(meta["class_names"])
+    endpoints: list[Endpoint] = []
+    if task == "seg":
+        model = build_segmenter(meta["model"], len(class_names))
+        load_modules(task_path, {name: model})
+        endpoints.append(
+            Endpoint(
+                "segment",
+                "segment",
+                model.eval(),
+                model.output_stride,
+                3,
+                class_names=class_names,
+                meta={**meta, "checkpoint": str(task_path)},
+            )
+        )
+        channels = 3
+    else:
+        model = build_task_net(meta["model"], len(class_names))
+        load_modules(task_path, {name: model})
+        channels = int(meta["image_channels"])
+        endpoints.append(
+            Endpoint(
+                "classify_digits",
+                "classify",
+                model.eval(),
+                1,
+                channels,
+                class_names=class_names,
+                meta={**meta, "checkpoint": str(task_path)},
+            )
+        )
+    pixel_path = _checkpoint(run_dir, "pixel")
+    if pixel_path.exists():
+        pixel_config, pixel_meta = read_header(pixel_path)
+        cfg = pixel_config["pixel"]
+        generators = {
+            direction: build_generator(cfg["generator"], channels, channels, cfg["generator_width"])
+            for direction in ("gen_src2tgt", "gen_tgt2src")
+        }
+        load_modules(pixel_path, generators, strict=True)
+        for direction, endpoint_name in (
+            ("gen_src2tgt", "translate_s2t"),
+            ("gen_tgt2src", "translate_t2s"),
+        ):
+            generator = generators[direction].eval()
+            endpoints.append(
+                Endpoint(
+                    endpoint_name,
+                    "translate",
+                    generator,
+                    generator.stride,
+                    channels,
+                    out_channels=channels,
+                    meta={**pixel_meta, "checkpoint": str(pixel_path)},
+                )
+            )
+    return endpoints
