@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# CPU torch first, from the local wheel: a bare 'torch' requirement would pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# the real tritonserver (Triton 2.51 + Python backend) unpacked from the nvidia-pytriton
+	# wheel into $(VENV)/opt, with its own numpy<2 environment for the backend stub
+	$(BIN)/python -m cycada.serving.server_install
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,6 +11,7 @@ from cycada.errors import CycadaError
 
 def build_parser() -> argparse.ArgumentParser:
     from cycada.export import cli as export_cli
+    from cycada.serving import cli as serve_cli
     from cycada.training import digits_cli, seg_cli
 
     parser = argparse.ArgumentParser(
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     digits_cli.register(train, ablate, evaluate)
     seg_cli.register(train, ablate, evaluate, data)
     export_cli.register(commands)
+    serve_cli.register(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""`cycada export RUN_DIR --repository DIR`: a training run → a versioned Triton model repository."""
+"""`cycada export RUN_DIR --repository DIR`: a training run → a versioned Triton repository."""
 
 from __future__ import annotations
 

@@ -52,8 +52,11 @@ class ParityRow:
 
 
 def table(rows: list[ParityRow]) -> str:
-    header = "| endpoint | variant | metric | value | bound | result |\n| --- | --- | --- | --- | --- | --- |"
-    return "\n".join([header, *(row.line() for row in rows)])
+    header = [
+        "| endpoint | variant | metric | value | bound | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return "\n".join([*header, *(row.line() for row in rows)])
 
 
 def default_data_root() -> Path:

@@ -75,10 +75,7 @@ def _warmup(spec: ModelSpec) -> str:
     if spec.kind == "encoded":
         return ""  # a zero-filled frame is not a decodable image
     name, _, dims = spec.inputs[0]
-    if spec.kind == "classify":
-        shape = [28, 28, dims[-1]]
-    else:
-        shape = [*WARMUP_SHAPE, dims[-1]]
+    shape = [28, 28, dims[-1]] if spec.kind == "classify" else [*WARMUP_SHAPE, dims[-1]]
     return (
         'model_warmup [\n  {\n    name: "zeros"\n    batch_size: 1\n'
         f'    inputs {{ key: "{name}" value: {{ data_type: TYPE_UINT8 '

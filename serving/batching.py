@@ -1,0 +1,118 @@
+"""Request checks, grouping and decoding for the Python-backend models (no Triton imports here).
+
+One ``execute`` call gets every request the dynamic batcher collected. Each request is checked on
+its own (a bad one gets its own error, the rest are served); valid ones with the same image size
+are stacked and run as one batch, and the results are split back per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MAX_PIXELS = 4096 * 4096  # per image: larger requests are refused, not run
+
+
+@dataclass
+class Checked:
+    """A request's images (N, H, W, C) or the one-line reason it was refused."""
+
+    images: np.ndarray | None
+    error: str | None = None
+
+
+def check_images(array: np.ndarray | None, channels: int, max_pixels: int = MAX_PIXELS) -> Checked:
+    """Validate one request's uint8 NHWC batch."""
+    if array is None:
+        return Checked(None, "request has no 'images' input")
+    if array.dtype != np.uint8:
+        return Checked(None, f"'images' must be UINT8, got {array.dtype}")
+    if array.ndim != 4:
+        return Checked(
+            None, f"'images' must be (batch, height, width, {channels}), got rank {array.ndim}"
+        )
+    batch, height, width, got_channels = array.shape
+    if got_channels != channels:
+        return Checked(None, f"'images' must have {channels} channels, got {got_channels}")
+    if batch == 0 or height == 0 or width == 0:
+        return Checked(None, f"'images' is empty (shape {list(array.shape)})")
+    if height * width > max_pixels:
+        return Checked(
+            None, f"'images' is {height}x{width}, larger than the limit of {max_pixels} pixels"
+        )
+    return Checked(array)
+
+
+def decode_frames(frames: np.ndarray | None, max_pixels: int = MAX_PIXELS) -> Checked:
+    """JPEG/PNG bytes (batch, 1) → RGB uint8 (batch, H, W, 3); all frames must share a size."""
+    if frames is None or frames.size == 0:
+        return Checked(None, "request has no 'frames' input (JPEG or PNG bytes)")
+    decoded = []
+    for index, item in enumerate(frames.reshape(-1)):
+        data = bytes(item) if not isinstance(item, bytes) else item
+        image = None
+        if data:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            return Checked(
+                None, f"frame {index} is not a decodable JPEG or PNG ({len(data)} bytes)"
+            )
+        if image.shape[0] * image.shape[1] > max_pixels:
+            return Checked(
+                None, f"frame {index} is {image.shape[0]}x{image.shape[1]}, over the limit"
+            )
+        decoded.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    if len({image.shape for image in decoded}) > 1:
+        return Checked(None, "frames of one request must share one size")
+    return Checked(np.stack(decoded))
+
+
+def run_grouped(
+    checked: Sequence[Checked],
+    run: Callable[[np.ndarray], Sequence[np.ndarray]],
+    max_batch: int,
+) -> list[list[np.ndarray] | str]:
+    """Run valid requests stacked by image size (chunks of ``max_batch`` images).
+
+    Returns, per request, its outputs (split back to its own batch) or its error message.
+    """
+    results: list[list[np.ndarray] | str] = [c.error or "" for c in checked]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, item in enumerate(checked):
+        if item.images is not None:
+            groups.setdefault(item.images.shape[1:], []).append(index)
+    for indices in groups.values():
+        chunk: list[int] = []
+        count = 0
+        for index in [*indices, None]:
+            size = checked[index].images.shape[0] if index is not None else 0
+            if chunk and (index is None or count + size > max_batch):
+                _run_chunk(checked, chunk, run, results)
+                chunk, count = [], 0
+            if index is not None:
+                chunk.append(index)
+                count += size
+    return results
+
+
+def _run_chunk(checked, chunk, run, results) -> None:
+    batch = (
+        np.concatenate([checked[i].images for i in chunk])
+        if len(chunk) > 1
+        else (checked[chunk[0]].images)
+    )
+    try:
+        outputs = run(batch)
+    except Exception as exc:  # an inference failure fails these requests, not the server
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for index in chunk:
+            results[index] = f"inference failed: {first}"
+        return
+    start = 0
+    for index in chunk:
+        size = checked[index].images.shape[0]
+        results[index] = [output[start : start + size] for output in outputs]
+        start += size

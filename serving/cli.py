@@ -1,0 +1,95 @@
+"""`cycada serve`: run Triton on a model repository, or show a running server's status."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from cycada.errors import ServingError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve a model repository with the real Triton server (Ctrl-C stops it)",
+        description="Start tritonserver on REPOSITORY (loopback by default), wait until every "
+        "model is ready, print the endpoints, and stop cleanly on Ctrl-C or SIGTERM. "
+        "With --status URL, show a running server's health, models and versions.",
+        epilog="examples:\n  cycada serve model_repository\n"
+        "  cycada serve model_repository --profile onnxruntime --host 0.0.0.0\n"
+        "  cycada serve --status localhost:8001",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--profile",
+        choices=("default", "onnxruntime", "tensorrt"),
+        default="default",
+        help="default: Python backend + ONNX Runtime; onnxruntime/tensorrt: native backends "
+        "(NVIDIA's Triton container)",
+    )
+    parser.add_argument("--model", action="append", default=[], help="serve only these models")
+    parser.add_argument(
+        "--log-file", type=Path, help="server log (default REPOSITORY/tritonserver.log)"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.status:
+        from cycada.serving.status import server_status
+
+        print(server_status(args.status))
+        return 0
+    from cycada.serving.server import ServerOptions, TritonServer
+
+    options = ServerOptions(
+        args.repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        profile=args.profile,
+        log_file=args.log_file,
+        models=args.model,
+    )
+    server = TritonServer(options)
+    stopping = []
+
+    def request_stop(signum, frame):  # SIGTERM behaves like Ctrl-C
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    print(
+        f"starting tritonserver on {args.repository} (profile {args.profile}, log {server.log_file})",
+        flush=True,
+    )
+    try:
+        server.start(args.ready_timeout)
+        from cycada.serving.status import server_status
+
+        print(server_status(server.grpc_url), flush=True)
+        print(
+            f"serving: gRPC {server.grpc_url}  HTTP {server.http_url}  (Ctrl-C stops)", flush=True
+        )
+        code = server.process.wait()
+        raise ServingError(f"tritonserver stopped by itself with code {code}: {server.errors()}")
+    except KeyboardInterrupt:
+        print("stopping tritonserver...", file=sys.stderr, flush=True)
+        code = server.stop()
+        print(f"stopped (exit code {code})", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

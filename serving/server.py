@@ -1,0 +1,198 @@
+"""Run the real ``tritonserver`` on a model repository: start, wait until ready, stop cleanly.
+
+The server runs in its own process group so that stopping it also ends the Python-backend stub
+processes. It binds to loopback unless told otherwise and logs to a file; when a model fails
+to load, the server's own error lines are raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cycada.errors import ServingError
+from cycada.serving.server_install import TritonHome, find_tritonserver
+
+PROFILES = ("default", "onnxruntime", "tensorrt")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerOptions:
+    repository: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    profile: str = "default"
+    log_file: Path | None = None
+    models: list[str] = field(default_factory=list)  # empty: every model in the repository
+    shm_bytes: int = 16 * 1024 * 1024  # Python-backend shared memory per stub (frames are big)
+    extra_args: list[str] = field(default_factory=list)
+
+
+def _environment(home: TritonHome) -> dict[str, str]:
+    env = dict(os.environ)
+    if home.embedded:
+        libraries = [str(home.libraries), sysconfig.get_config_var("LIBDIR") or ""]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [p for p in [*libraries, env.get("LD_LIBRARY_PATH", "")] if p]
+        )
+    # the Python-backend stub imports the packages of the Python first on PATH: the stub's own
+    # environment (numpy<2, which its pybind11 build needs) when installed, else this one
+    python_bin = home.stub_env / "bin" if home.stub_env.is_dir() else Path(sys.executable).parent
+    env["PATH"] = os.pathsep.join([str(python_bin), env.get("PATH", "")])
+    return env
+
+
+def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
+    if options.profile not in PROFILES:
+        raise ServingError(f"unknown profile '{options.profile}' (valid: {', '.join(PROFILES)})")
+    command = [
+        str(home.binary),
+        f"--model-repository={options.repository.resolve()}",
+        f"--grpc-address={options.host}",
+        f"--http-address={options.host}",
+        f"--metrics-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        f"--http-port={options.http_port}",
+        f"--metrics-port={options.metrics_port}",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        f"--backend-config=python,shm-default-byte-size={options.shm_bytes}",
+        f"--backend-config=python,shm-growth-byte-size={options.shm_bytes}",
+    ]
+    if home.embedded:
+        command.append(f"--backend-directory={home.backends}")
+    if options.profile != "default":
+        command.append(f"--model-config-name={options.profile}")
+    if options.models:
+        command.append("--model-control-mode=explicit")
+        command += [f"--load-model={name}" for name in options.models]
+    return command + options.extra_args
+
+
+class TritonServer:
+    """A running server; use as a context manager or call :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, options: ServerOptions, home: TritonHome | None = None):
+        self.options = options
+        self.home = home or find_tritonserver()
+        if self.home is None:
+            raise ServingError(
+                "tritonserver is not installed: run `python -m cycada.serving.server_install` "
+                "(or `make setup`), or use NVIDIA's Triton container"
+            )
+        repository = options.repository
+        if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
+            raise ServingError(
+                f"{repository} is not a model repository (no <model>/config.pbtxt); "
+                "create one with `cycada export RUN_DIR --repository DIR`"
+            )
+        self.log_file = options.log_file or repository / "tritonserver.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.options.host}:{self.options.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.http_port}"
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "wb") as log:
+            self.process = subprocess.Popen(
+                server_command(self.home, self.options),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_environment(self.home),
+                start_new_session=True,  # its own group: stopping it ends the stubs too
+            )
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.http_url + path, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServingError(
+                    f"tritonserver exited with code {self.process.returncode}: "
+                    f"{self.errors() or 'see ' + str(self.log_file)}"
+                )
+            if self._get("/v2/health/ready")[0] == 200:
+                return
+            time.sleep(0.2)
+        raise ServingError(
+            f"tritonserver was not ready within {timeout:.0f} s: "
+            f"{self.errors() or 'see ' + str(self.log_file)}"
+        )
+
+    def errors(self) -> str:
+        """The server's own error lines (failed loads, Python tracebacks' last lines)."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        picked = [
+            line.strip()
+            for line in lines
+            if line.startswith("E") or "failed to load" in line or "Error" in line
+        ]
+        return " | ".join(dict.fromkeys(picked))[-2000:]
+
+    def models(self) -> list[dict]:
+        status, body = self._get("/v2/repository/index")
+        return [] if status != 200 else json.loads(body or b"[]")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the server's process group (server and stubs), SIGKILL if it lingers."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # stray stubs, if any
+        process.wait()
+        self.process = None
+        return process.returncode
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
