@@ -113,6 +113,7 @@ def export_run(
             "stage": endpoint.meta.get("stage"),
             "model": endpoint.meta.get("model"),
             "class_names": endpoint.class_names,
+            "in_channels": endpoint.in_channels,
             "pad_multiple": endpoint.multiple,
             "opset": OPSET,
             "fp16": options.fp16,

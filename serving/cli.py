@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, request_stop)
     print(
-        f"starting tritonserver on {args.repository} (profile {args.profile}, log {server.log_file})",
+        f"starting tritonserver on {args.repository} (profile {args.profile}, "
+        f"log {server.log_file})",
         flush=True,
     )
     try:

@@ -1,0 +1,106 @@
+"""Serving graphs (uint8 in, uint8 out, any size) and the model repository's configs/versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from cycada.export.graphs import DigitGraph, SegmentationGraph, TranslationGraph
+from cycada.export.repository import PROFILES, config_text, spec_for, versions, write_model
+from cycada.training.models.generators import build_generator
+from cycada.training.models.segmenters import build_segmenter
+from cycada.training.models.task_nets import build_task_net
+
+
+@pytest.mark.parametrize("height,width", [(37, 61), (64, 64), (1, 9)])
+def test_segmentation_graph_pads_inside_and_returns_input_size(height, width):
+    net = build_segmenter("fastscnn", 19).eval()
+    graph = SegmentationGraph(net, net.output_stride, logits=True).eval()
+    images = torch.randint(0, 256, (2, height, width, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        labels, confidence, logits = graph(images)
+    assert labels.dtype == torch.uint8 and labels.shape == (2, height, width)
+    assert confidence.dtype == torch.uint8 and confidence.shape == (2, height, width)
+    assert torch.equal(labels, logits.argmax(1).to(torch.uint8))
+    expected = (logits.softmax(1).max(1).values * 255).round().to(torch.uint8)
+    assert torch.equal(confidence, expected)
+
+
+def test_segmentation_graph_matches_the_network_where_no_padding_is_needed():
+    net = build_segmenter("fastscnn", 19).eval()
+    images = torch.randint(0, 256, (1, 64, 96, 3), dtype=torch.uint8)
+    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        labels = SegmentationGraph(net, 8)(images)[0]
+        assert torch.equal(labels, net(x).argmax(1).to(torch.uint8))
+
+
+def test_translation_graph_keeps_size_and_range():
+    gen = build_generator("resnet6", 3, 3, 8).eval()
+    images = torch.randint(0, 256, (1, 30, 45, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        out = TranslationGraph(gen, gen.stride)(images)
+    assert out.dtype == torch.uint8 and out.shape == (1, 30, 45, 3)
+
+
+def test_digit_graph_accepts_any_size_and_gives_probabilities():
+    net = build_task_net("lenet", 10).eval()
+    with torch.no_grad():
+        ids, probabilities = DigitGraph(net)(torch.zeros(5, 16, 16, 1, dtype=torch.uint8))
+    assert ids.shape == (5, 1) and ids.dtype == torch.uint8
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(1).numpy(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["segment", "translate", "classify", "encoded"])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_config_parses_as_a_triton_model_config(kind, profile):
+    spec = spec_for(f"m_{kind}", kind, 3, 19)
+    config = text_format.Parse(config_text(spec, profile), model_config_pb2.ModelConfig())
+    assert config.name == f"m_{kind}" and config.max_batch_size >= 1
+    assert config.version_policy.latest.num_versions == 2
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    native = profile != "default" and kind != "encoded"
+    assert config.backend == (
+        "python" if not native else ("onnxruntime" if profile == "onnxruntime" else "")
+    )
+    if profile == "tensorrt" and native:
+        assert config.platform == "tensorrt_plan"
+    if profile == "onnxruntime" and native:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert accelerator.name == "tensorrt"
+        assert accelerator.parameters["precision_mode"] == "FP16"
+    if kind != "encoded":
+        assert config.input[0].data_type == model_config_pb2.TYPE_UINT8
+        assert list(config.input[0].dims) == [-1, -1, 3]
+        assert len(config.model_warmup) == 1
+
+
+def test_versions_are_added_and_pruned(tmp_path):
+    spec = spec_for("segment", "segment", 3, 19)
+    for _ in range(4):
+        write_model(tmp_path, spec, lambda d: (d / "model.onnx").write_bytes(b"x"), {}, keep=3)
+    assert versions(tmp_path / "segment") == [2, 3, 4]
+    assert (tmp_path / "segment" / "4" / "model.py").read_text().count("OnnxImageModel") == 1
+    assert (tmp_path / "segment" / "configs" / "tensorrt.pbtxt").exists()
+
+
+def test_a_failed_export_leaves_the_repository_as_it_was(tmp_path):
+    spec = spec_for("segment", "segment", 3, 19)
+    write_model(tmp_path, spec, lambda d: (d / "model.onnx").write_bytes(b"1"), {})
+
+    def broken(folder):
+        (folder / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("parity bound missed")
+
+    with pytest.raises(RuntimeError):
+        write_model(tmp_path, spec, broken, {})
+    assert versions(tmp_path / "segment") == [1]
+    assert sorted(p.name for p in (tmp_path / "segment").iterdir()) == [
+        "1",
+        "config.pbtxt",
+        "configs",
+    ]

@@ -1,0 +1,247 @@
+"""The real tritonserver on loopback, serving a repository exported from tiny trained runs.
+
+Every endpoint is checked against in-process ONNX Runtime on the same files (labels exactly
+equal), then bad requests, a second version and a model that fails to load.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from cycada.errors import ServingError
+from cycada.export.exporter import ExportOptions, export_run
+from cycada.export.parity import scene_images
+from cycada.serving.server import ServerOptions, TritonServer, free_port
+from cycada.serving.server_install import find_tritonserver
+from cycada.training.data.scene_writer import write_scene_dataset
+from cycada.training.digits_pipeline import run_digits
+from cycada.training.seg_config import resolve_seg_config
+from cycada.training.seg_pipeline import run_seg
+from tests.training.test_digits_pipeline import tiny_config as tiny_digits
+from tests.training.test_seg_pipeline import TINY as TINY_SEG
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+if find_tritonserver() is None:
+    pytest.skip(
+        "tritonserver is not installed (run `python -m cycada.serving.server_install`)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_scene_dataset(root / "gta5", 6, "game", "gta5", 128, 64)
+    write_scene_dataset(root / "cityscapes", 6, "camera", "cityscapes", 128, 64, labels=False)
+    write_scene_dataset(root / "cityscapes", 2, "camera", "cityscapes", 128, 64, split="val")
+    config = resolve_seg_config(
+        "quick", sets=TINY_SEG, overrides={"data": {"data_root": str(root)}}
+    )
+    out = tmp_path_factory.mktemp("seg_run")
+    run_seg(config, out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, seg_run):
+    repo = tmp_path_factory.mktemp("repository")
+    report = export_run(seg_run, repo, ExportOptions(), log=lambda _: None)
+    assert all(row.ok for row in report.rows)
+    assert {row.variant for row in report.rows} == {"onnx-fp32", "onnx-fp16"}
+    return repo
+
+
+def options(repo, **kwargs) -> ServerOptions:
+    return ServerOptions(
+        repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    with TritonServer(options(repository)) as running:
+        yield running
+
+
+def infer(server, model, array, version="", input_name="images", datatype="UINT8"):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput(input_name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return client.infer(model, [tensor], model_version=version)
+
+
+def local(repo, model, array, version="1"):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repo / model / version / "model.onnx"))
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"images": array})))
+
+
+def test_segment_and_translate_match_in_process_onnx_runtime(server, repository):
+    for image in scene_images(count=3, width=160):
+        batch = image[None]
+        served = infer(server, "segment", batch)
+        expected = local(repository, "segment", batch)
+        np.testing.assert_array_equal(served.as_numpy("labels"), expected["labels"])
+        np.testing.assert_array_equal(served.as_numpy("confidence"), expected["confidence"])
+        for model in ("translate_s2t", "translate_t2s"):
+            translated = infer(server, model, batch).as_numpy("translated")
+            np.testing.assert_array_equal(translated, local(repository, model, batch)["translated"])
+
+
+def test_encoded_frames_give_the_labels_of_the_decoded_image(server, repository):
+    image = scene_images(count=1, width=160)[0]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    frames = np.array([[png.tobytes()]], dtype=object)
+    served = infer(server, "segment_encoded", frames, input_name="frames", datatype="BYTES")
+    expected = local(repository, "segment", image[None])["labels"]
+    np.testing.assert_array_equal(served.as_numpy("labels"), expected)
+    assert png.nbytes < image.nbytes
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, repository):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    images = [np.random.default_rng(i).integers(0, 256, (1, 64, 96, 3), np.uint8) for i in range(6)]
+    results = {}
+
+    def done(index):
+        return lambda result, error: results.__setitem__(index, (result, error))
+
+    for index, array in enumerate(images):
+        tensor = grpcclient.InferInput("images", list(array.shape), "UINT8")
+        tensor.set_data_from_numpy(array)
+        client.async_infer("segment", [tensor], done(index))
+    deadline = time.monotonic() + 60
+    while len(results) < len(images) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for index, array in enumerate(images):
+        result, error = results[index]
+        assert error is None
+        np.testing.assert_array_equal(
+            result.as_numpy("labels"), local(repository, "segment", array)["labels"]
+        )
+
+
+@pytest.mark.parametrize(
+    "model,array,input_name,datatype,message",
+    [
+        ("segment", np.zeros((1, 8, 8, 3), np.float32), "images", "FP32", "expects 'UINT8'"),
+        ("segment", np.zeros((1, 8, 8, 4), np.uint8), "images", "UINT8", "shape"),
+        ("segment", np.zeros((1, 0, 8, 3), np.uint8), "images", "UINT8", "empty"),
+        (
+            "segment_encoded",
+            np.array([[b"\x89PNG broken"]], dtype=object),
+            "frames",
+            "BYTES",
+            "not a decodable JPEG or PNG",
+        ),
+    ],
+)
+def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(
+    server, model, array, input_name, datatype, message
+):
+    with pytest.raises(InferenceServerException, match=message):
+        infer(server, model, array, input_name=input_name, datatype=datatype)
+    good = infer(server, "segment", np.zeros((1, 16, 16, 3), np.uint8))
+    assert good.as_numpy("labels").shape == (1, 16, 16)
+
+
+def test_a_second_export_is_version_2_and_both_are_served(tmp_path, seg_run, repository):
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    export_run(seg_run, repo, ExportOptions(fp16=False), log=lambda _: None)
+    assert (repo / "segment" / "2" / "model.onnx").exists()
+    with TritonServer(options(repo)) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        for version in ("1", "2"):
+            assert client.is_model_ready("segment", version)
+        labels = infer(running, "segment", np.zeros((1, 16, 16, 3), np.uint8), version="2")
+        assert labels.as_numpy("labels").shape == (1, 16, 16)
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_its_error(tmp_path, repository):
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    (repo / "segment" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    server = TritonServer(options(repo))
+    with pytest.raises(ServingError, match="failed to load 'segment'"):
+        server.start(timeout=120)
+    assert server.process is None
+
+
+def test_digits_run_serves_class_ids_and_probabilities(tmp_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits_domain")
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        (folder / str(label)).mkdir()
+        for index in range(4):
+            cv2.imwrite(
+                str(folder / str(label) / f"{index}.png"), rng.integers(0, 256, (28, 28), np.uint8)
+            )
+    run_dir = tmp_path / "run"
+    run_digits(tiny_digits(f"folder:{folder}", "feature.enabled=false"), run_dir, quiet=True)
+    repo = tmp_path / "repo"
+    report = export_run(run_dir, repo, ExportOptions(fp16=False), log=lambda _: None)
+    assert "classify_digits" in report.versions and all(row.ok for row in report.rows)
+    info = json.loads((repo / "classify_digits" / "1" / "endpoint.json").read_text())
+    digits = rng.integers(0, 256, (5, 28, 28, info["in_channels"]), np.uint8)
+    with TritonServer(options(repo, models=["classify_digits"])) as running:
+        result = infer(running, "classify_digits", digits)
+    expected = local(repo, "classify_digits", digits)
+    np.testing.assert_array_equal(result.as_numpy("class_ids"), expected["class_ids"])
+    np.testing.assert_allclose(result.as_numpy("probabilities").sum(1), 1.0, rtol=1e-5)
+
+
+def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository):
+    grpc_port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "cycada.cli",
+        "serve",
+        str(repository),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if line.startswith("serving:") or not line:
+                break
+        assert any("segment_encoded" in line and "READY" in line for line in lines), lines
+        status = subprocess.run(
+            [sys.executable, "-m", "cycada.cli", "serve", "--status", f"127.0.0.1:{grpc_port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "ready=yes" in status.stdout
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stubs = subprocess.run(["pgrep", "-f", str(repository)], capture_output=True, text=True)
+    assert stubs.stdout.strip() == "", "stub processes outlived the server"
