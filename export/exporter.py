@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from safetensors.torch import save_file
 
 from cycada.errors import ExportError
 from cycada.export import parity
@@ -55,6 +60,11 @@ def _export_endpoint(
         images = parity.parity_images(endpoint, options.data_root)
         with_logits = endpoint.kind != "translate"
         reference = parity.torch_runner(endpoint, logits=with_logits)
+        # the weights too: the Python backend can run them with PyTorch on a GPU (no ORT-GPU)
+        save_file(
+            {k: v.contiguous() for k, v in endpoint.network.state_dict().items()},
+            str(version_dir / "network.safetensors"),
+        )
         log(f"{endpoint.name}: ONNX fp32")
         served = export_onnx(endpoint, version_dir / "model.onnx")
         logits_runner = None
@@ -90,6 +100,16 @@ def _export_endpoint(
     return fill
 
 
+def _link_files(source: Path, target: Path) -> None:
+    """The encoded-frame model runs the segment model's files (hard links when possible)."""
+    for name in ("model.onnx", "model.fp16.onnx", "model.plan", "network.safetensors"):
+        if (source / name).exists():
+            try:
+                os.link(source / name, target / name)
+            except OSError:
+                shutil.copy2(source / name, target / name)
+
+
 def export_run(
     run_dir: Path,
     repository: Path,
@@ -115,6 +135,7 @@ def export_run(
             "class_names": endpoint.class_names,
             "in_channels": endpoint.in_channels,
             "pad_multiple": endpoint.multiple,
+            "network": endpoint.builder,
             "opset": OPSET,
             "fp16": options.fp16,
             "tensorrt": options.tensorrt,
@@ -124,8 +145,13 @@ def export_run(
         if endpoint.kind == "segment":
             encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
             info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
+            segment_dir = report.versions[endpoint.name]
             report.versions["segment_encoded"] = write_model(
-                repository, encoded, lambda _: None, info, options.keep
+                repository,
+                encoded,
+                functools.partial(_link_files, segment_dir),
+                info,
+                options.keep,
             )
     report.seconds = time.perf_counter() - start
     return report

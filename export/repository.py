@@ -47,25 +47,26 @@ def spec_for(name: str, kind: str, in_channels: int, num_classes: int) -> ModelS
     image = ("images", "TYPE_UINT8", [-1, -1, in_channels])
     if kind == "segment":
         outputs = [("labels", "TYPE_UINT8", [-1, -1]), ("confidence", "TYPE_UINT8", [-1, -1])]
-        return ModelSpec(name, kind, [image], outputs, "OnnxImageModel")
+        return ModelSpec(name, kind, [image], outputs, "ImageModel")
     if kind == "translate":
         outputs = [("translated", "TYPE_UINT8", [-1, -1, in_channels])]
-        return ModelSpec(name, kind, [image], outputs, "OnnxImageModel")
+        return ModelSpec(name, kind, [image], outputs, "ImageModel")
     if kind == "classify":
         outputs = [("class_ids", "TYPE_UINT8", [1]), ("probabilities", "TYPE_FP32", [num_classes])]
-        return ModelSpec(name, kind, [image], outputs, "OnnxImageModel")
+        return ModelSpec(name, kind, [image], outputs, "ImageModel")
     if kind == "encoded":
         outputs = [("labels", "TYPE_UINT8", [-1, -1]), ("confidence", "TYPE_UINT8", [-1, -1])]
-        frames = [("frames", "TYPE_STRING", [1])]
+        frames = [("frames", "TYPE_UINT8", [-1])]  # one frame's bytes per row, ragged
         return ModelSpec(
             name, kind, frames, outputs, "EncodedFrameModel", {"segment_model": "segment"}
         )
     raise ValueError(f"unknown endpoint kind '{kind}'")
 
 
-def _tensors(section: str, tensors: list[tuple[str, str, list[int]]]) -> str:
+def _tensors(section: str, tensors: list[tuple[str, str, list[int]]], ragged: bool = False) -> str:
+    extra = " allow_ragged_batch: true" if ragged else ""
     items = ",\n".join(
-        f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
+        f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
         for name, dtype, dims in tensors
     )
     return f"{section} [\n{items}\n]\n"
@@ -96,7 +97,9 @@ def config_text(spec: ModelSpec, profile: str) -> str:
         raise ValueError(f"unknown profile '{profile}' (valid: {', '.join(PROFILES)})")
     lines.append(f"max_batch_size: {MAX_BATCH[spec.kind]}")
     text = "\n".join(lines) + "\n"
-    text += _tensors("input", spec.inputs) + _tensors("output", spec.outputs)
+    # encoded frames differ in length: ragged batching lets the batcher group them anyway
+    text += _tensors("input", spec.inputs, ragged=spec.kind == "encoded")
+    text += _tensors("output", spec.outputs)
     text += "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
     native = profile != "default" and spec.kind != "encoded"
     kind = "KIND_GPU" if native else "KIND_CPU"

@@ -36,6 +36,7 @@ class Endpoint:
     out_channels: int = 0
     class_names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    builder: dict[str, Any] = field(default_factory=dict)  # how to rebuild the network
 
     def describe(self) -> str:
         return f"{self.name} ({self.kind}, from {self.meta.get('checkpoint', '?')})"
@@ -75,6 +76,7 @@ def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
                 3,
                 class_names=class_names,
                 meta={**meta, "checkpoint": str(task_path)},
+                builder={"type": "segmenter", "name": meta["model"], "classes": len(class_names)},
             )
         )
         channels = 3
@@ -91,6 +93,7 @@ def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
                 channels,
                 class_names=class_names,
                 meta={**meta, "checkpoint": str(task_path)},
+                builder={"type": "task_net", "name": meta["model"], "classes": len(class_names)},
             )
         )
     pixel_path = _checkpoint(run_dir, "pixel")
@@ -116,6 +119,25 @@ def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
                     channels,
                     out_channels=channels,
                     meta={**pixel_meta, "checkpoint": str(pixel_path)},
+                    builder={
+                        "type": "generator",
+                        "name": cfg["generator"],
+                        "channels": channels,
+                        "width": cfg["generator_width"],
+                    },
                 )
             )
     return endpoints
+
+
+def build_network(builder: dict[str, Any]) -> nn.Module:
+    """The (untrained) network an endpoint's ``builder`` record describes."""
+    kind = builder["type"]
+    if kind == "segmenter":
+        return build_segmenter(builder["name"], builder["classes"])
+    if kind == "task_net":
+        return build_task_net(builder["name"], builder["classes"])
+    if kind == "generator":
+        channels = builder["channels"]
+        return build_generator(builder["name"], channels, channels, builder["width"])
+    raise CheckpointError(f"unknown network type '{kind}'")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import cv2
 import numpy as np
 
 MAX_PIXELS = 4096 * 4096  # per image: larger requests are refused, not run
@@ -20,7 +20,7 @@ MAX_PIXELS = 4096 * 4096  # per image: larger requests are refused, not run
 class Checked:
     """A request's images (N, H, W, C) or the one-line reason it was refused."""
 
-    images: np.ndarray | None
+    images: Any  # numpy array, or a torch tensor decoded on the GPU; None when refused
     error: str | None = None
 
 
@@ -46,28 +46,39 @@ def check_images(array: np.ndarray | None, channels: int, max_pixels: int = MAX_
     return Checked(array)
 
 
-def decode_frames(frames: np.ndarray | None, max_pixels: int = MAX_PIXELS) -> Checked:
-    """JPEG/PNG bytes (batch, 1) → RGB uint8 (batch, H, W, 3); all frames must share a size."""
+def decode_frames(
+    frames: np.ndarray | None, max_pixels: int = MAX_PIXELS, decoder: Any = None
+) -> Checked:
+    """Encoded frames, uint8 (batch, bytes): one JPEG/PNG file per row (a request of one frame
+    is (1, n)) → RGB uint8 (batch, H, W, 3); frames of one request must decode to one size.
+
+    Bytes travel as UINT8, not BYTES: the Python-backend stub misreads BYTES tensors under
+    numpy 2. ``decoder`` (``decode(row)``, ``stack(list)``) defaults to OpenCV on the CPU.
+    """
+    if decoder is None:
+        from cycada.serving.engines import FrameDecoder
+
+        decoder = FrameDecoder()
     if frames is None or frames.size == 0:
-        return Checked(None, "request has no 'frames' input (JPEG or PNG bytes)")
+        return Checked(None, "request has no 'frames' input (JPEG or PNG bytes as UINT8)")
+    if frames.dtype != np.uint8 or frames.ndim != 2:
+        return Checked(
+            None, f"'frames' must be UINT8 (batch, bytes), got {frames.dtype} {frames.shape}"
+        )
     decoded = []
-    for index, item in enumerate(frames.reshape(-1)):
-        data = bytes(item) if not isinstance(item, bytes) else item
-        image = None
-        if data:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    for index, data in enumerate(frames):
+        image = decoder.decode(data)
         if image is None:
             return Checked(
                 None, f"frame {index} is not a decodable JPEG or PNG ({len(data)} bytes)"
             )
-        if image.shape[0] * image.shape[1] > max_pixels:
-            return Checked(
-                None, f"frame {index} is {image.shape[0]}x{image.shape[1]}, over the limit"
-            )
-        decoded.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    if len({image.shape for image in decoded}) > 1:
+        height, width = int(image.shape[0]), int(image.shape[1])
+        if height * width > max_pixels:
+            return Checked(None, f"frame {index} is {height}x{width}, over the pixel limit")
+        decoded.append(image)
+    if len({tuple(image.shape) for image in decoded}) > 1:
         return Checked(None, "frames of one request must share one size")
-    return Checked(np.stack(decoded))
+    return Checked(decoder.stack(decoded))
 
 
 def run_grouped(

@@ -44,10 +44,11 @@ class ServerOptions:
     log_file: Path | None = None
     models: list[str] = field(default_factory=list)  # empty: every model in the repository
     shm_bytes: int = 16 * 1024 * 1024  # Python-backend shared memory per stub (frames are big)
+    python_env: Path | None = None  # environment of the backend stub (default: see below)
     extra_args: list[str] = field(default_factory=list)
 
 
-def _environment(home: TritonHome) -> dict[str, str]:
+def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if home.embedded:
         libraries = [str(home.libraries), sysconfig.get_config_var("LIBDIR") or ""]
@@ -56,7 +57,12 @@ def _environment(home: TritonHome) -> dict[str, str]:
         )
     # the Python-backend stub imports the packages of the Python first on PATH: the stub's own
     # environment (numpy<2, which its pybind11 build needs) when installed, else this one
-    python_bin = home.stub_env / "bin" if home.stub_env.is_dir() else Path(sys.executable).parent
+    if python_env is not None:
+        python_bin = python_env / "bin"
+    elif home.stub_env.is_dir():
+        python_bin = home.stub_env / "bin"
+    else:
+        python_bin = Path(sys.executable).parent
     env["PATH"] = os.pathsep.join([str(python_bin), env.get("PATH", "")])
     return env
 
@@ -123,7 +129,7 @@ class TritonServer:
                 server_command(self.home, self.options),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_environment(self.home),
+                env=_environment(self.home, self.options.python_env),
                 start_new_session=True,  # its own group: stopping it ends the stubs too
             )
         try:

@@ -89,7 +89,13 @@ def _onnxruntime_requirement() -> str:
     return "onnxruntime"
 
 
-STUB_REQUIREMENTS = ["numpy<2", "opencv-python-headless==4.10.0.84", "setuptools>=68", "wheel"]
+STUB_REQUIREMENTS = [
+    "numpy<2",
+    "opencv-python-headless==4.10.0.84",
+    "safetensors",
+    "setuptools>=68",
+    "wheel",
+]
 
 
 def install_stub_env(home: TritonHome) -> Path:

@@ -84,7 +84,7 @@ def test_versions_are_added_and_pruned(tmp_path):
     for _ in range(4):
         write_model(tmp_path, spec, lambda d: (d / "model.onnx").write_bytes(b"x"), {}, keep=3)
     assert versions(tmp_path / "segment") == [2, 3, 4]
-    assert (tmp_path / "segment" / "4" / "model.py").read_text().count("OnnxImageModel") == 1
+    assert (tmp_path / "segment" / "4" / "model.py").read_text().count("ImageModel") == 1
     assert (tmp_path / "segment" / "configs" / "tensorrt.pbtxt").exists()
 
 

@@ -29,12 +29,13 @@ def test_frames_decode_to_rgb_and_garbage_is_refused():
     image = np.zeros((8, 10, 3), np.uint8)
     image[..., 0] = 200  # red in RGB
     ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    frames = np.array([[png.tobytes()], [png.tobytes()]], dtype=object)
+    frames = np.stack([png.reshape(-1), png.reshape(-1)])
     checked = decode_frames(frames)
     assert checked.images.shape == (2, 8, 10, 3) and checked.images[0, 0, 0, 0] == 200
-    bad = decode_frames(np.array([[b"not an image"]], dtype=object))
+    bad = decode_frames(np.frombuffer(b"not an image", np.uint8)[None])
     assert bad.images is None and "not a decodable JPEG or PNG" in bad.error
-    assert "no 'frames'" in decode_frames(np.array([], dtype=object)).error
+    assert "no 'frames'" in decode_frames(np.zeros((1, 0), np.uint8)).error
+    assert "must be UINT8" in decode_frames(np.array([[b"x"]], dtype=object)).error
 
 
 def test_requests_are_batched_by_size_and_split_back_in_order():

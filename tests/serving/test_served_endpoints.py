@@ -105,8 +105,7 @@ def test_segment_and_translate_match_in_process_onnx_runtime(server, repository)
 def test_encoded_frames_give_the_labels_of_the_decoded_image(server, repository):
     image = scene_images(count=1, width=160)[0]
     ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    frames = np.array([[png.tobytes()]], dtype=object)
-    served = infer(server, "segment_encoded", frames, input_name="frames", datatype="BYTES")
+    served = infer(server, "segment_encoded", png.reshape(1, -1), input_name="frames")
     expected = local(repository, "segment", image[None])["labels"]
     np.testing.assert_array_equal(served.as_numpy("labels"), expected)
     assert png.nbytes < image.nbytes
@@ -143,9 +142,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, re
         ("segment", np.zeros((1, 0, 8, 3), np.uint8), "images", "UINT8", "empty"),
         (
             "segment_encoded",
-            np.array([[b"\x89PNG broken"]], dtype=object),
+            np.frombuffer(b"\x89PNG broken", np.uint8)[None],
             "frames",
-            "BYTES",
+            "UINT8",
             "not a decodable JPEG or PNG",
         ),
     ],

@@ -1,0 +1,183 @@
+"""Inference engines of the Python-backend models: ONNX Runtime, or PyTorch on CUDA.
+
+Both run the same uint8-in/uint8-out graph (the ONNX file, or the network weights wrapped in
+:mod:`cycada.export.graphs`). The PyTorch engine moves tensors through DLPack, never through the
+stub's numpy bridge, so it also works where the stub's build misreads numpy 2 arrays.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+class FrameDecoder:
+    """One encoded file (uint8 row) → RGB uint8 (H, W, 3) with OpenCV; ``stack`` batches."""
+
+    def decode(self, data: np.ndarray) -> Any | None:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def stack(self, images: list) -> Any:
+        return np.stack(images)
+
+
+class Engine(abc.ABC):
+    name = "engine"
+
+    @abc.abstractmethod
+    def run(self, batch: Any, output_names: list[str]) -> list:
+        """Outputs (in ``output_names`` order) of one uint8 NHWC batch."""
+
+    def input_array(self, tensor) -> np.ndarray:
+        return tensor.as_numpy()
+
+    def output_tensor(self, pb_utils, name: str, array):
+        return pb_utils.Tensor(name, np.ascontiguousarray(array))
+
+    def decoder(self) -> FrameDecoder:
+        return FrameDecoder()
+
+
+class OnnxEngine(Engine):
+    def __init__(self, path: Path, providers: list, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.name = f"onnxruntime ({self.session.get_providers()[0]}, {path.name})"
+
+    def run(self, batch: np.ndarray, output_names: list[str]) -> list:
+        values = dict(zip(self.outputs, self.session.run(None, {"images": batch})))
+        return [values[name] for name in output_names]
+
+
+class CudaFrameDecoder(FrameDecoder):
+    """nvJPEG through torchvision on the engine's GPU; PNG and anything else via OpenCV."""
+
+    def __init__(self, device):
+        import torch
+        from torchvision.io import decode_jpeg
+
+        self.torch, self.decode_jpeg, self.device = torch, decode_jpeg, device
+
+    def decode(self, data: np.ndarray):
+        if data.size > 2 and data[0] == 0xFF and data[1] == 0xD8:
+            try:
+                raw = self.torch.from_numpy(np.ascontiguousarray(data))
+                return self.decode_jpeg(raw, device=self.device).permute(1, 2, 0)
+            except RuntimeError:
+                return None
+        image = super().decode(data)
+        return None if image is None else self.torch.from_numpy(image).to(self.device)
+
+    def stack(self, images: list):
+        return self.torch.stack(images)
+
+
+class TorchEngine(Engine):
+    """The version folder's ``network.safetensors`` in its serving graph, fp16 on CUDA."""
+
+    def __init__(self, folder: Path, device: str, half: bool, compile_mode: str = ""):
+        import torch
+        from safetensors.torch import load_file
+
+        from cycada.export.onnx_export import serving_graph
+        from cycada.export.run_models import Endpoint, build_network
+
+        self.torch = torch
+        info = json.loads((folder / "endpoint.json").read_text())
+        network = build_network(info["network"])
+        network.load_state_dict(load_file(str(folder / "network.safetensors")))
+        kind = {"encoded": "segment"}.get(info["kind"], info["kind"])
+        endpoint = Endpoint(
+            info["endpoint"], kind, network.eval(), info["pad_multiple"], info["in_channels"]
+        )
+        self.device = torch.device(device)
+        graph = serving_graph(endpoint, half=half).to(self.device)
+        if self.device.type == "cuda":
+            graph = graph.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.graph = (
+            torch.compile(graph, mode=compile_mode, dynamic=True) if compile_mode else graph
+        )
+        self.output_order = {
+            "segment": ["labels", "confidence"],
+            "translate": ["translated"],
+            "classify": ["class_ids", "probabilities"],
+        }[kind]
+        precision = "fp16" if half else "fp32"
+        self.name = f"pytorch ({self.device}, {precision}{', compiled' if compile_mode else ''})"
+
+    def run(self, batch, output_names: list[str]) -> list:
+        torch = self.torch
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
+        with torch.inference_mode():
+            outputs = self.graph(batch.to(self.device, non_blocking=True))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        values = dict(zip(self.output_order, outputs))
+        return [values[name] for name in output_names]
+
+    def input_array(self, tensor) -> np.ndarray:
+        from torch.utils.dlpack import from_dlpack
+
+        return from_dlpack(tensor.to_dlpack()).numpy()
+
+    def output_tensor(self, pb_utils, name: str, array):
+        from torch.utils.dlpack import to_dlpack
+
+        if isinstance(array, np.ndarray):
+            array = self.torch.from_numpy(array)
+        return pb_utils.Tensor.from_dlpack(name, to_dlpack(array.contiguous()))
+
+    def decoder(self) -> FrameDecoder:
+        if self.device.type == "cuda":
+            try:
+                return CudaFrameDecoder(self.device)
+            except ImportError:  # no torchvision: decode on the CPU
+                pass
+        return FrameDecoder()
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def select_engine(
+    folder: Path, parameters: dict[str, str], instance_kind: str, device_id: int
+) -> Engine:
+    """The engine for this instance (parameter ``engine``: auto, onnxruntime, pytorch)."""
+    choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
+    threads = int(parameters.get("intra_op_threads", "0") or 0)
+    if choice in ("auto", "onnxruntime"):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        cuda = {"device_id": device_id}
+        if "TensorrtExecutionProvider" in available:
+            trt = {**cuda, "trt_fp16_enable": True, "trt_engine_cache_enable": True}
+            providers = [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
+            return OnnxEngine(folder / "model.onnx", [*providers, "CPUExecutionProvider"])
+        if "CUDAExecutionProvider" in available:
+            half = folder / "model.fp16.onnx"
+            path = half if half.exists() else folder / "model.onnx"
+            return OnnxEngine(path, [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"])
+        if choice == "onnxruntime" or not _torch_cuda():
+            return OnnxEngine(folder / "model.onnx", ["CPUExecutionProvider"], threads)
+    device = f"cuda:{device_id}" if _torch_cuda() else "cpu"
+    half = device != "cpu" and parameters.get("precision", "fp16") == "fp16"
+    return TorchEngine(folder, device, half, parameters.get("compile", ""))
