@@ -8,7 +8,7 @@ export CYCADA_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test gpu-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Every GPU-only test and benchmark (CUDA training, GPU serving engine, TensorRT when installed,
+# DRN-C-26 stage speeds, served vs in-process): about 6 minutes, results in gpu-results/.
+gpu-check: $(STAMP)
+	$(BIN)/python -m cycada.gpu_check --out gpu-results
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

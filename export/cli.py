@@ -31,6 +31,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--check", action="store_true", help="print the parity table")
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX variant")
+    parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="no ONNX: weights for the PyTorch engine of the Python backend (GPU serving)",
+    )
     parser.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 plans")
     parser.add_argument(
         "--int8-calibration", type=Path, metavar="DIR", help="INT8 plans calibrated on DIR's images"
@@ -51,10 +56,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cycada.export.exporter import ExportOptions, export_run
 
+    if args.weights_only and (args.tensorrt or args.int8_calibration):
+        raise ExportError("--weights-only cannot be combined with --tensorrt (plans need ONNX)")
     if args.int8_calibration and not args.int8_calibration.is_dir():
         raise ExportError(f"--int8-calibration {args.int8_calibration} is not a folder of images")
     options = ExportOptions(
         fp16=not args.no_fp16,
+        onnx=not args.weights_only,
         tensorrt=args.tensorrt or args.int8_calibration is not None,
         int8_calibration=args.int8_calibration,
         trt_max_batch=args.trt_max_batch,

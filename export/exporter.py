@@ -23,6 +23,7 @@ from cycada.export.run_models import Endpoint, load_run_endpoints
 @dataclass
 class ExportOptions:
     fp16: bool = True
+    onnx: bool = True  # False: network weights only, for the PyTorch engine on a GPU
     tensorrt: bool = False
     int8_calibration: Path | None = None  # target-domain images for INT8 TensorRT plans
     trt_max_batch: int = 8
@@ -57,14 +58,17 @@ def _export_endpoint(
     """Returns the function that fills a version folder (export + parity, before any rename)."""
 
     def fill(version_dir: Path) -> None:
-        images = parity.parity_images(endpoint, options.data_root)
-        with_logits = endpoint.kind != "translate"
-        reference = parity.torch_runner(endpoint, logits=with_logits)
         # the weights too: the Python backend can run them with PyTorch on a GPU (no ORT-GPU)
         save_file(
             {k: v.contiguous() for k, v in endpoint.network.state_dict().items()},
             str(version_dir / "network.safetensors"),
         )
+        if not options.onnx:
+            log(f"{endpoint.name}: weights only (the Python backend runs them with PyTorch)")
+            return
+        images = parity.parity_images(endpoint, options.data_root)
+        with_logits = endpoint.kind != "translate"
+        reference = parity.torch_runner(endpoint, logits=with_logits)
         log(f"{endpoint.name}: ONNX fp32")
         served = export_onnx(endpoint, version_dir / "model.onnx")
         logits_runner = None
@@ -137,7 +141,8 @@ def export_run(
             "pad_multiple": endpoint.multiple,
             "network": endpoint.builder,
             "opset": OPSET,
-            "fp16": options.fp16,
+            "onnx": options.onnx,
+            "fp16": options.fp16 and options.onnx,
             "tensorrt": options.tensorrt,
         }
         fill = _export_endpoint(endpoint, options, report, log)

@@ -47,7 +47,10 @@ class SegmentationGraph(nn.Module):
         if self.half:
             x = x.half()
         logits = self.segmenter(x)[:, :, :height, :width].float()
-        confidence, labels = logits.softmax(1).max(1)
+        # the winner's softmax probability without a softmax over the class axis (which ONNX
+        # Runtime runs ~20x slower than these reductions): 1 / sum(exp(logits - max))
+        top, labels = logits.max(1)
+        confidence = torch.exp(logits - top.unsqueeze(1)).sum(1).reciprocal()
         outputs = (labels.to(torch.uint8), confidence.mul(255.0).round().to(torch.uint8))
         return (*outputs, logits) if self.with_logits else outputs
 

@@ -163,6 +163,8 @@ def select_engine(
     """The engine for this instance (parameter ``engine``: auto, onnxruntime, pytorch)."""
     choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
     threads = int(parameters.get("intra_op_threads", "0") or 0)
+    if not (folder / "model.onnx").exists():
+        choice = "pytorch"  # a weights-only export
     if choice in ("auto", "onnxruntime"):
         import onnxruntime as ort
 

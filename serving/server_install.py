@@ -123,7 +123,9 @@ def install_stub_env(home: TritonHome) -> Path:
     return env
 
 
-def install_tritonserver(home: Path = DEFAULT_HOME, wheel: Path | None = None) -> TritonHome:
+def install_tritonserver(
+    home: Path = DEFAULT_HOME, wheel: Path | None = None, stub_env: bool = True
+) -> TritonHome:
     """Unpack the server from the nvidia-pytriton wheel into ``home`` and set up its stub's
     Python environment (each step a no-op when already done)."""
     found = TritonHome(home, True)
@@ -131,7 +133,8 @@ def install_tritonserver(home: Path = DEFAULT_HOME, wheel: Path | None = None) -
         found.binary.is_file() and (home / "backends/python/triton_python_backend_stub").is_file()
     ):
         _unpack_server(home, wheel)
-    install_stub_env(found)
+    if stub_env:
+        install_stub_env(found)
     return found
 
 
@@ -171,9 +174,19 @@ def _unpack_server(home: Path, wheel: Path | None) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Install tritonserver from the pytriton wheel.")
+    parser.add_argument("--wheel", type=Path, help="a downloaded nvidia_pytriton wheel (offline)")
+    parser.add_argument(
+        "--no-stub-env",
+        action="store_true",
+        help="let the backend stub use this environment (PyTorch engine via DLPack; numpy 2 ok)",
+    )
+    args = parser.parse_args(argv)
     try:
-        home = install_tritonserver()
+        home = install_tritonserver(wheel=args.wheel, stub_env=not args.no_stub_env)
     except ServingError as exc:
         print(f"cycada: error: {exc}", file=sys.stderr)
         return 2

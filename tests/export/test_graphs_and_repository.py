@@ -26,7 +26,7 @@ def test_segmentation_graph_pads_inside_and_returns_input_size(height, width):
     assert confidence.dtype == torch.uint8 and confidence.shape == (2, height, width)
     assert torch.equal(labels, logits.argmax(1).to(torch.uint8))
     expected = (logits.softmax(1).max(1).values * 255).round().to(torch.uint8)
-    assert torch.equal(confidence, expected)
+    assert (confidence.int() - expected.int()).abs().max() <= 1
 
 
 def test_segmentation_graph_matches_the_network_where_no_padding_is_needed():

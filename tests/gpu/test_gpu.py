@@ -1,0 +1,68 @@
+"""GPU-only checks (run by `make gpu-check`): CUDA training with AMP, PyTorch-on-CUDA serving
+engine against the CPU graph, and TensorRT plans where TensorRT is installed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cycada.export.exporter import ExportOptions, export_run
+from cycada.export.parity import scene_images
+from cycada.serving.engines import OnnxEngine, TorchEngine
+from cycada.training.data.scene_writer import write_scene_dataset
+from cycada.training.seg_config import resolve_seg_config
+from cycada.training.seg_pipeline import run_seg
+from tests.training.test_seg_pipeline import TINY
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible"),
+]
+
+
+@pytest.fixture(scope="module")
+def cuda_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_scene_dataset(root / "gta5", 8, "game", "gta5", 256, 128)
+    write_scene_dataset(root / "cityscapes", 8, "camera", "cityscapes", 256, 128, labels=False)
+    write_scene_dataset(root / "cityscapes", 2, "camera", "cityscapes", 256, 128, split="val")
+    sets = [*TINY, "data.resize_width=256", "source.iterations=60", "device=cuda"]
+    config = resolve_seg_config("quick", sets=sets, overrides={"data": {"data_root": str(root)}})
+    out = tmp_path_factory.mktemp("run")
+    metrics = run_seg(config, out, quiet=True)
+    return out, metrics
+
+
+def test_pipeline_trains_on_cuda_with_mixed_precision(cuda_run):
+    out, metrics = cuda_run
+    assert metrics["final"]["stage"] == "feature"
+    assert "pixel: peak GPU memory" in (out / "log.txt").read_text()
+
+
+def test_pytorch_cuda_engine_agrees_with_the_cpu_onnx_graph(cuda_run, tmp_path):
+    out, _ = cuda_run
+    export_run(out, tmp_path, ExportOptions(fp16=False), log=lambda _: None)
+    folder = tmp_path / "segment" / "1"
+    cpu = OnnxEngine(folder / "model.onnx", ["CPUExecutionProvider"])
+    for half, bound in ((False, 0.999), (True, 0.99)):
+        engine = TorchEngine(folder, "cuda", half)
+        agree = total = 0
+        for image in scene_images(count=3, width=512):
+            expected = cpu.run(image[None], ["labels"])[0]
+            got = engine.run(image[None], ["labels"])[0].cpu().numpy()
+            agree += int((expected == got).sum())
+            total += expected.size
+        print(json.dumps({"fp16": half, "label_agreement": agree / total}))
+        assert agree / total >= bound
+
+
+def test_tensorrt_plan_parity(cuda_run, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
+    out, _ = cuda_run
+    options = ExportOptions(tensorrt=True, trt_shapes=((128, 256), (256, 512)), trt_max_batch=2)
+    report = export_run(out, tmp_path, options, log=lambda _: None)
+    rows = [row for row in report.rows if row.variant == "tensorrt"]
+    assert rows and all(row.ok for row in rows)
+    assert (tmp_path / "segment" / "1" / "model.plan").exists()
