@@ -138,7 +138,8 @@ class TorchEngine(Engine):
 
         if isinstance(array, np.ndarray):
             array = self.torch.from_numpy(array)
-        return pb_utils.Tensor.from_dlpack(name, to_dlpack(array.contiguous()))
+        # responses leave from host memory: the copy is ours, not the backend's GPU path
+        return pb_utils.Tensor.from_dlpack(name, to_dlpack(array.cpu().contiguous()))
 
     def decoder(self) -> FrameDecoder:
         if self.device.type == "cuda":
