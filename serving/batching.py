@@ -109,12 +109,18 @@ def run_grouped(
     return results
 
 
+def _concatenate(arrays: list) -> Any:
+    if len(arrays) == 1:
+        return arrays[0]
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays)
+    import torch  # frames decoded on the GPU
+
+    return torch.cat(arrays)
+
+
 def _run_chunk(checked, chunk, run, results) -> None:
-    batch = (
-        np.concatenate([checked[i].images for i in chunk])
-        if len(chunk) > 1
-        else (checked[chunk[0]].images)
-    )
+    batch = _concatenate([checked[i].images for i in chunk])
     try:
         outputs = run(batch)
     except Exception as exc:  # an inference failure fails these requests, not the server

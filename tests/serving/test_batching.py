@@ -67,3 +67,11 @@ def test_batches_respect_the_maximum_and_failures_stay_local():
     results = run_grouped(checked, run, max_batch=4)
     assert results[1] == "inference failed: boom"
     assert list(results[0][0]) == [1, 1, 1] and list(results[2][0]) == [2, 2, 2]
+
+
+def test_torch_tensors_are_grouped_with_torch():
+    import torch
+
+    checked = [Checked(torch.full((1, 2, 2, 3), v, dtype=torch.uint8)) for v in (1, 2)]
+    results = run_grouped(checked, lambda batch: [batch.sum(dim=(1, 2, 3))], max_batch=8)
+    assert [int(r[0][0]) for r in results] == [12, 24]
