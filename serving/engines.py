@@ -126,7 +126,8 @@ class TorchEngine(Engine):
             outputs = self.graph(batch.to(self.device, non_blocking=True))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         values = dict(zip(self.output_order, outputs))
-        return [values[name] for name in output_names]
+        # one device→host copy per batch (responses are host slices of it)
+        return [values[name].cpu() for name in output_names]
 
     def input_array(self, tensor) -> np.ndarray:
         from torch.utils.dlpack import from_dlpack
@@ -138,8 +139,7 @@ class TorchEngine(Engine):
 
         if isinstance(array, np.ndarray):
             array = self.torch.from_numpy(array)
-        # responses leave from host memory: the copy is ours, not the backend's GPU path
-        return pb_utils.Tensor.from_dlpack(name, to_dlpack(array.cpu().contiguous()))
+        return pb_utils.Tensor.from_dlpack(name, to_dlpack(array.contiguous()))
 
     def decoder(self) -> FrameDecoder:
         if self.device.type == "cuda":

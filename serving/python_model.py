@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cycada.serving.batching import MAX_PIXELS, Checked, check_images, decode_frames, run_grouped
 from cycada.serving.engines import Engine, select_engine
 
@@ -56,21 +54,22 @@ class _Model:
     def _read(self, request) -> Checked:
         raise NotImplementedError
 
-    def _run(self, batch: np.ndarray) -> list:
-        return self.engine.run(batch, self.output_names)
-
     def execute(self, requests: list) -> list:
         pb_utils = _pb_utils()
         checked = [self._read(request) for request in requests]
-        results = run_grouped(checked, self._run, self.max_batch)
+        # compute and copy back only what someone asked for (all outputs when none named)
+        wanted = [set(r.requested_output_names()) or set(self.output_names) for r in requests]
+        names = [name for name in self.output_names if any(name in w for w in wanted)]
+        results = run_grouped(checked, lambda batch: self.engine.run(batch, names), self.max_batch)
         responses = []
-        for result in results:
+        for result, asked in zip(results, wanted):
             if isinstance(result, str):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(result)))
             else:
                 tensors = [
                     self.engine.output_tensor(pb_utils, name, array)
-                    for name, array in zip(self.output_names, result)
+                    for name, array in zip(names, result)
+                    if name in asked
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
