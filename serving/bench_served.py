@@ -77,6 +77,13 @@ def in_process(folder: Path, frame: np.ndarray, jpeg: np.ndarray, seconds: float
             sync()
 
         results[f"raw_batch{batch}_fps"] = round(_fps(raw, batch, seconds), 2)
+        if batch == 1:
+            times = []
+            for _ in range(20):
+                started = time.perf_counter()
+                raw()
+                times.append((time.perf_counter() - started) * 1000)
+            results["raw_batch1_p50_ms"] = round(float(np.median(times)), 2)
     decoder = engine.decoder()
 
     def encoded():
@@ -161,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 served[name].append(load.row())
                 print(name, json.dumps(load.row()), flush=True)
+        memory = server.memory_mb()
     results["served"] = served
+    results["server_memory_mb"] = memory
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(server.log_file, args.out / "tritonserver.log")
     best_in_process = max(v for k, v in results["in_process"].items() if k.endswith("_fps"))
+    p50_served = served["raw"][0]["p50_ms"] if served["raw"] else float("nan")
+    results["p50_served_c1_ms"] = p50_served
     best_served = max(row["throughput_per_s"] for rows in served.values() for row in rows)
     results["served_over_in_process"] = round(best_served / best_in_process, 3)
     lines = [
@@ -182,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ]
     lines.append(f"\nbest served / best in-process: {results['served_over_in_process']}")
+    lines.append(
+        f"p50 at concurrency 1: served {p50_served} ms vs in-process "
+        f"{results['in_process']['raw_batch1_p50_ms']} ms; server ready in "
+        f"{results['server_ready_s']} s; server memory {memory} MB; bytes per frame: raw "
+        f"{results['raw_bytes']}, JPEG {results['jpeg_bytes']}"
+    )
     write_json_atomic(args.out / "served.json", results)
     write_text_atomic(args.out / "served.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

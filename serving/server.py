@@ -111,6 +111,16 @@ class TritonServer:
                 f"{repository} is not a model repository (no <model>/config.pbtxt); "
                 "create one with `cycada export RUN_DIR --repository DIR`"
             )
+        for config in sorted(repository.glob("*/config.pbtxt")):
+            model = config.parent
+            if options.models and model.name not in options.models:
+                continue
+            if not any(p.is_dir() and p.name.isdigit() for p in model.iterdir()):
+                raise ServingError(
+                    f"model '{model.name}' in {repository} has no version folder; "
+                    "export a run into it first: cycada export RUN_DIR --repository "
+                    f"{repository}"
+                )
         self.log_file = options.log_file or repository / "tritonserver.log"
         self.process: subprocess.Popen | None = None
 
@@ -180,6 +190,20 @@ class TritonServer:
     def models(self) -> list[dict]:
         status, body = self._get("/v2/repository/index")
         return [] if status != 200 else json.loads(body or b"[]")
+
+    def memory_mb(self) -> float:
+        """Resident memory of the server and its backend stubs (its process group), in MB."""
+        if self.process is None:
+            return 0.0
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.process.pid:  # process group id
+                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss pages
+            except (OSError, IndexError, ValueError):
+                continue
+        return round(total / 1e6, 1)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the server's process group (server and stubs), SIGKILL if it lingers."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,24 @@ def test_a_failed_export_leaves_the_repository_as_it_was(tmp_path):
         "config.pbtxt",
         "configs",
     ]
+
+
+def test_committed_configs_are_what_export_writes():
+    repo = Path(__file__).resolve().parents[2] / "model_repository"
+    kinds = {
+        "segment": "segment",
+        "segment_encoded": "encoded",
+        "translate_s2t": "translate",
+        "translate_t2s": "translate",
+    }
+    for name, kind in kinds.items():
+        spec = spec_for(name, kind, 3, 19)
+        for profile in PROFILES:
+            if profile != "default" and kind == "encoded":
+                continue
+            path = (
+                repo
+                / name
+                / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
+            )
+            assert path.read_text() == config_text(spec, profile), path
