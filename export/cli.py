@@ -31,6 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--check", action="store_true", help="print the parity table")
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX variant")
+    parser.add_argument("--simplify", action="store_true", help="extra ONNX optimizer pass")
     parser.add_argument(
         "--weights-only",
         action="store_true",
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExportOptions(
         fp16=not args.no_fp16,
         onnx=not args.weights_only,
+        simplify=args.simplify,
         tensorrt=args.tensorrt or args.int8_calibration is not None,
         int8_calibration=args.int8_calibration,
         trt_max_batch=args.trt_max_batch,

@@ -24,6 +24,7 @@ from cycada.export.run_models import Endpoint, load_run_endpoints
 class ExportOptions:
     fp16: bool = True
     onnx: bool = True  # False: network weights only, for the PyTorch engine on a GPU
+    simplify: bool = False  # one more onnxscript optimizer pass over the exported graphs
     tensorrt: bool = False
     int8_calibration: Path | None = None  # target-domain images for INT8 TensorRT plans
     trt_max_batch: int = 8
@@ -70,7 +71,7 @@ def _export_endpoint(
         with_logits = endpoint.kind != "translate"
         reference = parity.torch_runner(endpoint, logits=with_logits)
         log(f"{endpoint.name}: ONNX fp32")
-        served = export_onnx(endpoint, version_dir / "model.onnx")
+        served = export_onnx(endpoint, version_dir / "model.onnx", simplify=options.simplify)
         logits_runner = None
         with tempfile.TemporaryDirectory() as scratch:
             if with_logits:
@@ -87,7 +88,9 @@ def _export_endpoint(
             )
         if options.fp16:
             log(f"{endpoint.name}: ONNX fp16")
-            half = export_onnx(endpoint, version_dir / "model.fp16.onnx", half=True)
+            half = export_onnx(
+                endpoint, version_dir / "model.fp16.onnx", half=True, simplify=options.simplify
+            )
             rows += parity.compare(
                 endpoint, "onnx-fp16", reference, parity.onnx_runner(half), images, True
             )

@@ -55,8 +55,18 @@ def example_input(endpoint: Endpoint) -> torch.Tensor:
     return torch.zeros(2, side, side + endpoint.multiple, endpoint.in_channels, dtype=torch.uint8)
 
 
-def export_onnx(endpoint: Endpoint, path: Path, half: bool = False, logits: bool = False) -> Path:
-    """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it."""
+def export_onnx(
+    endpoint: Endpoint,
+    path: Path,
+    half: bool = False,
+    logits: bool = False,
+    simplify: bool = False,
+) -> Path:
+    """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it.
+
+    ``simplify`` runs onnxscript's optimizer once more (constant folding, dead-code removal,
+    function inlining) on top of the one the exporter applies.
+    """
     graph = serving_graph(endpoint, half, logits)
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = torch.export.Dim("height", min=1, max=MAX_SIDE)
@@ -81,6 +91,10 @@ def export_onnx(endpoint: Endpoint, path: Path, half: bool = False, logits: bool
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
         program.save(str(tmp))
         model = onnx.load(str(tmp))
+        if simplify:
+            import onnxscript.optimizer
+
+            model = onnxscript.optimizer.optimize(model)
         try:
             onnx.checker.check_model(model, full_check=True)
             model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

@@ -1,0 +1,60 @@
+"""`cycada export` on a run folder: parity table, loud failure on a missed bound, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from cycada.errors import CheckpointError, ExportError
+from cycada.export import parity
+from cycada.export.exporter import ExportOptions, export_run
+from cycada.serving.bench_served import random_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return random_run("fastscnn", tmp_path_factory.mktemp("run"))
+
+
+def test_export_writes_checked_graphs_and_a_passing_table(run_dir, tmp_path):
+    report = export_run(run_dir, tmp_path, ExportOptions(fp16=False, simplify=True), print)
+    assert [row.variant for row in report.rows] == ["onnx-fp32", "onnx-fp32"]
+    assert all(row.ok for row in report.rows)
+    assert "| segment | onnx-fp32 | label agreement |" in report.table()
+    model = onnx.load(str(tmp_path / "segment" / "1" / "model.onnx"))
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["images"]
+    session = ort.InferenceSession(str(tmp_path / "segment" / "1" / "model.onnx"))
+    labels, confidence = session.run(None, {"images": np.zeros((3, 50, 70, 3), np.uint8)})
+    assert labels.shape == confidence.shape == (3, 50, 70) and labels.dtype == np.uint8
+
+
+def test_a_missed_parity_bound_fails_loudly_and_writes_nothing(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(parity, "LOGITS_MAX_DIFF", -1.0)  # no export can meet this
+    with pytest.raises(ExportError, match="parity bound missed: segment onnx-fp32 logits"):
+        export_run(run_dir, tmp_path, ExportOptions(fp16=False), lambda _: None)
+    assert not (tmp_path / "segment").exists() or not any(
+        p.name.isdigit() for p in (tmp_path / "segment").iterdir()
+    )
+
+
+def test_bad_run_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        export_run(tmp_path / "missing", tmp_path / "repo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no finished task model"):
+        export_run(tmp_path / "empty", tmp_path / "repo")
+    done = subprocess.run(
+        [sys.executable, "-m", "cycada.cli", "export", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no finished task model" in done.stderr
