@@ -10,6 +10,7 @@ from cycada.errors import CycadaError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cycada.clients import cli as clients_cli
     from cycada.export import cli as export_cli
     from cycada.serving import cli as serve_cli
     from cycada.training import digits_cli, seg_cli
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg_cli.register(train, ablate, evaluate, data)
     export_cli.register(commands)
     serve_cli.register(commands)
+    clients_cli.register(commands)
     return parser
 
 

@@ -1,0 +1,250 @@
+"""gRPC client of the served models: readiness, metadata checks, retries, ordered pipelining.
+
+* Connects to one or several server URLs (used round-robin, so work spreads over replicas) and
+  waits until each is ready and serves the model.
+* Reads the model's metadata and checks every input's name, dtype and shape before sending.
+* Retries UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff, moving to the next URL.
+* :meth:`ModelClient.map_ordered` keeps a bounded number of requests in flight and yields the
+  results in submission order.
+* Optional gzip/deflate compression, and system shared memory for inputs when the server runs
+  on the same host.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from cycada.errors import ServingError
+
+RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+NUMPY_OF = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # with the batch dimension; -1 = free
+
+
+def _retryable(exc: Exception) -> bool:
+    status = str(getattr(exc, "status", lambda: "")() or "")
+    return any(code in status for code in RETRYABLE) or "failed to connect" in str(exc).lower()
+
+
+class ModelClient:
+    """One model on one or more Triton servers."""
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        model: str,
+        version: str = "",
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        compression: str | None = None,
+        shared_memory: bool = False,
+    ):
+        import tritonclient.grpc as grpcclient
+
+        self.grpc = grpcclient
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ServingError("no server URL given")
+        self.model, self.version, self.timeout = model, version, timeout
+        self.retries, self.backoff, self.compression = retries, backoff, compression
+        self._clients = [grpcclient.InferenceServerClient(url) for url in self.urls]
+        self._next = itertools.count()
+        self._local = threading.local()
+        self._shm_regions: list[tuple[object, str, object]] = []
+        self._shm_lock = threading.Lock()
+        self.shared_memory = shared_memory
+        self.latencies_ms: list[float] = []
+        self.wait_ready(timeout)
+        self.inputs, self.outputs, self.max_batch_size = self._metadata()
+
+    # -- connection and metadata -------------------------------------------------------------
+    def wait_ready(self, timeout: float) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + timeout
+        for url, client in zip(self.urls, self._clients):
+            last = "no answer"
+            while True:
+                try:
+                    if client.is_server_ready(client_timeout=2) and client.is_model_ready(
+                        self.model, self.version, client_timeout=2
+                    ):
+                        break
+                    last = f"model '{self.model}' is not ready"
+                except InferenceServerException as exc:
+                    last = exc.message() or str(exc)
+                if time.monotonic() > deadline:
+                    raise ServingError(
+                        f"server {url} is not ready with model '{self.model}' after "
+                        f"{timeout:.0f} s ({last})"
+                    )
+                time.sleep(0.2)
+
+    def _metadata(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec], int]:
+        client = self._clients[0]
+        metadata = client.get_model_metadata(self.model, self.version, as_json=True)
+        config = client.get_model_config(self.model, self.version, as_json=True)["config"]
+        max_batch = int(config.get("max_batch_size", 0))
+
+        def specs(items) -> dict[str, TensorSpec]:
+            return {
+                item["name"]: TensorSpec(
+                    item["name"], item["datatype"], tuple(int(d) for d in item["shape"])
+                )
+                for item in items
+            }
+
+        return specs(metadata["inputs"]), specs(metadata["outputs"]), max_batch
+
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        """Clear errors when names, dtypes or shapes do not match the model's metadata."""
+        missing = set(self.inputs) - set(inputs)
+        unknown = set(inputs) - set(self.inputs)
+        if missing or unknown:
+            raise ServingError(
+                f"model '{self.model}' takes inputs {sorted(self.inputs)}, got {sorted(inputs)}"
+            )
+        for name, array in inputs.items():
+            spec = self.inputs[name]
+            expected = NUMPY_OF.get(spec.datatype)
+            if expected is not None and array.dtype != expected:
+                raise ServingError(
+                    f"input '{name}' of model '{self.model}' must be {spec.datatype}, "
+                    f"got {array.dtype}"
+                )
+            if len(array.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+            ):
+                raise ServingError(
+                    f"input '{name}' of model '{self.model}' must have shape {list(spec.shape)} "
+                    f"(-1 = any), got {list(array.shape)}"
+                )
+            if self.max_batch_size and array.shape[0] > self.max_batch_size:
+                raise ServingError(
+                    f"input '{name}': batch {array.shape[0]} is over the model's "
+                    f"max_batch_size {self.max_batch_size}"
+                )
+
+    # -- requests -----------------------------------------------------------------------------
+    def _input(self, client, name: str, array: np.ndarray):
+        tensor = self.grpc.InferInput(name, list(array.shape), self.inputs[name].datatype)
+        if self.shared_memory:
+            region = self._region(client, name, array.nbytes)
+            import tritonclient.utils.shared_memory as shm
+
+            shm.set_shared_memory_region(region[1], [np.ascontiguousarray(array)])
+            tensor.set_shared_memory(region[0], array.nbytes)
+        else:
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+        return tensor
+
+    def _region(self, client, name: str, nbytes: int):
+        """A system shared-memory region of this thread for ``name`` (grown when too small)."""
+        import tritonclient.utils.shared_memory as shm
+
+        regions = self._local.__dict__.setdefault("regions", {})
+        key = (id(client), name)
+        current = regions.get(key)
+        if current is None or current[2] < nbytes:
+            if current is not None:
+                client.unregister_system_shared_memory(current[0])
+                shm.destroy_shared_memory_region(current[1])
+            label = f"cycada_{os.getpid()}_{threading.get_ident()}_{len(self._shm_regions)}"
+            handle = shm.create_shared_memory_region(label, f"/{label}", nbytes)
+            client.register_system_shared_memory(label, f"/{label}", nbytes)
+            current = (label, handle, nbytes)
+            regions[key] = current
+            with self._shm_lock:
+                self._shm_regions.append((client, label, handle))
+        return current
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """One request with retries (backoff, next URL) on UNAVAILABLE / DEADLINE_EXCEEDED."""
+        from tritonclient.utils import InferenceServerException
+
+        attempt = 0
+        while True:
+            client = self._clients[next(self._next) % len(self._clients)]
+            try:
+                tensors = [self._input(client, n, a) for n, a in inputs.items()]
+                wanted = [self.grpc.InferRequestedOutput(name) for name in outputs]
+                started = time.perf_counter()
+                result = client.infer(
+                    self.model,
+                    tensors,
+                    model_version=self.version,
+                    outputs=wanted,
+                    client_timeout=self.timeout,
+                    compression_algorithm=self.compression,
+                )
+                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+                return {name: result.as_numpy(name) for name in outputs}
+            except InferenceServerException as exc:
+                if not _retryable(exc) or attempt >= self.retries:
+                    message = exc.message() or str(exc)
+                    raise ServingError(
+                        f"request to '{self.model}' failed after {attempt + 1} attempt(s): "
+                        f"{message}"
+                    ) from None
+                time.sleep(self.backoff * 2**attempt)
+                attempt += 1
+
+    def map_ordered(
+        self,
+        items: Iterable,
+        make_inputs: Callable[[object], dict[str, np.ndarray]],
+        outputs: list[str],
+        window: int = 8,
+    ) -> Iterator[tuple[object, dict[str, np.ndarray]]]:
+        """(item, outputs) in the order of ``items``, with at most ``window`` in flight."""
+        pending: collections.deque[tuple[object, Future]] = collections.deque()
+        with ThreadPoolExecutor(max_workers=window) as pool:
+            try:
+                for item in items:
+                    inputs = make_inputs(item)
+                    self.check(inputs)
+                    pending.append((item, pool.submit(self.infer, inputs, outputs)))
+                    while len(pending) >= window:
+                        done_item, future = pending.popleft()
+                        yield done_item, future.result()
+                while pending:
+                    done_item, future = pending.popleft()
+                    yield done_item, future.result()
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    def close(self) -> None:
+        if self._shm_regions:
+            import tritonclient.utils.shared_memory as shm
+
+            for client, label, handle in self._shm_regions:
+                with contextlib.suppress(Exception):  # the server may be gone already
+                    client.unregister_system_shared_memory(label)
+                shm.destroy_shared_memory_region(handle)
+            self._shm_regions.clear()
+        for client in self._clients:
+            client.close()
+
+    def __enter__(self) -> ModelClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,321 @@
+"""`cycada segment-video`: a dashcam video (file, camera, stream) → an overlay video via Triton.
+
+Three stages overlap: a reader thread decodes frames, a window of requests is in flight on the
+server, and a writer thread blends and encodes the results. Every decodable frame is written
+once and in order. The output is written to a hidden file beside OUT and moved onto OUT when
+the run ends — also after Ctrl-C or a lost server, so OUT is always a playable MP4 of what was
+done (or absent when nothing was).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cycada.clients.triton_client import ModelClient
+from cycada.errors import DataError, ServingError
+from cycada.training.data.label_spaces import LABEL_SPACES
+
+_END = object()
+
+
+@dataclass
+class VideoOptions:
+    urls: list[str] = field(default_factory=lambda: ["127.0.0.1:8001"])
+    model: str = "segment"
+    encoded: bool = False  # send JPEG frames to the encoded-frame endpoint
+    width: int = 512  # frames are resized to this width (aspect kept) for the model
+    alpha: float = 0.5
+    legend: bool = True
+    labels_dir: Path | None = None
+    csv_path: Path | None = None
+    translate_model: str | None = None  # e.g. translate_t2s: the translated frame beside
+    window: int = 8
+    jpeg_quality: int = 90
+    timeout: float = 30.0
+    retries: int = 5
+    compression: str | None = None
+    shared_memory: bool = False
+    progress: bool = True
+
+
+@dataclass
+class VideoSummary:
+    frames_written: int = 0
+    frames_read: int = 0
+    corrupt_frames: int = 0
+    seconds: float = 0.0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    output: str = ""
+    stopped: str = ""  # why it ended early, if it did
+
+    @property
+    def fps(self) -> float:
+        return self.frames_written / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        text = (
+            f"{self.frames_written} frames written ({self.frames_read} read, "
+            f"{self.corrupt_frames} corrupt) in {self.seconds:.1f} s: {self.fps:.1f} fps, "
+            f"request p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms → {self.output}"
+        )
+        return f"{text}; stopped: {self.stopped}" if self.stopped else text
+
+
+def open_source(source: str) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise DataError(
+            f"cannot open video '{source}': expected a video file, a camera index or a stream "
+            "URL that OpenCV can read"
+        )
+    return capture
+
+
+def _read_frames(capture: cv2.VideoCapture, out: queue.Queue, stop: threading.Event, counts):
+    """Reader thread: (index, BGR frame) into ``out``; undecodable frames are counted."""
+    index = 0
+    try:
+        while not stop.is_set():
+            if not capture.grab():
+                break
+            ok, frame = capture.retrieve()
+            if not ok or frame is None or frame.size == 0:
+                counts["corrupt"] += 1
+                continue
+            counts["read"] += 1
+            while not stop.is_set():
+                try:
+                    out.put((index, frame), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            index += 1
+    finally:
+        out.put(_END)
+
+
+def _queued(source: queue.Queue) -> Iterator:
+    while (item := source.get()) is not _END:
+        yield item
+
+
+def legend_image(frame: np.ndarray, labels: np.ndarray, names, palette) -> None:
+    """Draw the classes present in ``labels`` as coloured boxes with names (in place)."""
+    present = [int(c) for c in np.unique(labels) if int(c) < len(names)]
+    scale = max(0.35, frame.shape[0] / 1400)
+    step = int(22 * scale / 0.45)
+    for row, class_id in enumerate(present):
+        y = 8 + row * step
+        colour = tuple(int(v) for v in palette[class_id][::-1])  # RGB → BGR
+        cv2.rectangle(frame, (8, y), (8 + step - 6, y + step - 6), colour, -1)
+        cv2.putText(
+            frame,
+            names[class_id],
+            (8 + step, y + step - 9),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+
+
+class _Writer:
+    """Writer thread: overlay, optional side panel, label PNGs and CSV shares, MP4 encoding."""
+
+    def __init__(self, path: Path, fps: float, options: VideoOptions):
+        self.path, self.fps, self.options = path, fps, options
+        self.space = LABEL_SPACES["cityscapes19"]
+        self.queue: queue.Queue = queue.Queue(maxsize=2 * options.window)
+        self.written = 0
+        self.error: BaseException | None = None
+        self.video: cv2.VideoWriter | None = None
+        self.csv_file = self.csv = None
+        if options.csv_path is not None:
+            options.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            self.csv_file = open(options.csv_path, "w", newline="")  # noqa: SIM115 (closed in close)
+            self.csv = csv.writer(self.csv_file)
+            self.csv.writerow(["frame", *self.space.classes])
+        if options.labels_dir is not None:
+            options.labels_dir.mkdir(parents=True, exist_ok=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for index, frame, labels, translated in _queued(self.queue):
+                self._write(index, frame, labels, translated)
+        except BaseException as exc:  # reported by close()
+            self.error = exc
+            while self.queue.get() is not _END:  # keep the producer from blocking
+                pass
+
+    def _write(self, index: int, frame: np.ndarray, labels: np.ndarray, translated) -> None:
+        height, width = frame.shape[:2]
+        full = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+        colour = cv2.cvtColor(self.space.colorize(full), cv2.COLOR_RGB2BGR)
+        alpha = self.options.alpha
+        overlay = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
+        if self.options.legend:
+            legend_image(overlay, full, self.space.classes, self.space.palette)
+        if translated is not None:
+            side = cv2.resize(cv2.cvtColor(translated, cv2.COLOR_RGB2BGR), (width, height))
+            overlay = np.concatenate([overlay, side], axis=1)
+        if self.video is None:
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            size = (overlay.shape[1], overlay.shape[0])
+            self.video = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
+            if not self.video.isOpened():
+                raise DataError(f"cannot write video {self.path} (OpenCV has no MP4 encoder)")
+        self.video.write(overlay)
+        if self.options.labels_dir is not None:
+            cv2.imwrite(str(self.options.labels_dir / f"{index:06d}.png"), full)
+        if self.csv is not None:
+            counts = np.bincount(full.reshape(-1), minlength=256)[: len(self.space.classes)]
+            self.csv.writerow([index, *(f"{c / full.size:.5f}" for c in counts)])
+        self.written += 1
+
+    def put(self, item) -> None:
+        while self.thread.is_alive():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(_END)
+            self.thread.join()
+        if self.video is not None:
+            self.video.release()
+        if self.csv_file is not None:
+            self.csv_file.close()
+        if self.error is not None:
+            raise self.error
+
+
+def _model_input(frame_bgr: np.ndarray, options: VideoOptions) -> tuple[dict, np.ndarray]:
+    height, width = frame_bgr.shape[:2]
+    size = (options.width, max(1, round(height * options.width / width)))
+    small = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
+    rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+    if options.encoded:
+        params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
+        ok, data = cv2.imencode(".jpg", small, params)
+        return {"frames": data.reshape(1, -1)}, rgb
+    return {"images": rgb[None]}, rgb
+
+
+def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
+    """Segment every frame of ``source`` through the server; returns the summary.
+
+    Raises ServingError (server lost after retries) or KeyboardInterrupt after the partial
+    output has been finalised; the summary of what was done is printed either way.
+    """
+    if out.suffix.lower() != ".mp4":
+        raise DataError(f"--out {out}: expected a path ending in .mp4")
+    capture = open_source(source)
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    model = "segment_encoded" if options.encoded and options.model == "segment" else options.model
+    connect = dict(
+        timeout=options.timeout,
+        retries=options.retries,
+        compression=options.compression,
+        shared_memory=options.shared_memory and not options.encoded,
+    )
+    client = ModelClient(options.urls, model, **connect)
+    translator = None
+    if options.translate_model:
+        translator = ModelClient(
+            options.urls, options.translate_model, **{**connect, "shared_memory": False}
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.stem}.partial.mp4")
+    summary = VideoSummary(output=str(out))
+    counts = {"read": 0, "corrupt": 0}
+    frames: queue.Queue = queue.Queue(maxsize=2 * options.window)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_read_frames, args=(capture, frames, stop, counts), daemon=True
+    )
+    writer = _Writer(partial, fps, options)
+    bar = None
+    if options.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="frame", desc="segment-video", dynamic_ncols=True)
+    started = time.perf_counter()
+    reader.start()
+    prepared: dict[int, np.ndarray] = {}
+
+    def inputs(item):
+        index, frame = item
+        request, rgb = _model_input(frame, options)
+        prepared[index] = rgb
+        return request
+
+    try:
+        for (index, frame), result in client.map_ordered(
+            _queued(frames), inputs, ["labels"], options.window
+        ):
+            rgb = prepared.pop(index)
+            translated = None
+            if translator is not None:
+                translated = translator.infer({"images": rgb[None]}, ["translated"])["translated"][
+                    0
+                ]
+            writer.put((index, frame, result["labels"][0], translated))
+            if bar is not None:
+                bar.update()
+    except KeyboardInterrupt:
+        summary.stopped = "interrupted (Ctrl-C)"
+        raise
+    except ServingError as exc:
+        summary.stopped = str(exc)
+        raise
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock the reader if it waits on a full queue
+            with contextlib.suppress(queue.Empty):
+                frames.get_nowait()
+            reader.join(timeout=0.1)
+        capture.release()
+        try:
+            writer.close()
+        finally:
+            if bar is not None:
+                bar.close()
+            summary.frames_written = writer.written
+            summary.frames_read = counts["read"]
+            summary.corrupt_frames = counts["corrupt"]
+            summary.seconds = time.perf_counter() - started
+            latencies = client.latencies_ms
+            if latencies:
+                summary.p50_ms = float(np.percentile(latencies, 50))
+                summary.p99_ms = float(np.percentile(latencies, 99))
+            if writer.written and partial.exists():
+                os.replace(partial, out)
+            else:
+                partial.unlink(missing_ok=True)
+                summary.output = "(nothing written)"
+            client.close()
+            if translator is not None:
+                translator.close()
+            print(f"segment-video: {summary.line()}", flush=True)
+    return summary
