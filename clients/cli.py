@@ -74,6 +74,74 @@ def register(commands: argparse._SubParsersAction) -> None:
     _connection(translate)
     translate.add_argument("--no-progress", action="store_true")
     translate.set_defaults(handler=run_translate, window=4)
+    register_bench(commands)
+
+
+def _numbers(kind):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"expected positive numbers like 1,2,4, got '{text}'")
+        return values
+
+    return parse
+
+
+def register_bench(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="latency/throughput of a served model and of the same model in process",
+        description="Concurrency sweep (and --rate request rates) against the served model, "
+        "with Triton's queue/compute times, then every in-process engine installed, on the "
+        "same input. Starts its own server on REPOSITORY unless --url is given. Writes "
+        "bench.json, bench.csv (perf_analyzer columns), bench.md and bench.png.",
+        epilog="example:\n  cycada bench model_repository --model segment --size 256x512 "
+        "--concurrency 1,2,4 --out runs/bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))
+    bench.add_argument("--model", default="segment")
+    bench.add_argument("--url", help="a running server (default: start one on REPOSITORY)")
+    bench.add_argument("--size", default="256x512", metavar="HxW")
+    bench.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4])
+    bench.add_argument("--rate", type=_numbers(float), default=[], help="requests/s, open loop")
+    bench.add_argument("--seconds", type=float, default=5.0, help="measurement window")
+    bench.add_argument("--warmup", type=float, default=2.0)
+    bench.add_argument("--no-served", action="store_true")
+    bench.add_argument("--no-in-process", action="store_true")
+    bench.add_argument("--compile", action="store_true", help="also torch.compile in process")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"))
+    bench.set_defaults(handler=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from cycada.clients.bench import run_bench
+    from cycada.errors import DataError
+
+    try:
+        height, width = (int(v) for v in args.size.split("x"))
+    except ValueError:
+        raise DataError(f"--size '{args.size}': expected HEIGHTxWIDTH like 256x512") from None
+    run_bench(
+        args.repository,
+        args.model,
+        args.url,
+        (height, width),
+        args.concurrency,
+        args.rate,
+        args.seconds,
+        args.warmup,
+        args.out,
+        not args.no_served,
+        not args.no_in_process,
+        args.compile,
+    )
+    print((args.out / "bench.md").read_text())
+    print(f"bench: results in {args.out}/bench.{{json,csv,md,png}}")
+    return 0
 
 
 def run_video(args: argparse.Namespace) -> int:

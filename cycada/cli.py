@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "cycada: interrupted; finished epochs are saved, run the same command to resume",
+            "cycada: interrupted; finished work is kept (training and translate-dir resume "
+            "when the same command runs again)",
             file=sys.stderr,
         )
         return 130

@@ -31,16 +31,28 @@ from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.clients.load import run_load
 
 
-def random_run(model: str, folder: Path) -> Path:
-    """A run folder with an untrained segmenter (speed only)."""
+def random_run(model: str, folder: Path, generators: str = "") -> Path:
+    """A run folder with an untrained segmenter, and untrained generators when ``generators``
+    names one (resnet6, resnet9): enough for speed tests and for serving tests."""
     from cycada.checkpoint import save_modules
     from cycada.training.data.label_spaces import LABEL_SPACES
+    from cycada.training.models.generators import build_generator
     from cycada.training.models.segmenters import build_segmenter
 
     space = LABEL_SPACES["cityscapes19"]
     network = build_segmenter(model, space.num_classes)
     meta = {"stage": "source", "task": "seg", "model": model, "class_names": list(space.classes)}
     save_modules(folder / "checkpoints" / "source.safetensors", {"task_src": network}, {}, meta)
+    if generators:
+        width = 8
+        nets = {
+            name: build_generator(generators, 3, 3, width)
+            for name in ("gen_src2tgt", "gen_tgt2src")
+        }
+        config = {"pixel": {"generator": generators, "generator_width": width}}
+        save_modules(
+            folder / "checkpoints" / "pixel.safetensors", nets, config, {**meta, "stage": "pixel"}
+        )
     return folder
 
 

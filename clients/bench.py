@@ -1,0 +1,464 @@
+"""`cycada bench`: latency and throughput of a served model, and of the same model in process.
+
+Served: a concurrency sweep (closed loop) and, with ``--rate``, fixed request rates (open
+loop), each after a warm-up and over a fixed window; client percentiles and throughput beside
+the server's own queue and compute times (from Triton's statistics, per request), in the
+columns of perf_analyzer's CSV. In process, on the same inputs: every engine installed for that
+model (ONNX Runtime per provider, PyTorch eager, torch.compile with ``--compile``, a TensorRT
+plan when present). Writes ``bench.json``, ``bench.csv``, ``bench.md`` and ``bench.png``
+(throughput against p99 latency).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.clients.load import LoadResult, run_load
+from cycada.errors import DataError
+
+PERF_ANALYZER_COLUMNS = [
+    "Concurrency",
+    "Inferences/Second",
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
+]
+
+
+@dataclass
+class BenchInput:
+    name: str  # images | frames
+    array: np.ndarray
+
+
+def bench_input(model: str, height: int, width: int, batch: int = 1) -> BenchInput:
+    """A camera-style synthetic frame (raw, or JPEG for the encoded endpoint)."""
+    from cycada.training.data.scenes import render_scene
+
+    frame = render_scene(11, width, height, "camera")[0]
+    if model.endswith("_encoded"):
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        return BenchInput("frames", data.reshape(1, -1))
+    return BenchInput("images", np.ascontiguousarray(np.repeat(frame[None], batch, 0)))
+
+
+def _server_stats(url: str, model: str) -> dict[str, float]:
+    """Cumulative (count, ns) of the model's queue and compute phases."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics(model, as_json=True)
+    client.close()
+    totals: dict[str, float] = {}
+    for version in stats.get("model_stats", []):
+        inference = version.get("inference_stats", {})
+        for phase in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            entry = inference.get(phase, {})
+            totals[f"{phase}_count"] = totals.get(f"{phase}_count", 0) + float(
+                entry.get("count", 0)
+            )
+            totals[f"{phase}_ns"] = totals.get(f"{phase}_ns", 0) + float(entry.get("ns", 0))
+    return totals
+
+
+def _server_us(before: dict, after: dict) -> dict[str, float]:
+    requests = max(1.0, after.get("success_count", 0) - before.get("success_count", 0))
+    return {
+        phase: (after.get(f"{phase}_ns", 0) - before.get(f"{phase}_ns", 0)) / requests / 1000
+        for phase in ("queue", "compute_input", "compute_infer", "compute_output")
+    }
+
+
+def run_rate(
+    url,
+    model,
+    bench: BenchInput,
+    rate: float,
+    seconds: float,
+    warmup_s: float,
+    outputs: tuple[str, ...],
+) -> LoadResult:
+    """Open loop: one request every 1/rate s (sent late, never skipped, when behind)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    tensor = grpcclient.InferInput(bench.name, list(bench.array.shape), "UINT8")
+    tensor.set_data_from_numpy(bench.array)
+    wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = time.perf_counter() + warmup_s
+    total = int((warmup_s + seconds) * rate)
+
+    def one(scheduled: float) -> None:
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent = time.perf_counter()
+        try:
+            client.infer(model, [tensor], outputs=wanted, client_timeout=60)
+            ok = True
+        except Exception:
+            ok = False
+        if sent >= start:
+            with lock:
+                if ok:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                else:
+                    errors[0] += 1
+
+    origin = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for k in range(total):
+            pool.submit(one, origin + k / rate)
+    client.close()
+    batch = bench.array.shape[0] if bench.name == "images" else 1
+    return LoadResult(
+        0,
+        seconds,
+        len(latencies),
+        len(latencies) * batch,
+        errors[0],
+        latencies,
+        int(bench.array.nbytes),
+    )
+
+
+def served_rows(
+    url: str,
+    model: str,
+    bench: BenchInput,
+    concurrency: list[int],
+    rates: list[float],
+    seconds: float,
+    warmup_s: float,
+    outputs: tuple[str, ...],
+) -> list[dict]:
+    rows = []
+    runs = [("concurrency", c) for c in concurrency] + [("rate", r) for r in rates]
+    for mode, value in runs:
+        before = _server_stats(url, model)
+        if mode == "concurrency":
+            load = run_load(
+                url,
+                model,
+                bench.array,
+                int(value),
+                seconds,
+                warmup_s,
+                input_name=bench.name,
+                outputs=outputs,
+            )
+        else:
+            load = run_rate(url, model, bench, float(value), seconds, warmup_s, outputs)
+        server = _server_us(before, _server_stats(url, model))
+        row = {
+            "mode": mode,
+            "value": value,
+            **load.row(),
+            **{f"server_{k}_us": round(v, 1) for k, v in server.items()},
+        }
+        rows.append(row)
+        print(
+            f"served {mode}={value}: {row['throughput_per_s']} /s, p50 {row['p50_ms']} ms, "
+            f"p99 {row['p99_ms']} ms",
+            flush=True,
+        )
+    return rows
+
+
+def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: bool) -> list[dict]:
+    """Every engine installed for the exported model in ``folder``, on the same input."""
+    from cycada.serving.engines import FrameDecoder, OnnxEngine, TorchEngine
+
+    frames = bench.array
+    if bench.name == "frames":  # the encoded endpoint runs the decoded frame
+        decoder = FrameDecoder()
+        frames = decoder.stack([decoder.decode(bench.array[0])])
+    engines = []
+    if (folder / "model.onnx").exists():
+        import onnxruntime as ort
+
+        for provider in ort.get_available_providers():
+            if provider in (
+                "CPUExecutionProvider",
+                "CUDAExecutionProvider",
+                "TensorrtExecutionProvider",
+            ):
+                engines.append(lambda p=provider: OnnxEngine(folder / "model.onnx", [p]))
+    if (folder / "network.safetensors").exists():
+        try:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            engines.append(lambda: TorchEngine(folder, device, device == "cuda"))
+            if compile_:
+                engines.append(lambda: TorchEngine(folder, device, device == "cuda", "default"))
+        except ImportError:
+            pass
+    if (folder / "model.plan").exists():
+        engines.append(lambda: _PlanEngine(folder))
+    rows = []
+    for make in engines:
+        try:
+            engine = make()
+        except Exception as exc:  # an engine that cannot start is reported, not fatal
+            rows.append({"engine": getattr(make, "__name__", "engine"), "error": str(exc)[:200]})
+            continue
+        outputs = ["translated"] if "translated" in _output_names(folder) else ["labels"]
+        for _ in range(2):
+            engine.run(frames, outputs)
+        times = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds or len(times) < 3:
+            began = time.perf_counter()
+            result = engine.run(frames, outputs)[0]
+            if hasattr(result, "cpu"):
+                result.cpu()
+            times.append((time.perf_counter() - began) * 1000)
+        rows.append(
+            {
+                "engine": engine.name,
+                "batch": int(frames.shape[0]),
+                "throughput_per_s": round(1000 * frames.shape[0] / float(np.mean(times)), 2),
+                "p50_ms": round(float(np.percentile(times, 50)), 2),
+                "p99_ms": round(float(np.percentile(times, 99)), 2),
+            }
+        )
+        print(f"in process {engine.name}: {rows[-1]['throughput_per_s']} /s", flush=True)
+    return rows
+
+
+def _output_names(folder: Path) -> list[str]:
+    info = json.loads((folder / "endpoint.json").read_text())
+    return ["translated"] if info["kind"] == "translate" else ["labels"]
+
+
+class _PlanEngine:
+    def __init__(self, folder: Path):
+        from cycada.export.run_models import Endpoint
+        from cycada.export.tensorrt_build import plan_runner
+
+        info = json.loads((folder / "endpoint.json").read_text())
+        kind = {"encoded": "segment"}.get(info["kind"], info["kind"])
+        endpoint = Endpoint(info["endpoint"], kind, None, info["pad_multiple"], info["in_channels"])
+        self.runner = plan_runner(folder / "model.plan", endpoint)
+        self.name = "tensorrt plan"
+
+    def run(self, batch, names):
+        return self.runner(batch)
+
+
+def plot(path: Path, served: list[dict], in_process: list[dict]) -> None:
+    """Throughput (y) against p99 latency (x), served points joined, in-process as crosses."""
+    width, height, margin = 720, 480, 60
+    points = [(r["p99_ms"], r["throughput_per_s"]) for r in served if np.isfinite(r["p99_ms"])]
+    points += [(r["p99_ms"], r["throughput_per_s"]) for r in in_process if "p99_ms" in r]
+    image = np.full((height, width, 3), 255, np.uint8)
+    if points:
+        max_x = max(p[0] for p in points) * 1.1 or 1.0
+        max_y = max(p[1] for p in points) * 1.1 or 1.0
+
+        def xy(p):
+            return (
+                int(margin + p[0] / max_x * (width - 2 * margin)),
+                int(height - margin - p[1] / max_y * (height - 2 * margin)),
+            )
+
+        cv2.line(image, (margin, height - margin), (width - margin, height - margin), (0, 0, 0))
+        cv2.line(image, (margin, margin), (margin, height - margin), (0, 0, 0))
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        cv2.putText(
+            image,
+            f"p99 latency (ms), max {max_x:.0f}",
+            (margin, height - 20),
+            font,
+            0.5,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+        cv2.putText(
+            image,
+            f"throughput (/s), max {max_y:.1f}",
+            (10, 30),
+            font,
+            0.5,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+        line = [
+            xy((r["p99_ms"], r["throughput_per_s"]))
+            for r in served
+            if r["mode"] == "concurrency" and np.isfinite(r["p99_ms"])
+        ]
+        for a, b in zip(line, line[1:]):
+            cv2.line(image, a, b, (200, 80, 0), 2, cv2.LINE_AA)
+        for row in served:
+            if np.isfinite(row["p99_ms"]):
+                centre = xy((row["p99_ms"], row["throughput_per_s"]))
+                cv2.circle(image, centre, 5, (200, 80, 0), -1)
+                cv2.putText(
+                    image,
+                    f"{row['mode'][0]}={row['value']}",
+                    (centre[0] + 6, centre[1]),
+                    font,
+                    0.4,
+                    (0, 0, 0),
+                    1,
+                    cv2.LINE_AA,
+                )
+        for row in in_process:
+            if "p99_ms" in row:
+                x, y = xy((row["p99_ms"], row["throughput_per_s"]))
+                cv2.drawMarker(image, (x, y), (0, 0, 200), cv2.MARKER_CROSS, 12, 2)
+                cv2.putText(
+                    image,
+                    row["engine"][:28],
+                    (x + 6, y - 6),
+                    font,
+                    0.4,
+                    (0, 0, 200),
+                    1,
+                    cv2.LINE_AA,
+                )
+    cv2.imwrite(str(path), image)
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", result)
+    lines = []
+    with open(out / "bench.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PERF_ANALYZER_COLUMNS)
+        for row in result["served"]:
+            client_total = row["p50_ms"] * 1000
+            server_total = sum(
+                row[f"server_{k}_us"]
+                for k in ("queue", "compute_input", "compute_infer", "compute_output")
+            )
+            writer.writerow(
+                [
+                    row["value"] if row["mode"] == "concurrency" else 0,
+                    row["throughput_per_s"],
+                    0,
+                    round(max(0.0, client_total - server_total)),
+                    round(row["server_queue_us"]),
+                    round(row["server_compute_input_us"]),
+                    round(row["server_compute_infer_us"]),
+                    round(row["server_compute_output_us"]),
+                    0,
+                    round(row["p50_ms"] * 1000),
+                    round(row["p90_ms"] * 1000),
+                    round(row["p95_ms"] * 1000),
+                    round(row["p99_ms"] * 1000),
+                ]
+            )
+    lines += [
+        f"# bench: {result['model']} {result['size'][0]}x{result['size'][1]}",
+        "",
+        "| served | /s | p50 ms | p90 ms | p95 ms | p99 ms | queue µs | compute µs | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["served"]:
+        compute = row["server_compute_infer_us"]
+        lines.append(
+            f"| {row['mode']} {row['value']} | {row['throughput_per_s']} | {row['p50_ms']} | "
+            f"{row['p90_ms']} | {row['p95_ms']} | {row['p99_ms']} | "
+            f"{row['server_queue_us']:.0f} | {compute:.0f} | {row['errors']} |"
+        )
+    lines += [
+        "",
+        "| in process | batch | /s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["in_process"]:
+        if "error" in row:
+            lines.append(f"| {row['engine']} | | failed: {row['error']} | | |")
+        else:
+            lines.append(
+                f"| {row['engine']} | {row['batch']} | {row['throughput_per_s']} | "
+                f"{row['p50_ms']} | {row['p99_ms']} |"
+            )
+    write_text_atomic(out / "bench.md", "\n".join(lines) + "\n")
+    plot(out / "bench.png", result["served"], result["in_process"])
+
+
+def run_bench(
+    repository: Path,
+    model: str,
+    url: str | None,
+    size: tuple[int, int],
+    concurrency: list[int],
+    rates: list[float],
+    seconds: float,
+    warmup_s: float,
+    out: Path,
+    served: bool = True,
+    in_process: bool = True,
+    compile_: bool = False,
+) -> dict:
+    model_dir = repository / model
+    versions = (
+        sorted(int(p.name) for p in model_dir.glob("[0-9]*") if p.is_dir())
+        if (model_dir.is_dir())
+        else []
+    )
+    if in_process and not versions:
+        raise DataError(f"{model_dir} has no exported version (cycada export first)")
+    bench = bench_input(model, *size)
+    outputs = ("translated",) if model.startswith("translate") else ("labels",)
+    result = {
+        "model": model,
+        "size": list(size),
+        "input": bench.name,
+        "request_bytes": int(bench.array.nbytes),
+        "served": [],
+        "in_process": [],
+    }
+    if served:
+        if url is None:
+            from cycada.serving.server import ServerOptions, TritonServer, free_port
+
+            options = ServerOptions(
+                repository,
+                grpc_port=free_port(),
+                http_port=free_port(),
+                metrics_port=free_port(),
+                models=[model],
+            )
+            with TritonServer(options) as server:
+                result["served"] = served_rows(
+                    server.grpc_url, model, bench, concurrency, rates, seconds, warmup_s, outputs
+                )
+                result["server_memory_mb"] = server.memory_mb()
+        else:
+            result["served"] = served_rows(
+                url, model, bench, concurrency, rates, seconds, warmup_s, outputs
+            )
+    if in_process:
+        folder = model_dir / str(versions[-1])
+        result["in_process"] = in_process_rows(folder, bench, seconds, compile_)
+    write_outputs(out, result)
+    return result

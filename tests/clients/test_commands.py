@@ -1,0 +1,286 @@
+"""segment-video and translate-dir end to end against the real tritonserver on loopback."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from cycada.export.exporter import ExportOptions, export_run
+from cycada.serving.bench_served import random_run
+from cycada.serving.server import ServerOptions, TritonServer, free_port
+from cycada.serving.server_install import find_tritonserver
+from cycada.training.data.scene_writer import write_scene_dataset
+from tests.conftest import data_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+if find_tritonserver() is None:
+    pytest.skip(
+        "tritonserver is not installed (python -m cycada.serving.server_install)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    run = random_run("fastscnn", tmp_path_factory.mktemp("run"), generators="resnet6")
+    repo = tmp_path_factory.mktemp("repo")
+    export_run(run, repo, ExportOptions(fp16=False), log=lambda _: None)
+    return repo
+
+
+def start(repo) -> TritonServer:
+    options = ServerOptions(
+        repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+    )
+    return TritonServer(options).start()
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    running = start(repository)
+    yield running
+    running.stop()
+
+
+def cycada(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cycada.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+def frame_count(path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    return count
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "clip,encoded", [("highway_day_960x540.mp4", False), ("highway_day_1280x720.mp4", True)]
+)
+def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip, encoded):
+    source = data_path("videos", clip)
+    out, labels, shares = tmp_path / "out.mp4", tmp_path / "labels", tmp_path / "shares.csv"
+    args = [
+        "segment-video",
+        str(source),
+        "--out",
+        str(out),
+        "--url",
+        server.grpc_url,
+        "--width",
+        "256",
+        "--labels-dir",
+        str(labels),
+        "--csv",
+        str(shares),
+        "--no-progress",
+    ]
+    done = cycada(*args, *(["--encoded"] if encoded else []))
+    assert done.returncode == 0, done.stderr
+    total = frame_count(source)
+    assert frame_count(out) == total
+    rows = list(csv.reader(shares.open()))[1:]
+    assert [int(row[0]) for row in rows] == list(range(total))
+    assert abs(sum(float(v) for v in rows[0][1:]) - 1.0) < 1e-3
+    assert "frames written" in done.stdout and f"{total} frames written" in done.stdout
+    if encoded:
+        return
+    # the label map of frame k is the model's answer for frame k (order kept)
+    session = ort.InferenceSession(str(repository / "segment" / "1" / "model.onnx"))
+    capture = cv2.VideoCapture(str(source))
+    for index in range(total):
+        ok, frame = capture.read()
+        if index not in (0, total // 2, total - 1):
+            continue
+        height, width = frame.shape[:2]
+        small = cv2.resize(frame, (256, round(height * 256 / width)), interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        expected = session.run(None, {"images": rgb[None]})[0][0]
+        expected = cv2.resize(expected, (width, height), interpolation=cv2.INTER_NEAREST)
+        written = cv2.imread(str(labels / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(written, expected)
+
+
+def test_translated_frame_beside(server, tmp_path):
+    from cycada.training.data.scene_writer import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 12, 160, 96, seed=3)
+    out = tmp_path / "out.mp4"
+    done = cycada(
+        "segment-video",
+        str(clip),
+        "--out",
+        str(out),
+        "--url",
+        server.grpc_url,
+        "--width",
+        "160",
+        "--translated",
+        "translate_t2s",
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 2 * 160
+    assert frame_count(out) == 12
+
+
+def test_unreadable_video_is_a_one_line_error(server, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("not a video")
+    done = cycada(
+        "segment-video", str(bad), "--out", str(tmp_path / "o.mp4"), "--url", server.grpc_url
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "cannot open video" in done.stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tmp_path):
+    from cycada.training.data.scene_writer import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 400, 320, 192, seed=5)
+    own = start(repository)
+    out, labels = tmp_path / "out.mp4", tmp_path / "labels"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cycada.cli",
+            "segment-video",
+            str(clip),
+            "--out",
+            str(out),
+            "--url",
+            own.grpc_url,
+            "--width",
+            "320",
+            "--labels-dir",
+            str(labels),
+            "--window",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < 10:
+            time.sleep(0.2)
+        own.stop()  # the server goes away mid-video
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        own.stop()
+    assert process.returncode == 2, stderr
+    assert "failed after" in stderr
+    written = frame_count(out)
+    assert 10 <= written < 400
+    assert f"{written} frames written" in stdout
+
+
+def test_interrupt_keeps_a_playable_partial_output(server, tmp_path):
+    from cycada.training.data.scene_writer import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 400, 320, 192, seed=6)
+    out, labels = tmp_path / "out.mp4", tmp_path / "labels"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cycada.cli",
+            "segment-video",
+            str(clip),
+            "--out",
+            str(out),
+            "--url",
+            server.grpc_url,
+            "--width",
+            "320",
+            "--labels-dir",
+            str(labels),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < 5:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert 5 <= frame_count(out) < 400 and "interrupted" in stdout
+
+
+def test_translate_dir_nested_resumable_sharded(server, tmp_path):
+    src = tmp_path / "synth"
+    write_scene_dataset(src, 6, "game", "gta5", 96, 64)
+    for folder in ("images", "labels"):
+        (src / folder / "city").mkdir()
+        for name in ("00001.png", "00002.png"):
+            (src / folder / name).rename(src / folder / "city" / name)
+    (src / "images" / "README.txt").write_text("not an image")
+    dst = tmp_path / "real"
+    args = [
+        "translate-dir",
+        str(src / "images"),
+        str(dst),
+        "--labels",
+        str(src / "labels"),
+        "--url",
+        server.grpc_url,
+        "--no-progress",
+    ]
+    done = cycada(*args)
+    assert done.returncode == 0, done.stderr
+    assert "6 translated" in done.stdout and "1 non-image files skipped" in done.stdout
+    assert "README.txt" in done.stdout
+    images = sorted(p.relative_to(dst / "images") for p in (dst / "images").rglob("*.png"))
+    labels = sorted(p.relative_to(dst / "labels") for p in (dst / "labels").rglob("*.png"))
+    assert images == labels and len(images) == 6 and (dst / "images" / "city").is_dir()
+    (dst / "images" / "city" / "00001.png").unlink()
+    again = cycada(*args)
+    assert "1 translated" in again.stdout and "5 already done" in again.stdout
+    shards = tmp_path / "sharded"
+    for index in range(2):
+        cycada(
+            "translate-dir",
+            str(src / "images"),
+            str(shards),
+            "--url",
+            server.grpc_url,
+            "--shard",
+            f"{index}/2",
+            "--no-progress",
+        )
+    assert len(list((shards / "images").rglob("*.png"))) == 6
+    bad = cycada("translate-dir", str(src / "images"), str(shards), "--shard", "2/2")
+    assert bad.returncode == 2 and "--shard" in bad.stderr
