@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the embedded default: the whole digits pipeline USPS→MNIST, quick preset.
+# The main job on the embedded default: synthetic scenes → CyCADA segmentation (demo preset) →
+# export → the embedded tritonserver → segment a clip, translate a folder, bench (≈10 min).
 demo: $(STAMP)
-	$(BIN)/cycada train digits --source usps --target mnist --preset quick \
-		--target-split test --data-root $(CYCADA_DATA) --out runs/demo-usps2mnist
+	$(BIN)/cycada demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -75,6 +75,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     translate.add_argument("--no-progress", action="store_true")
     translate.set_defaults(handler=run_translate, window=4)
     register_bench(commands)
+    register_demo(commands)
 
 
 def _numbers(kind):
@@ -88,6 +89,32 @@ def _numbers(kind):
         return values
 
     return parse
+
+
+def register_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="the whole product end to end on this machine (about 10 minutes on 2 CPU cores)",
+        description="Generate synthetic scenes and a clip, train the CyCADA segmentation "
+        "pipeline (demo preset), export, start the embedded Triton server, segment the clip "
+        "through gRPC, translate a folder, run a short bench, list the artifacts, stop.",
+        epilog="examples:\n  cycada demo\n  cycada demo --video my_dashcam.mp4 --out runs/mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--video", help="segment this video (file, camera, URL) instead of the clip")
+    demo.add_argument("--smoke", action="store_true", help="a one-minute version (for tests)")
+    demo.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from cycada.clients.demo import run_demo
+    from cycada.clients.video import open_source
+
+    if args.video is not None:
+        open_source(args.video).release()  # fail before training when it cannot be read
+    run_demo(args.out, args.video, args.smoke)
+    return 0
 
 
 def register_bench(commands: argparse._SubParsersAction) -> None:
