@@ -74,6 +74,8 @@ class VideoSummary:
 
 
 def open_source(source: str) -> cv2.VideoCapture:
+    # FFmpeg's own messages ("moov atom not found") would break the one-line error
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
         raise DataError(

@@ -284,3 +284,35 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
     assert len(list((shards / "images").rglob("*.png"))) == 6
     bad = cycada("translate-dir", str(src / "images"), str(shards), "--shard", "2/2")
     assert bad.returncode == 2 and "--shard" in bad.stderr
+
+
+def test_bench_schema_and_sanity(server, repository, tmp_path):
+    from cycada.clients.bench import PERF_ANALYZER_COLUMNS, run_bench
+
+    result = run_bench(
+        repository, "segment", server.grpc_url, (64, 128), [1, 2], [4.0], 1.0, 0.5, tmp_path
+    )
+    assert [r["mode"] for r in result["served"]] == ["concurrency", "concurrency", "rate"]
+    for row in result["served"]:
+        assert row["throughput_per_s"] > 0 and row["errors"] == 0
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["server_compute_infer_us"] > 0
+    engines = [row["engine"] for row in result["in_process"]]
+    assert any(name.startswith("onnxruntime") for name in engines)
+    assert all(row["throughput_per_s"] > 0 for row in result["in_process"])
+    header = (tmp_path / "bench.csv").read_text().splitlines()[0]
+    assert header.split(",") == PERF_ANALYZER_COLUMNS
+    assert "| concurrency 1 |" in (tmp_path / "bench.md").read_text()
+    assert cv2.imread(str(tmp_path / "bench.png")) is not None
+
+
+def test_demo_smoke_runs_every_step(tmp_path):
+    done = cycada("demo", "--smoke", "--out", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "demo"
+    assert "cycada demo finished" in done.stdout
+    assert frame_count(out / "segmented.mp4") == frame_count(out / "data" / "drive.mp4") > 0
+    assert len(list((out / "translated" / "images").glob("*.png"))) == 12
+    assert (out / "bench" / "bench.json").exists()
+    assert (out / "model_repository" / "segment" / "1" / "model.onnx").exists()
+    assert "[8/8] stopping the server" in done.stdout

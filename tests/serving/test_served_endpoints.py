@@ -204,7 +204,8 @@ def test_digits_run_serves_class_ids_and_probabilities(tmp_path, tmp_path_factor
     np.testing.assert_allclose(result.as_numpy("probabilities").sum(1), 1.0, rtol=1e-5)
 
 
-def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository):
+def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, tmp_path):
+    repository = shutil.copytree(repository, tmp_path / "repo")  # its own path: stubs show it
     grpc_port = free_port()
     command = [
         sys.executable,

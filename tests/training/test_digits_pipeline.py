@@ -173,7 +173,7 @@ def test_interrupted_run_resumes_and_keeps_good_checkpoints(tmp_path, folder_dom
     finally:
         process.kill()
     assert process.returncode == 130, err
-    assert "run the same command to resume" in err
+    assert "resume when the same command runs again" in err
     assert load_state(resume_file)["epoch"] >= 1  # the last completed epoch is intact
     read_header(tmp_path / "checkpoints" / "source.safetensors")  # earlier stage intact
     process = cli(*args, *sets)
