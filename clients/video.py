@@ -59,6 +59,7 @@ class VideoSummary:
     p99_ms: float = float("nan")
     output: str = ""
     stopped: str = ""  # why it ended early, if it did
+    client_cpu_s: float = 0.0  # CPU time of this process (decode, resize, encode, gRPC)
 
     @property
     def fps(self) -> float:
@@ -68,7 +69,9 @@ class VideoSummary:
         text = (
             f"{self.frames_written} frames written ({self.frames_read} read, "
             f"{self.corrupt_frames} corrupt) in {self.seconds:.1f} s: {self.fps:.1f} fps, "
-            f"request p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms → {self.output}"
+            f"request p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, client CPU "
+            f"{1000 * self.client_cpu_s / max(1, self.frames_written):.1f} ms/frame → "
+            f"{self.output}"
         )
         return f"{text}; stopped: {self.stopped}" if self.stopped else text
 
@@ -262,7 +265,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="frame", desc="segment-video", dynamic_ncols=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
     prepared: dict[int, np.ndarray] = {}
 
@@ -307,6 +310,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
             summary.frames_read = counts["read"]
             summary.corrupt_frames = counts["corrupt"]
             summary.seconds = time.perf_counter() - started
+            summary.client_cpu_s = time.process_time() - cpu_started
             latencies = client.latencies_ms
             if latencies:
                 summary.p50_ms = float(np.percentile(latencies, 50))

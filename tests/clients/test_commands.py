@@ -316,3 +316,57 @@ def test_demo_smoke_runs_every_step(tmp_path):
     assert (out / "bench" / "bench.json").exists()
     assert (out / "model_repository" / "segment" / "1" / "model.onnx").exists()
     assert "[8/8] stopping the server" in done.stdout
+
+
+def test_client_checks_metadata_before_sending(server):
+    from cycada.clients.triton_client import ModelClient
+    from cycada.errors import ServingError
+
+    with ModelClient(server.grpc_url, "segment") as client:
+        assert client.inputs["images"].datatype == "UINT8"
+        assert client.inputs["images"].shape == (-1, -1, -1, 3)
+        with pytest.raises(ServingError, match="must be UINT8, got float32"):
+            client.check({"images": np.zeros((1, 8, 8, 3), np.float32)})
+        with pytest.raises(ServingError, match=r"must have shape \[-1, -1, -1, 3\]"):
+            client.check({"images": np.zeros((1, 8, 8, 4), np.uint8)})
+        with pytest.raises(ServingError, match="takes inputs"):
+            client.check({"frames": np.zeros((1, 8), np.uint8)})
+        with pytest.raises(ServingError, match="over the model's max_batch_size"):
+            client.check({"images": np.zeros((9, 8, 8, 3), np.uint8)})
+    with pytest.raises(ServingError, match="is not ready with model 'nope'"):
+        ModelClient(server.grpc_url, "nope", timeout=1)
+
+
+def test_shared_memory_compression_and_round_robin_give_the_same_labels(server, repository):
+    from cycada.clients.triton_client import ModelClient
+
+    image = np.random.default_rng(0).integers(0, 256, (1, 48, 80, 3), np.uint8)
+    with ModelClient(server.grpc_url, "segment") as plain:
+        expected = plain.infer({"images": image}, ["labels"])["labels"]
+    with ModelClient(server.grpc_url, "segment", shared_memory=True) as shm:
+        for _ in range(3):
+            np.testing.assert_array_equal(
+                shm.infer({"images": image}, ["labels"])["labels"], expected
+            )
+    with ModelClient(server.grpc_url, "segment", compression="gzip") as gzip:
+        np.testing.assert_array_equal(gzip.infer({"images": image}, ["labels"])["labels"], expected)
+    second = start(repository)
+    try:
+        import tritonclient.grpc as grpcclient
+
+        def successes(url):
+            stats = grpcclient.InferenceServerClient(url).get_inference_statistics(
+                "segment", as_json=True
+            )
+            return sum(
+                int(v["inference_stats"]["success"].get("count", 0)) for v in stats["model_stats"]
+            )
+
+        before = [successes(server.grpc_url), successes(second.grpc_url)]
+        with ModelClient([server.grpc_url, second.grpc_url], "segment") as both:
+            results = list(both.map_ordered(range(6), lambda _: {"images": image}, ["labels"], 3))
+        assert [index for index, _ in results] == list(range(6))
+        after = [successes(server.grpc_url), successes(second.grpc_url)]
+        assert after[0] - before[0] == 3 and after[1] - before[1] == 3
+    finally:
+        second.stop()
