@@ -116,9 +116,15 @@ def _queued(source: queue.Queue) -> Iterator:
         yield item
 
 
-def legend_image(frame: np.ndarray, labels: np.ndarray, names, palette) -> None:
-    """Draw the classes present in ``labels`` as coloured boxes with names (in place)."""
-    present = [int(c) for c in np.unique(labels) if int(c) < len(names)]
+def palette_lut(palette) -> np.ndarray:
+    """A (256, 1, 3) BGR lookup table for cv2.LUT (ids past the palette are black)."""
+    table = np.zeros((256, 1, 3), np.uint8)
+    table[: len(palette), 0] = np.asarray(palette, np.uint8)[:, ::-1]
+    return table
+
+
+def legend_image(frame: np.ndarray, present: list[int], names, palette) -> None:
+    """Draw the classes in ``present`` as coloured boxes with their names (in place)."""
     scale = max(0.35, frame.shape[0] / 1400)
     step = int(22 * scale / 0.45)
     for row, class_id in enumerate(present):
@@ -143,6 +149,7 @@ class _Writer:
     def __init__(self, path: Path, fps: float, options: VideoOptions):
         self.path, self.fps, self.options = path, fps, options
         self.space = LABEL_SPACES["cityscapes19"]
+        self.lut = palette_lut(self.space.palette)
         self.queue: queue.Queue = queue.Queue(maxsize=2 * options.window)
         self.written = 0
         self.error: BaseException | None = None
@@ -170,11 +177,13 @@ class _Writer:
     def _write(self, index: int, frame: np.ndarray, labels: np.ndarray, translated) -> None:
         height, width = frame.shape[:2]
         full = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-        colour = cv2.cvtColor(self.space.colorize(full), cv2.COLOR_RGB2BGR)
+        colour = cv2.LUT(cv2.merge([full, full, full]), self.lut)
         alpha = self.options.alpha
         overlay = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
         if self.options.legend:
-            legend_image(overlay, full, self.space.classes, self.space.palette)
+            counts = np.bincount(labels.reshape(-1), minlength=256)  # model resolution: cheap
+            present = [c for c in np.flatnonzero(counts) if c < len(self.space.classes)]
+            legend_image(overlay, present, self.space.classes, self.space.palette)
         if translated is not None:
             side = cv2.resize(cv2.cvtColor(translated, cv2.COLOR_RGB2BGR), (width, height))
             overlay = np.concatenate([overlay, side], axis=1)
@@ -217,7 +226,7 @@ class _Writer:
 def _model_input(frame_bgr: np.ndarray, options: VideoOptions) -> tuple[dict, np.ndarray]:
     height, width = frame_bgr.shape[:2]
     size = (options.width, max(1, round(height * options.width / width)))
-    small = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_LINEAR)
     rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
     if options.encoded:
         params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]

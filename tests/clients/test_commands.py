@@ -109,7 +109,9 @@ def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip,
         if index not in (0, total // 2, total - 1):
             continue
         height, width = frame.shape[:2]
-        small = cv2.resize(frame, (256, round(height * 256 / width)), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            frame, (256, round(height * 256 / width)), interpolation=cv2.INTER_LINEAR
+        )
         rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
         expected = session.run(None, {"images": rgb[None]})[0][0]
         expected = cv2.resize(expected, (width, height), interpolation=cv2.INTER_NEAREST)
