@@ -12,12 +12,15 @@ from tqdm import tqdm
 class RunLog:
     """Progress bars (rate and ETA) on stderr, scalars to TensorBoard under ``OUT/tensorboard``."""
 
-    def __init__(self, out_dir: Path, quiet: bool = False):
-        from torch.utils.tensorboard import SummaryWriter  # slow import; only when a run starts
-
+    def __init__(self, out_dir: Path, quiet: bool = False, write: bool = True):
         self.out_dir = out_dir
         self.quiet = quiet
-        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.write = write  # False on data-parallel ranks other than 0
+        self.writer = None
+        if write:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only when needed
+
+            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
         self.started = time.monotonic()
 
     def progress(self, total: int, description: str, initial: int = 0) -> tqdm:
@@ -33,6 +36,8 @@ class RunLog:
         )
 
     def scalars(self, tag: str, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
         for key, value in values.items():
             self.writer.add_scalar(f"{tag}/{key}", value, step)
 
@@ -41,9 +46,12 @@ class RunLog:
         line = f"[{elapsed:7.1f}s] {message}"
         if not self.quiet:
             tqdm.write(line, file=sys.stderr)
+        if not self.write:
+            return
         with open(self.out_dir / "log.txt", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

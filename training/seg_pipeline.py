@@ -109,6 +109,8 @@ class SegPipeline:
         return False
 
     def _record(self, stage: str, model, started: float, compare=None, extra=None) -> None:
+        if not self.run.dist.is_main:  # rank 0 evaluates and writes for the whole group
+            return
         metrics = self.run.evaluate(model, stage, compare)
         metrics["seconds"] = round(time.monotonic() - started, 1)
         metrics.update(extra or {})
@@ -175,7 +177,9 @@ class SegPipeline:
                     run.save_stage(stage, pixel.networks())
             elif stage == "translate":
                 if not self._done(stage):
-                    translate_source(run, pixel.gen_src2tgt, run.stage_fingerprint(stage))
+                    if run.dist.is_main:
+                        translate_source(run, pixel.gen_src2tgt, run.stage_fingerprint(stage))
+                    run.dist.barrier()
                 source_for_feature = translated_set(run)
             elif stage == "target":
                 if self._done(stage):

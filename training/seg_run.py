@@ -20,6 +20,7 @@ from cycada.training.data.label_spaces import LABEL_SPACES
 from cycada.training.data.seg_transforms import SegTransform, resize_to_width
 from cycada.training.data.segmentation import SegmentationSet, load_segmentation
 from cycada.training.digits_run import resolve_device
+from cycada.training.distributed import init_distributed, same_weights
 from cycada.training.models.segmenters import Segmenter, build_segmenter, load_backbone
 from cycada.training.run_log import RunLog
 from cycada.training.seg_config import SEG_STAGES, SegRunConfig
@@ -51,7 +52,10 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) ->
 class SegRun(StageStore):
     def __init__(self, config: SegRunConfig, out_dir: Path, quiet: bool = False):
         self.config, self.out_dir = config, out_dir
+        self.dist = init_distributed(config.device)
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
         self.space = LABEL_SPACES[config.data.label_space]
         data = config.data
@@ -75,7 +79,12 @@ class SegRun(StageStore):
                 f"evaluation split {data.target}/{data.eval_split} has unlabelled images"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = RunLog(out_dir, quiet=quiet)
+        self.log = RunLog(out_dir, quiet=quiet or not self.dist.is_main, write=self.dist.is_main)
+        if self.dist.enabled:
+            self.log.info(
+                f"data parallel: {self.dist.world_size} processes, {self.device} on this one; "
+                "effective batch = batch_size x processes"
+            )
 
     # -- networks and precision -------------------------------------------------------------
     def new_segmenter(self, backbone: bool = True) -> Segmenter:
@@ -97,9 +106,42 @@ class SegRun(StageStore):
         return to_input(images, self.device, self.cuda and self.config.channels_last)
 
     def generator(self, stage: str) -> torch.Generator:
+        """Seeds a stage: networks initialise alike on every process, batches differ by rank."""
         offset = SEG_STAGES.index(stage) + 1
         torch.manual_seed(self.config.seed * 100 + offset)
-        return torch.Generator().manual_seed(self.config.seed * 100 + offset)
+        return torch.Generator().manual_seed(self.data_seed(stage))
+
+    def data_seed(self, stage: str, epoch: int = 0) -> int:
+        offset = SEG_STAGES.index(stage) + 1
+        return self.config.seed * 100 + offset + 100_003 * self.dist.rank + 7919 * epoch
+
+    def sync_gradients(self, *modules: torch.nn.Module) -> None:
+        """Average gradients over the data-parallel processes (no-op in a single process)."""
+        self.dist.average_gradients(modules)
+
+    def save_stage(self, stage, modules, extra=None):
+        """Rank 0 writes; the other processes wait, then check their replicas are identical."""
+        path = self.checkpoint_path(stage)
+        self.dist.average_buffers(modules.values())
+        if self.dist.is_main:
+            super().save_stage(stage, modules, extra)
+        self.dist.barrier()
+        if not self.dist.is_main:
+            from safetensors.torch import load_file
+
+            differing = same_weights(modules, load_file(str(path)))
+            if differing:
+                raise RuntimeError(
+                    f"rank {self.dist.rank}: replica differs from rank 0 after '{stage}' "
+                    f"({len(differing)} tensors, e.g. {differing[0]})"
+                )
+        return path
+
+    def stage_resume(self, stage, modules, optimizers, generator):
+        resume = super().stage_resume(stage, modules, optimizers, generator)
+        if not self.dist.enabled:
+            return resume
+        return _RankResume(resume, self, stage)
 
     def batches(
         self,
@@ -217,3 +259,24 @@ def panel(columns: list[np.ndarray], height: int = 256) -> np.ndarray:
         scaled.append(cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST))
         scaled.append(np.full((height, 4, 3), 255, np.uint8))
     return np.concatenate(scaled[:-1], axis=1)
+
+
+class _RankResume:
+    """A stage's resume file under data parallelism: rank 0 writes it; every rank restores it
+    and then re-seeds its batch order by rank, so processes keep drawing different batches."""
+
+    def __init__(self, inner, run: SegRun, stage: str):
+        self.inner, self.run, self.stage = inner, run, stage
+
+    def restore(self):
+        start, extra = self.inner.restore()
+        self.inner.generator.manual_seed(self.run.data_seed(self.stage, start))
+        return start, extra
+
+    def save(self, next_epoch, extra=None) -> None:
+        if self.run.dist.is_main:
+            self.inner.save(next_epoch, extra)
+
+    def finish(self) -> None:
+        if self.run.dist.is_main:
+            self.inner.finish()

@@ -69,6 +69,7 @@ class PixelAdaptation(nn.Module):
         self.opt_disc = torch.optim.Adam(
             [*self.disc_src.parameters(), *self.disc_tgt.parameters()], lr=cfg.lr, betas=betas
         )
+        self.grad_sync = None  # set under data parallelism: averages gradients of modules
         self.pool_src = ImagePool(cfg.pool_size, generator)
         self.pool_tgt = ImagePool(cfg.pool_size, generator)
 
@@ -87,6 +88,8 @@ class PixelAdaptation(nn.Module):
             losses, total, fake_tgt, fake_src = self._generator_losses(x_src, x_tgt)
         self.opt_gen.zero_grad(set_to_none=True)
         self.scaler_gen.scale(total).backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.gen_src2tgt, self.gen_tgt2src)
         self.scaler_gen.step(self.opt_gen)
         self.scaler_gen.update()
         # --- discriminators: real vs (pooled) translated, both domains
@@ -104,6 +107,8 @@ class PixelAdaptation(nn.Module):
             )
         self.opt_disc.zero_grad(set_to_none=True)
         self.scaler_disc.scale(loss_disc_tgt + loss_disc_src).backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.disc_src, self.disc_tgt)
         self.scaler_disc.step(self.opt_disc)
         self.scaler_disc.update()
         losses.update(disc_tgt=loss_disc_tgt.item(), disc_src=loss_disc_src.item())

@@ -86,8 +86,10 @@ def train_seg_feature(
             loss_disc = gan_loss(out_src, SOURCE_DOMAIN) + gan_loss(out_tgt, TARGET_DOMAIN)
         opt_disc.zero_grad(set_to_none=True)
         loss_disc.float().backward()
+        run.sync_gradients(disc)
         opt_disc.step()
-        accuracy = domain_accuracy(out_src.detach(), out_tgt.detach())
+        # one gate decision for every data-parallel process (they must update together)
+        accuracy = run.dist.mean(domain_accuracy(out_src.detach(), out_tgt.detach()))
         accuracies.append(accuracy)
         values = {"disc_loss": loss_disc.item(), "disc_accuracy": accuracy, "updated": 0.0}
         gate = (
@@ -103,6 +105,7 @@ def train_seg_feature(
                 loss = cfg.generator_weight * loss_gen + cfg.task_weight * task_loss(logits, labels)
             opt_task.zero_grad(set_to_none=True)
             loss.float().backward()
+            run.sync_gradients(task_tgt)
             opt_task.step()
             values.update(gen_loss=loss_gen.item(), updated=1.0)
             updates_this_pass += 1

@@ -24,6 +24,8 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     generator = run.generator("pixel")
     pixel = PixelAdaptation(cfg, 3, task_src, generator, amp=run.cuda and run.config.amp)
     pixel = pixel.to(run.device)
+    if run.dist.enabled:
+        pixel.grad_sync = run.sync_gradients
     steps_per_epoch = max(len(run.source_train), len(run.target_train)) // cfg.batch_size or 1
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     transform = SegTransform(run.config.data.resize_width, cfg.crop, cfg.crop, flip=False)

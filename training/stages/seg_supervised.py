@@ -50,6 +50,7 @@ def train_segmenter(
             loss = task_loss(model(run.input(batch["image"])), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        run.sync_gradients(model)
         scaler.step(optimizer)
         scaler.update()
         bar.update()
