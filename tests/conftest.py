@@ -22,3 +22,18 @@ def data_path(*parts: str) -> Path:
 @pytest.fixture
 def data_root() -> Path:
     return data_path()
+
+
+def write_tiny_domains(root: Path, count: int = 6, width: int = 128, height: int = 64) -> Path:
+    """A game-style labelled source (GTA5 layout) and a camera-style target (Cityscapes layout:
+    unlabelled train, labelled val) under ``root``: the data of the tiny end-to-end runs."""
+    from cycada.training.data.scene_writer import write_scene_dataset
+
+    write_scene_dataset(root / "gta5", count, "game", "gta5", width, height)
+    write_scene_dataset(
+        root / "cityscapes", count, "camera", "cityscapes", width, height, labels=False
+    )
+    write_scene_dataset(
+        root / "cityscapes", 3, "camera", "cityscapes", width, height, split="val", seed=1
+    )
+    return root

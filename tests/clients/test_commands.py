@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -155,44 +156,45 @@ def test_unreadable_video_is_a_one_line_error(server, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tmp_path):
+def video_until(tmp_path, url, frames_done: int, extra=()) -> tuple[subprocess.Popen, Path, Path]:
+    """Start segment-video on a 400-frame clip; return once ``frames_done`` labels exist."""
     from cycada.training.data.scene_writer import write_clip
 
-    clip = tmp_path / "clip.mp4"
-    write_clip(clip, 400, 320, 192, seed=5)
-    own = start(repository)
+    clip = write_clip(tmp_path / "clip.mp4", 400, 320, 192, seed=5)
     out, labels = tmp_path / "out.mp4", tmp_path / "labels"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cycada.cli",
-            "segment-video",
-            str(clip),
-            "--out",
-            str(out),
-            "--url",
-            own.grpc_url,
-            "--width",
-            "320",
-            "--labels-dir",
-            str(labels),
-            "--window",
-            "2",
-            "--no-progress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "cycada.cli",
+        "segment-video",
+        str(clip),
+        "--out",
+        str(out),
+        "--url",
+        url,
+        "--width",
+        "320",
+        "--labels-dir",
+        str(labels),
+        "--no-progress",
+        *extra,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < frames_done:
+        time.sleep(0.2)
+    return process, out, labels
+
+
+def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tmp_path):
+    own = start(repository)
+    process = None
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < 10:
-            time.sleep(0.2)
+        process, out, _ = video_until(tmp_path, own.grpc_url, 10, ["--window", "2"])
         own.stop()  # the server goes away mid-video
         stdout, stderr = process.communicate(timeout=120)
     finally:
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.kill()
         own.stop()
     assert process.returncode == 2, stderr
@@ -203,36 +205,8 @@ def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tm
 
 
 def test_interrupt_keeps_a_playable_partial_output(server, tmp_path):
-    from cycada.training.data.scene_writer import write_clip
-
-    clip = tmp_path / "clip.mp4"
-    write_clip(clip, 400, 320, 192, seed=6)
-    out, labels = tmp_path / "out.mp4", tmp_path / "labels"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cycada.cli",
-            "segment-video",
-            str(clip),
-            "--out",
-            str(out),
-            "--url",
-            server.grpc_url,
-            "--width",
-            "320",
-            "--labels-dir",
-            str(labels),
-            "--no-progress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, out, _ = video_until(tmp_path, server.grpc_url, 5)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < 5:
-            time.sleep(0.2)
         process.send_signal(signal.SIGINT)
         stdout, _ = process.communicate(timeout=120)
     finally:

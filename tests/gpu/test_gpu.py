@@ -11,9 +11,9 @@ import torch
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.engines import OnnxEngine, TorchEngine
-from cycada.training.data.scene_writer import write_scene_dataset
 from cycada.training.seg_config import resolve_seg_config
 from cycada.training.seg_pipeline import run_seg
+from tests.conftest import write_tiny_domains
 from tests.training.test_seg_pipeline import TINY
 
 pytestmark = [
@@ -24,10 +24,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def cuda_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    write_scene_dataset(root / "gta5", 8, "game", "gta5", 256, 128)
-    write_scene_dataset(root / "cityscapes", 8, "camera", "cityscapes", 256, 128, labels=False)
-    write_scene_dataset(root / "cityscapes", 2, "camera", "cityscapes", 256, 128, split="val")
+    root = write_tiny_domains(tmp_path_factory.mktemp("scenes"), 8, 256, 128)
     sets = [*TINY, "data.resize_width=256", "source.iterations=60", "device=cuda"]
     config = resolve_seg_config("quick", sets=sets, overrides={"data": {"data_root": str(root)}})
     out = tmp_path_factory.mktemp("run")

@@ -24,10 +24,10 @@ from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.serving.server_install import find_tritonserver
-from cycada.training.data.scene_writer import write_scene_dataset
 from cycada.training.digits_pipeline import run_digits
 from cycada.training.seg_config import resolve_seg_config
 from cycada.training.seg_pipeline import run_seg
+from tests.conftest import write_tiny_domains
 from tests.training.test_digits_pipeline import tiny_config as tiny_digits
 from tests.training.test_seg_pipeline import TINY as TINY_SEG
 
@@ -42,10 +42,7 @@ if find_tritonserver() is None:
 
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    write_scene_dataset(root / "gta5", 6, "game", "gta5", 128, 64)
-    write_scene_dataset(root / "cityscapes", 6, "camera", "cityscapes", 128, 64, labels=False)
-    write_scene_dataset(root / "cityscapes", 2, "camera", "cityscapes", 128, 64, split="val")
+    root = write_tiny_domains(tmp_path_factory.mktemp("scenes"))
     config = resolve_seg_config(
         "quick", sets=TINY_SEG, overrides={"data": {"data_root": str(root)}}
     )

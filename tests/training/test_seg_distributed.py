@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cycada.training.data.scene_writer import write_scene_dataset
 from cycada.training.distributed import Distributed
+from tests.conftest import write_tiny_domains
 from tests.training.test_seg_pipeline import TINY
 
 
@@ -51,10 +51,7 @@ def test_gradients_buffers_and_decisions_are_averaged():
 
 @pytest.mark.slow
 def test_torchrun_runs_every_stage_with_identical_replicas(tmp_path):
-    root = tmp_path / "data"
-    write_scene_dataset(root / "gta5", 6, "game", "gta5", 128, 64)
-    write_scene_dataset(root / "cityscapes", 6, "camera", "cityscapes", 128, 64, labels=False)
-    write_scene_dataset(root / "cityscapes", 3, "camera", "cityscapes", 128, 64, split="val")
+    root = write_tiny_domains(tmp_path / "data")
     sets = [arg for item in TINY for arg in ("--set", item)]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     command = [
