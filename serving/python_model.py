@@ -13,6 +13,7 @@ channels_last, optionally compiled) when a GPU is present; else ONNX Runtime on 
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def _parameters(config: dict[str, Any]) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
-class _Model:
+class _Model(abc.ABC):
     """Shared set-up: config, parameters, the engine of this instance."""
 
     input_name = "images"
@@ -51,8 +52,9 @@ class _Model:
             int(args.get("model_instance_device_id", 0)),
         )
 
+    @abc.abstractmethod
     def _read(self, request) -> Checked:
-        raise NotImplementedError
+        """One request's input, checked (images, or the reason it is refused)."""
 
     def execute(self, requests: list) -> list:
         pb_utils = _pb_utils()
