@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from cycada.errors import ExportError
 from cycada.export import parity
 from cycada.export.onnx_export import OPSET, export_onnx
-from cycada.export.repository import spec_for, write_model
+from cycada.export.repository import prune, spec_for, write_model
 from cycada.export.run_models import Endpoint, load_run_endpoints
 
 
@@ -117,6 +117,41 @@ def _link_files(source: Path, target: Path) -> None:
                 shutil.copy2(source / name, target / name)
 
 
+def _export_one(
+    endpoint: Endpoint,
+    repository: Path,
+    options: ExportOptions,
+    report: ExportReport,
+    log: Callable[[str], None],
+) -> None:
+    spec = spec_for(endpoint.name, endpoint.kind, endpoint.in_channels, len(endpoint.class_names))
+    info = {
+        "endpoint": endpoint.name,
+        "kind": endpoint.kind,
+        "run": str(Path(endpoint.meta.get("checkpoint", ".")).resolve().parents[1]),
+        "checkpoint": endpoint.meta.get("checkpoint"),
+        "stage": endpoint.meta.get("stage"),
+        "model": endpoint.meta.get("model"),
+        "class_names": endpoint.class_names,
+        "in_channels": endpoint.in_channels,
+        "pad_multiple": endpoint.multiple,
+        "network": endpoint.builder,
+        "opset": OPSET,
+        "onnx": options.onnx,
+        "fp16": options.fp16 and options.onnx,
+        "tensorrt": options.tensorrt,
+    }
+    fill = _export_endpoint(endpoint, options, report, log)
+    report.versions[endpoint.name] = write_model(repository, spec, fill, info, keep=0)
+    if endpoint.kind == "segment":
+        encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
+        info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
+        segment_dir = report.versions[endpoint.name]
+        report.versions["segment_encoded"] = write_model(
+            repository, encoded, functools.partial(_link_files, segment_dir), info, keep=0
+        )
+
+
 def export_run(
     run_dir: Path,
     repository: Path,
@@ -128,38 +163,15 @@ def export_run(
     start = time.perf_counter()
     endpoints = load_run_endpoints(run_dir)
     report = ExportReport()
-    for endpoint in endpoints:
-        spec = spec_for(
-            endpoint.name, endpoint.kind, endpoint.in_channels, len(endpoint.class_names)
-        )
-        info = {
-            "endpoint": endpoint.name,
-            "kind": endpoint.kind,
-            "run": str(run_dir.resolve()),
-            "checkpoint": endpoint.meta.get("checkpoint"),
-            "stage": endpoint.meta.get("stage"),
-            "model": endpoint.meta.get("model"),
-            "class_names": endpoint.class_names,
-            "in_channels": endpoint.in_channels,
-            "pad_multiple": endpoint.multiple,
-            "network": endpoint.builder,
-            "opset": OPSET,
-            "onnx": options.onnx,
-            "fp16": options.fp16 and options.onnx,
-            "tensorrt": options.tensorrt,
-        }
-        fill = _export_endpoint(endpoint, options, report, log)
-        report.versions[endpoint.name] = write_model(repository, spec, fill, info, options.keep)
-        if endpoint.kind == "segment":
-            encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
-            info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
-            segment_dir = report.versions[endpoint.name]
-            report.versions["segment_encoded"] = write_model(
-                repository,
-                encoded,
-                functools.partial(_link_files, segment_dir),
-                info,
-                options.keep,
-            )
+    try:
+        for endpoint in endpoints:
+            _export_one(endpoint, repository, options, report, log)
+    except BaseException:
+        # all or nothing: the versions this export already added go again
+        for version_dir in report.versions.values():
+            shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+    for version_dir in report.versions.values():  # older versions go only after success
+        prune(version_dir.parent, options.keep)
     report.seconds = time.perf_counter() - start
     return report

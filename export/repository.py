@@ -176,6 +176,11 @@ def write_model(
         shutil.rmtree(staging, ignore_errors=True)
     for path, text in texts.items():  # configs last: a failed export leaves the model as it was
         write_text_atomic(path, text)
+    prune(model_dir, keep)
+    return model_dir / str(version)
+
+
+def prune(model_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` versions (0 keeps everything)."""
     for old in versions(model_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(model_dir / str(old))
-    return model_dir / str(version)
