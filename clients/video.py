@@ -291,9 +291,8 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
             rgb = prepared.pop(index)
             translated = None
             if translator is not None:
-                translated = translator.infer({"images": rgb[None]}, ["translated"])["translated"][
-                    0
-                ]
+                answer = translator.infer({"images": rgb[None]}, ["translated"])
+                translated = answer["translated"][0]
             writer.put((index, frame, result["labels"][0], translated))
             if bar is not None:
                 bar.update()
