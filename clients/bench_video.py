@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     with TritonServer(server_options) as server:
         options.urls = [server.grpc_url]
-        served = run_load(server.grpc_url, model, array, args.window, args.seconds, input_name=name)
         args.out.mkdir(parents=True, exist_ok=True)
-        segment_video(args.clip, args.out / "warmup.mp4", options)
+        segment_video(args.clip, args.out / "warmup.mp4", options)  # tunes every instance
+        served = run_load(server.grpc_url, model, array, args.window, args.seconds, input_name=name)
         summary = segment_video(args.clip, args.out / "video.mp4", options)
     result = {
         "model": model,
