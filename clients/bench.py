@@ -12,9 +12,11 @@ plan when present). Writes ``bench.json``, ``bench.csv``, ``bench.md`` and ``ben
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,35 +196,42 @@ def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: b
     if bench.name == "frames":  # the encoded endpoint runs the decoded frame
         decoder = FrameDecoder()
         frames = decoder.stack([decoder.decode(bench.array[0])])
-    engines = []
+    engines: list[tuple[str, Callable[[], object]]] = []  # (label, factory)
     if (folder / "model.onnx").exists():
         import onnxruntime as ort
 
+        wanted = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
         for provider in ort.get_available_providers():
-            if provider in (
-                "CPUExecutionProvider",
-                "CUDAExecutionProvider",
-                "TensorrtExecutionProvider",
-            ):
-                engines.append(lambda p=provider: OnnxEngine(folder / "model.onnx", [p]))
-    if (folder / "network.safetensors").exists():
-        try:
-            import torch
+            if provider in wanted:
+                engines.append(
+                    (
+                        f"onnxruntime {provider}",
+                        lambda p=provider: OnnxEngine(folder / "model.onnx", [p]),
+                    )
+                )
+    if (folder / "network.safetensors").exists() and importlib.util.find_spec("torch"):
+        import torch
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            engines.append(lambda: TorchEngine(folder, device, device == "cuda"))
-            if compile_:
-                engines.append(lambda: TorchEngine(folder, device, device == "cuda", "default"))
-        except ImportError:
-            pass
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        half = device == "cuda"
+        engines.append((f"pytorch {device}", lambda: TorchEngine(folder, device, half)))
+        if compile_:
+            engines.append(
+                (f"torch.compile {device}", lambda: TorchEngine(folder, device, half, "default"))
+            )
     if (folder / "model.plan").exists():
-        engines.append(lambda: _PlanEngine(folder))
+        engines.append(("tensorrt plan", lambda: _PlanEngine(folder)))
     rows = []
-    for make in engines:
+    for label, make in engines:
         try:
             engine = make()
         except Exception as exc:  # an engine that cannot start is reported, not fatal
-            rows.append({"engine": getattr(make, "__name__", "engine"), "error": str(exc)[:200]})
+            rows.append(
+                {
+                    "engine": label,
+                    "error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200],
+                }
+            )
             continue
         outputs = ["translated"] if "translated" in _output_names(folder) else ["labels"]
         for _ in range(2):
