@@ -7,7 +7,9 @@ precision between the same uint8 inputs and outputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -76,16 +78,18 @@ def export_onnx(
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
-            program = torch.onnx.export(
-                graph,
-                (example_input(endpoint),),
-                input_names=[INPUT_NAME],
-                output_names=output_names(endpoint, logits),
-                opset_version=OPSET,
-                dynamo=True,
-                dynamic_shapes=dynamic,
-                verbose=False,
-            )
+            # the exporter prints its own progress lines; keep the command's output readable
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(
+                    graph,
+                    (example_input(endpoint),),
+                    input_names=[INPUT_NAME],
+                    output_names=output_names(endpoint, logits),
+                    opset_version=OPSET,
+                    dynamo=True,
+                    dynamic_shapes=dynamic,
+                    verbose=False,
+                )
         except Exception as exc:  # the exporter raises many types; keep the first line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
