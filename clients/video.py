@@ -171,8 +171,9 @@ class _Writer:
                 self._write(index, frame, labels, translated)
         except BaseException as exc:  # reported by close()
             self.error = exc
-            while self.queue.get() is not _END:  # keep the producer from blocking
-                pass
+            item = None
+            while item is not _END:  # drain, so the producer never blocks on a dead writer
+                item = self.queue.get()
 
     def _write(self, index: int, frame: np.ndarray, labels: np.ndarray, translated) -> None:
         height, width = frame.shape[:2]

@@ -76,12 +76,10 @@ def machine() -> dict:
         info["torch"] = None
     for name in ("tensorrt", "onnxruntime", "torchvision", "tritonclient"):
         info[name] = importlib.util.find_spec(name) is not None
-    try:
+    if info["onnxruntime"]:
         import onnxruntime
 
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
-    except ImportError:
-        pass
     return info
 
 

@@ -8,6 +8,7 @@ stub's numpy bridge, so it also works where the stub's build misreads numpy 2 ar
 from __future__ import annotations
 
 import abc
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -142,11 +143,8 @@ class TorchEngine(Engine):
         return pb_utils.Tensor.from_dlpack(name, to_dlpack(array.contiguous()))
 
     def decoder(self) -> FrameDecoder:
-        if self.device.type == "cuda":
-            try:
-                return CudaFrameDecoder(self.device)
-            except ImportError:  # no torchvision: decode on the CPU
-                pass
+        if self.device.type == "cuda" and importlib.util.find_spec("torchvision"):
+            return CudaFrameDecoder(self.device)  # nvJPEG; without torchvision, the CPU decodes
         return FrameDecoder()
 
 

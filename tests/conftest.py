@@ -37,3 +37,14 @@ def write_tiny_domains(root: Path, count: int = 6, width: int = 128, height: int
         root / "cityscapes", 3, "camera", "cityscapes", width, height, split="val", seed=1
     )
     return root
+
+
+def skip_without_tritonserver() -> None:
+    """Skip the calling test module (with the reason) when tritonserver is not installed."""
+    from cycada.serving.server_install import find_tritonserver
+
+    if find_tritonserver() is None:
+        pytest.skip(
+            "tritonserver is not installed (run `python -m cycada.serving.server_install`)",
+            allow_module_level=True,
+        )

@@ -17,17 +17,12 @@ import pytest
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.serving.bench_served import random_run
 from cycada.serving.server import ServerOptions, TritonServer, free_port
-from cycada.serving.server_install import find_tritonserver
 from cycada.training.data.scene_writer import write_scene_dataset
-from tests.conftest import data_path
+from tests.conftest import data_path, skip_without_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-if find_tritonserver() is None:
-    pytest.skip(
-        "tritonserver is not installed (python -m cycada.serving.server_install)",
-        allow_module_level=True,
-    )
+skip_without_tritonserver()
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,16 @@ from cycada.errors import ServingError
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
-from cycada.serving.server_install import find_tritonserver
 from cycada.training.digits_pipeline import run_digits
 from cycada.training.seg_config import resolve_seg_config
 from cycada.training.seg_pipeline import run_seg
-from tests.conftest import write_tiny_domains
+from tests.conftest import skip_without_tritonserver, write_tiny_domains
 from tests.training.test_digits_pipeline import tiny_config as tiny_digits
 from tests.training.test_seg_pipeline import TINY as TINY_SEG
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-if find_tritonserver() is None:
-    pytest.skip(
-        "tritonserver is not installed (run `python -m cycada.serving.server_install`)",
-        allow_module_level=True,
-    )
+skip_without_tritonserver()
 
 
 @pytest.fixture(scope="module")
