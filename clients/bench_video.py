@@ -1,18 +1,28 @@
 """segment-video end to end against the served model's throughput, same server, same sizes.
 
     python -m cycada.clients.bench_video --repository R --clip CLIP.mp4 --width 768 --out DIR
+    python -m cycada.clients.bench_video ... --server-cpus 0 --client-cpus 1 --interference
 
-Starts tritonserver on R, measures the encoded-frame endpoint with `cycada.clients.load` at
-``--window`` requests in flight on one frame of the clip (resized and JPEG-encoded as the video
-command does), then runs segment-video on the whole clip twice with the same window (the first
-pass warms every instance's kernels for that size) and reports the second pass's fps / served
-throughput.
+Starts tritonserver on R, runs segment-video on the whole clip once to warm every instance for
+that size, measures the served throughput with `cycada.clients.load` at ``--window`` requests in
+flight on one frame of the clip (resized, and JPEG-encoded unless ``--raw``, as the video
+command does), then runs segment-video again with the same window and reports that pass's
+fps / served throughput.
+
+``--server-cpus`` / ``--client-cpus`` pin the server and this process to separate CPUs, as if
+they ran on separate machines. ``--interference`` also measures the served throughput while a
+video decode + MP4 encode loop (the client's codec work, with no requests) runs on the client
+CPUs: on machines whose CPUs share a physical core that loop slows the server, which bounds
+what any client can reach there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -23,6 +33,30 @@ from cycada.clients.video import VideoOptions, _model_input, segment_video
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 
 
+def _cpu_set(text: str | None) -> set[int] | None:
+    return {int(part) for part in text.split(",")} if text else None
+
+
+def codec_loop(clip: str, stop) -> None:
+    """Decode ``clip`` and encode it to MP4 over and over until ``stop`` is set."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "loop.mp4")
+        while not stop.is_set():
+            capture = cv2.VideoCapture(clip)
+            writer = None
+            while not stop.is_set():
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if writer is None:
+                    size = (frame.shape[1], frame.shape[0])
+                    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
+                writer.write(frame)
+            capture.release()
+            if writer is not None:
+                writer.release()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, required=True)
@@ -30,39 +64,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--raw", action="store_true", help="raw frames instead of JPEG")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--server-cpus", help="comma list of CPUs for tritonserver")
+    parser.add_argument("--client-cpus", help="comma list of CPUs for this client")
+    parser.add_argument("--interference", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-video"))
     args = parser.parse_args(argv)
+    client_cpus = _cpu_set(args.client_cpus)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)  # the load workers and codec loop inherit it
     options = VideoOptions(
         width=args.width, window=args.window, encoded=not args.raw, progress=False
     )
     capture = cv2.VideoCapture(args.clip)
     ok, frame = capture.read()
     capture.release()
+    if not ok:
+        raise SystemExit(f"--clip {args.clip}: expected a video OpenCV can read")
     request, _ = _model_input(frame, options)
     name, array = next(iter(request.items()))
     model = "segment" if args.raw else "segment_encoded"
     server_options = ServerOptions(
-        args.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+        args.repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        cpus=_cpu_set(args.server_cpus),
     )
+    result: dict = {"model": model, "width": args.width, "window": args.window}
     with TritonServer(server_options) as server:
         options.urls = [server.grpc_url]
         args.out.mkdir(parents=True, exist_ok=True)
         segment_video(args.clip, args.out / "warmup.mp4", options)  # tunes every instance
         served = run_load(server.grpc_url, model, array, args.window, args.seconds, input_name=name)
         summary = segment_video(args.clip, args.out / "video.mp4", options)
-    result = {
-        "model": model,
-        "width": args.width,
-        "window": args.window,
-        "served_throughput": round(served.throughput, 2),
-        "video_fps": round(summary.fps, 2),
-        "ratio": round(summary.fps / served.throughput, 3) if served.throughput else None,
-        "client_cpu_ms_per_frame": round(
+        if args.interference:
+            stop = multiprocessing.get_context("spawn").Event()
+            loop = multiprocessing.get_context("spawn").Process(
+                target=codec_loop, args=(args.clip, stop), daemon=True
+            )
+            loop.start()
+            try:
+                loaded = run_load(
+                    server.grpc_url, model, array, args.window, args.seconds, input_name=name
+                )
+            finally:
+                stop.set()
+                loop.join()
+            result["served_with_codec_loop"] = round(loaded.throughput, 2)
+    result.update(
+        served_throughput=round(served.throughput, 2),
+        video_fps=round(summary.fps, 2),
+        ratio=round(summary.fps / served.throughput, 3) if served.throughput else None,
+        client_cpu_ms_per_frame=round(
             1000 * summary.client_cpu_s / max(1, summary.frames_written), 2
         ),
-        "frames": summary.frames_written,
-    }
+        frames=summary.frames_written,
+        server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus,
+    )
     write_json_atomic(args.out / "video_vs_served.json", result)
     print(json.dumps(result))
     return 0

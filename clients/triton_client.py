@@ -213,14 +213,23 @@ class ModelClient:
         outputs: list[str],
         window: int = 8,
     ) -> Iterator[tuple[object, dict[str, np.ndarray]]]:
-        """(item, outputs) in the order of ``items``, with at most ``window`` in flight."""
+        """(item, outputs) in the order of ``items``, with at most ``window`` in flight.
+
+        ``make_inputs`` runs on the request threads, so preparing inputs (resizing, JPEG
+        encoding: OpenCV releases the GIL) overlaps across items instead of serialising on the
+        caller's thread; an error it raises surfaces, in order, as that item's result.
+        """
+
+        def prepare_and_infer(item) -> dict[str, np.ndarray]:
+            inputs = make_inputs(item)
+            self.check(inputs)
+            return self.infer(inputs, outputs)
+
         pending: collections.deque[tuple[object, Future]] = collections.deque()
         with ThreadPoolExecutor(max_workers=window) as pool:
             try:
                 for item in items:
-                    inputs = make_inputs(item)
-                    self.check(inputs)
-                    pending.append((item, pool.submit(self.infer, inputs, outputs)))
+                    pending.append((item, pool.submit(prepare_and_infer, item)))
                     while len(pending) >= window:
                         done_item, future = pending.popleft()
                         yield done_item, future.result()

@@ -1,7 +1,8 @@
 """`cycada segment-video`: a dashcam video (file, camera, stream) → an overlay video via Triton.
 
-Three stages overlap: a reader thread decodes frames, a window of requests is in flight on the
-server, and a writer thread blends and encodes the results. Every decodable frame is written
+The stages overlap: a reader thread decodes frames; the request threads resize (and JPEG-encode)
+them and keep a window of requests in flight on the server; a small pool composes the overlays
+and one thread encodes them, in order. Every decodable frame is written
 once and in order. The output is written to a hidden file beside OUT and moved onto OUT when
 the run ends — also after Ctrl-C or a lost server, so OUT is always a playable MP4 of what was
 done (or absent when nothing was).
@@ -16,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,33 +125,52 @@ def palette_lut(palette) -> np.ndarray:
     return table
 
 
-def legend_image(frame: np.ndarray, present: list[int], names, palette) -> None:
-    """Draw the classes in ``present`` as coloured boxes with their names (in place)."""
-    scale = max(0.35, frame.shape[0] / 1400)
+def legend_image(present: tuple[int, ...], frame_height: int, names, palette) -> np.ndarray:
+    """The legend panel for the classes in ``present``: coloured boxes and names on black."""
+    scale = max(0.35, frame_height / 1400)
     step = int(22 * scale / 0.45)
+    text_width = max(
+        (cv2.getTextSize(names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for c in present),
+        default=0,
+    )
+    panel = np.zeros((max(1, 6 + len(present) * step), 8 + step + text_width + 6, 3), np.uint8)
     for row, class_id in enumerate(present):
-        y = 8 + row * step
+        y = 4 + row * step
         colour = tuple(int(v) for v in palette[class_id][::-1])  # RGB → BGR
-        cv2.rectangle(frame, (8, y), (8 + step - 6, y + step - 6), colour, -1)
+        cv2.rectangle(panel, (4, y), (4 + step - 6, y + step - 6), colour, -1)
         cv2.putText(
-            frame,
+            panel,
             names[class_id],
-            (8 + step, y + step - 9),
+            (4 + step, y + step - 9),
             cv2.FONT_HERSHEY_SIMPLEX,
             scale,
             (255, 255, 255),
             1,
             cv2.LINE_AA,
         )
+    return panel
+
+
+def compose_workers() -> int:
+    """Threads that compose overlays: OpenCV releases the GIL, so they run in parallel."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 class _Writer:
-    """Writer thread: overlay, optional side panel, label PNGs and CSV shares, MP4 encoding."""
+    """Composes overlays on a small thread pool and encodes them, in order, on one thread.
+
+    ``put`` hands a frame to the pool (colour, blend, legend, side panel, label PNG) and queues
+    its future; the encoder thread takes the futures in frame order and writes the MP4 and the
+    CSV rows. The queue is bounded, so a slow disk or encoder holds back the producer instead of
+    filling memory.
+    """
 
     def __init__(self, path: Path, fps: float, options: VideoOptions):
         self.path, self.fps, self.options = path, fps, options
         self.space = LABEL_SPACES["cityscapes19"]
         self.lut = palette_lut(self.space.palette)
+        self.legends: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
+        self.pool = ThreadPoolExecutor(compose_workers(), thread_name_prefix="compose")
         self.queue: queue.Queue = queue.Queue(maxsize=2 * options.window)
         self.written = 0
         self.error: BaseException | None = None
@@ -167,27 +188,52 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            for index, frame, labels, translated in _queued(self.queue):
-                self._write(index, frame, labels, translated)
+            for index, composed in _queued(self.queue):
+                overlay, shares = composed.result()
+                self._encode(index, overlay, shares)
         except BaseException as exc:  # reported by close()
             self.error = exc
             item = None
             while item is not _END:  # drain, so the producer never blocks on a dead writer
                 item = self.queue.get()
 
-    def _write(self, index: int, frame: np.ndarray, labels: np.ndarray, translated) -> None:
+    def _legend(self, labels: np.ndarray, frame_height: int) -> np.ndarray:
+        counts = np.bincount(labels.reshape(-1), minlength=256)  # model resolution: cheap
+        present = tuple(int(c) for c in np.flatnonzero(counts) if c < len(self.space.classes))
+        key = (present, frame_height)
+        panel = self.legends.get(key)
+        if panel is None:  # a video shows few distinct class sets: render each once
+            panel = legend_image(present, frame_height, self.space.classes, self.space.palette)
+            self.legends[key] = panel
+        return panel
+
+    def _compose(self, index: int, frame: np.ndarray, labels: np.ndarray, translated):
         height, width = frame.shape[:2]
-        full = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-        colour = cv2.LUT(cv2.merge([full, full, full]), self.lut)
+        # colour at the model's resolution, then one nearest-neighbour resize of the colours
+        colour = cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), self.lut)
+        colour = cv2.resize(colour, (width, height), interpolation=cv2.INTER_NEAREST)
         alpha = self.options.alpha
         overlay = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
         if self.options.legend:
-            counts = np.bincount(labels.reshape(-1), minlength=256)  # model resolution: cheap
-            present = [c for c in np.flatnonzero(counts) if c < len(self.space.classes)]
-            legend_image(overlay, present, self.space.classes, self.space.palette)
+            panel = self._legend(labels, height)
+            rows, cols = min(panel.shape[0], height - 4), min(panel.shape[1], width - 4)
+            if rows > 0 and cols > 0:
+                region = overlay[4 : 4 + rows, 4 : 4 + cols]
+                cv2.addWeighted(region, 0.25, panel[:rows, :cols], 0.75, 0.0, dst=region)
         if translated is not None:
             side = cv2.resize(cv2.cvtColor(translated, cv2.COLOR_RGB2BGR), (width, height))
             overlay = np.concatenate([overlay, side], axis=1)
+        shares = None
+        if self.options.labels_dir is not None or self.csv is not None:
+            full = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+            if self.options.labels_dir is not None:
+                cv2.imwrite(str(self.options.labels_dir / f"{index:06d}.png"), full)
+            if self.csv is not None:
+                counts = np.bincount(full.reshape(-1), minlength=256)[: len(self.space.classes)]
+                shares = counts / full.size
+        return overlay, shares
+
+    def _encode(self, index: int, overlay: np.ndarray, shares) -> None:
         if self.video is None:
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
             size = (overlay.shape[1], overlay.shape[0])
@@ -195,20 +241,20 @@ class _Writer:
             if not self.video.isOpened():
                 raise DataError(f"cannot write video {self.path} (OpenCV has no MP4 encoder)")
         self.video.write(overlay)
-        if self.options.labels_dir is not None:
-            cv2.imwrite(str(self.options.labels_dir / f"{index:06d}.png"), full)
         if self.csv is not None:
-            counts = np.bincount(full.reshape(-1), minlength=256)[: len(self.space.classes)]
-            self.csv.writerow([index, *(f"{c / full.size:.5f}" for c in counts)])
+            self.csv.writerow([index, *(f"{share:.5f}" for share in shares)])
         self.written += 1
 
     def put(self, item) -> None:
+        index = item[0]
+        composed = self.pool.submit(self._compose, *item)
         while self.thread.is_alive():
             try:
-                self.queue.put(item, timeout=0.1)
+                self.queue.put((index, composed), timeout=0.1)
                 return
             except queue.Full:
                 continue
+        composed.cancel()
         if self.error is not None:
             raise self.error
 
@@ -216,6 +262,7 @@ class _Writer:
         if self.thread.is_alive():
             self.queue.put(_END)
             self.thread.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
         if self.video is not None:
             self.video.release()
         if self.csv_file is not None:
@@ -277,21 +324,22 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         bar = tqdm(total=total, unit="frame", desc="segment-video", dynamic_ncols=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
-    prepared: dict[int, np.ndarray] = {}
+    prepared: dict[int, np.ndarray] = {}  # model-size RGB frames for the translator
 
-    def inputs(item):
+    def inputs(item):  # runs on the request threads
         index, frame = item
         request, rgb = _model_input(frame, options)
-        prepared[index] = rgb
+        if translator is not None:
+            prepared[index] = rgb
         return request
 
     try:
         for (index, frame), result in client.map_ordered(
             _queued(frames), inputs, ["labels"], options.window
         ):
-            rgb = prepared.pop(index)
             translated = None
             if translator is not None:
+                rgb = prepared.pop(index)
                 answer = translator.infer({"images": rgb[None]}, ["translated"])
                 translated = answer["translated"][0]
             writer.put((index, frame, result["labels"][0], translated))

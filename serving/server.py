@@ -46,6 +46,7 @@ class ServerOptions:
     shm_bytes: int = 16 * 1024 * 1024  # Python-backend shared memory per stub (frames are big)
     python_env: Path | None = None  # environment of the backend stub (default: see below)
     extra_args: list[str] = field(default_factory=list)
+    cpus: set[int] | None = None  # pin the server and its stubs to these CPUs (benchmarks)
 
 
 def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, str]:
@@ -92,6 +93,13 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
         command.append("--model-control-mode=explicit")
         command += [f"--load-model={name}" for name in options.models]
     return command + options.extra_args
+
+
+def _pinned(cpus: set[int] | None):
+    """A preexec function that pins the child (and what it starts) to ``cpus``, or None."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 class TritonServer:
@@ -141,6 +149,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=_environment(self.home, self.options.python_env),
                 start_new_session=True,  # its own group: stopping it ends the stubs too
+                preexec_fn=_pinned(self.options.cpus),
             )
         try:
             self.wait_ready(timeout)

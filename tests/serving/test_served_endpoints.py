@@ -7,11 +7,13 @@ equal), then bad requests, a second version and a model that fails to load.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -160,6 +162,18 @@ def test_a_second_export_is_version_2_and_both_are_served(tmp_path, seg_run, rep
         for version in ("1", "2"):
             assert client.is_model_ready("segment", version)
         labels = infer(running, "segment", np.zeros((1, 16, 16, 3), np.uint8), version="2")
+        assert labels.as_numpy("labels").shape == (1, 16, 16)
+
+
+def test_cpus_pin_the_server_and_its_backend_stubs(repository):
+    cpus = {max(os.sched_getaffinity(0))}
+    with TritonServer(options(repository, models=["segment"], cpus=cpus)) as running:
+        root = running.process.pid
+        children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+        assert children, "the Python backend stub should be running"
+        for pid in [root, *map(int, children)]:
+            assert os.sched_getaffinity(pid) == cpus
+        labels = infer(running, "segment", np.zeros((1, 16, 16, 3), np.uint8))
         assert labels.as_numpy("labels").shape == (1, 16, 16)
 
 
