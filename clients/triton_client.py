@@ -4,8 +4,8 @@
   waits until each is ready and serves the model.
 * Reads the model's metadata and checks every input's name, dtype and shape before sending.
 * Retries UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff, moving to the next URL.
-* :meth:`ModelClient.map_ordered` keeps a bounded number of requests in flight and yields the
-  results in submission order.
+* :func:`ordered_map` / :meth:`ModelClient.map_ordered` keep a bounded number of requests in
+  flight and yield the results in submission order.
 * Optional gzip/deflate compression, and system shared memory for inputs when the server runs
   on the same host.
 """
@@ -206,6 +206,11 @@ class ModelClient:
                 time.sleep(self.backoff * 2**attempt)
                 attempt += 1
 
+    def request(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Check ``inputs`` against the model's metadata, then :meth:`infer`."""
+        self.check(inputs)
+        return self.infer(inputs, outputs)
+
     def map_ordered(
         self,
         items: Iterable,
@@ -215,30 +220,9 @@ class ModelClient:
     ) -> Iterator[tuple[object, dict[str, np.ndarray]]]:
         """(item, outputs) in the order of ``items``, with at most ``window`` in flight.
 
-        ``make_inputs`` runs on the request threads, so preparing inputs (resizing, JPEG
-        encoding: OpenCV releases the GIL) overlaps across items instead of serialising on the
-        caller's thread; an error it raises surfaces, in order, as that item's result.
+        ``make_inputs`` runs on the request threads (see :func:`ordered_map`).
         """
-
-        def prepare_and_infer(item) -> dict[str, np.ndarray]:
-            inputs = make_inputs(item)
-            self.check(inputs)
-            return self.infer(inputs, outputs)
-
-        pending: collections.deque[tuple[object, Future]] = collections.deque()
-        with ThreadPoolExecutor(max_workers=window) as pool:
-            try:
-                for item in items:
-                    pending.append((item, pool.submit(prepare_and_infer, item)))
-                    while len(pending) >= window:
-                        done_item, future = pending.popleft()
-                        yield done_item, future.result()
-                while pending:
-                    done_item, future = pending.popleft()
-                    yield done_item, future.result()
-            finally:
-                for _, future in pending:
-                    future.cancel()
+        return ordered_map(items, lambda item: self.request(make_inputs(item), outputs), window)
 
     def close(self) -> None:
         if self._shm_regions:
@@ -257,3 +241,29 @@ class ModelClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ordered_map(
+    items: Iterable, work: Callable[[object], object], window: int = 8
+) -> Iterator[tuple[object, object]]:
+    """(item, work(item)) in the order of ``items``, with at most ``window`` calls running.
+
+    ``work`` runs on a pool of ``window`` threads: blocking gRPC calls and OpenCV release the
+    GIL, so preparing inputs (resizing, JPEG encoding) overlaps across items instead of
+    serialising on the caller's thread. An error ``work`` raises surfaces, in order, as that
+    item's result; the calls not yet started are then cancelled.
+    """
+    pending: collections.deque[tuple[object, Future]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=window) as pool:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
+                while len(pending) >= window:
+                    done_item, future = pending.popleft()
+                    yield done_item, future.result()
+            while pending:
+                done_item, future = pending.popleft()
+                yield done_item, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()

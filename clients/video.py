@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cycada.clients.triton_client import ModelClient
+from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, ServingError
 from cycada.training.data.label_spaces import LABEL_SPACES
 
@@ -324,25 +324,22 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         bar = tqdm(total=total, unit="frame", desc="segment-video", dynamic_ncols=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
-    prepared: dict[int, np.ndarray] = {}  # model-size RGB frames for the translator
 
-    def inputs(item):  # runs on the request threads
+    def work(item):  # on the request threads: a frame's requests; frames overlap in the window
         index, frame = item
         request, rgb = _model_input(frame, options)
+        labels = client.request(request, ["labels"])["labels"][0]
+        translated = None
         if translator is not None:
-            prepared[index] = rgb
-        return request
+            translated = translator.request({"images": rgb[None]}, ["translated"])
+            translated = translated["translated"][0]
+        return labels, translated
 
     try:
-        for (index, frame), result in client.map_ordered(
-            _queued(frames), inputs, ["labels"], options.window
+        for (index, frame), (labels, translated) in ordered_map(
+            _queued(frames), work, options.window
         ):
-            translated = None
-            if translator is not None:
-                rgb = prepared.pop(index)
-                answer = translator.infer({"images": rgb[None]}, ["translated"])
-                translated = answer["translated"][0]
-            writer.put((index, frame, result["labels"][0], translated))
+            writer.put((index, frame, labels, translated))
             if bar is not None:
                 bar.update()
     except KeyboardInterrupt:
