@@ -153,7 +153,7 @@ def legend_image(present: tuple[int, ...], frame_height: int, names, palette) ->
 
 def compose_workers() -> int:
     """Threads that compose overlays: OpenCV releases the GIL, so they run in parallel."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
 class _Writer:
