@@ -30,11 +30,7 @@ import cv2
 from cycada.atomic import write_json_atomic
 from cycada.clients.load import run_load
 from cycada.clients.video import VideoOptions, _model_input, segment_video
-from cycada.serving.server import ServerOptions, TritonServer, free_port
-
-
-def _cpu_set(text: str | None) -> set[int] | None:
-    return {int(part) for part in text.split(",")} if text else None
+from cycada.serving.server import ServerOptions, TritonServer, free_port, parse_cpus
 
 
 def codec_loop(clip: str, stop) -> None:
@@ -65,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--raw", action="store_true", help="raw frames instead of JPEG")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--server-cpus", help="comma list of CPUs for tritonserver")
-    parser.add_argument("--client-cpus", help="comma list of CPUs for this client")
+    parser.add_argument("--server-cpus", help="CPUs for tritonserver, e.g. 0 or 0,2-3")
+    parser.add_argument("--client-cpus", help="CPUs for this client, e.g. 1")
     parser.add_argument("--interference", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-video"))
     args = parser.parse_args(argv)
-    client_cpus = _cpu_set(args.client_cpus)
+    client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # the load workers and codec loop inherit it
     options = VideoOptions(
@@ -89,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=free_port(),
         http_port=free_port(),
         metrics_port=free_port(),
-        cpus=_cpu_set(args.server_cpus),
+        cpus=parse_cpus(args.server_cpus) if args.server_cpus else None,
     )
     result: dict = {"model": model, "width": args.width, "window": args.window}
     with TritonServer(server_options) as server:

@@ -40,6 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument(
+        "--cpus", help="run the server on these CPUs only, e.g. 0 or 0,2-3 (a client beside it)"
+    )
+    parser.add_argument(
         "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
     )
     parser.set_defaults(handler=run)
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(server_status(args.status))
         return 0
-    from cycada.serving.server import ServerOptions, TritonServer
+    from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
 
     options = ServerOptions(
         args.repository,
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         log_file=args.log_file,
         models=args.model,
+        cpus=parse_cpus(args.cpus) if args.cpus else None,
     )
     server = TritonServer(options)
     stopping = []

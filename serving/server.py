@@ -95,6 +95,23 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     return command + options.extra_args
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``"0,2-3"`` → {0, 2, 3}; every CPU must be one this process may run on."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ServingError(f"--cpus {text!r}: expected CPU numbers like 0,2-3") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise ServingError(
+            f"--cpus {text!r}: expected CPUs among {sorted(allowed)} (this machine's)"
+        )
+    return cpus
+
+
 def _pinned(cpus: set[int] | None):
     """A preexec function that pins the child (and what it starts) to ``cpus``, or None."""
     if not cpus:
