@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -275,6 +277,27 @@ def test_bench_schema_and_sanity(server, repository, tmp_path):
     assert header.split(",") == PERF_ANALYZER_COLUMNS
     assert "| concurrency 1 |" in (tmp_path / "bench.md").read_text()
     assert cv2.imread(str(tmp_path / "bench.png")) is not None
+
+
+def test_bench_video_compares_the_video_with_the_served_throughput(repository, tmp_path):
+    from cycada.clients.bench_video import main as bench_video
+    from cycada.training.data.scene_writer import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 16, 160, 96, seed=4)
+    cpu = str(min(os.sched_getaffinity(0)))
+    args = ["--repository", str(repository), "--clip", str(clip), "--width", "160"]
+    args += ["--window", "2", "--seconds", "1", "--server-cpus", cpu, "--out", str(tmp_path)]
+    affinity = os.sched_getaffinity(0)
+    try:
+        assert bench_video([*args, "--interference"]) == 0
+    finally:
+        os.sched_setaffinity(0, affinity)
+    result = json.loads((tmp_path / "video_vs_served.json").read_text())
+    assert result["frames"] == 16 and result["model"] == "segment_encoded"
+    assert result["served_throughput"] > 0 and result["served_with_codec_loop"] > 0
+    assert result["ratio"] == pytest.approx(result["video_fps"] / result["served_throughput"], 0.01)
+    assert frame_count(tmp_path / "video.mp4") == 16
 
 
 def test_demo_smoke_runs_every_step(tmp_path):
