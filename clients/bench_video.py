@@ -30,6 +30,7 @@ import cv2
 from cycada.atomic import write_json_atomic
 from cycada.clients.load import run_load
 from cycada.clients.video import VideoOptions, _model_input, segment_video
+from cycada.errors import CycadaError
 from cycada.serving.server import ServerOptions, TritonServer, free_port, parse_cpus
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interference", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-video"))
     args = parser.parse_args(argv)
-    client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
+    client_cpus = parse_cpus(args.client_cpus, "--client-cpus") if args.client_cpus else None
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # the load workers and codec loop inherit it
     options = VideoOptions(
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=free_port(),
         http_port=free_port(),
         metrics_port=free_port(),
-        cpus=parse_cpus(args.server_cpus) if args.server_cpus else None,
+        cpus=parse_cpus(args.server_cpus, "--server-cpus") if args.server_cpus else None,
     )
     result: dict = {"model": model, "width": args.width, "window": args.window}
     with TritonServer(server_options) as server:
@@ -125,4 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except CycadaError as exc:  # bad input: one line, not a traceback
+        raise SystemExit(f"bench_video: error: {exc}") from None

@@ -46,7 +46,7 @@ class ServerOptions:
     shm_bytes: int = 16 * 1024 * 1024  # Python-backend shared memory per stub (frames are big)
     python_env: Path | None = None  # environment of the backend stub (default: see below)
     extra_args: list[str] = field(default_factory=list)
-    cpus: set[int] | None = None  # pin the server and its stubs to these CPUs (benchmarks)
+    cpus: set[int] | None = None  # pin the server and its stubs to these CPUs
 
 
 def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, str]:
@@ -95,7 +95,7 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     return command + options.extra_args
 
 
-def parse_cpus(text: str) -> set[int]:
+def parse_cpus(text: str, option: str = "--cpus") -> set[int]:
     """``"0,2-3"`` → {0, 2, 3}; every CPU must be one this process may run on."""
     cpus: set[int] = set()
     try:
@@ -103,11 +103,11 @@ def parse_cpus(text: str) -> set[int]:
             first, _, last = part.strip().partition("-")
             cpus.update(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise ServingError(f"--cpus {text!r}: expected CPU numbers like 0,2-3") from None
+        raise ServingError(f"{option} {text!r}: expected CPU numbers like 0,2-3") from None
     allowed = os.sched_getaffinity(0)
     if not cpus or not cpus <= allowed:
         raise ServingError(
-            f"--cpus {text!r}: expected CPUs among {sorted(allowed)} (this machine's)"
+            f"{option} {text!r}: expected CPUs among {sorted(allowed)} (this machine's)"
         )
     return cpus
 
