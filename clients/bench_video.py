@@ -96,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         served = run_load(server.grpc_url, model, array, args.window, args.seconds, input_name=name)
         summary = segment_video(args.clip, args.out / "video.mp4", options)
         if args.interference:
-            stop = multiprocessing.get_context("spawn").Event()
-            loop = multiprocessing.get_context("spawn").Process(
-                target=codec_loop, args=(args.clip, stop), daemon=True
-            )
+            spawn = multiprocessing.get_context("spawn")
+            stop = spawn.Event()
+            loop = spawn.Process(target=codec_loop, args=(args.clip, stop), daemon=True)
             loop.start()
             try:
                 loaded = run_load(

@@ -288,11 +288,7 @@ def test_bench_video_compares_the_video_with_the_served_throughput(repository, t
     cpu = str(min(os.sched_getaffinity(0)))
     args = ["--repository", str(repository), "--clip", str(clip), "--width", "160"]
     args += ["--window", "2", "--seconds", "1", "--server-cpus", cpu, "--out", str(tmp_path)]
-    affinity = os.sched_getaffinity(0)
-    try:
-        assert bench_video([*args, "--interference"]) == 0
-    finally:
-        os.sched_setaffinity(0, affinity)
+    assert bench_video([*args, "--interference"]) == 0  # no --client-cpus: pytest stays unpinned
     result = json.loads((tmp_path / "video_vs_served.json").read_text())
     assert result["frames"] == 16 and result["model"] == "segment_encoded"
     assert result["served_throughput"] > 0 and result["served_with_codec_loop"] > 0
