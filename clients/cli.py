@@ -102,7 +102,10 @@ def register_demo(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--video", help="segment this video (file, camera, URL) instead of the clip")
+    demo.add_argument(
+        "--video",
+        help="adapt to this video file (its frames are the unlabelled target), then segment it",
+    )
     demo.add_argument("--smoke", action="store_true", help="a one-minute version (for tests)")
     demo.set_defaults(handler=run_demo_command)
 
@@ -112,6 +115,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from cycada.clients.video import open_source
 
     if args.video is not None:
+        from cycada.errors import DataError
+
+        if not Path(args.video).is_file():
+            raise DataError(
+                f"--video {args.video}: expected a video file to adapt to (a camera or URL can "
+                "be segmented with cycada segment-video)"
+            )
         open_source(args.video).release()  # fail before training when it cannot be read
     run_demo(args.out, args.video, args.smoke)
     return 0

@@ -1,13 +1,15 @@
 """`cycada demo`: the whole product on one machine, from nothing to served results.
 
 1. synthetic driving scenes (game-style, labelled) and camera-style scenes and clip;
-2. the CyCADA segmentation pipeline (``--preset demo``) on them;
+2. the CyCADA segmentation pipeline (``--preset demo``) on them; with ``--video FILE`` the
+   target domain is that footage's frames instead (no labels: label-free signals);
 3. export to ONNX and a Triton model repository (parity-checked);
 4. the embedded tritonserver on loopback;
-5. segment the clip (or ``--video PATH``) through gRPC into an overlay MP4;
+5. segment the clip (or the ``--video`` footage) through gRPC into an overlay MP4;
 6. translate a folder of synthetic images into the camera style;
 7. a short latency/throughput bench;
-8. list every artifact, stop the server.
+8. list every artifact, stop the server (and, with ``--video``, print the label-free signals of
+   source only against adapted on the footage).
 """
 
 from __future__ import annotations
@@ -38,6 +40,43 @@ def _step(number: int, text: str) -> float:
     return time.perf_counter()
 
 
+def stage_lines(metrics: dict) -> list[str]:
+    """One line per evaluated stage: mIoU when labelled, the label-free signals otherwise."""
+    lines = []
+    for stage, values in metrics["stages"].items():
+        if "target" in values:
+            labelled = values["target"]
+            lines.append(f"{stage}: mIoU {labelled['miou']:.1%} on {labelled['dataset']}")
+        elif "label_free" in values:
+            signals = values["label_free"]
+            lines.append(
+                f"{stage}: mean confidence {signals['mean_confidence']:.1%}, class-share "
+                f"distance to the source labels {signals['class_share_distance']:.1%}"
+            )
+    return lines
+
+
+def label_free_comparison(metrics: dict) -> list[str]:
+    """Source only against the adapted model on the held-out target frames."""
+    stages = metrics["stages"]
+    adapted = metrics["final"]["stage"]
+    if "label_free" not in stages.get("source", {}) or "label_free" not in stages[adapted]:
+        return ["(no label-free signals recorded)"]
+    before, after = stages["source"]["label_free"], stages[adapted]["label_free"]
+    rows = [
+        ("mean confidence", "mean_confidence"),
+        ("low-confidence pixels", "low_confidence_share"),
+        ("class-share distance to source labels", "class_share_distance"),
+    ]
+    lines = [f"{'':<40}{'source only':>12}{adapted:>12}"]
+    for name, key in rows:
+        lines.append(f"{name:<40}{before[key]:>12.1%}{after[key]:>12.1%}")
+    agreement = after.get("agreement_with_source_only")
+    if agreement is not None:
+        lines.append(f"{'pixels labelled as by source only':<40}{'100.0%':>12}{agreement:>12.1%}")
+    return lines
+
+
 def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[str, str]:
     from cycada.clients.bench import run_bench
     from cycada.clients.translate_dir import translate_dir
@@ -50,35 +89,49 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
     started = time.perf_counter()
     data = out / "data"
     count, size = (12, (128, 64)) if smoke else (160, (256, 128))
-    t = _step(1, f"synthetic scenes: {count} game-style (labelled) → {count} camera-style")
+    if video is None:
+        t = _step(1, f"synthetic scenes: {count} game-style (labelled) → {count} camera-style")
+    else:
+        t = _step(1, f"synthetic scenes: {count} game-style (labelled); target: {video}")
     write_scene_dataset(data / "gta5", count, "game", "gta5", *size, quiet=False)
-    write_scene_dataset(
-        data / "cityscapes", count, "camera", "cityscapes", *size, labels=False, quiet=False
-    )
-    write_scene_dataset(
-        data / "cityscapes",
-        max(4, count // 8),
-        "camera",
-        "cityscapes",
-        *size,
-        split="val",
-        seed=1,
-        quiet=False,
-    )
     clip = data / "drive.mp4"
     if video is None:
+        write_scene_dataset(
+            data / "cityscapes", count, "camera", "cityscapes", *size, labels=False, quiet=False
+        )
+        write_scene_dataset(
+            data / "cityscapes",
+            max(4, count // 8),
+            "camera",
+            "cityscapes",
+            *size,
+            split="val",
+            seed=1,
+            quiet=False,
+        )
         write_clip(clip, 24 if smoke else 150, 512, 256, seed=2)
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
 
-    t = _step(2, "CyCADA: source → pixel (CycleGAN + semantic) → translate → target → feature")
+    if video is None:
+        what = "camera-style scenes"
+        target = {}
+    else:  # the footage is the target domain: up to `count` frames spread over it, no labels
+        what = f"the frames of {video}"
+        target = {
+            "target": f"video:{video}",
+            "target_fps": float("inf"),
+            "target_max_frames": count,
+        }
+    t = _step(2, f"CyCADA to {what}: source → pixel (+ semantic) → translate → target → feature")
     config = resolve_seg_config(
-        "demo", sets=SMOKE if smoke else [], overrides={"data": {"data_root": str(data)}}
+        "demo",
+        sets=SMOKE if smoke else [],
+        overrides={"data": {"data_root": str(data), **target}},
     )
     run_dir = out / "run"
     metrics = run_seg(config, run_dir)
-    stages = metrics["stages"]
-    for stage, values in stages.items():
-        print(f"  {stage}: mIoU {values['target']['miou']:.1%} on camera-style val", flush=True)
+    for line in stage_lines(metrics):
+        print(f"  {line}", flush=True)
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
 
     t = _step(3, "export: ONNX fp32 + fp16, parity on real or synthetic frames, repository")
@@ -146,6 +199,10 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
         "bench (json, csv, md, png)": out / "bench",
         "server log": out / "tritonserver.log",
     }
+    if video is not None:
+        print(f"\nlabel-free signals on held-out frames of {video} (no labels; see the README):")
+        for line in label_free_comparison(metrics):
+            print(f"  {line}")
     print(f"\ncycada demo finished in {time.perf_counter() - started:.0f} s; artifacts:")
     for name, path in artifacts.items():
         print(f"  {name:<38} {path}")

@@ -16,11 +16,7 @@ class RunLog:
         self.out_dir = out_dir
         self.quiet = quiet
         self.write = write  # False on data-parallel ranks other than 0
-        self.writer = None
-        if write:
-            from torch.utils.tensorboard import SummaryWriter  # slow import; only when needed
-
-            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.writer = None  # created at the first scalar: a run refused for bad input writes none
         self.started = time.monotonic()
 
     def progress(self, total: int, description: str, initial: int = 0) -> tqdm:
@@ -36,8 +32,12 @@ class RunLog:
         )
 
     def scalars(self, tag: str, values: dict[str, float], step: int) -> None:
-        if self.writer is None:
+        if not self.write:
             return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only when needed
+
+            self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
         for key, value in values.items():
             self.writer.add_scalar(f"{tag}/{key}", value, step)
 

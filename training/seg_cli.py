@@ -46,7 +46,8 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
         "--target",
         default="cityscapes",
         metavar="NAME",
-        help="unlabelled target domain (same names)",
+        help="target domain, its labels never used: the same names, or unlabelled "
+        "folder:IMAGES or video:PATH (a video, a folder of videos, or a text file listing them)",
     )
     parser.add_argument(
         "--model",
@@ -61,7 +62,27 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--source-split")
     parser.add_argument("--target-split", help="unlabelled target split (default train)")
-    parser.add_argument("--eval-split", help="labelled target split for evaluation (default val)")
+    parser.add_argument(
+        "--eval-split", help="labelled split of --eval-set (or of the target) to evaluate on"
+    )
+    parser.add_argument(
+        "--eval-set",
+        metavar="NAME",
+        help="a labelled domain to evaluate on (e.g. camvid, cityscapes, "
+        "folder:IMAGES:LABELS:MAPPING); default: the target's --eval-split, and none for an "
+        "unlabelled target (label-free signals only)",
+    )
+    parser.add_argument("--eval-root", help="folder of --eval-set (default --data-root)")
+    parser.add_argument(
+        "--target-fps",
+        type=_frame_rate,
+        help="video: targets: frames kept per second of video (default 1; 'all' = every frame)",
+    )
+    parser.add_argument(
+        "--target-max-frames",
+        type=int,
+        help="video: targets: at most this many frames over all videos (default: no cap)",
+    )
     parser.add_argument("--label-space", choices=["cityscapes19", "synthia13"])
     parser.add_argument("--backbone-weights", help="local ImageNet weights file")
     parser.add_argument("--seed", type=int)
@@ -76,11 +97,15 @@ def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
         "source_split",
         "target_split",
         "eval_split",
+        "eval_set",
+        "eval_root",
         "label_space",
         "source_root",
         "target_root",
+        "target_fps",
+        "target_max_frames",
     ):
-        if getattr(args, key):
+        if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     overrides: dict = {"data": data}
     for key in ("model", "seed", "device", "backbone_weights"):
@@ -136,11 +161,40 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
     metrics = run_seg(config, args.out, stages=stages, restart=args.restart, quiet=args.quiet)
     final = metrics.get("final")
     if final:
-        print(
-            f"{final['stage']}: mIoU {final['miou']:.2%} ({metrics['protocol']['target_eval']}); "
-            f"results in {args.out}"
-        )
+        print(f"{final_line(final)}; results in {args.out}")
     return 0
+
+
+def final_line(final: dict) -> str:
+    """One line for a run's final stage: mIoU when labelled, the label-free signals otherwise."""
+    parts = [final["stage"] + ":"]
+    if final.get("evaluation") == "labelled":
+        parts.append(f"mIoU {final['miou']:.2%} on {final['dataset']}")
+    signals = final.get("label_free")
+    if signals:
+        agreement = signals["agreement_with_previous"]
+        parts.append(
+            ("and" if len(parts) > 1 else "no labelled evaluation set; label-free:")
+            + f" mean confidence {signals['mean_confidence']:.1%}, class-share distance to "
+            f"source labels {signals['class_share_distance']:.1%}"
+            + ("" if agreement is None else f", agreement with the previous stage {agreement:.1%}")
+        )
+    return " ".join(parts)
+
+
+def _frame_rate(text: str) -> float:
+    """--target-fps: a positive number, or 'all' for every frame."""
+    if text.strip().lower() in ("all", "inf"):
+        return float("inf")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a frame rate (frames per second > 0, or 'all')"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0 (frames per second, or 'all')")
+    return value
 
 
 def cmd_eval_seg(args: argparse.Namespace) -> int:
@@ -275,6 +329,7 @@ def register(train, ablate, evaluate, data) -> None:
 def cmd_ablate_seg(args: argparse.Namespace) -> int:
     from cycada.atomic import write_text_atomic
     from cycada.errors import ConfigError
+    from cycada.training.seg_label_free import label_free_csv, label_free_table
     from cycada.training.seg_metrics import table_csv, table_markdown
     from cycada.training.seg_pipeline import run_seg
 
@@ -284,10 +339,20 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown row '{unknown[0]}' (valid: {', '.join(SEG_ABLATION_ROWS)})")
     results = {}
+    label_free: dict = {}
     for row in rows:
         metrics = run_seg(seg_row_config(config, row), args.out / row, quiet=args.quiet)
-        results[SEG_ABLATION_ROWS[row]] = metrics["stages"][metrics["final"]["stage"]]["target"]
-        write_text_atomic(args.out / "results.md", table_markdown(results))
-        write_text_atomic(args.out / "results.csv", table_csv(results))
+        final = metrics["stages"][metrics["final"]["stage"]]
+        if "target" in final:
+            results[SEG_ABLATION_ROWS[row]] = final["target"]
+            write_text_atomic(args.out / "results.md", table_markdown(results))
+            write_text_atomic(args.out / "results.csv", table_csv(results))
+        if "label_free" in final:
+            label_free[SEG_ABLATION_ROWS[row]] = final["label_free"]
+            write_text_atomic(args.out / "label_free.md", label_free_table(label_free))
+            write_text_atomic(args.out / "label_free.csv", label_free_csv(label_free))
+    if not results:
+        print((args.out / "label_free.md").read_text())
+        return 0
     print((args.out / "results.md").read_text())
     return 0

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cycada import configs
+from cycada.errors import ConfigError
 from cycada.training.digits_config import PRESET_DIR
 
 SEG_STAGES = ("source", "pixel", "translate", "target", "feature")
@@ -21,10 +22,31 @@ class SegDataConfig:
     label_space: Literal["cityscapes19", "synthia13"] = "cityscapes19"
     source_split: str = "train"
     target_split: str = "train"  # unlabelled target images
-    eval_split: str = "val"  # labelled target split for evaluation
+    eval_split: str = "val"  # labelled split for evaluation (of eval_set, else of the target)
+    eval_set: str = ""  # a labelled domain to evaluate on; "" = the target's own eval split
+    eval_root: str = ""  # where eval_set lives, when not under data_root
     resize_width: int = 1024  # every image is resized to this width, keeping its aspect ratio
     max_samples: int = 0  # cap every split (0 = all)
     workers: int = 2
+    # video:PATH targets: frames per second of video kept (.inf = every frame), a cap over
+    # all videos (0 = none), the near-duplicate threshold (mean grey difference, 0 = off)
+    target_fps: float = 1.0
+    target_max_frames: int = 0
+    target_dedup: float = 1.5
+    # unlabelled targets: target images held out of training for the label-free signals
+    label_free_frames: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.target_fps > 0:
+            raise ConfigError(
+                f"data.target_fps (--target-fps) is {self.target_fps}; expected frames per "
+                "second > 0 (e.g. 1, or .inf / 'all' for every frame)"
+            )
+        for key in ("target_max_frames", "label_free_frames", "max_samples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.{key} is {getattr(self, key)}; expected >= 0")
+        if self.target_dedup < 0:
+            raise ConfigError(f"data.target_dedup is {self.target_dedup}; expected >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def evaluate_seg_checkpoint(
     run.log.close()
     return (
         f"{dataset}/{split}: mIoU {metrics['miou']:.2%}, fwIoU {metrics['fwiou']:.2%}, "
-        f"pixel accuracy {metrics['pixel_accuracy']:.2%} ({len(run.target_eval)} images)"
+        f"pixel accuracy {metrics['pixel_accuracy']:.2%} ({len(run.evaluation)} images)"
     )
 
 

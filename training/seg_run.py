@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,29 +16,28 @@ from cycada import configs
 from cycada.errors import DataError
 from cycada.training.data.label_spaces import LABEL_SPACES
 from cycada.training.data.seg_transforms import SegTransform, resize_to_width
-from cycada.training.data.segmentation import SegmentationSet, load_segmentation
+from cycada.training.data.segmentation import SegmentationSet
 from cycada.training.digits_run import resolve_device
 from cycada.training.distributed import init_distributed, same_weights
 from cycada.training.models.segmenters import Segmenter, build_segmenter, load_backbone
 from cycada.training.run_log import RunLog
 from cycada.training.seg_config import SEG_STAGES, SegRunConfig
+from cycada.training.seg_domains import load_run_data
 from cycada.training.seg_metrics import ConfusionMatrix, segmentation_metrics
 from cycada.training.stage_store import StageStore
-from cycada.training.visuals import write_png
+from cycada.training.visuals import panel, write_png
 
-
-def cap(dataset: SegmentationSet, count: int) -> SegmentationSet:
-    """The first ``count`` items of a split (all when count <= 0)."""
-    if count <= 0 or count >= len(dataset):
-        return dataset
-    return SegmentationSet(
-        dataset.name,
-        dataset.split,
-        dataset.items[:count],
-        dataset.mapping,
-        dataset.space,
-        dataset.label_reader,
-    )
+# the data keys f_S depends on; and the keys that change no stage's weights
+SOURCE_DATA_KEYS = ("source", "source_split", "label_space", "resize_width", "max_samples")
+NOT_TRAINING_KEYS = (
+    "data_root",
+    "source_root",
+    "target_root",
+    "eval_root",
+    "eval_set",
+    "eval_split",
+    "workers",
+)
 
 
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -60,26 +57,24 @@ class SegRun(StageStore):
         self.space = LABEL_SPACES[config.data.label_space]
         data = config.data
 
-        source_root = data.source_root or data.data_root
-        target_root = data.target_root or data.data_root
-
-        def load(name: str, split: str, root: str) -> SegmentationSet:
-            return cap(load_segmentation(name, split, root, self.space), data.max_samples)
-
-        self.source_train = load(data.source, data.source_split, source_root)
-        if not self.source_train.labelled:
-            raise DataError(f"source {data.source}/{data.source_split} has images without labels")
-        self.target_train = load(data.target, data.target_split, target_root)
-        self.target_eval = cap(
-            load_segmentation(data.target, data.eval_split, target_root, self.space),
-            config.eval_max_samples,
-        )
-        if not self.target_eval.labelled:
-            raise DataError(
-                f"evaluation split {data.target}/{data.eval_split} has unlabelled images"
-            )
         out_dir.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(out_dir, quiet=quiet or not self.dist.is_main, write=self.dist.is_main)
+        run_data = load_run_data(
+            data,
+            out_dir,
+            self.space,
+            config.eval_max_samples,
+            self.log.info,
+            self.dist.is_main,
+            self.dist.barrier,
+            quiet=quiet or not self.dist.is_main,
+        )
+        self.source_train = run_data.source_train
+        self.target_train = run_data.target_train
+        self.target_holdout = run_data.target_holdout
+        self.evaluation = run_data.evaluation
+        self.evaluation_kind = run_data.describe_evaluation()
+        self._source_shares: np.ndarray | None = None
         if self.dist.enabled:
             self.log.info(
                 f"data parallel: {self.dist.world_size} processes, {self.device} on this one; "
@@ -170,15 +165,20 @@ class SegRun(StageStore):
 
     # -- checkpoints --------------------------------------------------------------------------
     def stage_fingerprint(self, stage: str) -> str:
+        """Hash of what a stage's weights depend on.
+
+        f_S depends only on the source side, so one source checkpoint serves runs that adapt to
+        different targets (copy ``checkpoints/source.safetensors`` into the new run folder).
+        Where the data lives and how the run is evaluated change no weights and are left out.
+        """
         c = self.config
-        data = dataclasses.replace(c.data, data_root="", source_root="", target_root="", workers=0)
+        data = configs.to_dict(c.data)
+        if stage == "source":
+            data = {key: data[key] for key in SOURCE_DATA_KEYS}
+        else:
+            data = {key: value for key, value in data.items() if key not in NOT_TRAINING_KEYS}
         parts: list[Any] = [
-            {
-                "model": c.model,
-                "seed": c.seed,
-                "backbone": c.backbone_weights,
-                "data": configs.to_dict(data),
-            },
+            {"model": c.model, "seed": c.seed, "backbone": c.backbone_weights, "data": data},
             c.source,
         ]
         position = SEG_STAGES.index(stage)
@@ -212,6 +212,30 @@ class SegRun(StageStore):
         logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
         return logits.argmax(1)[0]
 
+    def resized(self, image: np.ndarray) -> np.ndarray:
+        """An RGB image at the run's width (what the models see)."""
+        return resize_to_width(image, None, self.config.data.resize_width)[0]
+
+    @torch.no_grad()
+    def probabilities(self, model: Segmenter, image: np.ndarray) -> torch.Tensor:
+        """Softmax class probabilities (K, H, W) of one RGB image at the run's width."""
+        resized = self.resized(image)
+        x = self.input(torch.from_numpy(resized).permute(2, 0, 1)[None])
+        with self.autocast():
+            logits = model(x)
+        logits = F.interpolate(
+            logits.float(), size=resized.shape[:2], mode="bilinear", align_corners=False
+        )
+        return logits.softmax(1)[0]
+
+    def source_class_shares(self) -> np.ndarray:
+        """Share of each class in the source labels (an evenly spaced sample), computed once."""
+        if self._source_shares is None:
+            from cycada.training.seg_label_free import class_shares_of_labels
+
+            self._source_shares = class_shares_of_labels(self.source_train, self.space.num_classes)
+        return self._source_shares
+
     def evaluate(
         self, model: Segmenter, stage: str, compare: dict[str, Segmenter] | None = None
     ) -> dict[str, Any]:
@@ -221,7 +245,9 @@ class SegRun(StageStore):
         """
         was_training = model.training
         model.eval()
-        dataset = self.target_eval
+        dataset = self.evaluation
+        if dataset is None:
+            raise DataError("this run has no labelled evaluation set (pass --eval-set)")
         confusion = ConfusionMatrix(self.space.num_classes, self.device)
         folder = self.out_dir / "eval" / stage
         for index in range(len(dataset)):
@@ -249,16 +275,6 @@ class SegRun(StageStore):
         metrics["dataset"] = f"{dataset.name}/{dataset.split}"
         metrics["confusion_matrix"] = confusion.numpy().tolist()
         return metrics
-
-
-def panel(columns: list[np.ndarray], height: int = 256) -> np.ndarray:
-    """Side-by-side RGB images scaled to one height, like the paper's Figure 5."""
-    scaled = []
-    for image in columns:
-        width = round(image.shape[1] * height / image.shape[0])
-        scaled.append(cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST))
-        scaled.append(np.full((height, 4, 3), 255, np.uint8))
-    return np.concatenate(scaled[:-1], axis=1)
 
 
 class _RankResume:

@@ -82,3 +82,13 @@ def image_grid(columns: list[torch.Tensor], scale: int = 2, pad: int = 2) -> np.
             y, x = pad + row * (h + pad), pad + col * (w + pad)
             grid[y : y + h, x : x + w] = block[row]
     return cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+
+def panel(columns: list[np.ndarray], height: int = 256) -> np.ndarray:
+    """Side-by-side RGB images scaled to one height, like the paper's Figure 5."""
+    scaled = []
+    for image in columns:
+        width = round(image.shape[1] * height / image.shape[0])
+        scaled.append(cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST))
+        scaled.append(np.full((height, 4, 3), 255, np.uint8))
+    return np.concatenate(scaled[:-1], axis=1)

@@ -159,15 +159,20 @@ class LabelMapping:
     table: np.ndarray  # (65536,) uint8: raw id → label-space id or IGNORE
     known: np.ndarray  # (65536,) bool: ids the data set may contain
     evaluated: tuple[int, ...]  # label-space ids this data set can be evaluated on
+    source: str = ""  # the mapping file, when the user gave one
 
     @classmethod
-    def from_dict(cls, mapping: dict[int, int], known_ids: set[int]) -> LabelMapping:
+    def from_dict(
+        cls, mapping: dict[int, int], known_ids: set[int], source: str = ""
+    ) -> LabelMapping:
+        """``mapping`` raw id → label-space id; a raw id mapped to 255 is known and ignored."""
         table = np.full(65536, IGNORE, np.uint8)
         known = np.zeros(65536, bool)
         for raw, mapped in mapping.items():
             table[raw] = mapped
         known[list(known_ids | set(mapping))] = True
-        return cls(table, known, tuple(sorted(set(mapping.values()))))
+        evaluated = tuple(sorted(set(mapping.values()) - {IGNORE}))
+        return cls(table, known, evaluated, source)
 
     @classmethod
     def identity(cls, num_classes: int) -> LabelMapping:

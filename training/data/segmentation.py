@@ -2,8 +2,10 @@
 
 Names a user can pass (``load_segmentation``): ``gta5``, ``cityscapes``, ``synthia``
 (RAND-CITYSCAPES), ``synthia-seqs:SEASON`` (video sequences, front camera, e.g.
-``synthia-seqs:fall``), ``camvid`` and ``folder:IMAGES:LABELS[:MAPPING]``. Labels come out in
-the run's label space (``cityscapes19`` or ``synthia13``), 255 = ignore.
+``synthia-seqs:fall``), ``camvid``, ``folder:IMAGES:LABELS[:MAPPING]`` and ``folder:IMAGES``
+(unlabelled, a target only). Labels come out in the run's label space (``cityscapes19`` or
+``synthia13``), 255 = ignore. ``video:PATH`` (unlabelled) is read by ``videos.py`` into a run
+folder first; ``unlabelled_set`` turns its frames into a set.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ class SegmentationSet(Dataset):
             )
         unexpected = self.mapping.unexpected(raw)
         if unexpected:
+            if self.mapping.source:
+                raise DataError(
+                    f"label ids {unexpected} in {item.label} are missing from the mapping file "
+                    f"{self.mapping.source} (add 'RAW_ID TRAIN_ID' lines; 'RAW_ID 255' ignores)"
+                )
             raise DataError(
                 f"unexpected label ids {unexpected} in {item.label} for data set {self.name}"
             )
@@ -243,11 +250,15 @@ def read_mapping_file(path: Path) -> dict[int, int]:
     return mapping
 
 
-def folder_items(images: Path, labels: Path, split: str) -> list[SegItem]:
-    """Images and same-named labels; a list file ``<split>.txt`` beside IMAGES selects a split."""
+def folder_items(images: Path, labels: Path | None, split: str) -> list[SegItem]:
+    """Images and same-named labels; a list file ``<split>.txt`` beside IMAGES selects a split.
+
+    Without ``labels`` the items are unlabelled (a target domain). With ``labels`` every image
+    must have one: a source domain cannot train on images without labels.
+    """
     if not images.is_dir():
         raise DataError(f"image folder {images} does not exist")
-    if not labels.is_dir():
+    if labels is not None and not labels.is_dir():
         raise DataError(f"label folder {labels} does not exist")
     list_file = images.parent / f"{split}.txt"
     if list_file.is_file():
@@ -256,15 +267,36 @@ def folder_items(images: Path, labels: Path, split: str) -> list[SegItem]:
         ]
     else:
         files = _images_in(images)
-    items = []
+    if not files:
+        raise DataError(f"image folder {images} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if labels is None:
+        return [SegItem(image, None) for image in files]
+    items, missing = [], []
     for image in files:
         relative = image.relative_to(images).with_suffix("")
         candidates = [labels / relative.with_suffix(s) for s in IMAGE_SUFFIXES]
         label = next((c for c in candidates if c.is_file()), None)
         if label is None:
-            raise DataError(f"no label for {image} in {labels} (expected {relative}.png)")
+            missing.append(relative)
         items.append(SegItem(image, label))
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(files)} images in {images} have no label in {labels} "
+            f"(first: {missing[0]}.png); every image of a labelled folder needs one"
+        )
     return items
+
+
+def check_mapping(mapping: dict[int, int], path: Path, space: ls.LabelSpace) -> None:
+    """Every train id of a mapping file lies in the label space or is 255 (ignore)."""
+    for raw, mapped in mapping.items():
+        if mapped != ls.IGNORE and not 0 <= mapped < space.num_classes:
+            raise DataError(
+                f"{path}: raw id {raw} maps to {mapped}, outside {space.name} "
+                f"(0-{space.num_classes - 1}, or 255 to ignore)"
+            )
+        if not 0 <= raw < 65536:
+            raise DataError(f"{path}: raw id {raw} is not a label value (0-65535)")
 
 
 def load_segmentation(
@@ -288,11 +320,17 @@ def load_segmentation(
         mapping = ls.LabelMapping.from_dict(ls.CAMVID_TO_TRAIN, ls.CAMVID_KNOWN_IDS)
     elif name.startswith("folder:"):
         parts = name.split(":")
-        if len(parts) not in (3, 4):
-            raise DataError(f"folder data set '{name}' must be folder:IMAGES:LABELS[:MAPPING]")
-        items = folder_items(Path(parts[1]).expanduser(), Path(parts[2]).expanduser(), split)
+        if len(parts) not in (2, 3, 4) or (len(parts) == 4 and not parts[2]):
+            raise DataError(
+                f"folder data set '{name}' must be folder:IMAGES (unlabelled) or "
+                "folder:IMAGES:LABELS[:MAPPING]"
+            )
+        labels = Path(parts[2]).expanduser() if len(parts) > 2 and parts[2] else None
+        items = folder_items(Path(parts[1]).expanduser(), labels, split)
         if len(parts) == 4:
-            mapping = ls.LabelMapping.from_dict(read_mapping_file(Path(parts[3])), {ls.IGNORE})
+            table = read_mapping_file(Path(parts[3]))
+            check_mapping(table, Path(parts[3]), space)
+            mapping = ls.LabelMapping.from_dict(table, {ls.IGNORE}, source=parts[3])
         else:
             mapping = ls.LabelMapping.identity(space.num_classes)
     else:
@@ -304,6 +342,20 @@ def load_segmentation(
     return SegmentationSet(name, split, items, mapping, space, reader)
 
 
+def unlabelled_set(name: str, images: list[Path], space: ls.LabelSpace) -> SegmentationSet:
+    """Images without labels (video frames, a folder) as a target set."""
+    items = [SegItem(image, None) for image in images]
+    return SegmentationSet(name, "train", items, ls.LabelMapping.identity(space.num_classes), space)
+
+
+def is_unlabelled_domain(name: str) -> bool:
+    """Domains that never have labels: ``video:PATH`` and ``folder:IMAGES``."""
+    if name.startswith("video:"):
+        return True
+    parts = name.split(":")
+    return parts[0] == "folder" and (len(parts) == 2 or (len(parts) == 3 and not parts[2]))
+
+
 SEG_DATASETS = [
     "camvid",
     "cityscapes",
@@ -312,3 +364,4 @@ SEG_DATASETS = [
     "synthia",
     "synthia-seqs:SEASON",
 ]
+UNLABELLED_DATASETS = ["folder:IMAGES", "video:PATH"]

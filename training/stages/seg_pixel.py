@@ -3,6 +3,9 @@ which rewrites the whole source set into the target style beside its labels."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -86,6 +89,11 @@ def translate_source(run: SegRun, gen_src2tgt: nn.Module, fingerprint: str) -> S
     """
     root, images_dir, labels_dir = translated_paths(run)
     dataset = run.source_train
+    started = root / "started.json"  # which generator the files on disk come from
+    if started.exists() and json.loads(started.read_text()).get("fingerprint") != fingerprint:
+        shutil.rmtree(images_dir, ignore_errors=True)  # another generator's images: stale
+        shutil.rmtree(labels_dir, ignore_errors=True)
+    write_json_atomic(started, {"fingerprint": fingerprint})
     gen_src2tgt.eval()
     bar = run.log.progress(len(dataset), "translate")
     for index, item in enumerate(dataset.items):
@@ -109,6 +117,7 @@ def translate_source(run: SegRun, gen_src2tgt: nn.Module, fingerprint: str) -> S
             "images": len(dataset),
             "label_space": run.space.name,
             "use_as": f"folder:{images_dir}:{labels_dir}",
+            "fingerprint": fingerprint,
         },
     )
     return translated_set(run)
