@@ -126,7 +126,7 @@ def test_folder_domain_with_mapping_and_list(tmp_path):
 def test_empty_split_and_unknown_name(tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "labs").mkdir()
-    with pytest.raises(DataError, match="split is empty"):
+    with pytest.raises(DataError, match="imgs holds no images"):
         load_segmentation(f"folder:{tmp_path / 'imgs'}:{tmp_path / 'labs'}", "train", tmp_path)
     with pytest.raises(DataError, match="unknown segmentation data set 'gta'"):
         load_segmentation("gta", "train", tmp_path)
@@ -166,3 +166,41 @@ def test_scene_layouts_and_clip(tmp_path):
     assert CITYSCAPES19.colorize(np.array([[0, 255]], np.uint8)).tolist() == [
         [[128, 64, 128], [0, 0, 0]]
     ]
+
+
+@pytest.mark.data
+def test_camvid_as_a_folder_domain_with_void_mapped_to_255(tmp_path):
+    """The mapping a new user writes for CamVid: classes to train ids, void (11) to ignore."""
+    from cycada.training.data.label_spaces import CAMVID_TO_TRAIN
+    from cycada.training.seg_metrics import segmentation_metrics
+
+    root = data_path("camvid")
+    mapping = tmp_path / "camvid.txt"
+    mapping.write_text("".join(f"{raw} {train}\n" for raw, train in CAMVID_TO_TRAIN.items()))
+    mapping.write_text(mapping.read_text() + "11 255  # void\n")
+    test = load_segmentation(f"folder:{root / 'test'}:{root / 'testannot'}:{mapping}", "test", ".")
+    assert len(test) == 233 and 255 not in test.mapping.evaluated
+    _, label = test.load_raw(0)
+    confusion = np.zeros((19, 19), np.int64)
+    valid = label != 255
+    np.add.at(confusion, (label[valid], label[valid]), 1)
+    metrics = segmentation_metrics(confusion, CITYSCAPES19.classes, test.mapping.evaluated)
+    assert metrics["miou"] == 1.0 and len(metrics["evaluated_classes"]) == 11
+
+
+def test_mapping_file_errors_name_the_file(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(labels / "a.png"), np.full((8, 8), 3, np.uint8))
+    mapping = tmp_path / "map.txt"
+    mapping.write_text("3 40\n")
+    with pytest.raises(DataError, match=r"map.txt: raw id 3 maps to 40, outside cityscapes19"):
+        load_segmentation(f"folder:{images}:{labels}:{mapping}", "train", ".")
+    mapping.write_text("4 1\n")
+    dataset = load_segmentation(f"folder:{images}:{labels}:{mapping}", "train", ".")
+    with pytest.raises(DataError, match=r"label ids \[3\] in .*a.png are missing from .*map.txt"):
+        dataset.load_raw(0)
+    unlabelled = load_segmentation(f"folder:{images}", "train", ".")
+    assert not unlabelled.labelled and unlabelled.items[0].label is None

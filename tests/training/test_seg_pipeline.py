@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from cycada.errors import CheckpointError
+from cycada.errors import CheckpointError, DataError
+from cycada.training.data.label_spaces import CITYSCAPES19
 from cycada.training.data.scene_writer import write_scene_dataset
 from cycada.training.seg_cli import seg_row_config
 from cycada.training.seg_config import resolve_seg_config
@@ -116,3 +117,139 @@ def test_stage_order_and_class_count_errors(tmp_path, scenes):
         load_modules(
             tmp_path / "a" / "checkpoints" / "source.safetensors", {"task_src": FastSCNN(13)}
         )
+
+
+# --- unlabelled targets, evaluation apart from the target, mapping files -----------------------
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "cycada.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from cycada.training.data.scene_writer import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("clip") / "drive.mp4", 30, 256, 128, seed=2)
+
+
+def test_video_target_without_labels_runs_every_stage_with_label_free_signals(
+    tmp_path, scenes, clip
+):
+    video = [
+        f"data.target=video:{clip}",
+        "data.target_fps=inf",
+        "data.target_dedup=0",
+        "data.label_free_frames=3",
+    ]
+    metrics = run_seg(tiny(scenes, *video), tmp_path, quiet=True)
+    assert metrics["evaluation"]["labelled"] is None
+    assert "3 held-out frames of video:" in metrics["evaluation"]["label_free"]
+    assert list(metrics["stages"]) == ["source", "target", "feature"]
+    for name, stage in metrics["stages"].items():
+        assert "target" not in stage  # nothing labelled to measure
+        signals = stage["label_free"]
+        assert signals["frames"] == 3 and 0 < signals["mean_confidence"] <= 1
+        assert 0 <= signals["class_share_distance"] <= 1
+        assert abs(sum(signals["class_shares"].values()) - 1) < 1e-6
+        assert (signals["agreement_with_previous"] is None) == (name == "source")
+        assert len(list((tmp_path / "eval" / name / "label_free_panels").glob("*.png"))) == 2
+    assert metrics["stages"]["feature"]["label_free"]["previous_stage"] == "target"
+    assert metrics["final"]["evaluation"] == "label-free"
+    rows = (tmp_path / "target_frames" / "index.csv").read_text().splitlines()
+    assert len(rows) == 31 and rows[0] == "frame,video,frame_number,time_s"
+    assert "label-free signals on 3 held-out frames" in (tmp_path / "log.txt").read_text()
+    table = (tmp_path / "tables" / "label_free.md").read_text()
+    assert "Source only (source)" in table and "CyCADA (feature)" in table
+    assert not (tmp_path / "tables" / "table.md").exists()
+
+    # the same run with a labelled evaluation set: nothing retrains, every stage is measured
+    again = run_seg(tiny(scenes, *video, "data.eval_set=cityscapes"), tmp_path, quiet=True)
+    assert again["evaluation"]["labelled"] == "cityscapes/val"
+    for stage in again["stages"].values():
+        assert stage["target"]["dataset"] == "cityscapes/val" and "label_free" in stage
+    assert again["final"]["evaluation"] == "labelled"
+    assert (tmp_path / "log.txt").read_text().count("finished output found") >= 4
+    assert (tmp_path / "tables" / "table.md").exists()
+
+
+def _folder_domain(root, scenes, mapping_lines):
+    """The tiny GTA5 scenes as a folder domain with a mapping file (Cityscapes label ids)."""
+    images, labels = scenes / "gta5" / "images", scenes / "gta5" / "labels"
+    mapping = root / "mapping.txt"
+    mapping.write_text("\n".join(mapping_lines) + "\n")
+    return f"folder:{images}:{labels}:{mapping}"
+
+
+def _cityscapes_mapping():
+    from cycada.training.data.label_spaces import CITYSCAPES_ID_TO_TRAIN
+
+    lines = [f"{raw} {train}" for raw, train in CITYSCAPES_ID_TO_TRAIN.items()]
+    return lines + [f"{raw} 255" for raw in range(34) if raw not in CITYSCAPES_ID_TO_TRAIN]
+
+
+def test_mapping_with_255_trains_and_evaluates(tmp_path, scenes):
+    domain = _folder_domain(tmp_path, scenes, ["# raw train", *_cityscapes_mapping()])
+    target = f"folder:{scenes / 'cityscapes' / 'leftImg8bit' / 'train'}"
+    config = tiny(
+        scenes, f"data.source={domain}", f"data.target={target}", f"data.eval_set={domain}"
+    )
+    metrics = run_seg(config, tmp_path / "run", quiet=True)
+    assert list(metrics["stages"]) == ["source", "target", "feature"]
+    source = metrics["stages"]["source"]["target"]
+    assert "255" not in map(str, source["per_class_iou"])  # ignore is not a class
+    assert source["evaluated_classes"] == list(CITYSCAPES19.classes)  # 255 left out
+    assert "label_free" in metrics["stages"]["feature"]  # the unlabelled folder target
+    assert (tmp_path / "run" / "tables" / "table.md").exists()
+
+    # an id in the labels that the mapping leaves out: an error naming the file and the ids
+    lines = [line for line in _cityscapes_mapping() if not line.startswith("7 ")]  # no road
+    partial = _folder_domain(tmp_path / "run", scenes, lines)
+    with pytest.raises(DataError, match=r"label ids \[7\] in .* are missing from the mapping"):
+        run_seg(tiny(scenes, f"data.source={partial}"), tmp_path / "partial", quiet=True)
+
+
+def test_unlabelled_domains_refused_where_labels_are_needed(tmp_path, scenes):
+    images = scenes / "cityscapes" / "leftImg8bit" / "train"
+    with pytest.raises(DataError, match="source folder:.* has no labels"):
+        run_seg(tiny(scenes, f"data.source=folder:{images}"), tmp_path / "a", quiet=True)
+    with pytest.raises(DataError, match="evaluation set folder:.* has no labels"):
+        run_seg(tiny(scenes, f"data.eval_set=folder:{images}"), tmp_path / "b", quiet=True)
+    with pytest.raises(DataError, match="evaluation set cityscapes/train has 6 of 6 images"):
+        run_seg(
+            tiny(scenes, "data.eval_set=cityscapes", "data.eval_split=train"),
+            tmp_path / "c",
+            quiet=True,
+        )
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for label in sorted((scenes / "gta5" / "labels").glob("*.png"))[:4]:
+        (labels / label.name).write_bytes(label.read_bytes())
+    with pytest.raises(DataError, match="2 of 6 images in .* have no label in"):
+        run_seg(
+            tiny(scenes, f"data.source=folder:{scenes / 'gta5' / 'images'}:{labels}"),
+            tmp_path / "d",
+            quiet=True,
+        )
+    for folder in ("a", "b", "c", "d"):  # refused before anything was written
+        assert not (tmp_path / folder / "config.yaml").exists()
+        assert not (tmp_path / folder / "checkpoints").exists()
+
+
+def test_cli_bad_video_inputs_one_line_errors(tmp_path, scenes):
+    common = [
+        "train", "seg", "--source", "gta5", "--data-root", str(scenes), "--preset", "quick",
+        "--model", "fastscnn", "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
+    done = _cli(*common, "--target", f"video:{tmp_path}", "--target-fps", "0")
+    assert done.returncode == 2 and "--target-fps: 0 must be > 0" in done.stderr
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "broken.mp4").write_bytes(b"\x00" * 4096)
+    done = _cli(*common, "--target", f"video:{tmp_path / 'fleet'}")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "no readable video frames" in done.stderr and "broken.mp4" in done.stderr
+    assert not (tmp_path / "run" / "target_frames").exists()
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -262,9 +262,8 @@ def folder_items(images: Path, labels: Path | None, split: str) -> list[SegItem]
         raise DataError(f"label folder {labels} does not exist")
     list_file = images.parent / f"{split}.txt"
     if list_file.is_file():
-        files = [
-            images / line.split()[0] for line in list_file.read_text().splitlines() if line.strip()
-        ]
+        entries = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        files = [_listed_image(images, entry, list_file) for entry in entries]
     else:
         files = _images_in(images)
     if not files:
@@ -285,6 +284,18 @@ def folder_items(images: Path, labels: Path | None, split: str) -> list[SegItem]
             f"(first: {missing[0]}.png); every image of a labelled folder needs one"
         )
     return items
+
+
+def _listed_image(images: Path, entry: str, list_file: Path) -> Path:
+    """An entry of a split list: relative to IMAGES; an absolute path from another machine (the
+    SegNet lists' ``/SegNet/CamVid/test/x.png``) is looked up by its name in IMAGES."""
+    path = images / entry
+    if path.is_file():
+        return path
+    by_name = images / Path(entry).name
+    if by_name.is_file():
+        return by_name
+    raise DataError(f"{list_file} lists {entry}, which is not in {images}")
 
 
 def check_mapping(mapping: dict[int, int], path: Path, space: ls.LabelSpace) -> None:
