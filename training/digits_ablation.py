@@ -55,6 +55,15 @@ def run_ablation(
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise ConfigError(f"unknown ablation row '{unknown[0]}' (valid: {', '.join(ROWS)})")
+    data = config.data
+    if not data.eval_set and data.target.startswith("folder:"):
+        from cycada.training.data.digits import load_digits
+
+        if not load_digits(data.target, data.target_split, data.data_root).labelled:
+            raise ConfigError(
+                f"the ablation table is of target accuracy, and {data.target} has no labels; "
+                "pass a labelled --eval-set"
+            )
     results: list[dict[str, Any]] = []
     for row in rows:
         metrics = run_digits(
@@ -81,7 +90,7 @@ def _write_tables(out_dir: Path, config: DigitsRunConfig, results: list[dict[str
     data = config.data
     title = (
         f"Ablation of CyCADA on {data.source}→{data.target} "
-        f"(target accuracy on {data.target}/{data.eval_split}, %)"
+        f"(target accuracy on {data.eval_set or data.target}/{data.eval_split}, %)"
     )
     lines = [
         f"# {title}",

@@ -20,7 +20,11 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         help=f"labelled source domain: {', '.join(DIGIT_DATASETS)}",
     )
     parser.add_argument(
-        "--target", default="mnist", metavar="NAME", help="unlabelled target domain (same names)"
+        "--target",
+        default="mnist",
+        metavar="NAME",
+        help="target domain, labels never used (same names; folder:PATH of images without class "
+        "subfolders is unlabelled)",
     )
     parser.add_argument(
         "--data-root",
@@ -45,6 +49,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-split", help="source training split (default train)")
     parser.add_argument("--target-split", help="unlabelled target split (default train)")
     parser.add_argument("--eval-split", help="evaluation split of both domains (default test)")
+    parser.add_argument(
+        "--eval-set",
+        metavar="NAME",
+        help="a labelled domain to measure the target side on (default: the target itself; an "
+        "unlabelled folder target without it gets label-free signals only)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (same seed, same metrics on CPU)")
     parser.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     parser.add_argument(
@@ -58,7 +68,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     data = {"source": args.source, "target": args.target, "data_root": args.data_root}
-    for key in ("source_split", "target_split", "eval_split"):
+    for key in ("source_split", "target_split", "eval_split", "eval_set"):
         if getattr(args, key):
             data[key] = getattr(args, key)
     overrides: dict = {"data": data}
@@ -75,10 +85,17 @@ def cmd_train_digits(args: argparse.Namespace) -> int:
     stages = [args.stage] if args.stage else None
     metrics = run_digits(config, args.out, stages=stages, restart=args.restart, quiet=args.quiet)
     final = metrics.get("final", {})
-    if final:
+    if final and "target_accuracy" in final:
         print(
             f"{final['stage']}: target accuracy {final['target_accuracy']:.2%} "
             f"({metrics['protocol']['target_eval']}); results in {args.out}"
+        )
+    elif final:
+        signals = final["label_free"]
+        print(
+            f"{final['stage']}: no labelled evaluation set; label-free: mean confidence "
+            f"{signals['mean_confidence']:.1%}, class-share distance to source labels "
+            f"{signals['class_share_distance']:.1%}; results in {args.out}"
         )
     return 0
 

@@ -25,8 +25,10 @@ class DigitsDataConfig:
     source_split: str = "train"  # labelled source used for training
     target_split: str = "train"  # unlabelled target used for adaptation
     eval_split: str = "test"  # labelled split of each domain used for evaluation
+    eval_set: str = ""  # a labelled domain to evaluate the target side on ("" = the target)
     synthetic_size: int = 25000  # images per split of the synthetic domain
     max_samples: int = 0  # cap every split (0 = all); for tests and smoke runs
+    label_free_samples: int = 1000  # unlabelled targets: images held out for label-free signals
 
 
 @dataclass(frozen=True)

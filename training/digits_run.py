@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from cycada import configs
-from cycada.errors import ConfigError
+from cycada.errors import ConfigError, DataError
 from cycada.training.data.digits import DigitSet, load_digits
 from cycada.training.data.transforms import fit_images, to_unit_range
 from cycada.training.digits_config import DigitsRunConfig
@@ -60,6 +61,26 @@ class DigitDomain:
     def fitted(self, channels: int, size: int) -> torch.Tensor:
         return fit_images(self.images, channels, size)
 
+    def split_holdout(self, count: int) -> tuple[DigitDomain, DigitDomain | None]:
+        """Every 10th image (evenly thinned to ``count``) held out; the rest to train on."""
+        if count <= 0 or len(self.images) < 2:
+            return self, None
+        held = np.arange(9, len(self.images), 10)
+        if len(held) == 0:
+            held = np.array([len(self.images) - 1])
+        if len(held) > count:
+            held = held[np.linspace(0, len(held) - 1, count).round().astype(int)]
+        rest = np.setdiff1d(np.arange(len(self.images)), held)
+        return self.subset(rest), self.subset(held)
+
+    def subset(self, positions: np.ndarray) -> DigitDomain:
+        data = self.data
+        picked = DigitSet(
+            data.name, data.split, data.images[positions], data.labels[positions], data.class_names
+        )
+        index = torch.as_tensor(positions)
+        return DigitDomain(picked, self.images[index], self.labels[index])
+
 
 class DigitsRun(StageStore):
     """Everything the stages share. Stage code reads data and writes checkpoints through here."""
@@ -75,11 +96,31 @@ class DigitsRun(StageStore):
             return DigitDomain.from_set(digit_set.head(data.max_samples))
 
         self.source_train = load(data.source, data.source_split)
+        if not self.source_train.data.labelled:
+            raise DataError(
+                f"source {data.source} has no labels; the source domain must be labelled "
+                "(folder:PATH needs class subfolders PATH/<class>/)"
+            )
         self.source_eval = load(data.source, data.eval_split)
-        self.target_train = load(data.target, data.target_split)
-        self.target_eval = load(data.target, data.eval_split)
+        target_train = load(data.target, data.target_split)
+        self.target_holdout: DigitDomain | None = None
+        self.target_eval: DigitDomain | None
+        if data.eval_set:
+            self.target_eval = load(data.eval_set, data.eval_split)
+            if not self.target_eval.data.labelled:
+                raise DataError(
+                    f"evaluation set {data.eval_set} has no labels; --eval-set needs a labelled "
+                    "domain (mnist, usps, svhn, synth, folder:PATH with class subfolders)"
+                )
+        elif target_train.data.labelled:
+            self.target_eval = load(data.target, data.eval_split)
+        else:
+            self.target_eval = None
+        if not target_train.data.labelled:  # label-free signals on held-out target images
+            target_train, self.target_holdout = target_train.split_holdout(data.label_free_samples)
+        self.target_train = target_train
         self.class_names = self.source_train.data.class_names
-        if self.target_eval.data.class_names != self.class_names:
+        if self.target_eval is not None and self.target_eval.data.class_names != self.class_names:
             raise ConfigError(
                 f"source classes {self.class_names} differ from target classes "
                 f"{self.target_eval.data.class_names}"
@@ -87,6 +128,7 @@ class DigitsRun(StageStore):
         self.model_name = choose_model(config, self.source_train.data, self.target_train.data)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(out_dir, quiet=quiet)
+        self._source_shares: np.ndarray | None = None
 
     # -- networks -------------------------------------------------------------------------
     def new_task_net(self) -> DigitTaskNet:
@@ -112,7 +154,8 @@ class DigitsRun(StageStore):
     def stage_fingerprint(self, stage: str) -> str:
         """Identifies the configs a stage's result depends on (its own and earlier stages')."""
         c = self.config
-        data = dataclasses.replace(c.data, data_root="")
+        # where the data lives and what it is evaluated on change no weights
+        data = dataclasses.replace(c.data, data_root="", eval_set="", eval_split="")
         common = {"model": c.model, "seed": c.seed, "mode": c.mode, "data": configs.to_dict(data)}
         parts: list[Any] = [common, c.source]
         if stage in ("pixel", "target", "feature", "joint"):
@@ -141,12 +184,20 @@ class DigitsRun(StageStore):
         stage: str,
         target_model: nn.Module | None = None,
         write_png: bool = True,
+        previous: tuple[str, nn.Module] | None = None,
     ) -> dict[str, Any]:
-        """Source and target metrics of ``model`` (``target_model`` on target, if given)."""
+        """Source and target metrics of ``model`` (``target_model`` on target, if given).
+
+        Without a labelled target evaluation set, ``target_label_free`` holds the label-free
+        signals on the held-out target images instead (``previous``: stage and model for the
+        agreement).
+        """
         results: dict[str, Any] = {}
         for domain_name, domain in (("source", self.source_eval), ("target", self.target_eval)):
             if domain_name == "target" and target_model is not None:
                 model = target_model
+            if domain is None:
+                continue
             predictions = predict(model, domain.images, self.config.eval_batch_size, self.device)
             confusion = confusion_matrix(domain.labels.numpy(), predictions, len(self.class_names))
             metrics = classification_metrics(confusion, self.class_names)
@@ -160,4 +211,50 @@ class DigitsRun(StageStore):
                     self.class_names,
                     title,
                 )
+        if self.target_holdout is not None:
+            results["target_label_free"] = self.label_free(model, previous)
         return results
+
+    @torch.no_grad()
+    def label_free(
+        self, model: nn.Module, previous: tuple[str, nn.Module] | None = None
+    ) -> dict[str, Any]:
+        """Mean confidence, class shares against the source labels', agreement with the
+        previous stage, on the held-out target images (see ``seg_label_free`` for what they
+        can and cannot tell)."""
+        domain = self.target_holdout
+        assert domain is not None
+        probabilities = self._probabilities(model, domain.images)
+        top, labels = probabilities.max(1)
+        classes = len(self.class_names)
+        shares = np.bincount(labels.numpy(), minlength=classes) / len(labels)
+        if self._source_shares is None:
+            counts = np.bincount(self.source_train.labels.numpy(), minlength=classes)
+            self._source_shares = counts / counts.sum()
+        source = self._source_shares
+        agreement = None
+        if previous is not None:
+            before = self._probabilities(previous[1], domain.images).argmax(1)
+            agreement = float((before == labels).float().mean())
+        return {
+            "dataset": f"{domain.data.name}/{domain.data.split} (held out, no labels)",
+            "images": len(labels),
+            "mean_confidence": float(top.mean()),
+            "low_confidence_share": float((top < 0.5).float().mean()),
+            "class_share_distance": float(0.5 * np.abs(shares - source).sum()),
+            "agreement_with_previous": agreement,
+            "previous_stage": previous[0] if previous is not None else None,
+            "class_shares": dict(zip(self.class_names, map(float, shares))),
+            "source_class_shares": dict(zip(self.class_names, map(float, source))),
+        }
+
+    def _probabilities(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        outputs = []
+        batch_size = self.config.eval_batch_size
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(self.device)
+            outputs.append(model(batch).float().softmax(1).cpu())
+        model.train(was_training)
+        return torch.cat(outputs)

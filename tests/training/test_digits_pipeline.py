@@ -231,3 +231,56 @@ def test_cli_eval_of_a_finished_run(tmp_path, folder_domain):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "accuracy" in out and (tmp_path / "ev" / "confusion.png").exists()
+
+
+@pytest.fixture(scope="module")
+def unlabelled_folder(tmp_path_factory) -> str:
+    """The same kind of target images with no class folders: a domain without labels."""
+    root = tmp_path_factory.mktemp("grey_digits_unlabelled")
+    images, _ = render_synthetic_digits(60, seed=98)
+    for index, image in enumerate(images):
+        cv2.imwrite(str(root / f"{index:03d}.png"), 255 - cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+    return f"folder:{root}"
+
+
+def test_unlabelled_folder_target_with_and_without_an_eval_set(
+    tmp_path, folder_domain, unlabelled_folder
+):
+    metrics = run_digits(tiny_config(unlabelled_folder), tmp_path / "free", quiet=True)
+    assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
+    for stage in metrics["stages"].values():
+        assert "target" not in stage and stage["source"]["accuracy"] >= 0
+        signals = stage["target_label_free"]
+        assert signals["images"] == 6 and 0.1 <= signals["mean_confidence"] <= 1
+        assert abs(sum(signals["class_shares"].values()) - 1) < 1e-6
+    assert metrics["stages"]["feature"]["target_label_free"]["previous_stage"] == "target"
+    assert metrics["final"]["evaluation"] == "label-free"
+    assert "label-free signals on 6 held-out images" in metrics["protocol"]["target_eval"]
+
+    measured = run_digits(
+        tiny_config(unlabelled_folder, f"data.eval_set={folder_domain}"),
+        tmp_path / "free",
+        quiet=True,
+    )  # nothing retrains: the evaluation set changes no weights
+    assert measured["final"]["evaluation"] == "labelled"
+    assert 0 <= measured["stages"]["feature"]["target"]["accuracy"] <= 1
+    assert "finished checkpoint found" in (tmp_path / "free" / "log.txt").read_text()
+
+
+def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_folder):
+    from cycada.errors import DataError
+
+    config = tiny_config(unlabelled_folder)
+    with pytest.raises(DataError, match="source folder:.* has no labels"):
+        run_digits(
+            resolve_digits_config(
+                "quick", sets=TINY, overrides={"data": {"source": unlabelled_folder}}
+            ),
+            tmp_path / "a",
+            quiet=True,
+        )
+    with pytest.raises(DataError, match="evaluation set folder:.* has no labels"):
+        run_digits(
+            tiny_config("synth", f"data.eval_set={unlabelled_folder}"), tmp_path / "b", quiet=True
+        )
+    assert config.data.target == unlabelled_folder

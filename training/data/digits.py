@@ -47,6 +47,11 @@ class DigitSet:
         return int(self.images.shape[3])
 
     @property
+    def labelled(self) -> bool:
+        """False for an unlabelled folder (labels all -1): usable as a target only."""
+        return bool(self.class_names) and bool((self.labels >= 0).all())
+
+    @property
     def size(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
@@ -207,43 +212,56 @@ def load_synth(size: int, split: str, seed: int = 0) -> DigitSet:
 
 
 def load_image_folder(path: Path, split: str) -> DigitSet:
-    """A class-per-subfolder tree; ``PATH/<split>/<class>/`` when split folders exist."""
+    """A class-per-subfolder tree (``PATH/<split>/<class>/`` when split folders exist), or
+    images with no class subfolders: an unlabelled domain (labels -1), a target only."""
     if not path.is_dir():
         raise DataError(f"folder data set {path} does not exist")
     base = path / split if (path / split).is_dir() else path
     class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
-        raise DataError(
-            f"folder data set {base} has no class subfolders (expected {base}/<class>/)"
-        )
+        files = sorted(f for f in base.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(
+                f"folder data set {base} has neither class subfolders ({base}/<class>/) nor "
+                f"images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
+        images = _read_same_size(files)
+        return DigitSet(f"folder:{path}", split, images, np.full(len(files), -1), [])
     class_names = [d.name for d in class_dirs]
     if all(n.isdigit() for n in class_names):
         class_names = sorted(class_names, key=int)
         class_dirs = [base / n for n in class_names]
-    images, labels, first_shape, first_file = [], [], None, None
+    files, labels = [], []
     for index, folder in enumerate(class_dirs):
         for file in sorted(folder.rglob("*")):
-            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise DataError(f"folder data set: cannot read image {file}")
-            image = _to_hwc_rgb_or_grey(image)
-            if first_shape is None:
-                first_shape, first_file = image.shape, file
-            elif image.shape != first_shape:
-                raise DataError(
-                    f"folder data set: {file} is {image.shape[1]}x{image.shape[0]}x"
-                    f"{image.shape[2]} but {first_file} is {first_shape[1]}x{first_shape[0]}x"
-                    f"{first_shape[2]}; all images must have one size"
-                )
-            images.append(image)
-            labels.append(index)
-    if not images:
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(file)
+                labels.append(index)
+    if not files:
         raise DataError(
             f"folder data set {base} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    return DigitSet(f"folder:{path}", split, np.stack(images), np.asarray(labels), class_names)
+    images = _read_same_size(files)
+    return DigitSet(f"folder:{path}", split, images, np.asarray(labels), class_names)
+
+
+def _read_same_size(files: list[Path]) -> np.ndarray:
+    images, first_shape, first_file = [], None, None
+    for file in files:
+        image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise DataError(f"folder data set: cannot read image {file}")
+        image = _to_hwc_rgb_or_grey(image)
+        if first_shape is None:
+            first_shape, first_file = image.shape, file
+        elif image.shape != first_shape:
+            raise DataError(
+                f"folder data set: {file} is {image.shape[1]}x{image.shape[0]}x"
+                f"{image.shape[2]} but {first_file} is {first_shape[1]}x{first_shape[0]}x"
+                f"{first_shape[2]}; all images must have one size"
+            )
+        images.append(image)
+    return np.stack(images)
 
 
 def _to_hwc_rgb_or_grey(image: np.ndarray) -> np.ndarray:
