@@ -308,6 +308,28 @@ def test_demo_smoke_runs_every_step(tmp_path):
     assert "[8/8] stopping the server" in done.stdout
 
 
+def test_demo_smoke_adapts_to_the_given_video(tmp_path):
+    from cycada.training.data.scene_writer import write_clip
+
+    clip = write_clip(tmp_path / "mine.mp4", 30, 320, 160, style="camera", seed=5)
+    done = cycada("demo", "--smoke", "--video", str(clip), "--out", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "demo"
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["target"] == f"video:{clip}"  # the footage is the target domain
+    assert (
+        metrics["evaluation"]["labelled"] is None and metrics["final"]["evaluation"] == "label-free"
+    )
+    assert len((out / "run" / "target_frames" / "index.csv").read_text().splitlines()) > 8
+    assert not (out / "data" / "cityscapes").exists()  # no camera-style scenes needed
+    assert frame_count(out / "segmented.mp4") == 30  # the same clip, segmented by the server
+    assert "label-free signals on held-out frames of" in done.stdout
+    assert "source only" in done.stdout and "mean confidence" in done.stdout
+    missing = cycada("demo", "--video", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "x"))
+    assert missing.returncode != 0 and "expected a video file" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "x").exists()
+
+
 def test_client_checks_metadata_before_sending(server):
     from cycada.clients.triton_client import ModelClient
     from cycada.errors import ServingError
