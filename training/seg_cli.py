@@ -242,6 +242,14 @@ def cmd_data_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_video(args: argparse.Namespace) -> int:
+    from cycada.training.data.scene_writer import write_image_video
+
+    count = write_image_video(args.images, args.out, args.fps)
+    print(f"{count} frames written to {args.out}")
+    return 0
+
+
 def _size(text: str) -> tuple[int, int]:
     from cycada.errors import ConfigError
 
@@ -260,8 +268,10 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument("--stage", choices=SEG_STAGES, help="run only this stage")
     parser.add_argument(
         "--row",
-        choices=sorted(SEG_ABLATION_ROWS),
-        help="a Table 5 row: feature_only, pixel_only_no_cycle, pixel_only, full",
+        choices=sorted({**SEG_ABLATION_ROWS, **SEG_TABLE4_ROWS}),
+        help="a Table 5 row (feature_only, pixel_only_no_cycle, pixel_only, full) or a Table 4 "
+        "row: source_only (the control: set source.iterations to the adapted run's source + "
+        "target iterations) or oracle (trained on the target's labelled train split)",
     )
     parser.add_argument("--restart", action="store_true")
     parser.set_defaults(handler=cmd_train_seg)
@@ -324,6 +334,17 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=cmd_data_clip)
+
+    parser = _with_format(
+        data,
+        "video",
+        "write the images of a folder (sorted by name) into an MP4, e.g. to try a video: target",
+        "cycada data video --images ../shared/data/camvid/train --out data/camvid.mp4 --fps 10",
+    )
+    parser.add_argument("--images", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.set_defaults(handler=cmd_data_video)
 
 
 def cmd_ablate_seg(args: argparse.Namespace) -> int:

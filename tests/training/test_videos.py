@@ -160,15 +160,15 @@ def test_failing_writer_leaves_the_previous_frames_intact(tmp_path, monkeypatch)
     )
     before = sorted(p.name for p in root.rglob("*"))
     calls = {"n": 0}
-    original = videos_module._write_jpeg
+    original = videos_module._write_file
 
-    def disk_fills_up(path, frame):
+    def disk_fills_up(path, data):
         calls["n"] += 1
         if calls["n"] > 5:
             raise OSError(28, "No space left on device")
-        original(path, frame)
+        original(path, data)
 
-    monkeypatch.setattr(videos_module, "_write_jpeg", disk_fills_up)
+    monkeypatch.setattr(videos_module, "_write_file", disk_fills_up)
     with pytest.raises(DataError, match="No space left on device"):
         extract_frames(str(tmp_path / "a.avi"), root, FrameSampling(fps=5.0), log=print, quiet=True)
     assert sorted(p.name for p in root.rglob("*")) == before  # the old extraction still whole

@@ -81,3 +81,36 @@ def write_clip(
         writer.release()
     os.replace(partial, path)
     return path
+
+
+def write_image_video(images: Path, path: Path, fps: float = 10.0) -> int:
+    """The images of a folder, sorted by name, as an MP4 at their first image's size (others are
+    resized to it); written beside, then renamed. Returns the number of frames."""
+    from cycada.errors import DataError
+    from cycada.training.data.segmentation import IMAGE_SUFFIXES
+
+    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"image folder {images} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+    if first is None:
+        raise DataError(f"cannot read image {files[0]}")
+    height, width = first.shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f".{path.stem}.partial.mp4"
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    try:
+        for file in files:
+            frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise DataError(f"cannot read image {file}")
+            if frame.shape[:2] != (height, width):
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            writer.write(frame)
+    except BaseException:
+        writer.release()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.release()
+    partial.replace(path)
+    return len(files)
