@@ -174,3 +174,35 @@ def test_failing_writer_leaves_the_previous_frames_intact(tmp_path, monkeypatch)
     assert sorted(p.name for p in root.rglob("*")) == before  # the old extraction still whole
     assert len(first.frames) == 30
     assert not list(tmp_path.glob(".target_frames.partial-*"))
+
+
+def test_image_folder_written_as_a_video_reads_back_frame_for_frame(tmp_path):
+    from cycada.training.data.scene_writer import write_image_video
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(moving_frames(5)):
+        cv2.imwrite(str(folder / f"{index:03d}.png"), frame)
+    count = write_image_video(folder, tmp_path / "frames.mp4", fps=5)
+    index = extract_frames(
+        str(tmp_path / "frames.mp4"),
+        tmp_path / "out",
+        FrameSampling(fps=float("inf"), dedup=0),
+        log=print,
+        quiet=True,
+    )
+    assert count == 5 and len(index.frames) == 5 and index.videos[0].fps == 5
+    with pytest.raises(DataError, match="holds no images"):
+        write_image_video(tmp_path / "out", tmp_path / "none.mp4")
+    assert not (tmp_path / "none.mp4").exists()
+
+
+def test_target_fps_on_the_command_line():
+    import argparse
+
+    from cycada.training.seg_cli import _frame_rate
+
+    assert _frame_rate("all") == float("inf") and _frame_rate("2.5") == 2.5
+    for bad in ("0", "-1", "fast"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _frame_rate(bad)
