@@ -18,6 +18,8 @@ def seg_config(checkpoint: Path) -> SegRunConfig:
 
 def replace_data(config: SegRunConfig, data: dict[str, Any], max_samples: int) -> SegRunConfig:
     new_data = dataclasses.replace(
-        config.data, **data, source_root="", target_root="", max_samples=max_samples
+        config.data,
+        **{"source_root": "", "target_root": "", "eval_set": "", "eval_root": "", **data},
+        max_samples=max_samples,
     )
     return dataclasses.replace(config, data=new_data, eval_max_samples=max_samples, device="auto")

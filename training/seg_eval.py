@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.checkpoint import load_modules, read_header
-from cycada.errors import CheckpointError
+from cycada.errors import CheckpointError, DataError
 from cycada.training import configs_of_checkpoint
 from cycada.training.seg_metrics import table_csv, table_markdown
 
@@ -20,8 +20,11 @@ def evaluate_seg_checkpoint(
     compare: Path | None,
     max_samples: int,
 ) -> str:
+    from cycada.training.data.segmentation import is_unlabelled_domain
     from cycada.training.seg_run import SegRun
 
+    if is_unlabelled_domain(dataset):
+        raise DataError(f"--dataset {dataset} has no labels; evaluation needs a labelled data set")
     config = configs_of_checkpoint.seg_config(checkpoint)
     data = {
         "target": dataset,

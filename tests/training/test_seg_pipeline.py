@@ -175,6 +175,12 @@ def test_video_target_without_labels_runs_every_stage_with_label_free_signals(
     assert (tmp_path / "log.txt").read_text().count("finished output found") >= 4
     assert (tmp_path / "tables" / "table.md").exists()
 
+    checkpoint = tmp_path / "checkpoints" / "feature.safetensors"
+    line = evaluate_seg_checkpoint(checkpoint, "gta5", "train", str(scenes), None, None, 2)
+    assert line.startswith("gta5/train:")  # the dataset asked for, not the run's eval set
+    with pytest.raises(DataError, match="has no labels"):
+        evaluate_seg_checkpoint(checkpoint, f"video:{clip}", "train", ".", None, None, 0)
+
 
 def _folder_domain(root, scenes, mapping_lines):
     """The tiny GTA5 scenes as a folder domain with a mapping file (Cityscapes label ids)."""
