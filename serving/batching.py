@@ -14,6 +14,16 @@ from typing import Any
 import numpy as np
 
 MAX_PIXELS = 4096 * 4096  # per image: larger requests are refused, not run
+MAX_REQUEST_PIXELS = 4 * MAX_PIXELS  # per request (batch x height x width)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request got no outputs: its own bad input (INVALID_ARGUMENT, never worth a retry)
+    or a fault of the server (INTERNAL)."""
+
+    message: str
+    bad_input: bool = True
 
 
 @dataclass
@@ -22,9 +32,19 @@ class Checked:
 
     images: Any  # numpy array, or a torch tensor decoded on the GPU; None when refused
     error: str | None = None
+    bad_input: bool = True  # False when the refusal is the server's fault (decoder out of memory)
+
+    @property
+    def failure(self) -> Failure | None:
+        return None if self.error is None else Failure(self.error, self.bad_input)
 
 
-def check_images(array: np.ndarray | None, channels: int, max_pixels: int = MAX_PIXELS) -> Checked:
+def check_images(
+    array: np.ndarray | None,
+    channels: int,
+    max_pixels: int = MAX_PIXELS,
+    max_request_pixels: int = MAX_REQUEST_PIXELS,
+) -> Checked:
     """Validate one request's uint8 NHWC batch."""
     if array is None:
         return Checked(None, "request has no 'images' input")
@@ -43,17 +63,80 @@ def check_images(array: np.ndarray | None, channels: int, max_pixels: int = MAX_
         return Checked(
             None, f"'images' is {height}x{width}, larger than the limit of {max_pixels} pixels"
         )
+    if batch * height * width > max_request_pixels:
+        return Checked(
+            None,
+            f"'images' holds {batch}x{height}x{width} pixels, over the request limit of "
+            f"{max_request_pixels}",
+        )
     return Checked(array)
 
 
+# --- encoded frames: size and completeness from the bytes, before any decoding ---------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"
+JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR or a JPEG's frame header; None when neither is found.
+
+    Read before decoding so a small file that would decode to gigabytes (a decompression
+    bomb) is refused without being decoded.
+    """
+    if data[:8] == PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in JPEG_FRAME_MARKERS and position + 9 <= len(data):
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return height, width
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        position += 2 + length
+    return None
+
+
+def is_complete(data: bytes) -> bool:
+    """A JPEG ends with its end-of-image marker, a PNG with its IEND chunk (trailing zero
+    padding of a batch row allowed). OpenCV decodes a truncated JPEG without complaint, filling
+    the missing part with grey: that would be answered as if it were the whole frame."""
+    if data[:2] == b"\xff\xd8":
+        return data.endswith(b"\xff\xd9")
+    if data[:8] == PNG_SIGNATURE:
+        return data.endswith(PNG_END)
+    return True  # other formats: left to the decoder
+
+
 def decode_frames(
-    frames: np.ndarray | None, max_pixels: int = MAX_PIXELS, decoder: Any = None
+    frames: np.ndarray | None,
+    max_pixels: int = MAX_PIXELS,
+    decoder: Any = None,
+    max_request_pixels: int = MAX_REQUEST_PIXELS,
+    allow_truncated: bool = False,
 ) -> Checked:
     """Encoded frames, uint8 (batch, bytes): one JPEG/PNG file per row (a request of one frame
-    is (1, n)) → RGB uint8 (batch, H, W, 3); frames of one request must decode to one size.
+    is (1, n); shorter files of a batch are padded with zeros) → RGB uint8 (batch, H, W, 3);
+    frames of one request must decode to one size.
 
-    Bytes travel as UINT8, not BYTES: the Python-backend stub misreads BYTES tensors under
-    numpy 2. ``decoder`` (``decode(row)``, ``stack(list)``) defaults to OpenCV on the CPU.
+    Sizes are read from the headers and checked (per frame and per request) before anything is
+    decoded; a truncated file is refused unless ``allow_truncated`` (model parameter
+    ``allow_truncated_frames``). Bytes travel as UINT8, not BYTES: the Python-backend stub
+    misreads BYTES tensors under numpy 2. ``decoder`` (``decode(row)``, ``stack(list)``)
+    defaults to OpenCV on the CPU.
     """
     if decoder is None:
         from cycada.serving.engines import FrameDecoder
@@ -65,16 +148,30 @@ def decode_frames(
         return Checked(
             None, f"'frames' must be UINT8 (batch, bytes), got {frames.dtype} {frames.shape}"
         )
-    decoded = []
-    for index, data in enumerate(frames):
-        image = decoder.decode(data)
-        if image is None:
-            return Checked(
-                None, f"frame {index} is not a decodable JPEG or PNG ({len(data)} bytes)"
-            )
-        height, width = int(image.shape[0]), int(image.shape[1])
+    rows = [np.trim_zeros(row, "b") for row in frames]
+    total = 0
+    for index, row in enumerate(rows):
+        data = row.tobytes()
+        size = encoded_size(data)
+        if size is None:
+            return Checked(None, f"frame {index} is not a JPEG or PNG file ({len(data)} bytes)")
+        height, width = size
         if height * width > max_pixels:
             return Checked(None, f"frame {index} is {height}x{width}, over the pixel limit")
+        total += height * width
+        if total > max_request_pixels:
+            return Checked(None, f"frames hold over {max_request_pixels} pixels per request")
+        if not allow_truncated and not is_complete(data):
+            return Checked(None, f"frame {index} is truncated or corrupt (no end marker)")
+    decoded = []
+    for index, row in enumerate(rows):
+        try:
+            image = decoder.decode(row)
+        except Exception as exc:  # the decoder's own fault (GPU out of memory, ...): INTERNAL
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Checked(None, f"frame {index}: decoder failed: {reason}", bad_input=False)
+        if image is None:
+            return Checked(None, f"frame {index} is not a decodable JPEG or PNG ({len(row)} bytes)")
         decoded.append(image)
     if len({tuple(image.shape) for image in decoded}) > 1:
         return Checked(None, "frames of one request must share one size")
@@ -85,16 +182,16 @@ def run_grouped(
     checked: Sequence[Checked],
     run: Callable[[np.ndarray], Sequence[np.ndarray]],
     max_batch: int,
-) -> list[list[np.ndarray] | str]:
+) -> list[list[np.ndarray] | Failure]:
     """Run valid requests stacked by image size (chunks of ``max_batch`` images).
 
-    Returns, per request, its outputs (split back to its own batch) or its error message.
+    Returns, per request, its outputs (split back to its own batch) or why it has none.
     """
-    results: list[list[np.ndarray] | str] = [c.error or "" for c in checked]
+    results: list[list[np.ndarray] | Failure] = [c.failure or [] for c in checked]
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, item in enumerate(checked):
         if item.images is not None:
-            groups.setdefault(item.images.shape[1:], []).append(index)
+            groups.setdefault(tuple(item.images.shape[1:]), []).append(index)
     for indices in groups.values():
         chunk: list[int] = []
         count = 0
@@ -126,7 +223,7 @@ def _run_chunk(checked, chunk, run, results) -> None:
     except Exception as exc:  # an inference failure fails these requests, not the server
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         for index in chunk:
-            results[index] = f"inference failed: {first}"
+            results[index] = Failure(f"inference failed: {first}", bad_input=False)
         return
     start = 0
     for index in chunk:

@@ -18,7 +18,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cycada.serving.batching import MAX_PIXELS, Checked, check_images, decode_frames, run_grouped
+from cycada.serving.batching import (
+    MAX_PIXELS,
+    MAX_REQUEST_PIXELS,
+    Checked,
+    Failure,
+    check_images,
+    decode_frames,
+    run_grouped,
+)
 from cycada.serving.engines import Engine, select_engine
 
 
@@ -45,6 +53,8 @@ class _Model(abc.ABC):
         self.output_names = [output["name"] for output in config["output"]]
         self.max_batch = max(1, int(config.get("max_batch_size", 1)))
         self.max_pixels = int(parameters.get("max_pixels", MAX_PIXELS))
+        self.max_request_pixels = int(parameters.get("max_request_pixels", MAX_REQUEST_PIXELS))
+        self.allow_truncated = parameters.get("allow_truncated_frames", "").lower() == "true"
         self.engine: Engine = select_engine(
             folder,
             parameters,
@@ -56,17 +66,31 @@ class _Model(abc.ABC):
     def _read(self, request) -> Checked:
         """One request's input, checked (images, or the reason it is refused)."""
 
+    def _read_safely(self, request) -> Checked:
+        """A request that cannot even be read fails alone, never the whole dynamic batch."""
+        try:
+            return self._read(request)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Checked(None, f"cannot read the request: {reason}", bad_input=False)
+
     def execute(self, requests: list) -> list:
         pb_utils = _pb_utils()
-        checked = [self._read(request) for request in requests]
+        checked = [self._read_safely(request) for request in requests]
         # compute and copy back only what someone asked for (all outputs when none named)
         wanted = [set(r.requested_output_names()) or set(self.output_names) for r in requests]
         names = [name for name in self.output_names if any(name in w for w in wanted)]
         results = run_grouped(checked, lambda batch: self.engine.run(batch, names), self.max_batch)
         responses = []
         for result, asked in zip(results, wanted):
-            if isinstance(result, str):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(result)))
+            if isinstance(result, Failure):
+                code = (
+                    pb_utils.TritonError.INVALID_ARG
+                    if result.bad_input
+                    else pb_utils.TritonError.INTERNAL
+                )
+                error = pb_utils.TritonError(result.message, code)
+                responses.append(pb_utils.InferenceResponse(error=error))
             else:
                 tensors = [
                     self.engine.output_tensor(pb_utils, name, array)
@@ -86,7 +110,7 @@ class ImageModel(_Model):
     def _read(self, request) -> Checked:
         tensor = _pb_utils().get_input_tensor_by_name(request, "images")
         array = self.engine.input_array(tensor) if tensor is not None else None
-        return check_images(array, self.channels, self.max_pixels)
+        return check_images(array, self.channels, self.max_pixels, self.max_request_pixels)
 
 
 class EncodedFrameModel(_Model):
@@ -97,4 +121,10 @@ class EncodedFrameModel(_Model):
     def _read(self, request) -> Checked:
         tensor = _pb_utils().get_input_tensor_by_name(request, "frames")
         frames = self.engine.input_array(tensor) if tensor is not None else None
-        return decode_frames(frames, self.max_pixels, self.engine.decoder())
+        return decode_frames(
+            frames,
+            self.max_pixels,
+            self.engine.decoder(),
+            self.max_request_pixels,
+            self.allow_truncated,
+        )

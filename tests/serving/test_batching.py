@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from cycada.serving.batching import Checked, check_images, decode_frames, run_grouped
+from cycada.serving.batching import (
+    Checked,
+    Failure,
+    check_images,
+    decode_frames,
+    encoded_size,
+    run_grouped,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +40,7 @@ def test_frames_decode_to_rgb_and_garbage_is_refused():
     checked = decode_frames(frames)
     assert checked.images.shape == (2, 8, 10, 3) and checked.images[0, 0, 0, 0] == 200
     bad = decode_frames(np.frombuffer(b"not an image", np.uint8)[None])
-    assert bad.images is None and "not a decodable JPEG or PNG" in bad.error
+    assert bad.images is None and "not a JPEG or PNG file" in bad.error and bad.bad_input
     assert "no 'frames'" in decode_frames(np.zeros((1, 0), np.uint8)).error
     assert "must be UINT8" in decode_frames(np.array([[b"x"]], dtype=object)).error
 
@@ -51,7 +58,7 @@ def test_requests_are_batched_by_size_and_split_back_in_order():
     checked = [Checked(a), Checked(None, "bad"), Checked(b), Checked(c)]
     results = run_grouped(checked, run, max_batch=8)
     assert sorted(calls) == [(1, 8, 8, 3), (5, 4, 4, 3)]  # one call per size
-    assert results[1] == "bad"
+    assert results[1] == Failure("bad", bad_input=True)
     assert results[0][0].shape == (2, 4, 4) and (results[0][0] == 1).all()
     assert results[2][0].shape == (1, 8, 8) and (results[2][0] == 2).all()
     assert results[3][0].shape == (3, 4, 4) and (results[3][0] == 3).all()
@@ -65,7 +72,7 @@ def test_batches_respect_the_maximum_and_failures_stay_local():
 
     checked = [Checked(np.full((3, 2, 2, 3), v, np.uint8)) for v in (1, 9, 2)]
     results = run_grouped(checked, run, max_batch=4)
-    assert results[1] == "inference failed: boom"
+    assert results[1] == Failure("inference failed: boom", bad_input=False)  # the server's fault
     assert list(results[0][0]) == [1, 1, 1] and list(results[2][0]) == [2, 2, 2]
 
 
@@ -75,3 +82,72 @@ def test_torch_tensors_are_grouped_with_torch():
     checked = [Checked(torch.full((1, 2, 2, 3), v, dtype=torch.uint8)) for v in (1, 2)]
     results = run_grouped(checked, lambda batch: [batch.sum(dim=(1, 2, 3))], max_batch=8)
     assert [int(r[0][0]) for r in results] == [12, 24]
+
+
+def _jpeg(height, width, grey=False):
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    if grey:
+        image = image[..., 0]
+    return cv2.imencode(".jpg", image)[1].reshape(-1)
+
+
+def test_sizes_come_from_the_headers():
+    assert encoded_size(_jpeg(30, 50).tobytes()) == (30, 50)
+    png = cv2.imencode(".png", np.zeros((7, 9, 3), np.uint8))[1].tobytes()
+    assert encoded_size(png) == (7, 9)
+    assert encoded_size(b"\xff\xd8\xff") is None and encoded_size(b"GIF89a") is None
+
+
+def test_decompression_bomb_refused_before_decoding():
+    """A 5000x5000 all-zero PNG is a few KB on the wire and 75 MB decoded: never decoded."""
+    bomb = cv2.imencode(".png", np.zeros((5000, 5000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    data = bomb[1].reshape(1, -1)
+    assert data.size < 100_000
+
+    class NeverDecodes:
+        def decode(self, row):
+            raise AssertionError("decoded a frame over the pixel limit")
+
+    checked = decode_frames(data, max_pixels=4096 * 4096, decoder=NeverDecodes())
+    assert "5000x5000, over the pixel limit" in checked.error and checked.bad_input
+    many = np.stack([_jpeg(64, 64)] * 4)
+    over = decode_frames(
+        many, max_pixels=64 * 64, decoder=NeverDecodes(), max_request_pixels=3 * 64 * 64
+    )
+    assert "pixels per request" in over.error
+    assert (
+        "over the request limit"
+        in check_images(np.zeros((4, 8, 8, 3), np.uint8), 3, max_request_pixels=100).error
+    )
+
+
+def test_truncated_jpeg_refused_unless_allowed():
+    whole = _jpeg(64, 64)
+    third = whole[: len(whole) // 3][None]
+    checked = decode_frames(third)
+    assert checked.images is None and "truncated" in checked.error and checked.bad_input
+    called = []
+
+    class Recording:  # OpenCV 4.10 (the stub's) fills the missing part grey; 5.0 refuses it
+        def decode(self, row):
+            called.append(len(row))
+            return np.zeros((64, 64, 3), np.uint8)
+
+        def stack(self, images):
+            return np.stack(images)
+
+    assert decode_frames(third, allow_truncated=True, decoder=Recording()).images is not None
+    assert called == [third.shape[1]]
+    padded = np.zeros((2, len(whole) + 10), np.uint8)  # a batch row padded with zeros is whole
+    padded[0, : len(whole)] = whole
+    padded[1, : len(whole)] = whole
+    assert decode_frames(padded).images.shape == (2, 64, 64, 3)
+
+
+def test_a_decoder_fault_is_the_servers_not_the_clients():
+    class OutOfMemory:
+        def decode(self, row):
+            raise MemoryError("CUDA out of memory")
+
+    checked = decode_frames(_jpeg(8, 8)[None], decoder=OutOfMemory())
+    assert "decoder failed: CUDA out of memory" in checked.error and not checked.bad_input

@@ -128,26 +128,42 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, re
         )
 
 
+def _truncated_jpeg() -> np.ndarray:
+    image = scene_images(count=1, width=160)[0]
+    data = cv2.imencode(".jpg", image)[1].reshape(-1)
+    return data[: len(data) // 3][None]
+
+
+def _png_bomb() -> np.ndarray:
+    """73 KB on the wire, 75 MB decoded: refused from its header, never decoded."""
+    data = cv2.imencode(".png", np.zeros((5000, 5000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return data[1].reshape(1, -1)
+
+
 @pytest.mark.parametrize(
     "model,array,input_name,datatype,message",
     [
         ("segment", np.zeros((1, 8, 8, 3), np.float32), "images", "FP32", "expects 'UINT8'"),
         ("segment", np.zeros((1, 8, 8, 4), np.uint8), "images", "UINT8", "shape"),
         ("segment", np.zeros((1, 0, 8, 3), np.uint8), "images", "UINT8", "empty"),
+        ("segment", np.zeros((1, 5000, 4000, 3), np.uint8), "images", "UINT8", "limit"),
         (
             "segment_encoded",
             np.frombuffer(b"\x89PNG broken", np.uint8)[None],
             "frames",
             "UINT8",
-            "not a decodable JPEG or PNG",
+            "not a JPEG or PNG file",
         ),
+        ("segment_encoded", _truncated_jpeg(), "frames", "UINT8", "truncated or corrupt"),
+        ("segment_encoded", _png_bomb(), "frames", "UINT8", "5000x5000, over the pixel limit"),
     ],
 )
 def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(
     server, model, array, input_name, datatype, message
 ):
-    with pytest.raises(InferenceServerException, match=message):
+    with pytest.raises(InferenceServerException, match=message) as refused:
         infer(server, model, array, input_name=input_name, datatype=datatype)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"  # bad input, not a fault
     good = infer(server, "segment", np.zeros((1, 16, 16, 3), np.uint8))
     assert good.as_numpy("labels").shape == (1, 16, 16)
 
