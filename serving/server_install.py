@@ -138,6 +138,21 @@ def install_tritonserver(
     return found
 
 
+def _inside(staging: Path, relative: str, member: zipfile.ZipInfo, wheel: Path) -> Path:
+    """Where a wheel member goes: refused if it would land outside the install folder (an
+    absolute name or '..' parts: "zip slip") or is a symbolic link."""
+    target = (staging / relative).resolve()
+    if (
+        relative.startswith("/")
+        or ".." in Path(relative).parts
+        or not target.is_relative_to(staging.resolve())
+    ):
+        raise ServingError(f"{wheel}: member {member.filename} would be written outside {staging}")
+    if (member.external_attr >> 16) & 0o170000 == 0o120000:
+        raise ServingError(f"{wheel}: member {member.filename} is a symbolic link")
+    return target
+
+
 def _unpack_server(home: Path, wheel: Path | None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if wheel is None:
@@ -160,7 +175,7 @@ def _unpack_server(home: Path, wheel: Path | None) -> None:
                         relative = "lib/" + name[len("nvidia_pytriton.libs/") :]
                     else:
                         continue
-                    target = staging / relative
+                    target = _inside(staging, relative, member, wheel)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(member) as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst)
