@@ -225,7 +225,7 @@ def run_translate(args: argparse.Namespace) -> int:
     )
     for name in summary.non_images[:10]:
         print(f"skipped non-image file: {name}")
-    for name in summary.failed[:10]:
-        print(f"unreadable image: {name}")
+    for failure in summary.failed[:10]:
+        print(f"failed: {failure}")
     print(f"translate-dir: {summary.line()} → {args.dst}")
     return 1 if summary.failed else 0

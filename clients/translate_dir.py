@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from cycada.atomic import atomic_path
-from cycada.clients.triton_client import ModelClient
+from cycada.clients.triton_client import ModelClient, RequestRefused, ordered_map
 from cycada.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 class TranslateSummary:
     translated: int = 0
     skipped_done: int = 0
-    failed: list[str] = field(default_factory=list)  # unreadable images
+    failed: list[str] = field(default_factory=list)  # "path: reason" (unreadable or refused)
     non_images: list[str] = field(default_factory=list)
     labels: int = 0
     missing_labels: list[str] = field(default_factory=list)
@@ -41,7 +41,7 @@ class TranslateSummary:
         parts = [
             f"{self.translated} translated ({rate:.1f} images/s)",
             f"{self.skipped_done} already done",
-            f"{len(self.failed)} unreadable",
+            f"{len(self.failed)} failed (unreadable or refused by the server)",
             f"{len(self.non_images)} non-image files skipped",
         ]
         if self.labels or self.missing_labels:
@@ -128,16 +128,25 @@ def translate_dir(
         for relative in work:
             image = cv2.imread(str(src / relative), cv2.IMREAD_COLOR)
             if image is None:
-                summary.failed.append(str(relative))
+                summary.failed.append(f"{relative}: not a readable image")
                 if bar is not None:
                     bar.update()
                 continue
             yield relative, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
+    def translate(item) -> dict[str, np.ndarray] | RequestRefused:
+        try:  # the server refusing one image (too large, ...) must not stop the others
+            return client.request({"images": item[1][None]}, ["translated"])
+        except RequestRefused as refused:
+            return refused
+
     try:
-        for (relative, _), result in client.map_ordered(
-            readable(), lambda item: {"images": item[1][None]}, ["translated"], window
-        ):
+        for (relative, _), result in ordered_map(readable(), translate, window):
+            if isinstance(result, RequestRefused):
+                summary.failed.append(f"{relative}: {result}")
+                if bar is not None:
+                    bar.update()
+                continue
             target = dst / "images" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             translated = cv2.cvtColor(result["translated"][0], cv2.COLOR_RGB2BGR)

@@ -37,6 +37,10 @@ class TensorSpec:
     shape: tuple[int, ...]  # with the batch dimension; -1 = free
 
 
+class RequestRefused(ServingError):
+    """The server refused the request's input (INVALID_ARGUMENT): retrying cannot help."""
+
+
 def _retryable(exc: Exception) -> bool:
     status = str(getattr(exc, "status", lambda: "")() or "")
     return any(code in status for code in RETRYABLE) or "failed to connect" in str(exc).lower()
@@ -197,8 +201,10 @@ class ModelClient:
                 self.latencies_ms.append((time.perf_counter() - started) * 1000)
                 return {name: result.as_numpy(name) for name in outputs}
             except InferenceServerException as exc:
+                message = exc.message() or str(exc)
+                if "INVALID_ARGUMENT" in str(exc.status() or ""):
+                    raise RequestRefused(f"'{self.model}' refused the request: {message}") from None
                 if not _retryable(exc) or attempt >= self.retries:
-                    message = exc.message() or str(exc)
                     raise ServingError(
                         f"request to '{self.model}' failed after {attempt + 1} attempt(s): "
                         f"{message}"

@@ -259,6 +259,24 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
     assert bad.returncode == 2 and "--shard" in bad.stderr
 
 
+def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
+    from cycada.clients.translate_dir import translate_dir
+
+    src = tmp_path / "synth"
+    write_scene_dataset(src, 3, "game", "gta5", 96, 64)
+    huge = src / "images" / "00001_huge.png"  # over the server's 4096x4096 pixel limit
+    cv2.imwrite(str(huge), np.zeros((4200, 4200, 3), np.uint8))
+    for attempt in range(2):
+        summary = translate_dir(
+            src / "images", tmp_path / "real", [server.grpc_url], progress=False
+        )
+        assert len(summary.failed) == 1 and summary.failed[0].startswith("00001_huge.png: ")
+        assert "pixels" in summary.failed[0]
+        assert summary.translated + summary.skipped_done == 3
+        assert summary.translated == (3 if attempt == 0 else 0)  # a rerun goes past it again
+    assert not (tmp_path / "real" / "images" / "00001_huge.png").exists()
+
+
 def test_bench_schema_and_sanity(server, repository, tmp_path):
     from cycada.clients.bench import PERF_ANALYZER_COLUMNS, run_bench
 
