@@ -18,7 +18,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         help="gRPC address(es) of the server; several (comma-separated) are used round-robin",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser.add_argument("--window", type=int, default=8, help="requests in flight")
+    parser.add_argument("--window", type=_at_least_one, default=8, help="requests in flight (>= 1)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -76,6 +76,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     translate.set_defaults(handler=run_translate, window=4)
     register_bench(commands)
     register_demo(commands)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
 
 
 def _numbers(kind):

@@ -26,6 +26,7 @@ import numpy as np
 
 from cycada.errors import ServingError
 
+LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 NUMPY_OF = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64}
 
@@ -74,7 +75,8 @@ class ModelClient:
         self._shm_regions: list[tuple[object, str, object]] = []
         self._shm_lock = threading.Lock()
         self.shared_memory = shared_memory
-        self.latencies_ms: list[float] = []
+        # the most recent requests only: a camera stream runs for days
+        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.wait_ready(timeout)
         self.inputs, self.outputs, self.max_batch_size = self._metadata()
 

@@ -91,12 +91,15 @@ def open_source(source: str) -> cv2.VideoCapture:
 
 
 def _read_frames(capture: cv2.VideoCapture, out: queue.Queue, stop: threading.Event, counts):
-    """Reader thread: (index, BGR frame) into ``out``; undecodable frames are counted."""
-    index = 0
+    """Reader thread: (frame number in the source, BGR frame) into ``out``; undecodable frames
+    are counted and skipped, and keep their number, so the CSV rows and label PNGs of the frames
+    after them still name the right source frame."""
+    index = -1
     try:
         while not stop.is_set():
             if not capture.grab():
                 break
+            index += 1
             ok, frame = capture.retrieve()
             if not ok or frame is None or frame.size == 0:
                 counts["corrupt"] += 1
@@ -108,7 +111,6 @@ def _read_frames(capture: cv2.VideoCapture, out: queue.Queue, stop: threading.Ev
                     break
                 except queue.Full:
                     continue
-            index += 1
     finally:
         out.put(_END)
 
@@ -191,7 +193,9 @@ class _Writer:
             for index, composed in _queued(self.queue):
                 overlay, shares = composed.result()
                 self._encode(index, overlay, shares)
-        except BaseException as exc:  # reported by close()
+        except BaseException as exc:  # reported by the next put() and by close()
+            if isinstance(exc, OSError):
+                exc = DataError(f"cannot write the output of segment-video: {exc}")
             self.error = exc
             item = None
             while item is not _END:  # drain, so the producer never blocks on a dead writer
@@ -227,7 +231,9 @@ class _Writer:
         if self.options.labels_dir is not None or self.csv is not None:
             full = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
             if self.options.labels_dir is not None:
-                cv2.imwrite(str(self.options.labels_dir / f"{index:06d}.png"), full)
+                path = self.options.labels_dir / f"{index:06d}.png"
+                if not cv2.imwrite(str(path), full):  # OpenCV reports a failed write as False
+                    raise DataError(f"cannot write label image {path}")
             if self.csv is not None:
                 counts = np.bincount(full.reshape(-1), minlength=256)[: len(self.space.classes)]
                 shares = counts / full.size
@@ -246,6 +252,8 @@ class _Writer:
         self.written += 1
 
     def put(self, item) -> None:
+        if self.error is not None:  # stop sending frames as soon as writing fails
+            raise self.error
         index = item[0]
         composed = self.pool.submit(self._compose, *item)
         while self.thread.is_alive():
@@ -291,6 +299,8 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
     """
     if out.suffix.lower() != ".mp4":
         raise DataError(f"--out {out}: expected a path ending in .mp4")
+    if options.window < 1:
+        raise DataError(f"--window {options.window}: expected at least 1 request in flight")
     capture = open_source(source)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -345,7 +355,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
     except KeyboardInterrupt:
         summary.stopped = "interrupted (Ctrl-C)"
         raise
-    except ServingError as exc:
+    except (ServingError, DataError) as exc:
         summary.stopped = str(exc)
         raise
     finally:

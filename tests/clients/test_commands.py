@@ -259,6 +259,65 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
     assert bad.returncode == 2 and "--shard" in bad.stderr
 
 
+def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch, capsys):
+    """A disk that fills up after 5 frames: reported then, not after the whole video is sent."""
+    from cycada.clients import video as video_module
+    from cycada.errors import DataError
+    from cycada.training.data.scene_writer import write_clip
+
+    clip = write_clip(tmp_path / "long.mp4", 300, 128, 64, seed=3)
+    original = video_module._Writer._encode
+
+    def disk_full(self, index, overlay, shares):
+        if self.written >= 5:
+            raise OSError(28, "No space left on device")
+        original(self, index, overlay, shares)
+
+    monkeypatch.setattr(video_module._Writer, "_encode", disk_full)
+    options = video_module.VideoOptions(urls=[server.grpc_url], width=128, progress=False)
+    with pytest.raises(DataError, match="No space left on device"):
+        video_module.segment_video(str(clip), tmp_path / "out.mp4", options)
+    assert frame_count(tmp_path / "out.mp4") == 5  # what was written stays playable
+    line = capsys.readouterr().out
+    read = int(line.split(" read,")[0].rsplit("(", 1)[1])
+    assert read < 100 and "stopped: cannot write" in line  # not the whole video sent first
+
+
+def test_corrupt_frames_keep_the_source_frame_numbers():
+    """A frame that does not decode is skipped; the frames after it keep their numbers."""
+    import queue as queue_module
+    import threading
+
+    from cycada.clients.video import _END, _read_frames
+
+    class Capture:  # frames 0-5, frame 2 undecodable
+        position = -1
+
+        def grab(self):
+            self.position += 1
+            return self.position < 6
+
+        def retrieve(self):
+            if self.position == 2:
+                return False, None
+            return True, np.full((4, 4, 3), self.position, np.uint8)
+
+    out: queue_module.Queue = queue_module.Queue()
+    counts = {"read": 0, "corrupt": 0}
+    _read_frames(Capture(), out, threading.Event(), counts)
+    items = []
+    while (item := out.get()) is not _END:
+        items.append(item)
+    assert [index for index, _ in items] == [0, 1, 3, 4, 5]
+    assert all(int(frame[0, 0, 0]) == index for index, frame in items)
+    assert counts == {"read": 5, "corrupt": 1}
+
+
+def test_window_zero_is_a_one_line_error(tmp_path):
+    done = cycada("segment-video", "x.mp4", "--out", str(tmp_path / "o.mp4"), "--window", "0")
+    assert done.returncode == 2 and "--window" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
     from cycada.clients.translate_dir import translate_dir
 
