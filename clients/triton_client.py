@@ -74,6 +74,8 @@ class ModelClient:
         self._local = threading.local()
         self._shm_regions: list[tuple[object, str, object]] = []
         self._shm_lock = threading.Lock()
+        self._shm_names = itertools.count()
+        self._shm_generation = 0  # bumped when the server may have lost the registrations
         self.shared_memory = shared_memory
         # the most recent requests only: a camera stream runs for days
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -162,24 +164,39 @@ class ModelClient:
         return tensor
 
     def _region(self, client, name: str, nbytes: int):
-        """A system shared-memory region of this thread for ``name`` (grown when too small)."""
+        """A system shared-memory region of this thread for ``name``: grown when too small, and
+        registered again after the server lost its registrations (a restart)."""
         import tritonclient.utils.shared_memory as shm
 
         regions = self._local.__dict__.setdefault("regions", {})
         key = (id(client), name)
         current = regions.get(key)
-        if current is None or current[2] < nbytes:
-            if current is not None:
+        if current is not None and current[2] < nbytes:  # too small: replace it
+            with contextlib.suppress(Exception):
                 client.unregister_system_shared_memory(current[0])
-                shm.destroy_shared_memory_region(current[1])
-            label = f"cycada_{os.getpid()}_{threading.get_ident()}_{len(self._shm_regions)}"
+            self._forget_region(current)
+            current = None
+        if current is None:
+            label = f"cycada_{os.getpid()}_{threading.get_ident()}_{next(self._shm_names)}"
             handle = shm.create_shared_memory_region(label, f"/{label}", nbytes)
-            client.register_system_shared_memory(label, f"/{label}", nbytes)
-            current = (label, handle, nbytes)
-            regions[key] = current
+            current = (label, handle, nbytes, -1)
             with self._shm_lock:
                 self._shm_regions.append((client, label, handle))
+        if current[3] != self._shm_generation:
+            with contextlib.suppress(Exception):  # a stale registration from before a restart
+                client.unregister_system_shared_memory(current[0])
+            client.register_system_shared_memory(current[0], f"/{current[0]}", current[2])
+            current = (*current[:3], self._shm_generation)
+        regions[key] = current
         return current
+
+    def _forget_region(self, region) -> None:
+        """Destroy a region once and drop it from the list ``close`` destroys."""
+        import tritonclient.utils.shared_memory as shm
+
+        with self._shm_lock:
+            self._shm_regions = [r for r in self._shm_regions if r[1] != region[0]]
+        shm.destroy_shared_memory_region(region[1])
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One request with retries (backoff, next URL) on UNAVAILABLE / DEADLINE_EXCEEDED."""
@@ -204,6 +221,12 @@ class ModelClient:
                 return {name: result.as_numpy(name) for name in outputs}
             except InferenceServerException as exc:
                 message = exc.message() or str(exc)
+                lost_region = self.shared_memory and "shared memory region" in message
+                if (_retryable(exc) or lost_region) and self.shared_memory:
+                    self._shm_generation += 1  # a restarted server: register the regions again
+                if lost_region and attempt < self.retries:
+                    attempt += 1
+                    continue
                 if "INVALID_ARGUMENT" in str(exc.status() or ""):
                     raise RequestRefused(f"'{self.model}' refused the request: {message}") from None
                 if not _retryable(exc) or attempt >= self.retries:

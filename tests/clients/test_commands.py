@@ -426,6 +426,29 @@ def test_client_checks_metadata_before_sending(server):
         ModelClient(server.grpc_url, "nope", timeout=1)
 
 
+def test_shared_memory_regions_grow_once_and_survive_a_server_restart(repository):
+    from cycada.clients.triton_client import ModelClient
+
+    options = ServerOptions(
+        repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+    )
+    small = np.zeros((1, 32, 32, 3), np.uint8)
+    large = np.zeros((1, 64, 96, 3), np.uint8)
+    running = TritonServer(options).start()
+    try:
+        client = ModelClient(running.grpc_url, "segment", shared_memory=True, retries=8)
+        assert client.infer({"images": small}, ["labels"])["labels"].shape == (1, 32, 32)
+        assert client.infer({"images": large}, ["labels"])["labels"].shape == (1, 64, 96)
+        assert len(client._shm_regions) == 1  # the outgrown region is gone from the list
+        running.stop()
+        running = TritonServer(options).start()  # same ports; it knows no regions
+        assert client.infer({"images": large}, ["labels"])["labels"].shape == (1, 64, 96)
+        client.close()  # destroys each region once: no error
+    finally:
+        running.stop()
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"cycada_{os.getpid()}_")]
+
+
 def test_shared_memory_compression_and_round_robin_give_the_same_labels(server, repository):
     from cycada.clients.triton_client import ModelClient
 
