@@ -18,6 +18,13 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         help="gRPC address(es) of the server; several (comma-separated) are used round-robin",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument(
+        "--retry-window",
+        type=float,
+        default=60.0,
+        help="seconds to wait out a lost or restarting server, resending what was in flight "
+        "(default 60)",
+    )
     parser.add_argument("--window", type=_at_least_one, default=8, help="requests in flight (>= 1)")
 
 
@@ -210,6 +217,7 @@ def run_video(args: argparse.Namespace) -> int:
         translate_model=args.translated,
         window=args.window,
         timeout=args.timeout,
+        retry_window=args.retry_window,
         compression=args.compression,
         shared_memory=args.shared_memory,
         progress=not args.no_progress,
@@ -231,6 +239,7 @@ def run_translate(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard),
         window=args.window,
         timeout=args.timeout,
+        retry_window=args.retry_window,
         progress=not args.no_progress,
     )
     for name in summary.non_images[:10]:

@@ -92,6 +92,7 @@ def translate_dir(
     window: int = 4,
     timeout: float = 60.0,
     progress: bool = True,
+    retry_window: float = 60.0,
 ) -> TranslateSummary:
     if not src.is_dir():
         raise DataError(f"SRC {src} is not a folder")
@@ -116,7 +117,7 @@ def translate_dir(
                 _copy_label(labels, relative, dst, link_labels, summary)
             continue
         work.append(relative)
-    client = ModelClient(urls, model, timeout=timeout)
+    client = ModelClient(urls, model, timeout=timeout, retry_window=retry_window)
     bar = None
     if progress:
         from tqdm import tqdm

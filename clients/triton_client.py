@@ -3,7 +3,9 @@
 * Connects to one or several server URLs (used round-robin, so work spreads over replicas) and
   waits until each is ready and serves the model.
 * Reads the model's metadata and checks every input's name, dtype and shape before sending.
-* Retries UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff, moving to the next URL.
+* Waits out a lost or restarting server (UNAVAILABLE) for ``retry_window`` seconds with
+  jittered exponential backoff, moving to the next URL; DEADLINE_EXCEEDED is retried once;
+  INVALID_ARGUMENT never.
 * :func:`ordered_map` / :meth:`ModelClient.map_ordered` keep a bounded number of requests in
   flight and yield the results in submission order.
 * Optional gzip/deflate compression, and system shared memory for inputs when the server runs
@@ -16,6 +18,7 @@ import collections
 import contextlib
 import itertools
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +30,7 @@ import numpy as np
 from cycada.errors import ServingError
 
 LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
+MAX_BACKOFF = 2.0  # seconds between retries, at most
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 NUMPY_OF = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64}
 
@@ -56,7 +60,7 @@ class ModelClient:
         model: str,
         version: str = "",
         timeout: float = 30.0,
-        retries: int = 5,
+        retry_window: float = 60.0,
         backoff: float = 0.2,
         compression: str | None = None,
         shared_memory: bool = False,
@@ -68,7 +72,7 @@ class ModelClient:
         if not self.urls:
             raise ServingError("no server URL given")
         self.model, self.version, self.timeout = model, version, timeout
-        self.retries, self.backoff, self.compression = retries, backoff, compression
+        self.retry_window, self.backoff, self.compression = retry_window, backoff, compression
         self._clients = [grpcclient.InferenceServerClient(url) for url in self.urls]
         self._next = itertools.count()
         self._local = threading.local()
@@ -199,10 +203,13 @@ class ModelClient:
         shm.destroy_shared_memory_region(region[1])
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """One request with retries (backoff, next URL) on UNAVAILABLE / DEADLINE_EXCEEDED."""
+        """One request. UNAVAILABLE (server down, restarting, queue full) is retried, on the
+        next URL, with jittered exponential backoff for up to ``retry_window`` seconds after the
+        first failure; DEADLINE_EXCEEDED once, with twice the timeout (more would multiply the
+        load on an overloaded server); INVALID_ARGUMENT never (``RequestRefused``)."""
         from tritonclient.utils import InferenceServerException
 
-        attempt = 0
+        attempt, first_failure, timeout, deadline_retried = 0, None, self.timeout, False
         while True:
             client = self._clients[next(self._next) % len(self._clients)]
             try:
@@ -214,27 +221,31 @@ class ModelClient:
                     tensors,
                     model_version=self.version,
                     outputs=wanted,
-                    client_timeout=self.timeout,
+                    client_timeout=timeout,
                     compression_algorithm=self.compression,
                 )
                 self.latencies_ms.append((time.perf_counter() - started) * 1000)
                 return {name: result.as_numpy(name) for name in outputs}
             except InferenceServerException as exc:
                 message = exc.message() or str(exc)
+                status = str(exc.status() or "")
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
                 lost_region = self.shared_memory and "shared memory region" in message
                 if (_retryable(exc) or lost_region) and self.shared_memory:
                     self._shm_generation += 1  # a restarted server: register the regions again
-                if lost_region and attempt < self.retries:
-                    attempt += 1
-                    continue
-                if "INVALID_ARGUMENT" in str(exc.status() or ""):
+                if "INVALID_ARGUMENT" in status and not lost_region:
                     raise RequestRefused(f"'{self.model}' refused the request: {message}") from None
-                if not _retryable(exc) or attempt >= self.retries:
+                give_up = not (_retryable(exc) or lost_region)
+                if "DEADLINE_EXCEEDED" in status:
+                    give_up, deadline_retried, timeout = deadline_retried, True, timeout * 2
+                if give_up or now - first_failure >= self.retry_window:
                     raise ServingError(
-                        f"request to '{self.model}' failed after {attempt + 1} attempt(s): "
-                        f"{message}"
+                        f"request to '{self.model}' failed after {attempt + 1} attempt(s) in "
+                        f"{now - first_failure:.0f} s: {message}"
                     ) from None
-                time.sleep(self.backoff * 2**attempt)
+                pause = min(MAX_BACKOFF, self.backoff * 2**attempt)
+                time.sleep(random.uniform(0.5, 1.0) * pause)  # jitter: clients do not stampede
                 attempt += 1
 
     def request(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

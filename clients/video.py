@@ -45,7 +45,7 @@ class VideoOptions:
     window: int = 8
     jpeg_quality: int = 90
     timeout: float = 30.0
-    retries: int = 5
+    retry_window: float = 60.0  # seconds a lost server may take to come back
     compression: str | None = None
     shared_memory: bool = False
     progress: bool = True
@@ -294,8 +294,9 @@ def _model_input(frame_bgr: np.ndarray, options: VideoOptions) -> tuple[dict, np
 def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
     """Segment every frame of ``source`` through the server; returns the summary.
 
-    Raises ServingError (server lost after retries) or KeyboardInterrupt after the partial
-    output has been finalised; the summary of what was done is printed either way.
+    Raises ServingError (server lost for longer than the retry window) or KeyboardInterrupt
+    after the partial output has been finalised; the summary of what was done is printed
+    either way.
     """
     if out.suffix.lower() != ".mp4":
         raise DataError(f"--out {out}: expected a path ending in .mp4")
@@ -307,7 +308,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
     model = "segment_encoded" if options.encoded and options.model == "segment" else options.model
     connect = dict(
         timeout=options.timeout,
-        retries=options.retries,
+        retry_window=options.retry_window,
         compression=options.compression,
         shared_memory=options.shared_memory and not options.encoded,
     )

@@ -7,8 +7,6 @@ import signal
 import sys
 from pathlib import Path
 
-from cycada.errors import ServingError
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -36,11 +34,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", action="append", default=[], help="serve only these models")
     parser.add_argument(
-        "--log-file", type=Path, help="server log (default REPOSITORY/tritonserver.log)"
+        "--log-file",
+        type=Path,
+        help="server log, appended (default: logs/tritonserver-<repository>-<port>.log beside "
+        "the repository)",
     )
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument(
         "--cpus", help="run the server on these CPUs only, e.g. 0 or 0,2-3 (a client beside it)"
+    )
+    parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="exit when the server dies instead of restarting it on the same ports",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts allowed within any minute before giving up (default 5)",
     )
     parser.add_argument(
         "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
@@ -55,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(server_status(args.status))
         return 0
     from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
+    from cycada.serving.supervisor import RestartPolicy, supervise
 
     options = ServerOptions(
         args.repository,
@@ -88,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"serving: gRPC {server.grpc_url}  HTTP {server.http_url}  (Ctrl-C stops)", flush=True
         )
-        code = server.process.wait()
-        raise ServingError(f"tritonserver stopped by itself with code {code}: {server.errors()}")
+        policy = RestartPolicy(enabled=not args.no_restart, max_per_minute=args.max_restarts)
+        supervise(server, policy, args.ready_timeout, lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("stopping tritonserver...", file=sys.stderr, flush=True)
         code = server.stop()

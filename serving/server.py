@@ -1,8 +1,11 @@
 """Run the real ``tritonserver`` on a model repository: start, wait until ready, stop cleanly.
 
 The server runs in its own process group so that stopping it also ends the Python-backend stub
-processes. It binds to loopback unless told otherwise and logs to a file; when a model fails
-to load, the server's own error lines are raised.
+processes, and receives SIGTERM when the process that started it dies (even by SIGKILL), so it
+never outlives it holding the ports. It binds to loopback unless told otherwise and appends to a
+log file beside the repository (never inside it); when a model fails to load, the server's own
+error lines are raised. Readiness is checked against the server's own id, so a different
+server already listening on the port is not mistaken for it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,12 @@ class ServerOptions:
     python_env: Path | None = None  # environment of the backend stub (default: see below)
     extra_args: list[str] = field(default_factory=list)
     cpus: set[int] | None = None  # pin the server and its stubs to these CPUs
+    server_id: str = field(default_factory=lambda: f"cycada-{uuid.uuid4().hex[:12]}")
+
+    def default_log_file(self) -> Path:
+        """Beside the repository, one per port: the repository may be read-only or shared."""
+        repository = self.repository.resolve()
+        return repository.parent / "logs" / f"tritonserver-{repository.name}-{self.grpc_port}.log"
 
 
 def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, str]:
@@ -80,6 +90,7 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
         f"--grpc-port={options.grpc_port}",
         f"--http-port={options.http_port}",
         f"--metrics-port={options.metrics_port}",
+        f"--id={options.server_id}",
         "--exit-on-error=true",
         "--strict-readiness=true",
         f"--backend-config=python,shm-default-byte-size={options.shm_bytes}",
@@ -112,11 +123,20 @@ def parse_cpus(text: str, option: str = "--cpus") -> set[int]:
     return cpus
 
 
-def _pinned(cpus: set[int] | None):
-    """A preexec function that pins the child (and what it starts) to ``cpus``, or None."""
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+def _child_setup(cpus: set[int] | None):
+    """The preexec function of the server process: SIGTERM when its parent dies (Linux
+    PR_SET_PDEATHSIG), and pinning to ``cpus`` (inherited by the stubs it starts)."""
+
+    def setup() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 class TritonServer:
@@ -146,8 +166,9 @@ class TritonServer:
                     "export a run into it first: cycada export RUN_DIR --repository "
                     f"{repository}"
                 )
-        self.log_file = options.log_file or repository / "tritonserver.log"
+        self.log_file = options.log_file or options.default_log_file()
         self.process: subprocess.Popen | None = None
+        self._log_offset = 0  # where this start's lines begin in the (appended) log
 
     @property
     def grpc_url(self) -> str:
@@ -159,14 +180,18 @@ class TritonServer:
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "wb") as log:
+        with open(self.log_file, "ab") as log:  # appended: earlier runs' errors stay readable
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"--- cycada: tritonserver {self.options.server_id} at {stamp}\n".encode())
+            log.flush()
+            self._log_offset = log.tell()
             self.process = subprocess.Popen(
                 server_command(self.home, self.options),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_environment(self.home, self.options.python_env),
                 start_new_session=True,  # its own group: stopping it ends the stubs too
-                preexec_fn=_pinned(self.options.cpus),
+                preexec_fn=_child_setup(self.options.cpus),
             )
         try:
             self.wait_ready(timeout)
@@ -193,7 +218,13 @@ class TritonServer:
                     f"{self.errors() or 'see ' + str(self.log_file)}"
                 )
             if self._get("/v2/health/ready")[0] == 200:
-                return
+                status, body = self._get("/v2")
+                if status == 200 and json.loads(body).get("name") == self.options.server_id:
+                    return
+                raise ServingError(
+                    f"another server answers on {self.http_url}, not the tritonserver started "
+                    "here: choose other ports (--grpc-port, --http-port, --metrics-port)"
+                )
             time.sleep(0.2)
         raise ServingError(
             f"tritonserver was not ready within {timeout:.0f} s: "
@@ -201,9 +232,11 @@ class TritonServer:
         )
 
     def errors(self) -> str:
-        """The server's own error lines (failed loads, Python tracebacks' last lines)."""
+        """The server's own error lines since its last start (failed loads, tracebacks)."""
         try:
-            lines = self.log_file.read_text(errors="replace").splitlines()
+            with open(self.log_file, "rb") as log:
+                log.seek(self._log_offset)
+                lines = log.read().decode(errors="replace").splitlines()
         except OSError:
             return ""
         picked = [

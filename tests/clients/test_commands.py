@@ -187,7 +187,9 @@ def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tm
     own = start(repository)
     process = None
     try:
-        process, out, _ = video_until(tmp_path, own.grpc_url, 10, ["--window", "2"])
+        process, out, _ = video_until(
+            tmp_path, own.grpc_url, 10, ["--window", "2", "--retry-window", "3"]
+        )
         own.stop()  # the server goes away mid-video
         stdout, stderr = process.communicate(timeout=120)
     finally:
@@ -436,7 +438,7 @@ def test_shared_memory_regions_grow_once_and_survive_a_server_restart(repository
     large = np.zeros((1, 64, 96, 3), np.uint8)
     running = TritonServer(options).start()
     try:
-        client = ModelClient(running.grpc_url, "segment", shared_memory=True, retries=8)
+        client = ModelClient(running.grpc_url, "segment", shared_memory=True, retry_window=60)
         assert client.infer({"images": small}, ["labels"])["labels"].shape == (1, 32, 32)
         assert client.infer({"images": large}, ["labels"])["labels"].shape == (1, 64, 96)
         assert len(client._shm_regions) == 1  # the outgrown region is gone from the list

@@ -6,6 +6,7 @@ equal), then bad requests, a second version and a model that fails to load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -267,3 +268,99 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
             process.wait()
     stubs = subprocess.run(["pgrep", "-f", str(repository)], capture_output=True, text=True)
     assert stubs.stdout.strip() == "", "stub processes outlived the server"
+
+
+def _serve(repository, *extra):
+    """`cycada serve` on free ports; returns (process, gRPC port) once it prints 'serving:'."""
+    grpc_port = free_port()
+    command = [
+        sys.executable, "-m", "cycada.cli", "serve", str(repository),
+        "--grpc-port", str(grpc_port), "--http-port", str(free_port()),
+        "--metrics-port", str(free_port()), "--model", "segment", *extra,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("serving:") or not line:
+            break
+    return process, grpc_port
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _tritonserver_of(serve_pid: int) -> int:
+    return next(
+        p for p in _children(serve_pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text()
+    )
+
+
+def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp_path):
+    repository = shutil.copytree(repository, tmp_path / "repo")
+    process, grpc_port = _serve(repository)
+    try:
+        first = _tritonserver_of(process.pid)
+        os.kill(first, signal.SIGKILL)
+        restarted = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not restarted:
+            line = process.stdout.readline()
+            if "tritonserver exited with code" in line:
+                assert "restarting it in 1 s on the same ports" in line
+            restarted += [line] if "tritonserver restarted" in line else []
+        assert restarted, "no restart logged"
+        assert _tritonserver_of(process.pid) != first
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        tensor = grpcclient.InferInput("images", [1, 16, 16, 3], "UINT8")
+        tensor.set_data_from_numpy(np.zeros((1, 16, 16, 3), np.uint8))
+        assert client.infer("segment", [tensor]).as_numpy("labels").shape == (1, 16, 16)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = next((tmp_path / "logs").glob("tritonserver-repo-*.log")).read_text()
+    assert log.count("--- cycada: tritonserver") == 2  # appended, not truncated, at the restart
+    assert not list(repository.glob("*.log"))  # nothing written inside the repository
+
+
+def test_no_restart_exits_with_the_error_and_kill_9_of_serve_leaves_no_orphans(
+    repository, tmp_path
+):
+    repository = shutil.copytree(repository, tmp_path / "repo")
+    process, _ = _serve(repository, "--no-restart")
+    try:
+        os.kill(_tritonserver_of(process.pid), signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 2 and "stopped by itself with code -9" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+    process, _ = _serve(repository)
+    server = _tritonserver_of(process.pid)
+    process.kill()  # kill -9 of `cycada serve` itself: the server must not keep the ports
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{server}").exists():
+        time.sleep(0.2)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(server, os.WNOHANG)
+    stray = subprocess.run(["pgrep", "-f", str(repository)], capture_output=True, text=True)
+    assert stray.stdout.strip() == "", "tritonserver or its stubs outlived cycada serve"
+
+
+def test_readiness_refuses_a_server_that_is_not_ours(repository, tmp_path):
+    with TritonServer(options(repository, models=["segment"])) as running:
+        impostor = ServerOptions(
+            repository,
+            grpc_port=free_port(),
+            http_port=running.options.http_port,  # someone else's server answers here
+            metrics_port=free_port(),
+            models=["segment"],
+        )
+        with pytest.raises(ServingError, match="another server answers"):
+            TritonServer(impostor).start(timeout=60)
