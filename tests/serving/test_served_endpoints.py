@@ -364,3 +364,54 @@ def test_readiness_refuses_a_server_that_is_not_ours(repository, tmp_path):
         )
         with pytest.raises(ServingError, match="another server answers"):
             TritonServer(impostor).start(timeout=60)
+
+
+def test_segment_video_survives_five_server_kills_with_every_frame_once(repository, tmp_path):
+    """kill -9 of tritonserver five times during one video: `cycada serve` restarts it, the
+    client waits each restart out and resends what was in flight; the labels equal those of an
+    uninterrupted run, frame for frame."""
+    from cycada.training.data.scene_writer import write_clip
+
+    repository = shutil.copytree(repository, tmp_path / "repo")
+    clip = write_clip(tmp_path / "clip.mp4", 160, 96, 48, seed=4)
+    process, grpc_port = _serve(repository)
+    try:
+
+        def segment(name, kill_at=()):
+            labels = tmp_path / name
+            video = subprocess.Popen(
+                [
+                    sys.executable, "-m", "cycada.cli", "segment-video", str(clip),
+                    "--out", str(tmp_path / f"{name}.mp4"), "--url", f"127.0.0.1:{grpc_port}",
+                    "--width", "96", "--window", "4", "--labels-dir", str(labels),
+                    "--csv", str(tmp_path / f"{name}.csv"), "--retry-window", "90",
+                ],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            for frames_done in kill_at:
+                deadline = time.monotonic() + 120
+                while len(list(labels.glob("*.png"))) < frames_done and video.poll() is None:
+                    assert time.monotonic() < deadline, "the video stopped making progress"
+                    time.sleep(0.05)
+                os.kill(_tritonserver_of(process.pid), signal.SIGKILL)
+            stdout, stderr = video.communicate(timeout=300)
+            assert video.returncode == 0, stderr[-2000:]
+            return labels, stdout
+
+        killed, stdout = segment("killed", kill_at=(10, 30, 50, 70, 90))
+        assert "160 frames written (160 read, 0 corrupt)" in stdout
+        rows = (tmp_path / "killed.csv").read_text().splitlines()[1:]
+        assert [int(row.split(",")[0]) for row in rows] == list(range(160))  # once, in order
+        plain, _ = segment("plain")
+        for png in sorted(plain.glob("*.png")):
+            np.testing.assert_array_equal(
+                cv2.imread(str(killed / png.name), cv2.IMREAD_UNCHANGED),
+                cv2.imread(str(png), cv2.IMREAD_UNCHANGED),
+            )
+        assert len(list(killed.glob("*.png"))) == 160
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(60)
+        if process.poll() is None:
+            process.kill()
