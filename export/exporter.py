@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from cycada.errors import ExportError
 from cycada.export import parity
 from cycada.export.onnx_export import OPSET, export_onnx
-from cycada.export.repository import prune, spec_for, write_model
+from cycada.export.repository import exclusive, prune, spec_for, write_model
 from cycada.export.run_models import Endpoint, load_run_endpoints
 
 
@@ -163,15 +163,20 @@ def export_run(
     start = time.perf_counter()
     endpoints = load_run_endpoints(run_dir)
     report = ExportReport()
-    try:
-        for endpoint in endpoints:
-            _export_one(endpoint, repository, options, report, log)
-    except BaseException:
-        # all or nothing: the versions this export already added go again
-        for version_dir in report.versions.values():
-            shutil.rmtree(version_dir, ignore_errors=True)
-        raise
-    for version_dir in report.versions.values():  # older versions go only after success
-        prune(version_dir.parent, options.keep)
+    with exclusive(repository, log):
+        try:
+            for endpoint in endpoints:
+                _export_one(endpoint, repository, options, report, log)
+        except BaseException as exc:
+            # all or nothing: the versions this export already added go again
+            for version_dir in report.versions.values():
+                shutil.rmtree(version_dir, ignore_errors=True)
+            if isinstance(exc, OSError):  # a full disk, a read-only repository
+                raise ExportError(
+                    f"export into {repository} failed: {exc}; the repository is as it was"
+                ) from None
+            raise
+        for version_dir in report.versions.values():  # older versions go only after success
+            prune(version_dir.parent, options.keep)
     report.seconds = time.perf_counter() - start
     return report

@@ -16,10 +16,13 @@ deletes all but the newest ``keep`` versions; the server loads the newest two.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,9 +167,8 @@ def write_model(
         texts[path] = config_text(spec, profile)
         validate_config(texts[path], str(path))
     version = (versions(model_dir) or [0])[-1] + 1
-    staging = model_dir / f".{version}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=model_dir))
     try:
         fill_version(staging)
         (staging / "model.py").write_text(MODEL_PY.format(handler=spec.python_handler))
@@ -178,6 +180,23 @@ def write_model(
         write_text_atomic(path, text)
     prune(model_dir, keep)
     return model_dir / str(version)
+
+
+@contextlib.contextmanager
+def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[None]:
+    """One export at a time per repository (an OS lock, released even by kill -9): two at once
+    would both claim version N+1."""
+    repository.mkdir(parents=True, exist_ok=True)
+    with open(repository / ".export.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another export into {repository} is running: waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prune(model_dir: Path, keep: int) -> None:

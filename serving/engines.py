@@ -53,6 +53,9 @@ class OnnxEngine(Engine):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # no busy-waiting between requests: several models and versions share few cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.name = f"onnxruntime ({self.session.get_providers()[0]}, {path.name})"

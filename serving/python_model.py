@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,19 @@ def _pb_utils():
     return pb_utils
 
 
+def default_threads(config: dict[str, Any]) -> int:
+    """ONNX Runtime threads of one instance: this process's CPUs shared by the model's CPU
+    instances (ORT's default, every core per session, oversubscribes a small machine that
+    serves several models and versions)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    instances = sum(
+        int(group.get("count", 1))
+        for group in config.get("instance_group", [])
+        if group.get("kind", "KIND_CPU") == "KIND_CPU"
+    )
+    return max(1, (cpus or 1) // max(1, instances))
+
+
 def _parameters(config: dict[str, Any]) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
@@ -55,6 +69,8 @@ class _Model(abc.ABC):
         self.max_pixels = int(parameters.get("max_pixels", MAX_PIXELS))
         self.max_request_pixels = int(parameters.get("max_request_pixels", MAX_REQUEST_PIXELS))
         self.allow_truncated = parameters.get("allow_truncated_frames", "").lower() == "true"
+        if not parameters.get("intra_op_threads"):
+            parameters["intra_op_threads"] = str(default_threads(config))
         self.engine: Engine = select_engine(
             folder,
             parameters,

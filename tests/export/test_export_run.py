@@ -59,3 +59,52 @@ def test_bad_run_folders_are_one_line_errors(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no finished task model" in done.stderr
+
+
+def test_concurrent_exports_take_one_version_each(run_dir, tmp_path):
+    import json
+    import threading
+
+    errors = []
+
+    def export():
+        try:
+            export_run(run_dir, tmp_path / "repo", ExportOptions(fp16=False), lambda _: None)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=export) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for version in ("1", "2"):
+        folder = tmp_path / "repo" / "segment" / version
+        assert (folder / "model.onnx").exists()
+        assert json.loads((folder / "endpoint.json").read_text())["version"] == int(version)
+    assert not list((tmp_path / "repo" / "segment").glob(".*partial"))
+
+
+def test_a_full_disk_during_export_leaves_the_previous_version(tmp_path, monkeypatch):
+    from cycada.export import exporter
+
+    run_dir = random_run("fastscnn", tmp_path / "run", generators="resnet6")
+    repo = tmp_path / "repo"
+    export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
+    configs = {p: p.read_text() for p in repo.rglob("*.pbtxt")}
+    original, calls = exporter._export_one, []
+
+    def disk_fills_up(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second model: the first one's new version is already there
+            raise OSError(28, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(exporter, "_export_one", disk_fills_up)
+    with pytest.raises(ExportError, match="No space left on device.*repository is as it was"):
+        export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
+    for model in ("segment", "translate_s2t", "translate_t2s"):
+        folders = sorted(p.name for p in (repo / model).iterdir() if p.is_dir())
+        assert [f for f in folders if f.isdigit()] == ["1"], (model, folders)
+    assert {p: p.read_text() for p in repo.rglob("*.pbtxt")} == configs
