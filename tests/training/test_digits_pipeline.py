@@ -284,3 +284,23 @@ def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_fo
             tiny_config("synth", f"data.eval_set={unlabelled_folder}"), tmp_path / "b", quiet=True
         )
     assert config.data.target == unlabelled_folder
+
+
+def test_kill_9_ten_times_every_resume_finishes_with_valid_checkpoints(tmp_path, folder_domain):
+    from cycada.training.kill_resume import kill_and_resume
+
+    sets = [f"--set={s}" for s in TINY if not s.startswith("pixel.max_steps")]
+    sets += ["--set=pixel.max_steps=0", "--set=pixel.epochs=3"]
+    command = [
+        sys.executable, "-m", "cycada.cli", "train", "digits", "--source", "synth",
+        "--target", folder_domain, "--preset", "quick", "--eval-split", "train", "--quiet", *sets,
+    ]  # fmt: skip
+    result = kill_and_resume(command, tmp_path, kills=10, seed=1)
+    assert len(result["kills"]) == 10
+    assert any(not event["finished"] for event in result["kills"])  # some kills hit mid-run
+    assert {"source.safetensors", "feature.safetensors"} <= set(result["checkpoints"])
+    # resuming restores weights, optimiser and data order from the last finished epoch: the
+    # result is the uninterrupted one (the CPU runs are deterministic)
+    assert result["killed"]["target_accuracy"] == pytest.approx(
+        result["uninterrupted"]["target_accuracy"], abs=0.05
+    )

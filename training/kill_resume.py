@@ -1,0 +1,110 @@
+"""kill -9 a training command at random moments, resume it each time, check what it left.
+
+    python -m cycada.training.kill_resume --kills 10 --out runs/kill-digits -- \
+        cycada train digits --source usps --target mnist --preset quick --quiet
+
+The command (everything after ``--``; its ``--out`` is added) runs once uninterrupted into
+``OUT/uninterrupted``, then again into ``OUT/killed``, where it is killed with SIGKILL
+``--kills`` times, each after a random delay drawn over the uninterrupted run's duration, and
+restarted each time with the same arguments. After every kill each checkpoint in the run folder
+must read back whole; at the end both runs' ``metrics.json`` are compared. Writes
+``kill_resume.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cycada.checkpoint import load_state, read_header
+
+
+def check_checkpoints(run_dir: Path) -> list[str]:
+    """Every finished checkpoint and resume state reads back; returns the ones checked."""
+    checked = []
+    for path in sorted((run_dir / "checkpoints").glob("*.safetensors")):
+        read_header(path)
+        checked.append(path.name)
+    for path in sorted((run_dir / "checkpoints").glob("*.resume.pt")):
+        load_state(path)
+        checked.append(path.name)
+    return checked
+
+
+def _run(command: list[str], out: Path) -> tuple[int, float]:
+    started = time.monotonic()
+    done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+    return done.returncode, time.monotonic() - started
+
+
+def final_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())["final"]
+
+
+def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) -> dict[str, Any]:
+    rng = random.Random(seed)
+    _, duration = _run(command, out / "uninterrupted")
+    killed_dir = out / "killed"
+    events = []
+    for number in range(kills):
+        delay = rng.uniform(0.1, 0.9) * duration
+        process = subprocess.Popen(
+            [*command, "--out", str(killed_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            process.wait(timeout=delay)
+            finished = True  # it completed before the kill: resume has nothing left to do
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            finished = False
+        checked = check_checkpoints(killed_dir) if killed_dir.exists() else []
+        events.append(
+            {"kill": number + 1, "after_s": round(delay, 2), "finished": finished, "ok": checked}
+        )
+    _, resumed_seconds = _run(command, killed_dir)
+    result = {
+        "command": command,
+        "kills": events,
+        "uninterrupted_seconds": round(duration, 1),
+        "final_resume_seconds": round(resumed_seconds, 1),
+        "uninterrupted": final_metrics(out / "uninterrupted"),
+        "killed": final_metrics(killed_dir),
+        "checkpoints": check_checkpoints(killed_dir),
+    }
+    (out / "kill_resume.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        print("usage: python -m cycada.training.kill_resume [options] -- COMMAND", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]
+    if command and command[0] == "cycada":
+        command = [sys.executable, "-m", "cycada.cli", *command[1:]]
+    result = kill_and_resume(command, args.out, args.kills, args.seed)
+    print(json.dumps({k: result[k] for k in ("uninterrupted", "killed")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
