@@ -338,6 +338,23 @@ def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
     assert not (tmp_path / "real" / "images" / "00001_huge.png").exists()
 
 
+def test_soak_thirty_seconds_no_errors_memory_sampled(repository, tmp_path):
+    from cycada.clients.soak import main as soak_main
+
+    soak_main(
+        [
+            "--repository", str(repository), "--minutes", "0.5", "--warmup", "5",
+            "--window", "10", "--concurrency", "4", "--size", "64x128", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    result = json.loads((tmp_path / "soak.json").read_text())
+    assert result["requests"] > 100 and result["errors"] == 0
+    assert len(result["per_second"]) >= 25 and len(result["windows"]) >= 2
+    assert result["rss_after_warmup_mb"] > 100  # server and stubs, sampled every second
+    assert abs(result["rss_growth"]) < 0.25  # a leak of this size would show in 30 s
+    assert "| window (s) | requests/s |" in (tmp_path / "soak.md").read_text()
+
+
 def test_bench_schema_and_sanity(server, repository, tmp_path):
     from cycada.clients.bench import PERF_ANALYZER_COLUMNS, run_bench
 
