@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cycada.grpc_security import add_client_security, security_from_args
+
 
 def _urls(text: str) -> list[str]:
     return [url.strip() for url in text.split(",") if url.strip()]
@@ -26,6 +28,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         "(default 60)",
     )
     parser.add_argument("--window", type=_at_least_one, default=8, help="requests in flight (>= 1)")
+    add_client_security(parser)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -218,6 +221,7 @@ def run_video(args: argparse.Namespace) -> int:
         window=args.window,
         timeout=args.timeout,
         retry_window=args.retry_window,
+        security=security_from_args(args),
         compression=args.compression,
         shared_memory=args.shared_memory,
         progress=not args.no_progress,
@@ -240,6 +244,7 @@ def run_translate(args: argparse.Namespace) -> int:
         window=args.window,
         timeout=args.timeout,
         retry_window=args.retry_window,
+        security=security_from_args(args),
         progress=not args.no_progress,
     )
     for name in summary.non_images[:10]:

@@ -22,6 +22,7 @@ import numpy as np
 from cycada.atomic import atomic_path
 from cycada.clients.triton_client import ModelClient, RequestRefused, ordered_map
 from cycada.errors import DataError
+from cycada.grpc_security import GrpcSecurity
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -93,6 +94,7 @@ def translate_dir(
     timeout: float = 60.0,
     progress: bool = True,
     retry_window: float = 60.0,
+    security: GrpcSecurity | None = None,
 ) -> TranslateSummary:
     if not src.is_dir():
         raise DataError(f"SRC {src} is not a folder")
@@ -117,7 +119,7 @@ def translate_dir(
                 _copy_label(labels, relative, dst, link_labels, summary)
             continue
         work.append(relative)
-    client = ModelClient(urls, model, timeout=timeout, retry_window=retry_window)
+    client = ModelClient(urls, model, timeout=timeout, retry_window=retry_window, security=security)
     bar = None
     if progress:
         from tqdm import tqdm

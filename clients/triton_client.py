@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cycada.errors import ServingError
+from cycada.grpc_security import GrpcSecurity
 
 LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
 MAX_BACKOFF = 2.0  # seconds between retries, at most
@@ -47,6 +48,8 @@ class RequestRefused(ServingError):
 
 
 def _retryable(exc: Exception) -> bool:
+    if "protocol is restricted" in str(exc):  # a missing or wrong secret: retrying cannot help
+        return False
     status = str(getattr(exc, "status", lambda: "")() or "")
     return any(code in status for code in RETRYABLE) or "failed to connect" in str(exc).lower()
 
@@ -64,16 +67,19 @@ class ModelClient:
         backoff: float = 0.2,
         compression: str | None = None,
         shared_memory: bool = False,
+        security: GrpcSecurity | None = None,
     ):
         import tritonclient.grpc as grpcclient
 
         self.grpc = grpcclient
+        self.security = security or GrpcSecurity()
+        self.headers = self.security.headers
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ServingError("no server URL given")
         self.model, self.version, self.timeout = model, version, timeout
         self.retry_window, self.backoff, self.compression = retry_window, backoff, compression
-        self._clients = [grpcclient.InferenceServerClient(url) for url in self.urls]
+        self._clients = [self.security.client(url) for url in self.urls]
         self._next = itertools.count()
         self._local = threading.local()
         self._shm_regions: list[tuple[object, str, object]] = []
@@ -95,8 +101,10 @@ class ModelClient:
             last = "no answer"
             while True:
                 try:
-                    if client.is_server_ready(client_timeout=2) and client.is_model_ready(
-                        self.model, self.version, client_timeout=2
+                    if client.is_server_ready(
+                        headers=self.headers, client_timeout=2
+                    ) and client.is_model_ready(
+                        self.model, self.version, headers=self.headers, client_timeout=2
                     ):
                         break
                     last = f"model '{self.model}' is not ready"
@@ -111,8 +119,12 @@ class ModelClient:
 
     def _metadata(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec], int]:
         client = self._clients[0]
-        metadata = client.get_model_metadata(self.model, self.version, as_json=True)
-        config = client.get_model_config(self.model, self.version, as_json=True)["config"]
+        metadata = client.get_model_metadata(
+            self.model, self.version, headers=self.headers, as_json=True
+        )
+        config = client.get_model_config(
+            self.model, self.version, headers=self.headers, as_json=True
+        )["config"]
         max_batch = int(config.get("max_batch_size", 0))
 
         def specs(items) -> dict[str, TensorSpec]:
@@ -177,7 +189,7 @@ class ModelClient:
         current = regions.get(key)
         if current is not None and current[2] < nbytes:  # too small: replace it
             with contextlib.suppress(Exception):
-                client.unregister_system_shared_memory(current[0])
+                client.unregister_system_shared_memory(current[0], headers=self.headers)
             self._forget_region(current)
             current = None
         if current is None:
@@ -188,8 +200,10 @@ class ModelClient:
                 self._shm_regions.append((client, label, handle))
         if current[3] != self._shm_generation:
             with contextlib.suppress(Exception):  # a stale registration from before a restart
-                client.unregister_system_shared_memory(current[0])
-            client.register_system_shared_memory(current[0], f"/{current[0]}", current[2])
+                client.unregister_system_shared_memory(current[0], headers=self.headers)
+            client.register_system_shared_memory(
+                current[0], f"/{current[0]}", current[2], headers=self.headers
+            )
             current = (*current[:3], self._shm_generation)
         regions[key] = current
         return current
@@ -222,6 +236,7 @@ class ModelClient:
                     model_version=self.version,
                     outputs=wanted,
                     client_timeout=timeout,
+                    headers=self.headers,
                     compression_algorithm=self.compression,
                 )
                 self.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -272,7 +287,7 @@ class ModelClient:
 
             for client, label, handle in self._shm_regions:
                 with contextlib.suppress(Exception):  # the server may be gone already
-                    client.unregister_system_shared_memory(label)
+                    client.unregister_system_shared_memory(label, headers=self.headers)
                 shm.destroy_shared_memory_region(handle)
             self._shm_regions.clear()
         for client in self._clients:

@@ -26,6 +26,7 @@ import numpy as np
 
 from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, ServingError
+from cycada.grpc_security import GrpcSecurity
 from cycada.training.data.label_spaces import LABEL_SPACES
 
 _END = object()
@@ -49,6 +50,7 @@ class VideoOptions:
     compression: str | None = None
     shared_memory: bool = False
     progress: bool = True
+    security: GrpcSecurity | None = None  # TLS and auth header for a non-loopback server
 
 
 @dataclass
@@ -311,6 +313,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         retry_window=options.retry_window,
         compression=options.compression,
         shared_memory=options.shared_memory and not options.encoded,
+        security=options.security,
     )
     client = ModelClient(options.urls, model, **connect)
     translator = None

@@ -7,6 +7,15 @@ import signal
 import sys
 from pathlib import Path
 
+from cycada.errors import ServingError
+from cycada.grpc_security import (
+    AUTH_HEADER,
+    GrpcSecurity,
+    add_client_security,
+    is_loopback,
+    security_from_args,
+)
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -43,6 +52,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cpus", help="run the server on these CPUs only, e.g. 0 or 0,2-3 (a client beside it)"
     )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: gRPC over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--auth-secret-file",
+        type=Path,
+        help="file holding the secret clients must send (header cycada-auth) on inference, "
+        "shared-memory and model-repository calls",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback --host without TLS and secret (a warning is printed)",
+    )
+    add_client_security(parser, for_status=True)
     parser.add_argument(
         "--no-restart",
         action="store_true",
@@ -61,11 +84,20 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    security = security_from_args(args)
     if args.status:
         from cycada.serving.status import server_status
 
-        print(server_status(args.status))
+        print(server_status(args.status, security=security))
         return 0
+    secret = ""
+    if args.auth_secret_file:
+        try:
+            secret = args.auth_secret_file.read_text().strip()
+        except OSError as exc:
+            raise ServingError(f"--auth-secret-file {args.auth_secret_file}: {exc}") from None
+        if not secret:
+            raise ServingError(f"--auth-secret-file {args.auth_secret_file} is empty")
     from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
     from cycada.serving.supervisor import RestartPolicy, supervise
 
@@ -79,8 +111,19 @@ def run(args: argparse.Namespace) -> int:
         log_file=args.log_file,
         models=args.model,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        auth_secret=secret,
+        insecure=args.insecure,
     )
     server = TritonServer(options)
+    if args.insecure and not is_loopback(args.host):
+        print(
+            f"warning: serving on {args.host} without TLS or a secret (--insecure): anyone who "
+            "reaches the port can run inference; model loading and shared memory stay locked",
+            file=sys.stderr,
+            flush=True,
+        )
     stopping = []
 
     def request_stop(signum, frame):  # SIGTERM behaves like Ctrl-C
@@ -97,7 +140,15 @@ def run(args: argparse.Namespace) -> int:
         server.start(args.ready_timeout)
         from cycada.serving.status import server_status
 
-        print(server_status(server.grpc_url), flush=True)
+        local = GrpcSecurity(
+            ssl=bool(args.tls_cert),
+            root_cert=args.tls_cert,
+            auth_header=(AUTH_HEADER, secret) if secret else None,
+        )
+        try:
+            print(server_status(server.grpc_url, security=local), flush=True)
+        except ServingError as exc:  # e.g. a certificate not valid for this address
+            print(f"(status not shown: {exc})", flush=True)
         print(
             f"serving: gRPC {server.grpc_url}  HTTP {server.http_url}  (Ctrl-C stops)", flush=True
         )

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cycada.errors import ServingError
+from cycada.grpc_security import AUTH_HEADER, is_loopback
 from cycada.serving.server_install import TritonHome, find_tritonserver
 
 PROFILES = ("default", "onnxruntime", "tensorrt")
+RESTRICTED = "inference,shared-memory,model-repository"  # the calls the secret guards
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,6 +54,26 @@ class ServerOptions:
     extra_args: list[str] = field(default_factory=list)
     cpus: set[int] | None = None  # pin the server and its stubs to these CPUs
     server_id: str = field(default_factory=lambda: f"cycada-{uuid.uuid4().hex[:12]}")
+    tls_cert: Path | None = None  # PEM certificate and key: gRPC over TLS
+    tls_key: Path | None = None
+    auth_secret: str = ""  # required in the cycada-auth header on inference and control calls
+    insecure: bool = False  # a non-loopback host without TLS and secret, on purpose
+
+    def check(self) -> None:
+        """A server reachable from the network is secured, or insecure on purpose."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ServingError("--tls-cert and --tls-key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not Path(path).is_file():
+                raise ServingError(f"TLS file {path} does not exist")
+        if is_loopback(self.host) or self.insecure:
+            return
+        if not (self.tls_cert and self.auth_secret):
+            raise ServingError(
+                f"--host {self.host} is reachable from the network: give --tls-cert, --tls-key "
+                "and --auth-secret-file (clients: --ssl --auth-header cycada-auth=SECRET), or "
+                "--insecure to serve without them"
+            )
 
     def default_log_file(self) -> Path:
         """Beside the repository, one per port: the repository may be read-only or shared."""
@@ -81,12 +103,15 @@ def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, 
 def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.profile not in PROFILES:
         raise ServingError(f"unknown profile '{options.profile}' (valid: {', '.join(PROFILES)})")
+    options.check()
+    # HTTP (no TLS in Triton) and metrics stay on loopback when gRPC faces the network
+    local = options.host if is_loopback(options.host) else "127.0.0.1"
     command = [
         str(home.binary),
         f"--model-repository={options.repository.resolve()}",
         f"--grpc-address={options.host}",
-        f"--http-address={options.host}",
-        f"--metrics-address={options.host}",
+        f"--http-address={local}",
+        f"--metrics-address={local}",
         f"--grpc-port={options.grpc_port}",
         f"--http-port={options.http_port}",
         f"--metrics-port={options.metrics_port}",
@@ -103,6 +128,23 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.models:
         command.append("--model-control-mode=explicit")
         command += [f"--load-model={name}" for name in options.models]
+    if options.tls_cert:
+        command += [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={Path(options.tls_cert).resolve()}",
+            f"--grpc-server-key={Path(options.tls_key).resolve()}",
+        ]
+    restricted = RESTRICTED
+    secret = options.auth_secret
+    if not secret and not is_loopback(options.host):
+        # --insecure: inference stays open, but loading models and registering shared memory
+        # need a secret nobody was given
+        restricted, secret = "shared-memory,model-repository", uuid.uuid4().hex
+    if secret:
+        command += [
+            f"--grpc-restricted-protocol={restricted}:{AUTH_HEADER}={secret}",
+            f"--http-restricted-api={restricted}:{AUTH_HEADER}={secret}",
+        ]
     return command + options.extra_args
 
 
@@ -166,6 +208,7 @@ class TritonServer:
                     "export a run into it first: cycada export RUN_DIR --repository "
                     f"{repository}"
                 )
+        options.check()
         self.log_file = options.log_file or options.default_log_file()
         self.process: subprocess.Popen | None = None
         self._log_offset = 0  # where this start's lines begin in the (appended) log
@@ -176,7 +219,8 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.options.host}:{self.options.http_port}"
+        host = self.options.host if is_loopback(self.options.host) else "127.0.0.1"
+        return f"http://{host}:{self.options.http_port}"
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -201,8 +245,11 @@ class TritonServer:
         return self
 
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.http_url + path)
+        if self.options.auth_secret:
+            request.add_header(AUTH_HEADER, self.options.auth_secret)
         try:
-            with urllib.request.urlopen(self.http_url + path, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

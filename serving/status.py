@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from cycada.errors import ServingError
+from cycada.grpc_security import GrpcSecurity
 
 
-def server_status(url: str, timeout: float = 5.0) -> str:
+def server_status(url: str, timeout: float = 5.0, security: GrpcSecurity | None = None) -> str:
     """A short report: live/ready, then one line per model version with its state."""
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    security = security or GrpcSecurity()
+    headers = security.headers
     try:
-        client = grpcclient.InferenceServerClient(url)
-        live = client.is_server_live(client_timeout=timeout)
-        ready = client.is_server_ready(client_timeout=timeout)
-        index = client.get_model_repository_index(as_json=True, client_timeout=timeout)
-        metadata = client.get_server_metadata(as_json=True, client_timeout=timeout)
+        client = security.client(url)
+        live = client.is_server_live(headers=headers, client_timeout=timeout)
+        ready = client.is_server_ready(headers=headers, client_timeout=timeout)
+        index = client.get_model_repository_index(
+            headers=headers, as_json=True, client_timeout=timeout
+        )
+        metadata = client.get_server_metadata(headers=headers, as_json=True, client_timeout=timeout)
     except InferenceServerException as exc:
         raise ServingError(f"no Triton server answers at {url} ({exc.message()})") from None
     lines = [

@@ -415,3 +415,67 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
             process.wait(60)
         if process.poll() is None:
             process.kill()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (needed to make a test certificate)")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+            "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_and_secret_refuse_a_request_missing_either(repository, tmp_path):
+    from cycada.clients.triton_client import ModelClient
+    from cycada.grpc_security import GrpcSecurity
+
+    cert, key = _self_signed(tmp_path)
+    secured = options(
+        repository, models=["segment"], tls_cert=cert, tls_key=key, auth_secret="s3cret"
+    )
+    image = np.zeros((1, 16, 16, 3), np.uint8)
+    tensor = grpcclient.InferInput("images", list(image.shape), "UINT8")
+    tensor.set_data_from_numpy(image)
+    with TritonServer(secured) as running:
+        plain = grpcclient.InferenceServerClient(running.grpc_url)
+        with pytest.raises(InferenceServerException):  # no TLS: no answer at all
+            plain.infer("segment", [tensor], client_timeout=10)
+        tls = grpcclient.InferenceServerClient(
+            running.grpc_url, ssl=True, root_certificates=str(cert)
+        )
+        with pytest.raises(InferenceServerException, match="cycada-auth"):  # no secret
+            tls.infer("segment", [tensor], client_timeout=10)
+        with pytest.raises(InferenceServerException, match="cycada-auth"):  # model control
+            tls.load_model("segment")
+        header = {"triton-grpc-protocol-cycada-auth": "s3cret"}  # Triton's prefix on the key
+        answered = tls.infer("segment", [tensor], headers=header)
+        assert answered.as_numpy("labels").shape == (1, 16, 16)
+        security = GrpcSecurity(ssl=True, root_cert=cert, auth_header=("cycada-auth", "s3cret"))
+        with ModelClient(running.grpc_url, "segment", security=security) as client:
+            assert client.request({"images": image}, ["labels"])["labels"].shape == (1, 16, 16)
+        wrong = GrpcSecurity(ssl=True, root_cert=cert, auth_header=("cycada-auth", "guess"))
+        with ModelClient(running.grpc_url, "segment", security=wrong) as client:
+            started = time.monotonic()
+            with pytest.raises(ServingError, match="restricted"):
+                client.request({"images": image}, ["labels"])
+            assert time.monotonic() - started < 5  # refused at once, not retried for a minute
+
+
+def test_a_network_host_needs_tls_and_a_secret_or_insecure(repository):
+    with pytest.raises(ServingError, match="reachable from the network: give --tls-cert"):
+        TritonServer(options(repository, host="0.0.0.0"))
+    with pytest.raises(ServingError, match="--tls-cert and --tls-key go together"):
+        TritonServer(options(repository, tls_cert=Path("cert.pem")))
+    from cycada.serving.server import server_command
+
+    insecure = options(repository, host="0.0.0.0", insecure=True)
+    command = " ".join(server_command(TritonServer(insecure).home, insecure))
+    assert "--grpc-address=0.0.0.0" in command and "--http-address=127.0.0.1" in command
+    assert "--grpc-restricted-protocol=shared-memory,model-repository:cycada-auth=" in command

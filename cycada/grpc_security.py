@@ -1,0 +1,89 @@
+"""How a client reaches a server that is not on loopback: TLS and the shared-secret header.
+
+``cycada serve --host`` other than loopback requires TLS (``--tls-cert``/``--tls-key``) and a
+secret (``--auth-secret-file``) that Triton checks on inference, shared-memory and
+model-repository calls (its restricted-protocol options), or an explicit ``--insecure``.
+Clients pass ``--ssl`` (``--root-cert`` for a self-signed certificate) and
+``--auth-header cycada-auth=SECRET``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cycada.errors import ConfigError
+
+AUTH_HEADER = "cycada-auth"  # gRPC metadata keys are lower case
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton expects this before a restricted key
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_auth_header(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (or ``KEY: VALUE``) → (lower-case key, value)."""
+    separator = "=" if "=" in text else ":"
+    key, _, value = text.partition(separator)
+    if not key.strip() or not value.strip():
+        raise ConfigError(f"--auth-header '{text}': expected KEY=VALUE, e.g. {AUTH_HEADER}=SECRET")
+    return key.strip().lower(), value.strip()
+
+
+@dataclass(frozen=True)
+class GrpcSecurity:
+    """What a gRPC client needs for a secured server (all off for loopback)."""
+
+    ssl: bool = False
+    root_cert: Path | None = None
+    auth_header: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.root_cert is not None and not Path(self.root_cert).is_file():
+            raise ConfigError(f"--root-cert {self.root_cert} does not exist")
+
+    def client(self, url: str):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(
+            url,
+            ssl=self.ssl or self.root_cert is not None,
+            root_certificates=str(self.root_cert) if self.root_cert else None,
+        )
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """gRPC metadata: the key as Triton's restricted protocols expect it."""
+        if not self.auth_header:
+            return None
+        key, value = self.auth_header
+        if not key.startswith(GRPC_HEADER_PREFIX):
+            key = GRPC_HEADER_PREFIX + key
+        return {key: value}
+
+
+def add_client_security(parser: argparse.ArgumentParser, for_status: bool = False) -> None:
+    """--ssl, --root-cert, --auth-header on a command that talks to a server."""
+    what = " (with --status)" if for_status else ""
+    parser.add_argument("--ssl", action="store_true", help=f"connect over TLS{what}")
+    parser.add_argument(
+        "--root-cert", type=Path, help=f"PEM root certificate to trust (self-signed){what}"
+    )
+    parser.add_argument(
+        "--auth-header",
+        metavar="KEY=VALUE",
+        help=f"header sent with every call, e.g. {AUTH_HEADER}=SECRET{what}",
+    )
+
+
+def security_from_args(args: argparse.Namespace) -> GrpcSecurity:
+    header = parse_auth_header(args.auth_header) if args.auth_header else None
+    return GrpcSecurity(ssl=args.ssl, root_cert=args.root_cert, auth_header=header)
