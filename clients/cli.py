@@ -62,6 +62,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     video.add_argument(
         "--shared-memory", action="store_true", help="inputs via system shared memory (same host)"
     )
+    video.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a partial OUT (after Ctrl-C or a lost server) and its --labels-dir and "
+        "--csv from the last frame written",
+    )
     video.add_argument("--no-progress", action="store_true")
     video.set_defaults(handler=run_video)
 
@@ -225,6 +231,7 @@ def run_video(args: argparse.Namespace) -> int:
         compression=args.compression,
         shared_memory=args.shared_memory,
         progress=not args.no_progress,
+        resume=args.resume,
     )
     segment_video(args.source, args.out, options)
     return 0

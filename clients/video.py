@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import queue
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cycada.atomic import write_json_atomic
 from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, ServingError
 from cycada.grpc_security import GrpcSecurity
@@ -51,6 +53,7 @@ class VideoOptions:
     shared_memory: bool = False
     progress: bool = True
     security: GrpcSecurity | None = None  # TLS and auth header for a non-loopback server
+    resume: bool = False  # continue OUT (and its labels and CSV) from its last frame
 
 
 @dataclass
@@ -92,16 +95,24 @@ def open_source(source: str) -> cv2.VideoCapture:
     return capture
 
 
-def _read_frames(capture: cv2.VideoCapture, out: queue.Queue, stop: threading.Event, counts):
+def _read_frames(
+    capture: cv2.VideoCapture,
+    out: queue.Queue,
+    stop: threading.Event,
+    counts,
+    start: int = 0,
+):
     """Reader thread: (frame number in the source, BGR frame) into ``out``; undecodable frames
     are counted and skipped, and keep their number, so the CSV rows and label PNGs of the frames
-    after them still name the right source frame."""
+    after them still name the right source frame. Frames before ``start`` are skipped."""
     index = -1
     try:
         while not stop.is_set():
             if not capture.grab():
                 break
             index += 1
+            if index < start:  # done before a resume: decoded, not sent
+                continue
             ok, frame = capture.retrieve()
             if not ok or frame is None or frame.size == 0:
                 counts["corrupt"] += 1
@@ -177,14 +188,18 @@ class _Writer:
         self.pool = ThreadPoolExecutor(compose_workers(), thread_name_prefix="compose")
         self.queue: queue.Queue = queue.Queue(maxsize=2 * options.window)
         self.written = 0
+        self.last_index = -1  # source frame number of the last frame encoded
         self.error: BaseException | None = None
         self.video: cv2.VideoWriter | None = None
         self.csv_file = self.csv = None
         if options.csv_path is not None:
             options.csv_path.parent.mkdir(parents=True, exist_ok=True)
-            self.csv_file = open(options.csv_path, "w", newline="")  # noqa: SIM115 (closed in close)
+            append = options.resume and options.csv_path.exists()
+            mode = "a" if append else "w"
+            self.csv_file = open(options.csv_path, mode, newline="")  # noqa: SIM115 (closed in close)
             self.csv = csv.writer(self.csv_file)
-            self.csv.writerow(["frame", *self.space.classes])
+            if not append:
+                self.csv.writerow(["frame", *self.space.classes])
         if options.labels_dir is not None:
             options.labels_dir.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -242,15 +257,32 @@ class _Writer:
         return overlay, shares
 
     def _encode(self, index: int, overlay: np.ndarray, shares) -> None:
+        self._write_frame(overlay)
+        if self.csv is not None:
+            self.csv.writerow([index, *(f"{share:.5f}" for share in shares)])
+        self.last_index = index
+
+    def copy_from(self, previous: Path) -> int:
+        """The frames of an earlier partial output, first (a resume): returns how many."""
+        capture = cv2.VideoCapture(str(previous))
+        copied = 0
+        while capture.grab():
+            ok, frame = capture.retrieve()
+            if not ok:
+                break
+            self._write_frame(frame)
+            copied += 1
+        capture.release()
+        return copied
+
+    def _write_frame(self, frame: np.ndarray) -> None:
         if self.video is None:
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            size = (overlay.shape[1], overlay.shape[0])
+            size = (frame.shape[1], frame.shape[0])
             self.video = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
             if not self.video.isOpened():
                 raise DataError(f"cannot write video {self.path} (OpenCV has no MP4 encoder)")
-        self.video.write(overlay)
-        if self.csv is not None:
-            self.csv.writerow([index, *(f"{share:.5f}" for share in shares)])
+        self.video.write(frame)
         self.written += 1
 
     def put(self, item) -> None:
@@ -293,6 +325,24 @@ def _model_input(frame_bgr: np.ndarray, options: VideoOptions) -> tuple[dict, np
     return {"images": rgb[None]}, rgb
 
 
+def _resume_point(source: str, out: Path, progress_file: Path) -> tuple[int, Path | None]:
+    """(first source frame to send, earlier output to keep) for ``--resume``."""
+    if not out.exists():
+        return 0, None  # nothing to resume: start from the beginning
+    try:
+        progress = json.loads(progress_file.read_text())
+    except (OSError, ValueError):
+        raise DataError(
+            f"--resume: {out} has no readable progress record ({progress_file.name}); "
+            "remove it or run without --resume"
+        ) from None
+    if progress.get("source") != str(source):
+        raise DataError(f"--resume: {out} was made from {progress.get('source')}, not {source}")
+    kept = out.with_name(f".{out.stem}.resumed.mp4")
+    os.replace(out, kept)  # copied into the new output; removed when that is in place
+    return int(progress["last_frame"]) + 1, kept
+
+
 def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
     """Segment every frame of ``source`` through the server; returns the summary.
 
@@ -323,19 +373,28 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.partial.mp4")
+    progress_file = out.with_name(f".{out.stem}.progress.json")
+    start, previous = 0, None
+    if options.resume:
+        start, previous = _resume_point(source, out, progress_file)
     summary = VideoSummary(output=str(out))
     counts = {"read": 0, "corrupt": 0}
     frames: queue.Queue = queue.Queue(maxsize=2 * options.window)
     stop = threading.Event()
     reader = threading.Thread(
-        target=_read_frames, args=(capture, frames, stop, counts), daemon=True
+        target=_read_frames, args=(capture, frames, stop, counts, start), daemon=True
     )
     writer = _Writer(partial, fps, options)
+    if previous is not None:
+        copied = writer.copy_from(previous)
+        print(f"segment-video: resuming after frame {start - 1} ({copied} frames kept)", flush=True)
     bar = None
     if options.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="frame", desc="segment-video", dynamic_ncols=True)
+        bar = tqdm(
+            total=total, initial=start, unit="frame", desc="segment-video", dynamic_ncols=True
+        )
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
 
@@ -385,9 +444,19 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
                 summary.p99_ms = float(np.percentile(latencies, 99))
             if writer.written and partial.exists():
                 os.replace(partial, out)
+                last = writer.last_index if writer.last_index >= 0 else start - 1
+                write_json_atomic(
+                    progress_file,
+                    {"source": str(source), "frames_written": writer.written, "last_frame": last},
+                )
             else:
                 partial.unlink(missing_ok=True)
                 summary.output = "(nothing written)"
+            if previous is not None:
+                if out.exists():
+                    previous.unlink(missing_ok=True)
+                else:  # nothing new was written: the earlier output goes back in place
+                    os.replace(previous, out)
             client.close()
             if translator is not None:
                 translator.close()

@@ -215,6 +215,46 @@ def test_interrupt_keeps_a_playable_partial_output(server, tmp_path):
     assert 5 <= frame_count(out) < 400 and "interrupted" in stdout
 
 
+def test_resume_continues_a_partial_output_with_the_labels_of_an_uninterrupted_run(
+    server, tmp_path
+):
+    shares = tmp_path / "shares.csv"
+    process, out, labels = video_until(tmp_path, server.grpc_url, 20, ["--csv", str(shares)])
+    try:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    partial = frame_count(out)
+    assert 20 <= partial < 400
+    clip = tmp_path / "clip.mp4"
+    common = ["--url", server.grpc_url, "--width", "320", "--no-progress"]
+    resumed = cycada(
+        "segment-video", str(clip), "--out", str(out), "--labels-dir", str(labels),
+        "--csv", str(shares), "--resume", *common,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after frame {partial - 1} ({partial} frames kept)" in resumed.stdout
+    assert frame_count(out) == 400
+    rows = list(csv.reader(shares.open()))
+    assert rows[0][0] == "frame" and [int(r[0]) for r in rows[1:]] == list(range(400))
+    plain = tmp_path / "plain"
+    done = cycada(
+        "segment-video", str(clip), "--out", str(tmp_path / "plain.mp4"),
+        "--labels-dir", str(plain), *common,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in plain.glob("*.png"))
+    assert names == sorted(p.name for p in labels.glob("*.png")) and len(names) == 400
+    for name in names:
+        np.testing.assert_array_equal(
+            cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED),
+            cv2.imread(str(plain / name), cv2.IMREAD_UNCHANGED),
+        )
+
+
 def test_translate_dir_nested_resumable_sharded(server, tmp_path):
     src = tmp_path / "synth"
     write_scene_dataset(src, 6, "game", "gta5", 96, 64)
