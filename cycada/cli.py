@@ -63,13 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's own line. A data loader worker re-raises it with the worker's traceback in
+    the message ("Caught DataError in DataLoader worker process 1. Original Traceback ..."):
+    the last line holds the original ``module.Class: message``."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name, _, message = last.partition(": ")
+        return message if message and "." in name else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except CycadaError as exc:
-        print(f"cycada: error: {exc}", file=sys.stderr)
+        print(f"cycada: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
