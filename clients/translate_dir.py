@@ -153,11 +153,17 @@ def translate_dir(
             target = dst / "images" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             translated = cv2.cvtColor(result["translated"][0], cv2.COLOR_RGB2BGR)
-            with atomic_path(target) as tmp:
-                ok, data = cv2.imencode(relative.suffix.lower() or ".png", translated)
-                if not ok:
-                    raise DataError(f"cannot encode {target}")
-                tmp.write_bytes(np.asarray(data).tobytes())
+            try:
+                with atomic_path(target) as tmp:
+                    ok, data = cv2.imencode(relative.suffix.lower() or ".png", translated)
+                    if not ok:
+                        raise DataError(f"cannot encode {target}")
+                    tmp.write_bytes(np.asarray(data).tobytes())
+            except OSError as exc:  # a full disk: every file written so far is whole
+                raise DataError(
+                    f"cannot write {target}: {exc}; the {summary.translated} images translated "
+                    "so far are kept, the same command continues"
+                ) from None
             summary.translated += 1
             if labels is not None:
                 _copy_label(labels, relative, dst, link_labels, summary)

@@ -41,7 +41,12 @@ def save_modules(
         "config": json.dumps(config, sort_keys=True),
         "meta": json.dumps(meta or {}, sort_keys=True),
     }
-    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    try:
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except OSError as exc:  # a full disk: the previous checkpoint (if any) is untouched
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {exc}; the previous file is kept"
+        ) from None
 
 
 def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:

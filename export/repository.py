@@ -87,6 +87,9 @@ def _warmup(spec: ModelSpec) -> str:
     )
 
 
+MAX_QUEUE = 128  # requests waiting per model
+
+
 def config_text(spec: ModelSpec, profile: str) -> str:
     """config.pbtxt text of ``spec`` for a deployment profile."""
     lines = [f'name: "{spec.name}"']
@@ -103,7 +106,12 @@ def config_text(spec: ModelSpec, profile: str) -> str:
     # encoded frames differ in length: ragged batching lets the batcher group them anyway
     text += _tensors("input", spec.inputs, ragged=spec.kind == "encoded")
     text += _tensors("output", spec.outputs)
-    text += "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    # a bounded queue: past it a request is refused at once (UNAVAILABLE, which clients retry
+    # with backoff) instead of waiting behind an ever longer queue on an overloaded server
+    text += (
+        "dynamic_batching { max_queue_delay_microseconds: 2000 "
+        f"default_queue_policy {{ max_queue_size: {MAX_QUEUE} }} }}\n"
+    )
     native = profile != "default" and spec.kind != "encoded"
     kind = "KIND_GPU" if native else "KIND_CPU"
     text += f"instance_group [ {{ kind: {kind} count: 1 }} ]\n"

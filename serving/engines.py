@@ -65,22 +65,54 @@ class OnnxEngine(Engine):
         return [values[name] for name in output_names]
 
 
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of a JPEG, 1 when absent or unreadable."""
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
+            tiff = position + 10
+            order = "little" if data[tiff : tiff + 2] == b"II" else "big"
+            ifd = tiff + int.from_bytes(data[tiff + 4 : tiff + 8], order)
+            for entry in range(int.from_bytes(data[ifd : ifd + 2], order)):
+                at = ifd + 2 + 12 * entry
+                if int.from_bytes(data[at : at + 2], order) == 0x0112:
+                    value = int.from_bytes(data[at + 8 : at + 10], order)
+                    return value if 1 <= value <= 8 else 1
+            return 1
+        if marker in (0xDA, 0xD9) or length < 2:
+            return 1
+        position += 2 + length
+    return 1
+
+
 class CudaFrameDecoder(FrameDecoder):
-    """nvJPEG through torchvision on the engine's GPU; PNG and anything else via OpenCV."""
+    """nvJPEG through torchvision on the engine's GPU; PNG, and JPEGs whose EXIF asks for a
+    rotation, through OpenCV (which applies it), so both paths give the same RGB image;
+    greyscale JPEGs are decoded to three channels like the CPU path."""
 
-    def __init__(self, device):
+    def __init__(self, device, decode_jpeg=None, rgb_mode=None):
         import torch
-        from torchvision.io import decode_jpeg
 
+        if decode_jpeg is None:
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            rgb_mode = ImageReadMode.RGB
         self.torch, self.decode_jpeg, self.device = torch, decode_jpeg, device
+        self.rgb_mode = rgb_mode
 
     def decode(self, data: np.ndarray):
-        if data.size > 2 and data[0] == 0xFF and data[1] == 0xD8:
+        is_jpeg = data.size > 2 and data[0] == 0xFF and data[1] == 0xD8
+        if is_jpeg and exif_orientation(data[:65536].tobytes()) == 1:
             try:
                 raw = self.torch.from_numpy(np.ascontiguousarray(data))
-                return self.decode_jpeg(raw, device=self.device).permute(1, 2, 0)
+                image = self.decode_jpeg(raw, mode=self.rgb_mode, device=self.device)
             except RuntimeError:
                 return None
+            if image.shape[0] == 1:  # a decoder that kept one channel: as the CPU path does
+                image = image.expand(3, -1, -1)
+            return image.permute(1, 2, 0)
         image = super().decode(data)
         return None if image is None else self.torch.from_numpy(image).to(self.device)
 

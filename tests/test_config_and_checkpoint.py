@@ -93,3 +93,25 @@ def test_resume_state_is_loaded_without_pickle_code(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_state(path)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from cycada import checkpoint as checkpoint_module
+    from cycada.checkpoint import load_modules, save_modules
+
+    path = tmp_path / "stage.safetensors"
+    save_modules(path, {"net": torch.nn.Linear(2, 2)}, {}, {"stage": "source"})
+    before = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous file is kept"):
+        save_modules(path, {"net": torch.nn.Linear(2, 2)}, {}, {"stage": "source"})
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    load_modules(path, {"net": torch.nn.Linear(2, 2)})

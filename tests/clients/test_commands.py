@@ -395,6 +395,33 @@ def test_soak_thirty_seconds_no_errors_memory_sampled(repository, tmp_path):
     assert "| window (s) | requests/s |" in (tmp_path / "soak.md").read_text()
 
 
+def test_translate_dir_full_disk_keeps_what_was_written(server, tmp_path, monkeypatch):
+    from cycada.atomic import atomic_path
+    from cycada.clients import translate_dir as module
+    from cycada.errors import DataError
+
+    src = tmp_path / "synth"
+    write_scene_dataset(src, 5, "game", "gta5", 64, 32)
+    uses = []
+
+    def filling_up(path):
+        uses.append(path)
+        if len(uses) > 2:
+            raise OSError(28, "No space left on device")
+        return atomic_path(path)
+
+    monkeypatch.setattr(module, "atomic_path", filling_up)
+    dst = tmp_path / "real"
+    with pytest.raises(DataError, match="No space left on device; the 2 images translated"):
+        module.translate_dir(src / "images", dst, [server.grpc_url], progress=False)
+    written = sorted(dst.rglob("*"))
+    assert [p.name for p in written if p.is_file()] == ["00000.png", "00001.png"]
+    assert all(cv2.imread(str(p)) is not None for p in written if p.is_file())
+    monkeypatch.undo()
+    summary = module.translate_dir(src / "images", dst, [server.grpc_url], progress=False)
+    assert summary.skipped_done == 2 and summary.translated == 3
+
+
 def test_bench_schema_and_sanity(server, repository, tmp_path):
     from cycada.clients.bench import PERF_ANALYZER_COLUMNS, run_bench
 

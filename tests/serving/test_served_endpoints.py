@@ -292,10 +292,16 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def _tritonserver_of(serve_pid: int) -> int:
-    return next(
-        p for p in _children(serve_pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text()
-    )
+def _tritonserver_of(serve_pid: int, timeout: float = 60.0) -> int:
+    """The tritonserver that `cycada serve` runs now (waits through a restart)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in _children(serve_pid):
+            with contextlib.suppress(OSError):
+                if "tritonserver" in Path(f"/proc/{pid}/cmdline").read_text():
+                    return pid
+        time.sleep(0.05)
+    raise AssertionError("cycada serve runs no tritonserver")
 
 
 def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp_path):
@@ -373,11 +379,11 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
     from cycada.training.data.scene_writer import write_clip
 
     repository = shutil.copytree(repository, tmp_path / "repo")
-    clip = write_clip(tmp_path / "clip.mp4", 160, 96, 48, seed=4)
+    clip = write_clip(tmp_path / "clip.mp4", 200, 96, 48, seed=4)
     process, grpc_port = _serve(repository)
     try:
 
-        def segment(name, kill_at=()):
+        def segment(name, kills=0):
             labels = tmp_path / name
             video = subprocess.Popen(
                 [
@@ -388,27 +394,36 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
                 ],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            for frames_done in kill_at:
+            killed = []
+            for _ in range(kills):  # each time: a new server, 10 more frames done, kill it
                 deadline = time.monotonic() + 120
-                while len(list(labels.glob("*.png"))) < frames_done and video.poll() is None:
+                server = _tritonserver_of(process.pid)
+                while server in killed:
+                    assert time.monotonic() < deadline, "no restarted server"
+                    time.sleep(0.05)
+                    server = _tritonserver_of(process.pid)
+                done = len(list(labels.glob("*.png")))
+                while len(list(labels.glob("*.png"))) < done + 10:
+                    assert video.poll() is None, "the video ended before the last kill"
                     assert time.monotonic() < deadline, "the video stopped making progress"
                     time.sleep(0.05)
-                os.kill(_tritonserver_of(process.pid), signal.SIGKILL)
+                os.kill(server, signal.SIGKILL)
+                killed.append(server)
             stdout, stderr = video.communicate(timeout=300)
             assert video.returncode == 0, stderr[-2000:]
             return labels, stdout
 
-        killed, stdout = segment("killed", kill_at=(10, 30, 50, 70, 90))
-        assert "160 frames written (160 read, 0 corrupt)" in stdout
+        killed, stdout = segment("killed", kills=5)
+        assert "200 frames written (200 read, 0 corrupt)" in stdout
         rows = (tmp_path / "killed.csv").read_text().splitlines()[1:]
-        assert [int(row.split(",")[0]) for row in rows] == list(range(160))  # once, in order
+        assert [int(row.split(",")[0]) for row in rows] == list(range(200))  # once, in order
         plain, _ = segment("plain")
         for png in sorted(plain.glob("*.png")):
             np.testing.assert_array_equal(
                 cv2.imread(str(killed / png.name), cv2.IMREAD_UNCHANGED),
                 cv2.imread(str(png), cv2.IMREAD_UNCHANGED),
             )
-        assert len(list(killed.glob("*.png"))) == 160
+        assert len(list(killed.glob("*.png"))) == 200
     finally:
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -424,7 +424,11 @@ def _extract(
         {
             "what": f"frames of video:{spec} (the unlabelled target domain)",
             "fingerprint": fingerprint,
-            "sampling": asdict(sampling),
+            # strict JSON: every frame is written as "all", not as Infinity
+            "sampling": {
+                **asdict(sampling),
+                "fps": "all" if math.isinf(sampling.fps) else sampling.fps,
+            },
             "frames": len(rows),
             "videos": [asdict(r) for r in reports],
         },
