@@ -148,6 +148,8 @@ def _png_bomb() -> np.ndarray:
         ("segment", np.zeros((1, 8, 8, 4), np.uint8), "images", "UINT8", "shape"),
         ("segment", np.zeros((1, 0, 8, 3), np.uint8), "images", "UINT8", "empty"),
         ("segment", np.zeros((1, 5000, 4000, 3), np.uint8), "images", "UINT8", "limit"),
+        ("translate_s2t", np.zeros((1, 0, 8, 3), np.uint8), "images", "UINT8", "empty"),
+        ("translate_t2s", np.zeros((1, 4100, 4100, 3), np.uint8), "images", "UINT8", "limit"),
         (
             "segment_encoded",
             np.frombuffer(b"\x89PNG broken", np.uint8)[None],
