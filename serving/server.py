@@ -33,10 +33,21 @@ PROFILES = ("default", "onnxruntime", "tensorrt")
 RESTRICTED = "inference,shared-memory,model-repository"  # the calls the secret guards
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free now and not handed out before by this process: the kernel may return the
+    same ephemeral port to two binds in a row, and a server given it twice (gRPC and metrics)
+    refuses to start."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise ServingError("no free TCP port found on loopback")
 
 
 @dataclass
