@@ -79,7 +79,10 @@ def test_full_seg_run(tmp_path, scenes):
         assert (tmp_path / "checkpoints" / f"{stage}.safetensors").exists()
     again = run_seg(tiny(scenes), tmp_path, quiet=True)  # everything finished: nothing reruns
     assert again["final"] == metrics["final"]
-    assert (tmp_path / "log.txt").read_text().count("finished output found") >= 4
+    # all five stages, the translate stage included (its manifest carries the fingerprint)
+    assert (tmp_path / "log.txt").read_text().count("finished output found") == 5
+    run_seg(tiny(scenes), tmp_path, stages=["feature"], quiet=True)  # one stage of a finished run
+    assert (tmp_path / "log.txt").read_text().count("finished output found") == 10
 
     out = tmp_path / "eval-cli"
     line = evaluate_seg_checkpoint(
