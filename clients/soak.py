@@ -184,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=0, help="stop after this many")
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds left out of goals")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=90.0,
+        help="seconds left out of the goals (ONNX Runtime grows its arenas in the first minute)",
+    )
     parser.add_argument("--window", type=float, default=60.0, help="seconds per summary row")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
