@@ -40,7 +40,8 @@ def supervise(
     pause = policy.first_pause
     running_since = time.monotonic()
     while True:
-        assert server.process is not None
+        if server.process is None:
+            raise ServingError("supervise() needs a started server")
         code = server.process.wait()
         errors = server.errors() or f"no error lines; see {server.log_file}"
         if not policy.enabled:

@@ -223,7 +223,8 @@ class DigitsRun(StageStore):
         previous stage, on the held-out target images (see ``seg_label_free`` for what they
         can and cannot tell)."""
         domain = self.target_holdout
-        assert domain is not None
+        if domain is None:
+            raise DataError("label-free signals need held-out images of an unlabelled target")
         probabilities = self._probabilities(model, domain.images)
         top, labels = probabilities.max(1)
         classes = len(self.class_names)
