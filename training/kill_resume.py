@@ -5,7 +5,7 @@
 
 The command (everything after ``--``; its ``--out`` is added) runs once uninterrupted into
 ``OUT/uninterrupted``, then again into ``OUT/killed``, where it is killed with SIGKILL
-``--kills`` times, each after a random delay drawn over the uninterrupted run's duration, and
+``--kills`` times, each after a random delay of 5-40 % of the uninterrupted run's duration, and
 restarted each time with the same arguments. After every kill each checkpoint in the run folder
 must read back whole; at the end both runs' ``metrics.json`` are compared. Writes
 ``kill_resume.json``.
@@ -56,7 +56,7 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
     killed_dir = out / "killed"
     events = []
     for number in range(kills):
-        delay = rng.uniform(0.1, 0.9) * duration
+        delay = rng.uniform(0.05, 0.4) * duration  # a resumed run is shorter: kill early
         process = subprocess.Popen(
             [*command, "--out", str(killed_dir)],
             stdout=subprocess.DEVNULL,
