@@ -4,8 +4,8 @@
         cycada train digits --source usps --target mnist --preset quick --quiet
 
 The command (everything after ``--``; its ``--out`` is added) runs once uninterrupted into
-``OUT/uninterrupted``, then again into ``OUT/killed``, where it is killed with SIGKILL
-``--kills`` times, each after a random delay of 5-40 % of the uninterrupted run's duration, and
+``OUT/uninterrupted``, then again into ``OUT/killed``, where it is killed with SIGKILL up to
+``--kills`` times (each time once it has saved something new, plus a random delay) and
 restarted each time with the same arguments. After every kill each checkpoint in the run folder
 must read back whole; at the end both runs' ``metrics.json`` are compared. Writes
 ``kill_resume.json``.
@@ -50,20 +50,35 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())["final"]
 
 
+def _progress(run_dir: Path) -> set[tuple[str, int]]:
+    """What the run has saved so far: its checkpoints and resume files with their times."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return set()
+    return {(p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if not p.name.startswith(".")}
+
+
 def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) -> dict[str, Any]:
+    """Each attempt runs until the run saves something new (a checkpoint or a resume state),
+    then for a random further 0-40 % of ``duration / kills``, then gets SIGKILL: the kills land
+    at random moments spread over every stage, not all in the first seconds."""
     rng = random.Random(seed)
     _, duration = _run(command, out / "uninterrupted")
     killed_dir = out / "killed"
     events = []
     for number in range(kills):
-        delay = rng.uniform(0.05, 0.4) * duration  # a resumed run is shorter: kill early
+        before = _progress(killed_dir)
         process = subprocess.Popen(
             [*command, "--out", str(killed_dir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        started = time.monotonic()
+        while process.poll() is None and _progress(killed_dir) <= before:
+            time.sleep(0.05)
+        extra = rng.uniform(0.0, 0.4) * duration / kills
         try:
-            process.wait(timeout=delay)
+            process.wait(timeout=extra)
             finished = True  # it completed before the kill: resume has nothing left to do
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
@@ -71,12 +86,20 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
             finished = False
         checked = check_checkpoints(killed_dir) if killed_dir.exists() else []
         events.append(
-            {"kill": number + 1, "after_s": round(delay, 2), "finished": finished, "ok": checked}
+            {
+                "kill": number + 1,
+                "after_s": round(time.monotonic() - started, 2),
+                "finished": finished,
+                "ok": checked,
+            }
         )
+        if finished:
+            break
     _, resumed_seconds = _run(command, killed_dir)
     result = {
         "command": command,
         "kills": events,
+        "killed_mid_run": sum(not event["finished"] for event in events),
         "uninterrupted_seconds": round(duration, 1),
         "final_resume_seconds": round(resumed_seconds, 1),
         "uninterrupted": final_metrics(out / "uninterrupted"),

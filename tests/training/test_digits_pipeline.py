@@ -296,8 +296,7 @@ def test_kill_9_ten_times_every_resume_finishes_with_valid_checkpoints(tmp_path,
         "--target", folder_domain, "--preset", "quick", "--eval-split", "train", "--quiet", *sets,
     ]  # fmt: skip
     result = kill_and_resume(command, tmp_path, kills=10, seed=1)
-    assert len(result["kills"]) == 10
-    assert any(not event["finished"] for event in result["kills"])  # some kills hit mid-run
+    assert result["killed_mid_run"] >= 5  # kills spread over the stages, each after progress
     assert {"source.safetensors", "feature.safetensors"} <= set(result["checkpoints"])
     # resuming restores weights, optimiser and data order from the last finished epoch: the
     # result is the uninterrupted one (the CPU runs are deterministic)
