@@ -64,22 +64,14 @@ def test_real_clip_sampled_at_one_fps_and_every_frame(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [(r["frame_number"], r["time_s"]) for r in rows] == [("0", "0.0"), ("25", "1.0")]
     assert cv2.imread(str(one.frames[0])).shape == (180, 320, 3)
-    every = extract_frames(
-        str(clip),
-        tmp_path / "all",
-        FrameSampling(fps=float("inf"), dedup=0),
-        log=log.append,
-        quiet=True,
-    )
+
+    def every_frame():
+        sampling = FrameSampling(fps=float("inf"), dedup=0)
+        return extract_frames(str(clip), tmp_path / "all", sampling, log=log.append, quiet=True)
+
+    every = every_frame()
     assert len(every.frames) == 38 and every.videos[0].decoded == 38
-    # unchanged videos and sampling: the frames on disk are reused, nothing decoded again
-    again = extract_frames(
-        str(clip),
-        tmp_path / "all",
-        FrameSampling(fps=float("inf"), dedup=0),
-        log=log.append,
-        quiet=True,
-    )
+    again = every_frame()  # unchanged videos and sampling: the frames on disk are reused
     assert again.frames == every.frames and "already extracted" in log[-1]
 
 
