@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from cycada.atomic import write_json_atomic, write_text_atomic
-from cycada.clients.load import LoadResult, run_load
+from cycada.clients.load import LoadResult, infer_waiting, keep_message, run_load
 from cycada.errors import DataError
 
 PERF_ANALYZER_COLUMNS = [
@@ -62,13 +62,26 @@ def bench_input(model: str, height: int, width: int, batch: int = 1) -> BenchInp
     return BenchInput("images", np.ascontiguousarray(np.repeat(frame[None], batch, 0)))
 
 
-def _server_stats(url: str, model: str) -> dict[str, float]:
-    """Cumulative (count, ns) of the model's queue and compute phases."""
+def _server_stats(url: str, model: str, retry_window: float = 60.0) -> dict[str, float]:
+    """Cumulative (count, ns) of the model's queue and compute phases; a restarting server is
+    waited out for ``retry_window`` seconds."""
     import tritonclient.grpc as grpcclient
 
+    from cycada.clients.triton_client import retryable
+
     client = grpcclient.InferenceServerClient(url)
-    stats = client.get_inference_statistics(model, as_json=True)
-    client.close()
+    deadline = time.monotonic() + retry_window
+    try:
+        while True:
+            try:
+                stats = client.get_inference_statistics(model, as_json=True)
+                break
+            except Exception as exc:
+                if not retryable(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        client.close()
     totals: dict[str, float] = {}
     for version in stats.get("model_stats", []):
         inference = version.get("inference_stats", {})
@@ -82,6 +95,10 @@ def _server_stats(url: str, model: str) -> dict[str, float]:
 
 
 def _server_us(before: dict, after: dict) -> dict[str, float]:
+    """Mean µs per request of each phase between two samples. A server restarted in between
+    starts its counters again: then the means cover the requests since the restart."""
+    if after.get("success_count", 0) < before.get("success_count", 0):
+        before = {}
     requests = max(1.0, after.get("success_count", 0) - before.get("success_count", 0))
     return {
         phase: (after.get(f"{phase}_ns", 0) - before.get(f"{phase}_ns", 0)) / requests / 1000
@@ -97,6 +114,7 @@ def run_rate(
     seconds: float,
     warmup_s: float,
     outputs: tuple[str, ...],
+    retry_window: float = 60.0,
 ) -> LoadResult:
     """Open loop: one request every 1/rate s (sent late, never skipped, when behind)."""
     import tritonclient.grpc as grpcclient
@@ -107,6 +125,7 @@ def run_rate(
     wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
     latencies: list[float] = []
     errors = [0]
+    messages: list[str] = []
     lock = threading.Lock()
     start = time.perf_counter() + warmup_s
     total = int((warmup_s + seconds) * rate)
@@ -116,17 +135,14 @@ def run_rate(
         if delay > 0:
             time.sleep(delay)
         sent = time.perf_counter()
-        try:
-            client.infer(model, [tensor], outputs=wanted, client_timeout=60)
-            ok = True
-        except Exception:
-            ok = False
+        error = infer_waiting(client, model, [tensor], wanted, retry_window)
         if sent >= start:
             with lock:
-                if ok:
+                if not error:
                     latencies.append((time.perf_counter() - sent) * 1000)
                 else:
                     errors[0] += 1
+                    keep_message(messages, error)
 
     origin = time.perf_counter()
     with ThreadPoolExecutor(max_workers=64) as pool:
@@ -142,6 +158,7 @@ def run_rate(
         errors[0],
         latencies,
         int(bench.array.nbytes),
+        messages,
     )
 
 
@@ -154,11 +171,12 @@ def served_rows(
     seconds: float,
     warmup_s: float,
     outputs: tuple[str, ...],
+    retry_window: float = 60.0,
 ) -> list[dict]:
     rows = []
     runs = [("concurrency", c) for c in concurrency] + [("rate", r) for r in rates]
     for mode, value in runs:
-        before = _server_stats(url, model)
+        before = _server_stats(url, model, retry_window)
         if mode == "concurrency":
             load = run_load(
                 url,
@@ -169,10 +187,13 @@ def served_rows(
                 warmup_s,
                 input_name=bench.name,
                 outputs=outputs,
+                retry_window=retry_window,
             )
         else:
-            load = run_rate(url, model, bench, float(value), seconds, warmup_s, outputs)
-        server = _server_us(before, _server_stats(url, model))
+            load = run_rate(
+                url, model, bench, float(value), seconds, warmup_s, outputs, retry_window
+            )
+        server = _server_us(before, _server_stats(url, model, retry_window))
         row = {
             "mode": mode,
             "value": value,
@@ -397,6 +418,9 @@ def write_outputs(out: Path, result: dict) -> None:
             f"{row['p90_ms']} | {row['p95_ms']} | {row['p99_ms']} | "
             f"{row['server_queue_us']:.0f} | {compute:.0f} | {row['errors']} |"
         )
+    failures = sorted({m for row in result["served"] for m in row.get("error_messages", [])})
+    if failures:
+        lines += ["", "Errors seen:", *(f"- {message}" for message in failures)]
     lines += [
         "",
         "| in process | batch | /s | p50 ms | p99 ms |",
@@ -427,6 +451,7 @@ def run_bench(
     served: bool = True,
     in_process: bool = True,
     compile_: bool = False,
+    retry_window: float = 60.0,
 ) -> dict:
     model_dir = repository / model
     versions = (
@@ -464,7 +489,7 @@ def run_bench(
                 result["server_memory_mb"] = server.memory_mb()
         else:
             result["served"] = served_rows(
-                url, model, bench, concurrency, rates, seconds, warmup_s, outputs
+                url, model, bench, concurrency, rates, seconds, warmup_s, outputs, retry_window
             )
     if in_process:
         folder = model_dir / str(versions[-1])

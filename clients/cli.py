@@ -168,6 +168,13 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))
     bench.add_argument("--model", default="segment")
     bench.add_argument("--url", help="a running server (default: start one on REPOSITORY)")
+    bench.add_argument(
+        "--retry-window",
+        type=float,
+        default=60.0,
+        help="seconds each request waits out a lost or restarting server before it counts as "
+        "an error (default 60; its latency includes the wait)",
+    )
     bench.add_argument("--size", default="256x512", metavar="HxW")
     bench.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4])
     bench.add_argument("--rate", type=_numbers(float), default=[], help="requests/s, open loop")
@@ -201,6 +208,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         not args.no_served,
         not args.no_in_process,
         args.compile,
+        args.retry_window,
     )
     print((args.out / "bench.md").read_text())
     print(f"bench: results in {args.out}/bench.{{json,csv,md,png}}")

@@ -3,14 +3,20 @@
 Requests are spread over worker processes (each with a few threads making blocking calls), so
 the Python client is not the bottleneck at high throughput. Every worker sends the same
 prepared input and asks only for the outputs named. Latencies are per request, client side.
+
+A lost or restarting server (UNAVAILABLE, e.g. ``cycada serve`` restarting a killed
+tritonserver) is waited out for ``retry_window`` seconds and the request sent again, as the
+user commands do; its latency then includes the wait. Other failures count as errors and the
+first few distinct messages are kept.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +30,7 @@ class LoadResult:
     errors: int
     latencies_ms: list[float]
     request_bytes: int
+    error_messages: list[str] = field(default_factory=list)  # a few distinct ones
 
     @property
     def throughput(self) -> float:
@@ -43,14 +50,44 @@ class LoadResult:
             "requests": self.requests,
             "errors": self.errors,
             "request_bytes": self.request_bytes,
+            "error_messages": self.error_messages,
         }
 
 
-def _worker(url, model, input_name, array, outputs, threads, warmup_s, seconds, queue) -> None:
+MAX_ERROR_MESSAGES = 5
+
+
+def infer_waiting(client, model, tensors, wanted, retry_window: float, timeout: float = 60) -> str:
+    """One request with a lost server waited out; '' on success, else the error's first line."""
+    from cycada.clients.triton_client import retryable
+
+    first_failure, pause = None, 0.1
+    while True:
+        try:
+            client.infer(model, tensors, outputs=wanted, client_timeout=timeout)
+            return ""
+        except Exception as exc:
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            if not retryable(exc) or now - first_failure >= retry_window:
+                return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            time.sleep(random.uniform(0.5, 1.0) * pause)
+            pause = min(2.0, pause * 2)
+
+
+def keep_message(messages: list[str], message: str) -> None:
+    if message not in messages and len(messages) < MAX_ERROR_MESSAGES:
+        messages.append(message)
+
+
+def _worker(
+    url, model, input_name, array, outputs, threads, warmup_s, seconds, retry_window, queue
+) -> None:
     import tritonclient.grpc as grpcclient
 
     latencies: list[float] = []
     errors = [0]
+    messages: list[str] = []
     lock = threading.Lock()
     start = time.perf_counter() + warmup_s
     stop = start + seconds
@@ -64,25 +101,22 @@ def _worker(url, model, input_name, array, outputs, threads, warmup_s, seconds, 
             sent = time.perf_counter()
             if sent >= stop:
                 return
-            try:
-                client.infer(model, [tensor], outputs=wanted, client_timeout=60)
-                ok = True
-            except Exception:
-                ok = False
+            error = infer_waiting(client, model, [tensor], wanted, retry_window)
             done = time.perf_counter()
             if sent >= start and done <= stop:
                 with lock:
-                    if ok:
+                    if not error:
                         latencies.append((done - sent) * 1000)
                     else:
                         errors[0] += 1
+                        keep_message(messages, error)
 
     pool = [threading.Thread(target=loop) for _ in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    queue.put((latencies, errors[0]))
+    queue.put((latencies, errors[0], messages))
 
 
 def run_load(
@@ -95,6 +129,7 @@ def run_load(
     input_name: str = "images",
     outputs: tuple[str, ...] = ("labels",),
     threads_per_process: int = 4,
+    retry_window: float = 60.0,
 ) -> LoadResult:
     """Keep ``concurrency`` requests in flight for ``seconds`` (after ``warmup_s``)."""
     context = multiprocessing.get_context("spawn")
@@ -104,16 +139,30 @@ def run_load(
     while remaining > 0:
         threads = min(threads_per_process, remaining)
         remaining -= threads
-        args = (url, model, input_name, array, outputs, threads, warmup_s, seconds, queue)
+        args = (
+            url,
+            model,
+            input_name,
+            array,
+            outputs,
+            threads,
+            warmup_s,
+            seconds,
+            retry_window,
+            queue,
+        )
         process = context.Process(target=_worker, args=args, daemon=True)
         process.start()
         processes.append(process)
     latencies: list[float] = []
     errors = 0
+    messages: list[str] = []
     for _ in processes:
-        got, failed = queue.get(timeout=warmup_s + seconds + 120)
+        got, failed, seen = queue.get(timeout=warmup_s + seconds + retry_window + 120)
         latencies += got
         errors += failed
+        for message in seen:
+            keep_message(messages, message)
     for process in processes:
         process.join(timeout=30)
     batch = array.shape[0]
@@ -125,4 +174,5 @@ def run_load(
         errors,
         latencies,
         int(array.nbytes),
+        messages,
     )

@@ -47,7 +47,8 @@ class RequestRefused(ServingError):
     """The server refused the request's input (INVALID_ARGUMENT): retrying cannot help."""
 
 
-def _retryable(exc: Exception) -> bool:
+def retryable(exc: Exception) -> bool:
+    """A lost, restarting or overloaded server (or a timeout): worth sending again."""
     if "protocol is restricted" in str(exc):  # a missing or wrong secret: retrying cannot help
         return False
     status = str(getattr(exc, "status", lambda: "")() or "")
@@ -247,11 +248,11 @@ class ModelClient:
                 now = time.monotonic()
                 first_failure = first_failure if first_failure is not None else now
                 lost_region = self.shared_memory and "shared memory region" in message
-                if (_retryable(exc) or lost_region) and self.shared_memory:
+                if (retryable(exc) or lost_region) and self.shared_memory:
                     self._shm_generation += 1  # a restarted server: register the regions again
                 if "INVALID_ARGUMENT" in status and not lost_region:
                     raise RequestRefused(f"'{self.model}' refused the request: {message}") from None
-                give_up = not (_retryable(exc) or lost_region)
+                give_up = not (retryable(exc) or lost_region)
                 if "DEADLINE_EXCEEDED" in status:
                     give_up, deadline_retried, timeout = deadline_retried, True, timeout * 2
                 if give_up or now - first_failure >= self.retry_window:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ from tqdm import tqdm
 
 
 class RunLog:
-    """Progress bars (rate and ETA) on stderr, scalars to TensorBoard under ``OUT/tensorboard``."""
+    """Progress bars (rate and ETA) on stderr; scalars to TensorBoard under ``OUT/tensorboard``
+    and, one JSON object a line, to ``OUT/scalars.jsonl`` (read by tests and by the curves
+    plot without TensorBoard)."""
 
     def __init__(self, out_dir: Path, quiet: bool = False, write: bool = True):
         self.out_dir = out_dir
@@ -40,6 +43,9 @@ class RunLog:
             self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
         for key, value in values.items():
             self.writer.add_scalar(f"{tag}/{key}", value, step)
+        record = {"stage": tag, "step": step, **{k: float(v) for k, v in values.items()}}
+        with open(self.out_dir / "scalars.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
 
     def info(self, message: str) -> None:
         elapsed = time.monotonic() - self.started

@@ -50,8 +50,10 @@ class SegDataConfig:
 
 
 @dataclass(frozen=True)
-class SegSourceConfig:
-    """Source segmenter f_S: SGD lr 1e-3, momentum 0.9, crop 600, batch 8 (DRN: 115k iter.)."""
+class SegSupervisedConfig:
+    """A segmenter trained on labelled images: f_S on the source, then f_T (initialised from
+    f_S) on the translated source with the same recipe. Paper: SGD lr 1e-3, momentum 0.9,
+    crop 600, batch 8 (DRN: 115k iterations)."""
 
     iterations: int = 115000
     batch_size: int = 8
@@ -89,19 +91,6 @@ class SegPixelConfig:
 
 
 @dataclass(frozen=True)
-class SegTargetConfig:
-    """f_T (initialised from f_S) on the translated source, same recipe as the source model."""
-
-    iterations: int = 115000
-    batch_size: int = 8
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    crop: int = 600
-    flip: bool = True
-
-
-@dataclass(frozen=True)
 class SegFeatureConfig:
     """Score-map discriminator 19→512→256→2; SGD momentum 0.99, lr 1e-5; G loss ×0.1; 60% gate."""
 
@@ -129,11 +118,16 @@ class SegRunConfig:
     channels_last: bool = True  # on GPU
     eval_max_samples: int = 0  # cap the evaluation split (0 = all)
     eval_panels: int = 4  # Figure 5-like panels written per evaluation
+    checkpoint_every: int = 200  # steps between resume states (changes no weights)
     data: SegDataConfig = field(default_factory=SegDataConfig)
-    source: SegSourceConfig = field(default_factory=SegSourceConfig)
+    source: SegSupervisedConfig = field(default_factory=SegSupervisedConfig)
     pixel: SegPixelConfig = field(default_factory=SegPixelConfig)
-    target: SegTargetConfig = field(default_factory=SegTargetConfig)
+    target: SegSupervisedConfig = field(default_factory=SegSupervisedConfig)
     feature: SegFeatureConfig = field(default_factory=SegFeatureConfig)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every is {self.checkpoint_every}; expected >= 1")
 
 
 def resolve_seg_config(

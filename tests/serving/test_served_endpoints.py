@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from cycada.clients.bench import bench_input
+from cycada.clients.load import run_load
 from cycada.errors import ServingError
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
@@ -309,8 +312,16 @@ def _tritonserver_of(serve_pid: int, timeout: float = 60.0) -> int:
 def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp_path):
     repository = shutil.copytree(repository, tmp_path / "repo")
     process, grpc_port = _serve(repository)
+    url = f"127.0.0.1:{grpc_port}"
+    bench = bench_input("segment", 16, 16)
+    loads = []  # the bench's closed loop runs across the kill and waits the restart out
+    load = threading.Thread(
+        target=lambda: loads.append(run_load(url, "segment", bench.array, 2, 25.0, 1.0))
+    )
     try:
         first = _tritonserver_of(process.pid)
+        load.start()
+        time.sleep(4)
         os.kill(first, signal.SIGKILL)
         restarted = []
         deadline = time.monotonic() + 120
@@ -325,6 +336,10 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
         tensor = grpcclient.InferInput("images", [1, 16, 16, 3], "UINT8")
         tensor.set_data_from_numpy(np.zeros((1, 16, 16, 3), np.uint8))
         assert client.infer("segment", [tensor]).as_numpy("labels").shape == (1, 16, 16)
+        load.join(120)
+        (result,) = loads
+        assert result.errors == 0 and result.error_messages == []
+        assert result.requests > 0 and max(result.latencies_ms) > 1000  # one waited the restart
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:

@@ -59,7 +59,8 @@ def tiny(scenes, *extra):
 
 
 def test_full_seg_run(tmp_path, scenes):
-    metrics = run_seg(tiny(scenes), tmp_path, quiet=True)
+    config = tiny(scenes, "target.iterations=20", "target.poly_power=0.9")
+    metrics = run_seg(config, tmp_path, quiet=True)
     assert list(metrics["stages"]) == ["source", "target", "feature"]
     for stage in metrics["stages"].values():
         target = stage["target"]
@@ -77,11 +78,17 @@ def test_full_seg_run(tmp_path, scenes):
     assert list((tmp_path / "samples").glob("pixel_step*.png"))
     for stage in ("source", "pixel", "target", "feature"):
         assert (tmp_path / "checkpoints" / f"{stage}.safetensors").exists()
-    again = run_seg(tiny(scenes), tmp_path, quiet=True)  # everything finished: nothing reruns
+    # f_T follows its own poly schedule (the target stage once ignored target.poly_power)
+    scalars = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]
+    target_lr = {row["step"]: row["lr"] for row in scalars if row["stage"] == "target"}
+    base = config.target.lr
+    assert target_lr[10] == pytest.approx(base * (1 - 9 / 20) ** 0.9)
+    assert target_lr[20] == pytest.approx(base * (1 - 19 / 20) ** 0.9)
+    again = run_seg(config, tmp_path, quiet=True)  # everything finished: nothing reruns
     assert again["final"] == metrics["final"]
     # all five stages, the translate stage included (its manifest carries the fingerprint)
     assert (tmp_path / "log.txt").read_text().count("finished output found") == 5
-    run_seg(tiny(scenes), tmp_path, stages=["feature"], quiet=True)  # one stage of a finished run
+    run_seg(config, tmp_path, stages=["feature"], quiet=True)  # one stage of a finished run
     assert (tmp_path / "log.txt").read_text().count("finished output found") == 10
 
     out = tmp_path / "eval-cli"

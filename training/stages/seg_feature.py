@@ -23,8 +23,6 @@ from cycada.training.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
 from cycada.training.models.segmenters import Segmenter
 from cycada.training.seg_run import SegRun
 
-CHECKPOINT_EVERY = 200
-
 
 class ScoreMapDiscriminator(nn.Module):
     def __init__(self, num_classes: int, channels: tuple[int, ...] = (512, 256)):
@@ -114,7 +112,7 @@ def train_seg_feature(
         if (iteration + 1) % 10 == 0:
             bar.set_postfix(d_acc=f"{sum(accuracies) / len(accuracies):.2f}", updates=updates_total)
             run.log.scalars("feature", values, iteration + 1)
-        if (iteration + 1) % CHECKPOINT_EVERY == 0:
+        if (iteration + 1) % run.config.checkpoint_every == 0:
             resume.save(iteration + 1, {"updates_total": updates_total})
         if (iteration + 1) % epoch_length == 0:
             if updates_this_pass == 0:

@@ -19,8 +19,6 @@ from cycada.training.seg_run import SegRun
 from cycada.training.stages.pixel import PixelAdaptation, write_samples
 from cycada.training.visuals import write_png
 
-CHECKPOINT_EVERY = 200
-
 
 def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     cfg = run.config.pixel
@@ -54,7 +52,7 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
             run.log.scalars("pixel", losses, step + 1)
         if (step + 1) % cfg.sample_every == 0 or step + 1 == total:
             write_samples(run.out_dir, pixel, x_src[:2], x_tgt[:2], step + 1, scale=1)
-        if (step + 1) % CHECKPOINT_EVERY == 0:
+        if (step + 1) % run.config.checkpoint_every == 0:
             resume.save(step + 1)
     bar.close()
     resume.finish()

@@ -9,10 +9,8 @@ from cycada.training.data.seg_transforms import SegTransform
 from cycada.training.data.segmentation import SegmentationSet
 from cycada.training.losses import TaskLoss
 from cycada.training.models.segmenters import Segmenter
-from cycada.training.seg_config import SegSourceConfig, SegTargetConfig
+from cycada.training.seg_config import SegSupervisedConfig
 from cycada.training.seg_run import SegRun
-
-CHECKPOINT_EVERY = 200  # iterations between resume states
 
 
 def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
@@ -25,7 +23,7 @@ def train_segmenter(
     generator: torch.Generator,
     model: Segmenter,
     dataset: SegmentationSet,
-    cfg: SegSourceConfig | SegTargetConfig,
+    cfg: SegSupervisedConfig,
 ) -> Segmenter:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -38,12 +36,11 @@ def train_segmenter(
     transform = SegTransform(run.config.data.resize_width, cfg.crop, cfg.crop, cfg.flip)
     batches = run.batches(dataset, transform, cfg.batch_size, generator)
     task_loss = TaskLoss()
-    power = getattr(cfg, "poly_power", 0.0)
     bar = run.log.progress(cfg.iterations, stage, initial=start)
     model.train()
     for iteration in range(start, cfg.iterations):
         for group in optimizer.param_groups:
-            group["lr"] = poly_lr(cfg.lr, iteration, cfg.iterations, power)
+            group["lr"] = poly_lr(cfg.lr, iteration, cfg.iterations, cfg.poly_power)
         batch = next(batches)
         labels = batch["label"].to(run.device, non_blocking=True)
         with run.autocast():
@@ -61,7 +58,7 @@ def train_segmenter(
                 {"task_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]},
                 iteration + 1,
             )
-        if (iteration + 1) % CHECKPOINT_EVERY == 0:
+        if (iteration + 1) % run.config.checkpoint_every == 0:
             resume.save(iteration + 1)
     bar.close()
     resume.finish()
