@@ -225,7 +225,25 @@ def test_digits_run_serves_class_ids_and_probabilities(tmp_path, tmp_path_factor
     assert "classify_digits" in report.versions and all(row.ok for row in report.rows)
     info = json.loads((repo / "classify_digits" / "1" / "endpoint.json").read_text())
     digits = rng.integers(0, 256, (5, 28, 28, info["in_channels"]), np.uint8)
+    channels = info["in_channels"]
+    bad_requests = [  # (array, datatype, what the refusal says)
+        (np.zeros((1, 28, 28, channels), np.float32), "FP32", "expects 'UINT8'"),
+        (np.zeros((1, 28, 28, channels + 1), np.uint8), "UINT8", "shape"),
+        (np.zeros((1, 0, 28, channels), np.uint8), "UINT8", "empty"),
+        (np.zeros((257, 28, 28, channels), np.uint8), "UINT8", "batch"),
+        (np.zeros((1, 4200, 4200, channels), np.uint8), "UINT8", "limit"),
+        # 65 images of 1024x1024: each within the image limit, the request over its budget
+        (np.zeros((65, 1024, 1024, channels), np.uint8), "UINT8", "over the request limit"),
+    ]
     with TritonServer(options(repo, models=["classify_digits"])) as running:
+        for array, datatype, message in bad_requests:
+            with pytest.raises(InferenceServerException, match=message) as refused:
+                infer(running, "classify_digits", array, datatype=datatype)
+            assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", message
+            assert infer(running, "classify_digits", digits[:1]).as_numpy("class_ids").shape == (
+                1,
+                1,
+            )
         result = infer(running, "classify_digits", digits)
     expected = local(repo, "classify_digits", digits)
     np.testing.assert_array_equal(result.as_numpy("class_ids"), expected["class_ids"])
