@@ -59,8 +59,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     parser.add_argument(
         "--mode",
-        choices=["staged", "joint"],
-        help="staged: stages 2-4 one after another; joint: one loop (Eq. 7)",
+        choices=["staged", "joint", "alternating"],
+        help="staged: stages 2-4 one after another; joint: one loop on Eq. 7's single objective "
+        "(f_T's losses reach G_S→T); alternating: one loop, pixel then feature steps",
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

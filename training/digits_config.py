@@ -83,8 +83,12 @@ class FeatureStageConfig:
     batch_size: int = 128
     lr: float = 1e-5
     disc_lr: float = 0.0  # 0 = same as lr
-    beta1: float = 0.5
+    beta1: float = 0.9  # the reference's ADDA step: Adam betas (0.9, 0.999)
     beta2: float = 0.999
+    # train: f_T and the frozen source-side copy both in train mode (dropout, batch statistics),
+    # as the reference runs them, so D_feat cannot tell the domains apart by dropout noise;
+    # eval: both in eval mode; asymmetric: copy in eval, f_T in train (kept for comparison)
+    network_mode: Literal["train", "eval", "asymmetric"] = "train"
     disc_input: Literal["scores", "features"] = "scores"
     gate_threshold: float = 0.6
     gate_window: int = 1  # batches over which the discriminator accuracy is averaged
@@ -96,8 +100,11 @@ class FeatureStageConfig:
 class DigitsRunConfig:
     task: Literal["digits"] = "digits"
     model: Literal["auto", "lenet", "dtn"] = "auto"
-    mode: Literal["staged", "joint"] = "staged"
-    joint_epochs: int = 20  # joint mode: epochs of the single loop running stages 2-4 (Eq. 7)
+    # staged: stages 2-4 one after another; joint: one loop on Eq. 7's single objective (f_T's
+    # losses reach G_S→T); alternating: one loop, pixel step then stage-4 step, G detached
+    mode: Literal["staged", "joint", "alternating"] = "staged"
+    joint_epochs: int = 20  # joint/alternating: epochs of the single loop running stages 2-4
+    joint_generator_weight: float = 1.0  # joint: scale of f_T's gradients reaching G_S→T
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1000

@@ -38,7 +38,7 @@ ALL_STAGES = ("source", "pixel", "target", "feature", "joint")
 
 def stage_plan(config: DigitsRunConfig) -> list[str]:
     """The stages a config runs, in order."""
-    if config.mode == "joint":
+    if config.mode in ("joint", "alternating"):
         return ["source", "joint"]
     plan = ["source"]
     if config.pixel.enabled:

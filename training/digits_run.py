@@ -165,7 +165,7 @@ class DigitsRun(StageStore):
         if stage in ("feature", "joint"):
             parts.append(c.feature)
         if stage == "joint":
-            parts.append({"joint_epochs": c.joint_epochs})
+            parts.append({"joint_epochs": c.joint_epochs, "weight": c.joint_generator_weight})
         return configs.fingerprint(*parts)
 
     def checkpoint_meta(self) -> dict[str, Any]:

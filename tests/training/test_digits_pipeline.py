@@ -109,13 +109,21 @@ def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):
         run_digits(tiny_config(folder_domain), tmp_path, stages=["pixel"], quiet=True)
 
 
-def test_joint_mode(tmp_path, folder_domain):
+@pytest.mark.parametrize("mode", ["joint", "alternating"])
+def test_joint_modes(tmp_path, folder_domain, mode):
     metrics = run_digits(
-        tiny_config(folder_domain, mode="joint", joint_epochs=1), tmp_path, quiet=True
+        tiny_config(folder_domain, mode=mode, joint_epochs=2), tmp_path, quiet=True
     )
     assert list(metrics["stages"]) == ["source", "joint"]
-    _, meta = read_header(tmp_path / "checkpoints" / "joint.safetensors")
-    assert meta["stage"] == "joint"
+    config, meta = read_header(tmp_path / "checkpoints" / "joint.safetensors")
+    assert meta["stage"] == "joint" and config["mode"] == mode
+    logged = {
+        key
+        for line in (tmp_path / "scalars.jsonl").read_text().splitlines()
+        for key in json.loads(line)
+    }
+    # only the joint objective sends f_T's feature-GAN term into G_S→T
+    assert ("gen_source_side" in logged) == (mode == "joint")
 
 
 def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain):

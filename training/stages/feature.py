@@ -39,7 +39,7 @@ class FeatureAdaptation(nn.Module):
         # joint mode (Eq. 7) trains f_T on translated source at every step, gate open or not
         self.task_always = task_always
         self.task_tgt = task_tgt
-        self.reference = reference.eval()
+        self.reference = reference
         for parameter in self.reference.parameters():
             parameter.requires_grad_(False)
         width = task_tgt.num_classes if cfg.disc_input == "scores" else task_tgt.feature_dim
@@ -54,8 +54,13 @@ class FeatureAdaptation(nn.Module):
         self.accuracies: deque[float] = deque(maxlen=cfg.gate_window)
 
     def train(self, mode: bool = True) -> FeatureAdaptation:
+        """Training puts f_T and the frozen copy in the modes ``cfg.network_mode`` names; the
+        discriminator always trains."""
         super().train(mode)
-        self.reference.eval()
+        if mode and self.cfg.network_mode == "eval":
+            self.task_tgt.eval()
+        if mode and self.cfg.network_mode != "train":
+            self.reference.eval()
         return self
 
     def _represent(self, net: DigitTaskNet, x: torch.Tensor) -> torch.Tensor:
@@ -68,16 +73,13 @@ class FeatureAdaptation(nn.Module):
             and sum(self.accuracies) / len(self.accuracies) > self.cfg.gate_threshold
         )
 
-    def step(
-        self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor
-    ) -> dict[str, float]:
-        """D_feat update, then (if the gate is open) an f_T update. Returns logged values."""
-        cfg = self.cfg
+    def update_discriminator(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, float]:
+        """One D_feat step: the frozen copy on (translated) source against f_T on target."""
         with torch.no_grad():
             source_repr = self._represent(self.reference, x_src)
-        target_repr = self._represent(self.task_tgt, x_tgt)
+            target_repr = self._represent(self.task_tgt, x_tgt)
         source_out = self.disc_feat(source_repr)
-        target_out = self.disc_feat(target_repr.detach())
+        target_out = self.disc_feat(target_repr)
         loss_disc = self.gan_loss(source_out, SOURCE_DOMAIN) + self.gan_loss(
             target_out, TARGET_DOMAIN
         )
@@ -86,23 +88,45 @@ class FeatureAdaptation(nn.Module):
         self.opt_disc.step()
         accuracy = domain_accuracy(source_out.detach(), target_out.detach())
         self.accuracies.append(accuracy)
-        values = {"disc_loss": loss_disc.item(), "disc_accuracy": accuracy, "updated": 0.0}
-        gate = self.gate_open()
-        if not gate and not self.task_always:
-            return values
+        return {"disc_loss": loss_disc.item(), "disc_accuracy": accuracy}
+
+    def task_objective(
+        self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor, gate: bool
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """f_T's loss: the inverted domain label on target (when the gate is open) plus the task
+        loss on (translated) source. Gradients reach whatever produced ``x_src``."""
+        cfg = self.cfg
         total = torch.zeros((), device=x_tgt.device)
+        values: dict[str, float] = {"updated": float(gate)}
         if gate:
-            loss_gen = self.gan_loss(self.disc_feat(target_repr), SOURCE_DOMAIN)  # inverted label
+            scores = self.disc_feat(self._represent(self.task_tgt, x_tgt))
+            loss_gen = self.gan_loss(scores, SOURCE_DOMAIN)  # inverted label
             total = total + cfg.generator_weight * loss_gen
-            values.update(gen_loss=loss_gen.item(), updated=1.0)
+            values["gen_loss"] = loss_gen.item()
         if cfg.task_weight > 0 or self.task_always:
             loss_task = self.task_loss(self.task_tgt(x_src), y_src)
             total = total + max(cfg.task_weight, float(self.task_always)) * loss_task
             values["task_loss"] = loss_task.item()
+        return total, values
+
+    def source_side_loss(self, x_src: torch.Tensor) -> torch.Tensor:
+        """Eq. 5's term for G_S→T (joint mode): the frozen copy's representation of translated
+        source, pushed to look like target to D_feat (the min player's side of the source set)."""
+        return self.gan_loss(self.disc_feat(self._represent(self.reference, x_src)), TARGET_DOMAIN)
+
+    def step(
+        self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor
+    ) -> dict[str, float]:
+        """D_feat update, then (if the gate is open) an f_T update. Returns logged values."""
+        values = self.update_discriminator(x_src, x_tgt)
+        gate = self.gate_open()
+        if not gate and not self.task_always:
+            return {**values, "updated": 0.0}
+        total, task_values = self.task_objective(x_src, y_src, x_tgt, gate)
         self.opt_task.zero_grad(set_to_none=True)
         total.backward()
         self.opt_task.step()
-        return values
+        return {**values, **task_values}
 
 
 def train_feature(

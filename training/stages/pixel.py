@@ -8,6 +8,7 @@ loss with the frozen source model f_S. One explicit step: generators first, then
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -77,15 +78,26 @@ class PixelAdaptation(nn.Module):
         return {name: getattr(self, name) for name in PIXEL_NETWORKS}
 
     def step(
-        self, x_src: torch.Tensor, x_tgt: torch.Tensor
+        self,
+        x_src: torch.Tensor,
+        x_tgt: torch.Tensor,
+        extra_loss: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
     ) -> tuple[dict[str, float], torch.Tensor]:
-        """One generator update, then one discriminator update. Returns losses and G_S→T(x_src)."""
+        """One generator update, then one discriminator update. Returns losses and G_S→T(x_src).
+
+        ``extra_loss(G_S→T(x_src))`` (joint mode) adds terms of other networks to the generator
+        objective before the one backward pass, so their gradients reach G_S→T too; the caller
+        zeroes and steps those networks' optimizers."""
         discs = [self.disc_src, self.disc_tgt]
         autocast = torch.autocast(x_src.device.type, dtype=torch.float16, enabled=self.amp)
         # --- generators: fool D_T and D_S, reconstruct, keep f_S's labels (Eqs. 2-4)
         _set_requires_grad(discs, False)
         with autocast:
             losses, total, fake_tgt, fake_src = self._generator_losses(x_src, x_tgt)
+            if extra_loss is not None:
+                extra, extra_values = extra_loss(fake_tgt)
+                total = total + extra
+                losses.update(extra_values)
         self.opt_gen.zero_grad(set_to_none=True)
         self.scaler_gen.scale(total).backward()
         if self.grad_sync is not None:

@@ -1,0 +1,156 @@
+"""Tests that fail on a broken method: a flipped sign, a swapped domain label, a detached
+generator. Each runs single steps of the real stage code on tiny networks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+
+from cycada.training.digits_config import FeatureStageConfig, PixelStageConfig
+from cycada.training.losses.feature_gan import SOURCE_DOMAIN
+from cycada.training.models.task_nets import build_task_net
+from cycada.training.stages.feature import FeatureAdaptation
+from cycada.training.stages.joint import joint_step
+from cycada.training.stages.pixel import PixelAdaptation
+
+PIXEL = PixelStageConfig(
+    image_size=28, generator_width=8, discriminator_width=8, lr=1e-3, pool_size=0
+)
+
+
+def _toy_shift(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source: bright strokes on dark; target: the same kind of images, inverted."""
+    rng = torch.Generator().manual_seed(seed)
+    source = -torch.ones(n, 1, 28, 28)
+    for i in range(n):
+        row, col = torch.randint(4, 20, (2,), generator=rng).tolist()
+        source[i, :, row : row + 6, 4:24] = 1.0
+        source[i, :, 4:24, col : col + 4] = 1.0
+    target = -source.roll(1, 0)
+    labels = torch.randint(0, 10, (n,), generator=rng)
+    return source, target, labels
+
+
+def _pixel(cfg: PixelStageConfig, task_src=None) -> PixelAdaptation:
+    torch.manual_seed(0)
+    return PixelAdaptation(cfg, 1, task_src, torch.Generator().manual_seed(0))
+
+
+def _generator_adversarial_losses(pixel: PixelAdaptation, disc_tgt, disc_src, x_src, x_tgt):
+    """(G_S→T against D_T, G_T→S against D_S), each generator's fakes labelled real."""
+    with torch.no_grad():
+        return (
+            pixel.gan_loss(disc_tgt(pixel.gen_src2tgt(x_src)), True).item(),
+            pixel.gan_loss(disc_src(pixel.gen_tgt2src(x_tgt)), True).item(),
+        )
+
+
+def test_pixel_step_lowers_the_generators_adversarial_loss_and_sharpens_the_discriminators():
+    x_src, x_tgt, _ = _toy_shift()
+    # Eq. 2's log-likelihood form: monotone in the logits, so a flipped label cannot also lower
+    # it (least squares can, from outputs below 0)
+    cfg = dataclasses.replace(PIXEL, lambda_cycle=0.0, lambda_semantic=0.0, gan_mode="vanilla")
+    pixel = _pixel(cfg)
+    pixel.train()
+    old_disc_tgt, old_disc_src = copy.deepcopy(pixel.disc_tgt), copy.deepcopy(pixel.disc_src)
+    before = _generator_adversarial_losses(pixel, old_disc_tgt, old_disc_src, x_src, x_tgt)
+    with torch.no_grad():
+        fakes = pixel.gen_src2tgt(x_src)
+        disc_before = pixel.gan_loss(old_disc_tgt(x_tgt), True) + pixel.gan_loss(
+            old_disc_tgt(fakes), False
+        )
+    pixel.step(x_src, x_tgt)
+    # the generators moved against the discriminators they saw: those are fooled more now
+    after = _generator_adversarial_losses(pixel, old_disc_tgt, old_disc_src, x_src, x_tgt)
+    assert after[0] < before[0] and after[1] < before[1]
+    # D_T moved towards real target = True, translated source = False
+    with torch.no_grad():
+        disc_after = pixel.gan_loss(pixel.disc_tgt(x_tgt), True) + pixel.gan_loss(
+            pixel.disc_tgt(fakes), False
+        )
+    assert disc_after < disc_before
+
+
+def _feature(cfg: FeatureStageConfig, seed: int = 0) -> FeatureAdaptation:
+    torch.manual_seed(seed)
+    net = build_task_net("lenet")
+    return FeatureAdaptation(cfg, copy.deepcopy(net), copy.deepcopy(net))
+
+
+def test_closed_gate_leaves_f_t_unchanged_and_an_open_gate_moves_it_towards_source():
+    x_src, x_tgt, labels = _toy_shift()
+    closed = _feature(FeatureStageConfig(gate_threshold=1.0, task_weight=0.0))
+    closed.train()
+    before = copy.deepcopy(closed.task_tgt.state_dict())
+    for _ in range(3):
+        values = closed.step(x_src, labels, x_tgt)
+        assert values["updated"] == 0.0
+    for name, tensor in closed.task_tgt.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+
+    # open gate, no task loss, eval-mode networks (no dropout noise): one f_T step must make
+    # D_feat (held fixed) call the target representation "source" more often than before
+    cfg = FeatureStageConfig(gate_threshold=0.0, task_weight=0.0, lr=1e-3, network_mode="eval")
+    opened = _feature(cfg)
+    opened.train()
+    opened.update_discriminator(x_src, x_tgt)
+    disc = copy.deepcopy(opened.disc_feat)
+
+    def source_probability() -> float:
+        with torch.no_grad():
+            return disc(opened.task_tgt(x_tgt)).softmax(1)[:, SOURCE_DOMAIN].mean().item()
+
+    prob_before = source_probability()
+    loss, values = opened.task_objective(x_src, labels, x_tgt, gate=True)
+    opened.opt_task.zero_grad()
+    loss.backward()
+    opened.opt_task.step()
+    assert values["updated"] == 1.0 and source_probability() > prob_before
+
+
+def test_network_modes_put_both_networks_in_the_same_mode():
+    for mode, expected in (("train", (True, True)), ("eval", (False, False))):
+        adaptation = _feature(FeatureStageConfig(network_mode=mode)).train()
+        assert (adaptation.task_tgt.training, adaptation.reference.training) == expected
+        assert adaptation.disc_feat.training
+    asymmetric = _feature(FeatureStageConfig(network_mode="asymmetric")).train()
+    assert asymmetric.task_tgt.training and not asymmetric.reference.training
+
+
+def _joint_after_one_step(weight: float):
+    x_src, x_tgt, labels = _toy_shift()
+    torch.manual_seed(1)
+    task = build_task_net("lenet")
+    pixel = _pixel(PIXEL, task)
+    cfg = FeatureStageConfig(gate_threshold=0.0, network_mode="eval")
+    feature = FeatureAdaptation(cfg, copy.deepcopy(task), copy.deepcopy(task), task_always=True)
+    pixel.train()
+    feature.train()
+    feature.update_discriminator(x_src, x_tgt)  # an accuracy on record: the gate can open
+    torch.manual_seed(2)
+    values = joint_step(pixel, feature, x_src, labels, x_tgt, weight)
+    return pixel, feature, values
+
+
+def test_joint_mode_sends_f_t_gradients_into_the_generator():
+    x_src, x_tgt, _ = _toy_shift()
+    detached, _, _ = _joint_after_one_step(0.0)
+    joint, _, values = _joint_after_one_step(1.0)
+    assert "task_loss" in values and "gen_source_side" in values and "cycle" in values
+    # weight 0: G_S→T sees only the pixel terms, exactly as a plain pixel step would leave it
+    torch.manual_seed(1)
+    plain = _pixel(PIXEL, build_task_net("lenet"))  # the same f_S for the semantic loss
+    plain.train()
+    torch.manual_seed(2)
+    plain.step(x_src, x_tgt)
+    for name, tensor in detached.gen_src2tgt.state_dict().items():
+        torch.testing.assert_close(tensor, plain.gen_src2tgt.state_dict()[name], msg=name)
+    # weight 1: f_T's task and feature-GAN terms changed G_S→T's update
+    moved = [
+        not torch.equal(tensor, detached.gen_src2tgt.state_dict()[name])
+        for name, tensor in joint.gen_src2tgt.state_dict().items()
+        if tensor.is_floating_point()
+    ]
+    assert any(moved)
