@@ -147,14 +147,21 @@ def register(
     parser = ablate.add_parser(
         "digits",
         help="the ablation rows of Table 3 into one results table",
-        description="Runs source only; no feature, no semantic; no feature; no cycle; no pixel; "
-        "full. Shared stages are trained once.",
+        description="Runs Table 3's rows (source only; no feature, no semantic; no feature; no "
+        "cycle; no pixel; full), the equal-iterations source-only control and the "
+        "target-supervised row; --rows adds joint and alternating. Shared stages are trained "
+        "once.",
         epilog="example:\n  cycada ablate digits --source usps --target mnist --preset quick "
         "--target-split test --out runs/ablation",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_options(parser)
-    parser.add_argument("--rows", help="comma-separated subset of rows (default: all)")
+    parser.add_argument(
+        "--rows",
+        help="comma-separated rows: source_only, control, no_feat_no_semantic, no_feat, no_cycle, "
+        "no_pixel, full, joint, alternating, target_supervised (default: all but joint and "
+        "alternating)",
+    )
     parser.set_defaults(handler=cmd_ablate_digits)
 
     parser = evaluate.add_parser(

@@ -128,14 +128,26 @@ def test_joint_modes(tmp_path, folder_domain, mode):
 
 def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain):
     config = tiny_config(folder_domain, "feature.max_epochs=1")
-    table = run_ablation(config, tmp_path, rows=["source_only", "no_feat", "full"], quiet=True)
+    names = ["source_only", "control", "no_feat", "full", "target_supervised"]
+    table = run_ablation(config, tmp_path, rows=names, quiet=True)
     assert "| Source only |" in table and "| CyCADA (Full) |" in table
+    assert "| Target fully supervised (trained on the evaluation images) |" in table
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["row"] for r in rows] == ["source_only", "no_feat", "full"]
+    assert [r["row"] for r in rows] == names
+    # the control trains f_S alone for as many steps as f_S and f_T get in the full row:
+    # 96 source images in batches of 32 → 3 steps an epoch; 2 source + 1 target epochs; one
+    # feature epoch of max(96, 80) // 32 = 3 steps → 12 steps = 4 epochs
+    by_row = {r["row"]: r for r in rows}
+    assert by_row["control"]["source_epochs"] == 4 and by_row["source_only"]["source_epochs"] == 2
+    supervised = json.loads((tmp_path / "target_supervised" / "metrics.json").read_text())
+    source_only = json.loads((tmp_path / "source_only" / "metrics.json").read_text())
+    assert supervised["source"] == supervised["target"]
+    assert supervised["model"] == source_only["model"]  # the rows' network, not re-chosen
     assert (tmp_path / "results.csv").read_text().startswith("row,model,")
     # the source model is trained once, the pixel stage once for no_feat and full
     assert "reusing" in (tmp_path / "full" / "log.txt").read_text()
-    assert len(list((tmp_path / "_stage_cache").glob("source-*"))) == 1
+    # source models: one shared by source_only/no_feat/full, the control's, target-supervised's
+    assert len(list((tmp_path / "_stage_cache").glob("source-*"))) == 3
     assert len(list((tmp_path / "_stage_cache").glob("pixel-*"))) == 1
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert list(full["stages"]) == ["source", "pixel", "target", "feature"]  # reused ones too
