@@ -87,7 +87,7 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
     from cycada.training.seg_pipeline import run_seg
 
     started = time.perf_counter()
-    data = out / "data"
+    data = (out / "data").resolve()  # absolute: the run's config.yaml repeats it from anywhere
     count, size = (12, (128, 64)) if smoke else (160, (256, 128))
     if video is None:
         t = _step(1, f"synthetic scenes: {count} game-style (labelled) → {count} camera-style")

@@ -167,13 +167,16 @@ def resolve(
     config_file: str | None = None,
     sets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults ← preset YAML (``<task>-<preset>.yaml``) ← user YAML ← overrides ← ``--set``."""
+    """Defaults ← ``defaults`` (a command's own, e.g. $CYCADA_DATA) ← preset YAML
+    (``<task>-<preset>.yaml``) ← user YAML ← overrides ← ``--set``. A run's ``config.yaml``
+    given as the user YAML therefore repeats that run, whatever the command's defaults."""
     preset_path = preset_dir / f"{task}-{preset}.yaml"
     if not preset_path.is_file():
         names = sorted(p.stem.split("-", 1)[1] for p in preset_dir.glob(f"{task}-*.yaml"))
         raise ConfigError(f"unknown preset '{preset}' (valid: {', '.join(names)})")
-    data = load_yaml(preset_path)
+    data = merge(defaults or {}, load_yaml(preset_path))
     if config_file:
         data = merge(data, load_yaml(config_file))
     data = merge(data, overrides or {})

@@ -15,20 +15,17 @@ DEFAULT_DATA_ROOT = os.environ.get("CYCADA_DATA", "../shared/data")
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
-        default="usps",
         metavar="NAME",
-        help=f"labelled source domain: {', '.join(DIGIT_DATASETS)}",
+        help=f"labelled source domain (default usps): {', '.join(DIGIT_DATASETS)}",
     )
     parser.add_argument(
         "--target",
-        default="mnist",
         metavar="NAME",
-        help="target domain, labels never used (same names; folder:PATH of images without class "
-        "subfolders is unlabelled)",
+        help="target domain (default mnist), labels never used (same names; folder:PATH of "
+        "images without class subfolders is unlabelled)",
     )
     parser.add_argument(
         "--data-root",
-        default=DEFAULT_DATA_ROOT,
         help="folder holding the data files (default: $CYCADA_DATA or ../shared/data)",
     )
     parser.add_argument(
@@ -68,15 +65,19 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    data = {"source": args.source, "target": args.target, "data_root": args.data_root}
-    for key in ("source_split", "target_split", "eval_split", "eval_set"):
+    """Options given on the command line override the preset and ``--config``; options left out
+    keep what ``--config`` (e.g. a run's ``config.yaml``) says."""
+    data = {}
+    keys = ("source", "target", "data_root", "source_split", "target_split", "eval_split")
+    for key in (*keys, "eval_set"):
         if getattr(args, key):
             data[key] = getattr(args, key)
     overrides: dict = {"data": data}
     for key in ("seed", "device", "mode"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    return resolve_digits_config(args.preset, args.config, args.sets, overrides)
+    defaults = {"data": {"source": "usps", "target": "mnist", "data_root": DEFAULT_DATA_ROOT}}
+    return resolve_digits_config(args.preset, args.config, args.sets, overrides, defaults)
 
 
 def cmd_train_digits(args: argparse.Namespace) -> int:

@@ -124,8 +124,9 @@ def resolve_digits_config(
     config_file: str | None = None,
     sets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> DigitsRunConfig:
-    """Defaults ← preset YAML ← user YAML ← explicit overrides ← ``--set`` flags."""
+    """Defaults ← ``defaults`` ← preset YAML ← user YAML ← explicit overrides ← ``--set``."""
     return configs.resolve(
-        DigitsRunConfig, PRESET_DIR, "digits", preset, config_file, sets, overrides
+        DigitsRunConfig, PRESET_DIR, "digits", preset, config_file, sets, overrides, defaults
     )

@@ -38,15 +38,14 @@ def _with_format(
 def add_seg_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
-        default="gta5",
         metavar="NAME",
-        help=f"labelled source domain: {', '.join(SEG_DATASETS)}",
+        help=f"labelled source domain (default gta5): {', '.join(SEG_DATASETS)}",
     )
     parser.add_argument(
         "--target",
-        default="cityscapes",
         metavar="NAME",
-        help="target domain, its labels never used: the same names, or unlabelled "
+        help="target domain (default cityscapes), its labels never used: the same names, or "
+        "unlabelled "
         "folder:IMAGES or video:PATH (a video, a folder of videos, or a text file listing them)",
     )
     parser.add_argument(
@@ -54,7 +53,9 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
         choices=["drn26", "fcn8s", "fastscnn"],
         help="drn26 (paper B, default), fcn8s (paper A), fastscnn (CPU/edge)",
     )
-    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    parser.add_argument(
+        "--data-root", help="folder holding the data sets (default: $CYCADA_DATA or ../shared/data)"
+    )
     parser.add_argument("--source-root", help="folder of the source domain (default --data-root)")
     parser.add_argument("--target-root", help="folder of the target domain (default --data-root)")
     parser.add_argument("--preset", default="paper", choices=preset_names("seg"))
@@ -92,8 +93,13 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
 
 
 def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
-    data = {"source": args.source, "target": args.target, "data_root": args.data_root}
+    """Options given on the command line override the preset and ``--config``; options left out
+    keep what ``--config`` (e.g. a run's ``config.yaml``) says."""
+    data = {}
     for key in (
+        "source",
+        "target",
+        "data_root",
         "source_split",
         "target_split",
         "eval_split",
@@ -111,7 +117,8 @@ def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
     for key in ("model", "seed", "device", "backbone_weights"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    return resolve_seg_config(args.preset, args.config, args.sets, overrides)
+    defaults = {"data": {"data_root": DEFAULT_DATA_ROOT}}
+    return resolve_seg_config(args.preset, args.config, args.sets, overrides, defaults)
 
 
 SEG_TABLE4_ROWS = {"source_only": "Source only", "oracle": "Oracle (train on target)"}

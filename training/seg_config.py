@@ -135,6 +135,9 @@ def resolve_seg_config(
     config_file: str | None = None,
     sets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> SegRunConfig:
-    """Defaults ← preset YAML ← user YAML ← explicit overrides ← ``--set`` flags."""
-    return configs.resolve(SegRunConfig, PRESET_DIR, "seg", preset, config_file, sets, overrides)
+    """Defaults ← ``defaults`` ← preset YAML ← user YAML ← explicit overrides ← ``--set``."""
+    return configs.resolve(
+        SegRunConfig, PRESET_DIR, "seg", preset, config_file, sets, overrides, defaults
+    )

@@ -469,6 +469,14 @@ def test_demo_smoke_runs_every_step(tmp_path):
     assert (out / "bench" / "bench.json").exists()
     assert (out / "model_repository" / "segment" / "1" / "model.onnx").exists()
     assert "[8/8] stopping the server" in done.stdout
+    # the run's config.yaml is the config that ran: given back, it finds every stage finished
+    config_file = out / "run" / "config.yaml"
+    assert f"data_root: {out / 'data'}" in config_file.read_text()
+    log_before = (out / "run" / "log.txt").read_text().count("finished output found")
+    again = cycada("train", "seg", "--config", str(config_file), "--out", str(out / "run"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = (out / "run" / "log.txt").read_text()
+    assert log.count("finished output found") == log_before + 5
 
 
 def test_demo_smoke_adapts_to_the_given_video(tmp_path):
