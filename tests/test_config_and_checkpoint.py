@@ -19,6 +19,38 @@ def test_presets_resolve_and_hold_paper_defaults():
     )
     quick = resolve_digits_config("quick")
     assert quick.source.epochs < paper.source.epochs
+    # the reference's ADDA step: Adam betas (0.9, 0.999), both networks in train mode
+    assert (paper.feature.beta1, paper.feature.beta2, paper.feature.network_mode) == (
+        0.9,
+        0.999,
+        "train",
+    )
+
+
+def test_segmentation_paper_schedules_follow_the_model(tmp_path):
+    from cycada import configs
+    from cycada.training.seg_config import resolve_seg_config
+
+    drn = resolve_seg_config("paper")
+    assert (drn.source.iterations, drn.target.iterations) == (115000, 115000)
+    fcn = resolve_seg_config("paper", overrides={"model": "fcn8s"})
+    assert (fcn.source.iterations, fcn.target.iterations) == (100000, 100000)
+    assert resolve_seg_config("paper", sets=["source.iterations=7"]).source.iterations == 7
+    assert (drn.data.crop_mode, drn.pixel.lr_decay_start) == ("cap", 0.5)
+    # the resolved number is what config.yaml records, and reading it back gives the same run
+    path = tmp_path / "config.yaml"
+    path.write_text(configs.to_yaml(fcn))
+    assert "iterations: 100000" in path.read_text()
+    assert resolve_seg_config("paper", config_file=str(path)) == fcn
+
+
+def test_cyclegan_linear_decay():
+    from cycada.training.stages.pixel import linear_decay
+
+    rates = [linear_decay(2e-4, step, 10, 0.5) for step in range(10)]
+    assert rates[:5] == [2e-4] * 5
+    assert rates[5:] == pytest.approx([2e-4 * (1 - k / 5) for k in range(5)])
+    assert [linear_decay(1.0, step, 4, 1.0) for step in range(4)] == [1.0] * 4
 
 
 def test_set_flags_override_and_are_typed():

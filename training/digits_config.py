@@ -49,6 +49,7 @@ class PixelStageConfig:
     max_steps: int = 0  # stop after this many steps (0 = run all epochs)
     batch_size: int = 100
     lr: float = 2e-4
+    lr_decay_start: float = 1.0  # fraction of steps after which lr decays linearly (1 = never)
     beta1: float = 0.5
     beta2: float = 0.999
     image_size: int = 32

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cycada import configs
@@ -10,6 +10,8 @@ from cycada.errors import ConfigError
 from cycada.training.digits_config import PRESET_DIR
 
 SEG_STAGES = ("source", "pixel", "translate", "target", "feature")
+# segmenter training iterations of the paper's schedules (appendix A.1.2 and reference code)
+PAPER_ITERATIONS = {"drn26": 115000, "fcn8s": 100000}
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class SegDataConfig:
     eval_set: str = ""  # a labelled domain to evaluate on; "" = the target's own eval split
     eval_root: str = ""  # where eval_set lives, when not under data_root
     resize_width: int = 1024  # every image is resized to this width, keeping its aspect ratio
+    # cap: a training crop larger than the (resized) images is cut down to their size, so no
+    # crop is mostly zero/ignore padding (1024-wide GTA5 frames are 563 high, under the 600 and
+    # 768 crops); pad: the crop keeps its size and the image is padded (the earlier behaviour)
+    crop_mode: Literal["cap", "pad"] = "cap"
     max_samples: int = 0  # cap every split (0 = all)
     workers: int = 2
     # video:PATH targets: frames per second of video kept (.inf = every frame), a cap over
@@ -55,7 +61,7 @@ class SegSupervisedConfig:
     f_S) on the translated source with the same recipe. Paper: SGD lr 1e-3, momentum 0.9,
     crop 600, batch 8 (DRN: 115k iterations)."""
 
-    iterations: int = 115000
+    iterations: int = 0  # 0 = the paper's schedule of the model: DRN-C-26 115k, FCN8s 100k
     batch_size: int = 8
     lr: float = 1e-3
     momentum: float = 0.9
@@ -74,6 +80,9 @@ class SegPixelConfig:
     max_steps: int = 0
     batch_size: int = 1
     lr: float = 2e-4
+    # CycleGAN's schedule: constant, then linear decay to 0 from this fraction of the steps on
+    # (its 100 + 100 epochs = 0.5); 1.0 keeps the rate constant
+    lr_decay_start: float = 0.5
     beta1: float = 0.5
     beta2: float = 0.999
     crop: int = 400
@@ -128,6 +137,19 @@ class SegRunConfig:
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every is {self.checkpoint_every}; expected >= 1")
+        if not 0.0 <= self.pixel.lr_decay_start <= 1.0:
+            raise ConfigError(
+                f"pixel.lr_decay_start is {self.pixel.lr_decay_start}; expected a fraction "
+                "in [0, 1]"
+            )
+        # 0 iterations = the paper's schedule of this model; the resolved number is recorded
+        for stage in ("source", "target"):
+            cfg = getattr(self, stage)
+            if cfg.iterations < 0:
+                raise ConfigError(f"{stage}.iterations is {cfg.iterations}; expected >= 0")
+            if cfg.iterations == 0:
+                schedule = PAPER_ITERATIONS.get(self.model, PAPER_ITERATIONS["drn26"])
+                object.__setattr__(self, stage, replace(cfg, iterations=schedule))
 
 
 def resolve_seg_config(

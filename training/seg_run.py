@@ -28,7 +28,14 @@ from cycada.training.stage_store import StageStore
 from cycada.training.visuals import panel, write_png
 
 # the data keys f_S depends on; and the keys that change no stage's weights
-SOURCE_DATA_KEYS = ("source", "source_split", "label_space", "resize_width", "max_samples")
+SOURCE_DATA_KEYS = (
+    "source",
+    "source_split",
+    "label_space",
+    "resize_width",
+    "crop_mode",
+    "max_samples",
+)
 NOT_TRAINING_KEYS = (
     "data_root",
     "source_root",
@@ -137,6 +144,23 @@ class SegRun(StageStore):
         if not self.dist.enabled:
             return resume
         return _RankResume(resume, self, stage)
+
+    def train_transform(
+        self, stage: str, crop: int, flip: bool, *datasets: SegmentationSet
+    ) -> SegTransform:
+        """Random ``crop`` x ``crop`` crops of the resized images; with ``data.crop_mode`` cap,
+        cut down to the size of the first image of each dataset (resized), so crops are image,
+        not padding."""
+        data = self.config.data
+        height = width = crop
+        if data.crop_mode == "cap":
+            for dataset in datasets:
+                image, _ = dataset.load_raw(0)
+                image, _ = resize_to_width(image, None, data.resize_width)
+                height, width = min(height, image.shape[0]), min(width, image.shape[1])
+            if (height, width) != (crop, crop):
+                self.log.info(f"{stage}: crops {height}x{width} (crop {crop} capped at the images)")
+        return SegTransform(data.resize_width, height, width, flip)
 
     def batches(
         self,

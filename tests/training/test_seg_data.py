@@ -51,6 +51,20 @@ def test_gta5_layout_with_official_split_file(tmp_path):
     assert len(load_segmentation("gta5", "train", tmp_path)) == 3
     val = load_segmentation("gta5", "val", tmp_path)
     assert [item.image.name for item in val.items] == ["00003.png"]
+    assert len(load_segmentation("gta5", "all", tmp_path)) == 4  # every image, not only train
+    assert len(load_segmentation("gta5", "train+val", tmp_path)) == 4
+
+
+def test_cityscapes_train_extra_as_an_unlabelled_target(tmp_path):
+    write_scene_dataset(tmp_path / "cityscapes", 3, "camera", "cityscapes", 64, 32, split="train")
+    extra = tmp_path / "cityscapes" / "leftImg8bit" / "train_extra" / "bochum"
+    extra.mkdir(parents=True)
+    for index in range(2):  # train_extra has coarse labels only: its images come unlabelled
+        image = np.zeros((32, 64, 3), np.uint8)
+        cv2.imwrite(str(extra / f"bochum_{index:06d}_000019_leftImg8bit.png"), image)
+    both = load_segmentation("cityscapes", "train+train_extra", tmp_path)
+    assert len(both) == 5 and not both.labelled
+    assert load_segmentation("cityscapes", "train", tmp_path).labelled
 
 
 def _write_synthia(folder, shape=(32, 64), ids=(3, 10)):

@@ -59,8 +59,12 @@ def tiny(scenes, *extra):
 
 
 def test_full_seg_run(tmp_path, scenes):
-    config = tiny(scenes, "target.iterations=20", "target.poly_power=0.9")
+    config = tiny(scenes, "target.iterations=20", "target.poly_power=0.9", "feature.crop=96")
     metrics = run_seg(config, tmp_path, quiet=True)
+    # 128x64 scenes: the 96 crop is cut to the image height, never padded
+    assert (
+        "feature: crops 64x96 (crop 96 capped at the images)" in (tmp_path / "log.txt").read_text()
+    )
     assert list(metrics["stages"]) == ["source", "target", "feature"]
     for stage in metrics["stages"].values():
         target = stage["target"]

@@ -153,11 +153,12 @@ def gta5_items(root: Path, split: str) -> list[SegItem]:
     if split_file.is_file():
         from scipy.io import loadmat
 
-        key = {"train": "trainIds", "val": "valIds", "test": "testIds"}.get(split)
+        key = {"train": "trainIds", "val": "valIds", "test": "testIds", "all": ""}.get(split)
         if key is None:
-            raise DataError(f"gta5 has splits train, val and test, not '{split}'")
-        wanted = {int(i) for i in loadmat(split_file)[key].reshape(-1)}
-        files = [f for f in files if f.stem.isdigit() and int(f.stem) in wanted]
+            raise DataError(f"gta5 has splits train, val, test and all, not '{split}'")
+        if key:  # "all": every image, not only the split file's ids
+            wanted = {int(i) for i in loadmat(split_file)[key].reshape(-1)}
+            files = [f for f in files if f.stem.isdigit() and int(f.stem) in wanted]
     elif split not in ("train", "all"):
         raise DataError(f"gta5 without {split_file} has only the split 'train' (all images)")
     return [SegItem(f, labels / f.name) for f in files]
@@ -313,7 +314,13 @@ def check_mapping(mapping: dict[int, int], path: Path, space: ls.LabelSpace) -> 
 def load_segmentation(
     name: str, split: str, data_root: str | Path, space: ls.LabelSpace = ls.CITYSCAPES19
 ) -> SegmentationSet:
-    """Split ``split`` of domain ``name`` with labels in ``space`` (see module docstring)."""
+    """Split ``split`` of domain ``name`` with labels in ``space`` (see module docstring).
+    Splits joined by ``+`` are concatenated, e.g. cityscapes ``train+train_extra``."""
+    if "+" in split:
+        parts = [load_segmentation(name, part, data_root, space) for part in split.split("+")]
+        first = parts[0]
+        items = [item for part in parts for item in part.items]
+        return SegmentationSet(name, split, items, first.mapping, space, first.label_reader)
     root = Path(data_root)
     reader: Callable[[Path], np.ndarray] = read_label
     if name in ("gta5", "cityscapes"):

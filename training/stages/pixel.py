@@ -74,6 +74,11 @@ class PixelAdaptation(nn.Module):
         self.pool_src = ImagePool(cfg.pool_size, generator)
         self.pool_tgt = ImagePool(cfg.pool_size, generator)
 
+    def set_lr(self, lr: float) -> None:
+        for optimizer in (self.opt_gen, self.opt_disc):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
     def networks(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in PIXEL_NETWORKS}
 
@@ -149,6 +154,15 @@ class PixelAdaptation(nn.Module):
             total = total + cfg.lambda_identity * loss_idt
             losses["identity"] = loss_idt.item()
         return losses, total, fake_tgt, fake_src
+
+
+def linear_decay(base: float, step: int, total: int, start_fraction: float) -> float:
+    """CycleGAN's schedule: ``base`` up to ``start_fraction`` of ``total`` steps, then a linear
+    decay towards 0 (reached one step after the last)."""
+    start = int(start_fraction * total)
+    if step < start:
+        return base
+    return base * (1.0 - (step - start) / max(1, total - start))
 
 
 @torch.no_grad()
@@ -233,6 +247,7 @@ def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
         for _ in range(steps_per_epoch):
             if step >= total:
                 break
+            pixel.set_lr(linear_decay(cfg.lr, step, total, cfg.lr_decay_start))
             losses, _ = pixel.step(x_src[next(src_batches)], x_tgt[next(tgt_batches)])
             step += 1
             bar.update()

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from cycada.training.data.seg_transforms import SegTransform
 from cycada.training.data.segmentation import SegmentationSet
 from cycada.training.losses import FeatureGANLoss, TaskLoss, domain_accuracy
 from cycada.training.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
@@ -63,7 +62,7 @@ def train_seg_feature(
     )
     start, extra = resume.restore()
     updates_total = int(extra.get("updates_total", 0))
-    transform = SegTransform(run.config.data.resize_width, cfg.crop, cfg.crop, flip=True)
+    transform = run.train_transform("feature", cfg.crop, True, source, run.target_train)
     sources = run.batches(source, transform, 1, generator)
     targets = run.batches(run.target_train, transform, 1, generator)
     gan_loss, task_loss = FeatureGANLoss(), TaskLoss()

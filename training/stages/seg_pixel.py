@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cycada.atomic import write_json_atomic
-from cycada.training.data.seg_transforms import SegTransform, resize_to_width
+from cycada.training.data.seg_transforms import resize_to_width
 from cycada.training.data.segmentation import SegmentationSet, load_segmentation
 from cycada.training.models.segmenters import Segmenter
 from cycada.training.seg_run import SegRun
-from cycada.training.stages.pixel import PixelAdaptation, write_samples
+from cycada.training.stages.pixel import PixelAdaptation, linear_decay, write_samples
 from cycada.training.visuals import write_png
 
 
@@ -29,7 +29,7 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
         pixel.grad_sync = run.sync_gradients
     steps_per_epoch = max(len(run.source_train), len(run.target_train)) // cfg.batch_size or 1
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    transform = SegTransform(run.config.data.resize_width, cfg.crop, cfg.crop, flip=False)
+    transform = run.train_transform("pixel", cfg.crop, False, run.source_train, run.target_train)
     sources = run.batches(run.source_train, transform, cfg.batch_size, generator)
     targets = run.batches(run.target_train, transform, cfg.batch_size, generator)
     resume = run.stage_resume(
@@ -43,13 +43,16 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     bar = run.log.progress(total, "pixel", initial=start)
     pixel.train()
     for step in range(start, total):
+        pixel.set_lr(linear_decay(cfg.lr, step, total, cfg.lr_decay_start))
         x_src = run.input(next(sources)["image"])
         x_tgt = run.input(next(targets)["image"])
         losses, _ = pixel.step(x_src, x_tgt)
         bar.update()
         if (step + 1) % 10 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            run.log.scalars("pixel", losses, step + 1)
+            run.log.scalars(
+                "pixel", {**losses, "lr": pixel.opt_gen.param_groups[0]["lr"]}, step + 1
+            )
         if (step + 1) % cfg.sample_every == 0 or step + 1 == total:
             write_samples(run.out_dir, pixel, x_src[:2], x_tgt[:2], step + 1, scale=1)
         if (step + 1) % run.config.checkpoint_every == 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from cycada.training.data.seg_transforms import SegTransform
 from cycada.training.data.segmentation import SegmentationSet
 from cycada.training.losses import TaskLoss
 from cycada.training.models.segmenters import Segmenter
@@ -33,7 +32,7 @@ def train_segmenter(
     start, _ = resume.restore()
     if start:
         run.log.info(f"{stage}: resuming at iteration {start}/{cfg.iterations}")
-    transform = SegTransform(run.config.data.resize_width, cfg.crop, cfg.crop, cfg.flip)
+    transform = run.train_transform(stage, cfg.crop, cfg.flip, dataset)
     batches = run.batches(dataset, transform, cfg.batch_size, generator)
     task_loss = TaskLoss()
     bar = run.log.progress(cfg.iterations, stage, initial=start)
