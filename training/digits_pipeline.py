@@ -13,7 +13,6 @@ Layout of ``--out DIR``::
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -77,10 +76,11 @@ class DigitsPipeline:
                 f"stage '{unknown[0]}' is not part of this run (its stages: {', '.join(self.plan)})"
             )
         self.requested = list(stages) if stages else list(self.plan)
-        self.config, self.out_dir, self.stage_cache = config, out_dir, stage_cache
+        self.config, self.out_dir = config, out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
         self.run = DigitsRun(config, out_dir, quiet=quiet)
+        self.run.stage_cache = stage_cache
         if restart:
             first = min(self.plan.index(s) for s in self.requested)
             for stage in self.plan[first:]:
@@ -118,33 +118,6 @@ class DigitsPipeline:
         }
 
     # -- stage bookkeeping ------------------------------------------------------------------
-    def _cached(self, stage: str) -> Path | None:
-        if self.stage_cache is None:
-            return None
-        return self.stage_cache / f"{stage}-{self.run.stage_fingerprint(stage)}.safetensors"
-
-    def _available(self, stage: str) -> bool:
-        """A finished checkpoint exists here, or in the shared stage cache (then copied here)."""
-        if self.run.has_checkpoint(stage):
-            return True
-        cached = self._cached(stage)
-        if cached is not None and cached.exists():
-            target = self.run.checkpoint_path(stage)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cached, target)
-            self.run.log.info(f"{stage}: reusing {cached.name} from the stage cache")
-            return True
-        return False
-
-    def _finished(
-        self, stage: str, modules: dict[str, nn.Module], extra: dict | None = None
-    ) -> None:
-        path = self.run.save_stage(stage, modules, extra)
-        cached = self._cached(stage)
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, cached)
-
     def _record(
         self, stage: str, results: dict[str, Any], started: float, extra: dict | None = None
     ) -> None:
@@ -201,7 +174,7 @@ class DigitsPipeline:
         return run.target_holdout is None or "target_label_free" in entry
 
     def _must_train(self, stage: str) -> bool:
-        if self._available(stage):
+        if self.run.has_checkpoint(stage):
             self.run.log.info(f"{stage}: finished checkpoint found, not training it again")
             return False
         if stage not in self.requested:
@@ -224,7 +197,7 @@ class DigitsPipeline:
             if stage == "source":
                 if self._must_train(stage):
                     task_src = train_source(run)
-                    self._finished(stage, {"task_src": task_src})
+                    self.run.save_stage(stage, {"task_src": task_src})
                     self._record(stage, run.evaluate(task_src, stage), started)
                 else:
                     run.load_stage(stage, {"task_src": task_src})
@@ -237,7 +210,7 @@ class DigitsPipeline:
                 ).to(run.device)
                 if self._must_train(stage):
                     pixel = train_pixel(run, task_src)
-                    self._finished(stage, pixel.networks())
+                    self.run.save_stage(stage, pixel.networks())
                     self._record(
                         stage,
                         self._pixel_metrics(pixel, task_src),
@@ -252,7 +225,7 @@ class DigitsPipeline:
                 assert pixel is not None
                 if self._must_train(stage):
                     task_tgt = train_target(run, task_src, pixel.gen_src2tgt)
-                    self._finished(stage, {"task_tgt": task_tgt})
+                    self.run.save_stage(stage, {"task_tgt": task_tgt})
                     results = run.evaluate(task_tgt, stage, previous=("source", task_src))
                     self._record(stage, results, started)
                 else:
@@ -268,7 +241,7 @@ class DigitsPipeline:
                         source_images = run.source_train.images
                     before = (previous_stage(self.plan, stage), task_tgt)
                     task_tgt, summary = train_feature(run, task_tgt, source_images)
-                    self._finished(stage, {"task_tgt": task_tgt}, summary)
+                    self.run.save_stage(stage, {"task_tgt": task_tgt}, summary)
                     results = run.evaluate(task_tgt, stage, previous=before)
                     self._record(stage, results, started, summary)
                 else:
@@ -277,7 +250,7 @@ class DigitsPipeline:
                     self._record_reused(stage, started, task_tgt)
             elif stage == "joint" and self._must_train(stage):
                 pixel, task_tgt, summary = train_joint(run, task_src)
-                self._finished(stage, {**pixel.networks(), "task_tgt": task_tgt}, summary)
+                self.run.save_stage(stage, {**pixel.networks(), "task_tgt": task_tgt}, summary)
                 results = run.evaluate(task_tgt, stage, previous=("source", task_src))
                 self._record(stage, results, started, summary)
         run.log.close()

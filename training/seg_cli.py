@@ -15,11 +15,14 @@ EXAMPLE_TRAIN = (
     "cycada train seg --source gta5 --target cityscapes --model drn26 --preset paper "
     "--data-root /data --out runs/gta2cs"
 )
-SEG_ABLATION_ROWS = {  # Table 5
+SEG_ABLATION_ROWS = {  # Table 5's rows as the paper ran them (no semantic loss), and ours
+    "source_only": "Source only",
+    "control": "Source only, as many iterations as CyCADA (control)",
     "feature_only": "CyCADA feature-only",
     "pixel_only_no_cycle": "CyCADA pixel-only w/o cycle",
     "pixel_only": "CyCADA pixel-only",
     "full": "CyCADA",
+    "full_semantic": "CyCADA + semantic loss (ours)",
 }
 
 
@@ -124,16 +127,33 @@ def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
 SEG_TABLE4_ROWS = {"source_only": "Source only", "oracle": "Oracle (train on target)"}
 
 
+def control_iterations(config: SegRunConfig) -> int:
+    """Iterations of the source-only control: as many as f_S and f_T get in the full method
+    (source + target + feature stages), so a gain over it is not a gain from training longer."""
+    total = config.source.iterations
+    if config.pixel.enabled:
+        total += config.target.iterations
+    if config.feature.enabled:
+        total += config.feature.iterations
+    return total
+
+
 def seg_row_config(config: SegRunConfig, row: str) -> SegRunConfig:
-    """Table 5 rows (feature-only, pixel-only without cycle, pixel-only, full) and Table 4's
-    source-only and oracle rows (the labelled target train split as the source)."""
-    pixel, feature = config.pixel, config.feature
+    """Table 5 rows (feature-only, pixel-only without cycle, pixel-only, full; without the
+    semantic loss, as the paper ran them for lack of GPU memory), our full + semantic row, the
+    equal-iterations control, and Table 4's source-only and oracle rows (the labelled target
+    train split as the source)."""
     no_adaptation = dict(
-        pixel=dataclasses.replace(pixel, enabled=False),
-        feature=dataclasses.replace(feature, enabled=False),
+        pixel=dataclasses.replace(config.pixel, enabled=False),
+        feature=dataclasses.replace(config.feature, enabled=False),
     )
+    if row == "full_semantic":
+        return config
     if row == "source_only":
         return dataclasses.replace(config, **no_adaptation)
+    if row == "control":
+        source = dataclasses.replace(config.source, iterations=control_iterations(config))
+        return dataclasses.replace(config, source=source, **no_adaptation)
     if row == "oracle":
         data = dataclasses.replace(
             config.data,
@@ -142,6 +162,9 @@ def seg_row_config(config: SegRunConfig, row: str) -> SegRunConfig:
             source_root=config.data.target_root,
         )
         return dataclasses.replace(config, data=data, **no_adaptation)
+    pixel = dataclasses.replace(config.pixel, lambda_semantic=0.0)  # the paper's rows
+    feature = config.feature
+    config = dataclasses.replace(config, pixel=pixel)
     return {
         "feature_only": dataclasses.replace(
             config, pixel=dataclasses.replace(pixel, enabled=False)
@@ -276,9 +299,10 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument(
         "--row",
         choices=sorted({**SEG_ABLATION_ROWS, **SEG_TABLE4_ROWS}),
-        help="a Table 5 row (feature_only, pixel_only_no_cycle, pixel_only, full) or a Table 4 "
-        "row: source_only (the control: set source.iterations to the adapted run's source + "
-        "target iterations) or oracle (trained on the target's labelled train split)",
+        help="a Table 5 row as the paper ran it, without the semantic loss (feature_only, "
+        "pixel_only_no_cycle, pixel_only, full); full_semantic (ours, with it); source_only; "
+        "control (source only for as many iterations as source + target + feature); or oracle "
+        "(trained on the target's labelled train split). Without --row: the config as given",
     )
     parser.add_argument("--restart", action="store_true")
     parser.set_defaults(handler=cmd_train_seg)
@@ -286,7 +310,8 @@ def register(train, ablate, evaluate, data) -> None:
     parser = _with_format(
         ablate,
         "seg",
-        "the rows of Table 5, one run folder each",
+        "Table 5's rows as the paper ran them (no semantic loss), CyCADA + semantic loss, source "
+        "only and the equal-iterations control; one run folder each, shared stages trained once",
         "cycada ablate seg --source gta5 --target cityscapes --out runs/t5",
     )
     add_seg_options(parser)
@@ -369,7 +394,12 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
     results = {}
     label_free: dict = {}
     for row in rows:
-        metrics = run_seg(seg_row_config(config, row), args.out / row, quiet=args.quiet)
+        metrics = run_seg(
+            seg_row_config(config, row),
+            args.out / row,
+            quiet=args.quiet,
+            stage_cache=args.out / "_stage_cache",
+        )
         final = metrics["stages"][metrics["final"]["stage"]]
         if "target" in final:
             results[SEG_ABLATION_ROWS[row]] = final["target"]

@@ -54,6 +54,7 @@ class SegPipeline:
         stages: list[str] | None = None,
         restart: bool = False,
         quiet: bool = False,
+        stage_cache: Path | None = None,
     ):
         self.plan = seg_stage_plan(config)
         unknown = [s for s in stages or [] if s not in self.plan]
@@ -64,6 +65,7 @@ class SegPipeline:
         self.requested = list(stages) if stages else list(self.plan)
         self.config, self.out_dir = config, out_dir
         self.run = SegRun(config, out_dir, quiet=quiet)  # validates the data first
+        self.run.stage_cache = stage_cache  # ablation rows share finished stages through it
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
         if restart:
             first = min(self.plan.index(s) for s in self.requested)

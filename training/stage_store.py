@@ -7,6 +7,7 @@ folder never silently mixes stages trained with different settings.
 from __future__ import annotations
 
 import abc
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from cycada import configs
+from cycada.atomic import write_atomic
 from cycada.checkpoint import load_modules, read_header, save_modules
 from cycada.errors import CheckpointError
 from cycada.training.stages.resume import StageResume
@@ -24,6 +26,10 @@ class StageStore(abc.ABC):
 
     out_dir: Path
     config: Any
+    log: Any  # RunLog
+    # a folder shared by several runs (the rows of an ablation): finished stages are copied
+    # there as <stage>-<fingerprint>.safetensors and reused by any run with the same fingerprint
+    stage_cache: Path | None = None
 
     @abc.abstractmethod
     def stage_fingerprint(self, stage: str) -> str:
@@ -51,9 +57,20 @@ class StageStore(abc.ABC):
             self.resume_path(stage), modules, optimizers, generator, self.stage_fingerprint(stage)
         )
 
+    def cached_path(self, stage: str) -> Path | None:
+        if self.stage_cache is None:
+            return None
+        return self.stage_cache / f"{stage}-{self.stage_fingerprint(stage)}.safetensors"
+
     def has_checkpoint(self, stage: str) -> bool:
-        """True when a finished checkpoint of ``stage`` made with this config exists."""
+        """True when a finished checkpoint of ``stage`` made with this config exists here, or in
+        the stage cache (then it is copied here)."""
         path = self.checkpoint_path(stage)
+        cached = self.cached_path(stage)
+        if not path.exists() and cached is not None and cached.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda tmp: shutil.copyfile(cached, tmp))
+            self.log.info(f"{stage}: reusing {cached.name} from the stage cache")
         if not path.exists():
             return False
         _, meta = read_header(path)
@@ -73,9 +90,14 @@ class StageStore(abc.ABC):
             "fingerprint": self.stage_fingerprint(stage),
             **(extra or {}),
         }
-        return save_modules(
+        path = save_modules(
             self.checkpoint_path(stage), modules, configs.to_dict(self.config), meta
         )
+        cached = self.cached_path(stage)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, lambda tmp: shutil.copyfile(path, tmp))
+        return path
 
     def load_stage(self, stage: str, modules: dict[str, nn.Module]) -> dict[str, Any]:
         path = self.checkpoint_path(stage)

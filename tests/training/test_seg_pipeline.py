@@ -108,9 +108,35 @@ def test_full_seg_run(tmp_path, scenes):
     assert "mIoU" in line and (out / "table.csv").exists()
 
 
-def test_table5_rows(tmp_path, scenes):
-    feature_only = run_seg(seg_row_config(tiny(scenes), "feature_only"), tmp_path / "f", quiet=True)
+def test_table5_rows_share_stages_beside_the_control(tmp_path, scenes):
+    from cycada.cli import main
+
+    rows = "source_only,control,feature_only,full,full_semantic"
+    sets = [f"--set={item}" for item in TINY]
+    code = main(
+        ["ablate", "seg", "--data-root", str(scenes), "--preset", "quick", *sets]
+        + ["--rows", rows, "--out", str(tmp_path), "--quiet"]
+    )
+    assert code == 0
+    table = (tmp_path / "results.md").read_text()
+    for name in ("Source only |", "(control) |", "CyCADA feature-only |", "CyCADA |", "(ours) |"):
+        assert name in table
+    feature_only = json.loads((tmp_path / "feature_only" / "metrics.json").read_text())
     assert list(feature_only["stages"]) == ["source", "feature"]
+    cache = tmp_path / "_stage_cache"
+    # f_S once for every row but the control; the pixel stage once without the semantic loss
+    # (the paper's rows) and once with it (full_semantic)
+    assert len(list(cache.glob("source-*"))) == 2 and len(list(cache.glob("pixel-*"))) == 2
+    assert "reusing" in (tmp_path / "full" / "log.txt").read_text()
+    config = {
+        row: resolve_seg_config(config_file=str(tmp_path / row / "config.yaml"))
+        for row in rows.split(",")
+    }
+    assert config["control"].source.iterations == 6 + 4 + 6  # source + target + feature
+    assert (
+        config["full"].pixel.lambda_semantic == 0
+        and config["full_semantic"].pixel.lambda_semantic > 0
+    )
     no_cycle = seg_row_config(tiny(scenes), "pixel_only_no_cycle")
     assert no_cycle.pixel.lambda_cycle == 0 and not no_cycle.feature.enabled
     oracle = seg_row_config(tiny(scenes), "oracle")
