@@ -63,3 +63,25 @@ def test_tensorrt_plan_parity(cuda_run, tmp_path):
     rows = [row for row in report.rows if row.variant == "tensorrt"]
     assert rows and all(row.ok for row in rows)
     assert (tmp_path / "segment" / "1" / "model.plan").exists()
+
+
+def test_nvjpeg_decoder_agrees_with_the_cpu_path_on_grey_and_rotated_jpegs():
+    """The real nvJPEG path (the CPU test uses a stand-in): three channels for a grey JPEG, EXIF
+    rotation applied, pixels within JPEG decoder rounding of OpenCV's."""
+    pytest.importorskip("torchvision", reason="the nvJPEG decoder needs torchvision")
+    import cv2
+    import numpy as np
+
+    from cycada.serving.engines import CudaFrameDecoder, FrameDecoder
+    from tests.serving.test_batching import _with_orientation
+
+    rows, cols = np.mgrid[0:48, 0:80]  # smooth: decoders differ by rounding, not by detail
+    colour = np.stack([rows * 5, cols * 3, (rows + cols) * 2], -1).astype(np.uint8)
+    grey = cv2.imencode(".jpg", colour[..., 0])[1].reshape(-1)
+    plain = cv2.imencode(".jpg", colour)[1].reshape(-1)
+    gpu, cpu = CudaFrameDecoder(torch.device("cuda")), FrameDecoder()
+    for data in (grey, _with_orientation(plain, 6), plain):
+        expected = cpu.decode(data)
+        got = gpu.decode(data).cpu().numpy()
+        assert got.shape == expected.shape
+        assert abs(got.astype(int) - expected.astype(int)).mean() < 2.0
