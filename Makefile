@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test gpu-check lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# CPU torch first, from the local wheel: a bare 'torch' requirement would pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# tested versions from constraints.txt; ONNX Runtime's CPU build ([gpu] on a CUDA host)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,cpu]'
 	# the real tritonserver (Triton 2.51 + Python backend) unpacked from the nvidia-pytriton
 	# wheel into $(VENV)/opt, with its own numpy<2 environment for the backend stub
 	$(BIN)/python -m cycada.serving.server_install

@@ -219,7 +219,9 @@ def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: b
         frames = decoder.stack([decoder.decode(bench.array[0])])
     engines: list[tuple[str, Callable[[], object]]] = []  # (label, factory)
     if (folder / "model.onnx").exists():
-        import onnxruntime as ort
+        from cycada.deps import onnxruntime
+
+        ort = onnxruntime()
 
         wanted = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
         for provider in ort.get_available_providers():

@@ -10,6 +10,7 @@ from cycada.errors import CycadaError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cycada import doctor
     from cycada.clients import cli as clients_cli
     from cycada.export import cli as export_cli
     from cycada.serving import cli as serve_cli
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.register(commands)
     serve_cli.register(commands)
     clients_cli.register(commands)
+    doctor.register(commands)
     return parser
 
 

@@ -77,7 +77,9 @@ def machine() -> dict:
     for name in ("tensorrt", "onnxruntime", "torchvision", "tritonclient"):
         info[name] = importlib.util.find_spec(name) is not None
     if info["onnxruntime"]:
-        import onnxruntime
+        from cycada.deps import onnxruntime as _onnxruntime
+
+        onnxruntime = _onnxruntime()
 
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     return info

@@ -125,7 +125,9 @@ def torch_runner(endpoint: Endpoint, logits: bool) -> Runner:
 
 
 def onnx_runner(path: Path, threads: int = 0) -> Runner:
-    import onnxruntime as ort
+    from cycada.deps import onnxruntime
+
+    ort = onnxruntime()
 
     options = ort.SessionOptions()
     if threads:

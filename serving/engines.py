@@ -48,7 +48,9 @@ class Engine(abc.ABC):
 
 class OnnxEngine(Engine):
     def __init__(self, path: Path, providers: list, threads: int = 0):
-        import onnxruntime as ort
+        from cycada.deps import onnxruntime
+
+        ort = onnxruntime()
 
         options = ort.SessionOptions()
         if threads:
@@ -191,29 +193,47 @@ def _torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def engine_choice(choice: str, has_onnx: bool, providers: list[str], cuda: bool) -> tuple[str, str]:
+    """(engine, how) this instance would use: ``onnxruntime`` with its execution provider, or
+    ``pytorch`` on a device. ``choice`` is the model parameter ``engine`` (auto, onnxruntime,
+    pytorch); shared by :func:`select_engine` and ``cycada doctor``."""
+    if not has_onnx:
+        choice = "pytorch"  # a weights-only export
+    if choice in ("auto", "onnxruntime"):
+        for provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
+            if provider in providers:
+                return "onnxruntime", provider
+        if choice == "onnxruntime" or not cuda:
+            return "onnxruntime", "CPUExecutionProvider"
+    return "pytorch", "cuda" if cuda else "cpu"
+
+
 def select_engine(
     folder: Path, parameters: dict[str, str], instance_kind: str, device_id: int
 ) -> Engine:
     """The engine for this instance (parameter ``engine``: auto, onnxruntime, pytorch)."""
     choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
     threads = int(parameters.get("intra_op_threads", "0") or 0)
-    if not (folder / "model.onnx").exists():
-        choice = "pytorch"  # a weights-only export
-    if choice in ("auto", "onnxruntime"):
-        import onnxruntime as ort
+    has_onnx = (folder / "model.onnx").exists()
+    providers: list[str] = []
+    if has_onnx and choice in ("auto", "onnxruntime"):
+        from cycada.deps import onnxruntime
 
-        available = ort.get_available_providers()
-        cuda = {"device_id": device_id}
-        if "TensorrtExecutionProvider" in available:
-            trt = {**cuda, "trt_fp16_enable": True, "trt_engine_cache_enable": True}
-            providers = [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
-            return OnnxEngine(folder / "model.onnx", [*providers, "CPUExecutionProvider"])
-        if "CUDAExecutionProvider" in available:
-            half = folder / "model.fp16.onnx"
-            path = half if half.exists() else folder / "model.onnx"
-            return OnnxEngine(path, [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"])
-        if choice == "onnxruntime" or not _torch_cuda():
-            return OnnxEngine(folder / "model.onnx", ["CPUExecutionProvider"], threads)
-    device = f"cuda:{device_id}" if _torch_cuda() else "cpu"
+        ort = onnxruntime()
+
+        providers = ort.get_available_providers()
+    engine, how = engine_choice(choice, has_onnx, providers, _torch_cuda())
+    cuda = {"device_id": device_id}
+    if how == "TensorrtExecutionProvider":
+        trt = {**cuda, "trt_fp16_enable": True, "trt_engine_cache_enable": True}
+        chain = [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
+        return OnnxEngine(folder / "model.onnx", [*chain, "CPUExecutionProvider"])
+    if how == "CUDAExecutionProvider":
+        half = folder / "model.fp16.onnx"
+        path = half if half.exists() else folder / "model.onnx"
+        return OnnxEngine(path, [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"])
+    if engine == "onnxruntime":
+        return OnnxEngine(folder / "model.onnx", ["CPUExecutionProvider"], threads)
+    device = f"cuda:{device_id}" if how == "cuda" else "cpu"
     half = device != "cpu" and parameters.get("precision", "fp16") == "fp16"
     return TorchEngine(folder, device, half, parameters.get("compile", ""))

@@ -32,7 +32,9 @@ def _median_ms(run, repeat: int) -> float:
 
 
 def bench(name: str, height: int, width: int, batch: int, threads: int, repeat: int) -> dict:
-    import onnxruntime as ort
+    from cycada.deps import onnxruntime
+
+    ort = onnxruntime()
 
     torch.set_num_threads(threads)
     model = build_segmenter(name, 19).eval()

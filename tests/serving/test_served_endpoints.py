@@ -529,3 +529,15 @@ def test_a_network_host_needs_tls_and_a_secret_or_insecure(repository):
     command = " ".join(server_command(TritonServer(insecure).home, insecure))
     assert "--grpc-address=0.0.0.0" in command and "--http-address=127.0.0.1" in command
     assert "--grpc-restricted-protocol=shared-memory,model-repository:cycada-auth=" in command
+
+
+def test_doctor_reports_the_machine_and_the_engine_of_each_model(repository, capsys):
+    from cycada.cli import main
+
+    assert main(["doctor", str(repository)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime providers" in out and "CPUExecutionProvider" in out
+    assert "tritonserver" in out and "cuda" in out
+    # no GPU here: the exported ONNX graph runs on ONNX Runtime's CPU provider
+    assert "model segment " in out and "onnxruntime on CPUExecutionProvider" in out
+    assert "model segment_encoded" in out and "decodes frames" in out
