@@ -475,13 +475,10 @@ def run_bench(
     }
     if served:
         if url is None:
-            from cycada.serving.server import ServerOptions, TritonServer, free_port
+            from cycada.serving.server import ServerOptions, TritonServer
 
-            options = ServerOptions(
+            options = ServerOptions.on_free_ports(
                 repository,
-                grpc_port=free_port(),
-                http_port=free_port(),
-                metrics_port=free_port(),
                 models=[model],
             )
             with TritonServer(options) as server:

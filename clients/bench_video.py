@@ -31,7 +31,7 @@ from cycada.atomic import write_json_atomic
 from cycada.clients.load import run_load
 from cycada.clients.video import VideoOptions, _model_input, segment_video
 from cycada.errors import CycadaError
-from cycada.serving.server import ServerOptions, TritonServer, free_port, parse_cpus
+from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
 
 
 def codec_loop(clip: str, stop) -> None:
@@ -81,11 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     request, _ = _model_input(frame, options)
     name, array = next(iter(request.items()))
     model = "segment" if args.raw else "segment_encoded"
-    server_options = ServerOptions(
+    server_options = ServerOptions.on_free_ports(
         args.repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         cpus=parse_cpus(args.server_cpus, "--server-cpus") if args.server_cpus else None,
     )
     result: dict = {"model": model, "width": args.width, "window": args.window}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cycada.serving.server import ServerOptions, TritonServer, free_port
+from cycada.serving.server import ServerOptions, TritonServer
 
 SMOKE = [  # --smoke: a minute-scale run for tests, same steps
     "source.iterations=20",
@@ -146,11 +146,8 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
 
     t = _step(4, "tritonserver (embedded, Python backend + ONNX Runtime) on loopback")
-    options = ServerOptions(
+    options = ServerOptions.on_free_ports(
         repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_file=out / "tritonserver.log",
     )
     with TritonServer(options) as server:

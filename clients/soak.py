@@ -201,13 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size {args.size}: expected HEIGHTxWIDTH, e.g. 128x256")
     server = None
     if args.url is None:
-        from cycada.serving.server import ServerOptions, TritonServer, free_port
+        from cycada.serving.server import ServerOptions, TritonServer
 
-        options = ServerOptions(
+        options = ServerOptions.on_free_ports(
             args.repository,
-            grpc_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
             models=[args.model],
             log_file=args.out / "tritonserver.log",
         )

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     height, width = (int(v) for v in args.size.split("x"))
 
     from cycada.export.exporter import ExportOptions, export_run
-    from cycada.serving.server import ServerOptions, TritonServer, free_port
+    from cycada.serving.server import ServerOptions, TritonServer
 
     scratch = Path(tempfile.mkdtemp(prefix="cycada-bench-"))
     run_dir = args.run or random_run(args.model, scratch / "run")
@@ -150,11 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["in_process"] = in_process(repository / "segment" / "1", frame, jpeg, args.seconds)
     print(json.dumps(results["in_process"]), flush=True)
-    server_options = ServerOptions(
+    server_options = ServerOptions.on_free_ports(
         repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         shm_bytes=64 * 1024 * 1024,
     )
     started = time.perf_counter()

@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cycada.errors import ServingError
 from cycada.grpc_security import AUTH_HEADER, is_loopback
@@ -69,6 +70,18 @@ class ServerOptions:
     tls_key: Path | None = None
     auth_secret: str = ""  # required in the cycada-auth header on inference and control calls
     insecure: bool = False  # a non-loopback host without TLS and secret, on purpose
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, **options: Any) -> ServerOptions:
+        """Options for a server of ``repository`` on three free loopback ports (gRPC, HTTP,
+        metrics): what benchmarks, the demo and the tests start."""
+        return cls(
+            repository,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+            **options,
+        )
 
     def check(self) -> None:
         """A server reachable from the network is secured, or insecure on purpose."""

@@ -18,9 +18,9 @@ import pytest
 
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.serving.bench_served import random_run
-from cycada.serving.server import ServerOptions, TritonServer, free_port
+from cycada.serving.server import ServerOptions, TritonServer
 from cycada.training.data.scene_writer import write_scene_dataset
-from tests.conftest import data_path, skip_without_tritonserver
+from tests.helpers import data_path, skip_without_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -36,8 +36,8 @@ def repository(tmp_path_factory):
 
 
 def start(repo) -> TritonServer:
-    options = ServerOptions(
-        repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+    options = ServerOptions.on_free_ports(
+        repo,
     )
     return TritonServer(options).start()
 
@@ -523,8 +523,8 @@ def test_client_checks_metadata_before_sending(server):
 def test_shared_memory_regions_grow_once_and_survive_a_server_restart(repository):
     from cycada.clients.triton_client import ModelClient
 
-    options = ServerOptions(
-        repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+    options = ServerOptions.on_free_ports(
+        repository,
     )
     small = np.zeros((1, 32, 32, 3), np.uint8)
     large = np.zeros((1, 64, 96, 3), np.uint8)

@@ -13,8 +13,7 @@ from cycada.export.parity import scene_images
 from cycada.serving.engines import OnnxEngine, TorchEngine
 from cycada.training.seg_config import resolve_seg_config
 from cycada.training.seg_pipeline import run_seg
-from tests.conftest import write_tiny_domains
-from tests.training.test_seg_pipeline import TINY
+from tests.helpers import TINY_SEG, write_tiny_domains
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,7 +24,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cuda_run(tmp_path_factory):
     root = write_tiny_domains(tmp_path_factory.mktemp("scenes"), 8, 256, 128)
-    sets = [*TINY, "data.resize_width=256", "source.iterations=60", "device=cuda"]
+    sets = [*TINY_SEG, "data.resize_width=256", "source.iterations=60", "device=cuda"]
     config = resolve_seg_config("quick", sets=sets, overrides={"data": {"data_root": str(root)}})
     out = tmp_path_factory.mktemp("run")
     metrics = run_seg(config, out, quiet=True)

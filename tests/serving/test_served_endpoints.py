@@ -32,9 +32,12 @@ from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.digits_pipeline import run_digits
 from cycada.training.seg_config import resolve_seg_config
 from cycada.training.seg_pipeline import run_seg
-from tests.conftest import skip_without_tritonserver, write_tiny_domains
-from tests.training.test_digits_pipeline import tiny_config as tiny_digits
-from tests.training.test_seg_pipeline import TINY as TINY_SEG
+from tests.helpers import (
+    TINY_SEG,
+    skip_without_tritonserver,
+    tiny_digits_config,
+    write_tiny_domains,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -62,9 +65,7 @@ def repository(tmp_path_factory, seg_run):
 
 
 def options(repo, **kwargs) -> ServerOptions:
-    return ServerOptions(
-        repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kwargs
-    )
+    return ServerOptions.on_free_ports(repo, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_digits_run_serves_class_ids_and_probabilities(tmp_path, tmp_path_factor
                 str(folder / str(label) / f"{index}.png"), rng.integers(0, 256, (28, 28), np.uint8)
             )
     run_dir = tmp_path / "run"
-    run_digits(tiny_digits(f"folder:{folder}", "feature.enabled=false"), run_dir, quiet=True)
+    run_digits(tiny_digits_config(f"folder:{folder}", "feature.enabled=false"), run_dir, quiet=True)
     repo = tmp_path / "repo"
     report = export_run(run_dir, repo, ExportOptions(fp16=False), log=lambda _: None)
     assert "classify_digits" in report.versions and all(row.ok for row in report.rows)

@@ -10,7 +10,7 @@ from scipy.io import savemat
 from cycada.errors import DataError
 from cycada.training.data.digits import load_digits, read_idx
 from cycada.training.data.synthetic_digits import render_synthetic_digits
-from tests.conftest import data_path
+from tests.helpers import data_path
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:

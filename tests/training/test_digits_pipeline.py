@@ -17,26 +17,9 @@ from cycada.training.data.synthetic_digits import render_synthetic_digits
 from cycada.training.digits_ablation import run_ablation
 from cycada.training.digits_config import resolve_digits_config
 from cycada.training.digits_pipeline import run_digits
+from tests.helpers import TINY_DIGITS, tiny_digits_config
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "data.synthetic_size=120",
-    "data.max_samples=96",
-    "source.epochs=2",
-    "source.batch_size=32",
-    "pixel.max_steps=4",
-    "pixel.batch_size=16",
-    "pixel.generator_width=8",
-    "pixel.discriminator_width=8",
-    "pixel.sample_every=2",
-    "target.epochs=1",
-    "target.batch_size=32",
-    "feature.max_epochs=2",
-    "feature.batch_size=32",
-    "feature.gate_threshold=0.0",
-    "eval_batch_size=50",
-]
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +35,8 @@ def folder_domain(tmp_path_factory) -> str:
     return f"folder:{root}"
 
 
-def tiny_config(folder_domain: str, *extra: str, **overrides):
-    data = {"source": "synth", "target": folder_domain, "eval_split": "train"}
-    return resolve_digits_config(
-        "quick", sets=[*TINY, *extra], overrides={"data": data, **overrides}
-    )
-
-
 def test_full_run_writes_every_artifact(tmp_path, folder_domain):
-    metrics = run_digits(tiny_config(folder_domain), tmp_path, quiet=True)
+    metrics = run_digits(tiny_digits_config(folder_domain), tmp_path, quiet=True)
     assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
     for stage in metrics["stages"].values():
         for domain in ("source", "target"):
@@ -86,7 +62,7 @@ def test_full_run_writes_every_artifact(tmp_path, folder_domain):
 
 
 def test_same_seed_same_metrics(tmp_path, folder_domain):
-    config = tiny_config(folder_domain, "feature.enabled=false", "pixel.max_steps=2")
+    config = tiny_digits_config(folder_domain, "feature.enabled=false", "pixel.max_steps=2")
     first = run_digits(config, tmp_path / "a", quiet=True)
     second = run_digits(config, tmp_path / "b", quiet=True)
     for stage in first["stages"]:
@@ -95,7 +71,7 @@ def test_same_seed_same_metrics(tmp_path, folder_domain):
 
 
 def test_stages_run_one_at_a_time_from_checkpoints(tmp_path, folder_domain):
-    config = tiny_config(folder_domain)
+    config = tiny_digits_config(folder_domain)
     for stage in ("source", "pixel", "target", "feature"):
         metrics = run_digits(config, tmp_path, stages=[stage], quiet=True)
         assert metrics["final"]["stage"] == stage
@@ -106,13 +82,13 @@ def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):
     from cycada.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="stage 'source' has no checkpoint.*--stage source"):
-        run_digits(tiny_config(folder_domain), tmp_path, stages=["pixel"], quiet=True)
+        run_digits(tiny_digits_config(folder_domain), tmp_path, stages=["pixel"], quiet=True)
 
 
 @pytest.mark.parametrize("mode", ["joint", "alternating"])
 def test_joint_modes(tmp_path, folder_domain, mode):
     metrics = run_digits(
-        tiny_config(folder_domain, mode=mode, joint_epochs=2), tmp_path, quiet=True
+        tiny_digits_config(folder_domain, mode=mode, joint_epochs=2), tmp_path, quiet=True
     )
     assert list(metrics["stages"]) == ["source", "joint"]
     config, meta = read_header(tmp_path / "checkpoints" / "joint.safetensors")
@@ -127,7 +103,7 @@ def test_joint_modes(tmp_path, folder_domain, mode):
 
 
 def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain):
-    config = tiny_config(folder_domain, "feature.max_epochs=1")
+    config = tiny_digits_config(folder_domain, "feature.max_epochs=1")
     names = ["source_only", "control", "no_feat", "full", "target_supervised"]
     table = run_ablation(config, tmp_path, rows=names, quiet=True)
     assert "| Source only |" in table and "| CyCADA (Full) |" in table
@@ -179,7 +155,7 @@ def test_interrupted_run_resumes_and_keeps_good_checkpoints(tmp_path, folder_dom
         str(tmp_path),
         "--quiet",
     ]
-    sets = [f"--set={s}" for s in TINY if not s.startswith("pixel.max_steps")]
+    sets = [f"--set={s}" for s in TINY_DIGITS if not s.startswith("pixel.max_steps")]
     sets += ["--set=pixel.max_steps=0", "--set=pixel.epochs=6"]
     process = cli(*args, *sets)
     try:
@@ -233,7 +209,7 @@ def test_cli_eval_of_truncated_checkpoint(tmp_path):
 
 def test_cli_eval_of_a_finished_run(tmp_path, folder_domain):
     run_digits(
-        tiny_config(folder_domain, "feature.enabled=false", "pixel.enabled=false"),
+        tiny_digits_config(folder_domain, "feature.enabled=false", "pixel.enabled=false"),
         tmp_path,
         quiet=True,
     )
@@ -266,7 +242,7 @@ def unlabelled_folder(tmp_path_factory) -> str:
 def test_unlabelled_folder_target_with_and_without_an_eval_set(
     tmp_path, folder_domain, unlabelled_folder
 ):
-    metrics = run_digits(tiny_config(unlabelled_folder), tmp_path / "free", quiet=True)
+    metrics = run_digits(tiny_digits_config(unlabelled_folder), tmp_path / "free", quiet=True)
     assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
     for stage in metrics["stages"].values():
         assert "target" not in stage and stage["source"]["accuracy"] >= 0
@@ -278,7 +254,7 @@ def test_unlabelled_folder_target_with_and_without_an_eval_set(
     assert "label-free signals on 6 held-out images" in metrics["protocol"]["target_eval"]
 
     measured = run_digits(
-        tiny_config(unlabelled_folder, f"data.eval_set={folder_domain}"),
+        tiny_digits_config(unlabelled_folder, f"data.eval_set={folder_domain}"),
         tmp_path / "free",
         quiet=True,
     )  # nothing retrains: the evaluation set changes no weights
@@ -290,18 +266,20 @@ def test_unlabelled_folder_target_with_and_without_an_eval_set(
 def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_folder):
     from cycada.errors import DataError
 
-    config = tiny_config(unlabelled_folder)
+    config = tiny_digits_config(unlabelled_folder)
     with pytest.raises(DataError, match="source folder:.* has no labels"):
         run_digits(
             resolve_digits_config(
-                "quick", sets=TINY, overrides={"data": {"source": unlabelled_folder}}
+                "quick", sets=TINY_DIGITS, overrides={"data": {"source": unlabelled_folder}}
             ),
             tmp_path / "a",
             quiet=True,
         )
     with pytest.raises(DataError, match="evaluation set folder:.* has no labels"):
         run_digits(
-            tiny_config("synth", f"data.eval_set={unlabelled_folder}"), tmp_path / "b", quiet=True
+            tiny_digits_config("synth", f"data.eval_set={unlabelled_folder}"),
+            tmp_path / "b",
+            quiet=True,
         )
     assert config.data.target == unlabelled_folder
 
@@ -309,7 +287,7 @@ def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_fo
 def test_kill_9_ten_times_every_resume_finishes_with_valid_checkpoints(tmp_path, folder_domain):
     from cycada.training.kill_resume import kill_and_resume
 
-    sets = [f"--set={s}" for s in TINY if not s.startswith("pixel.max_steps")]
+    sets = [f"--set={s}" for s in TINY_DIGITS if not s.startswith("pixel.max_steps")]
     sets += ["--set=pixel.max_steps=0", "--set=pixel.epochs=3"]
     command = [
         sys.executable, "-m", "cycada.cli", "train", "digits", "--source", "synth",

@@ -13,7 +13,7 @@ from cycada.training.data.scene_writer import write_clip, write_scene_dataset
 from cycada.training.data.scenes import render_scene
 from cycada.training.data.seg_transforms import SegTransform
 from cycada.training.data.segmentation import load_segmentation
-from tests.conftest import data_path
+from tests.helpers import data_path
 
 
 @pytest.mark.data

@@ -14,8 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cycada.training.distributed import Distributed
-from tests.conftest import write_tiny_domains
-from tests.training.test_seg_pipeline import TINY
+from tests.helpers import TINY_SEG, write_tiny_domains
 
 
 def _worker(rank: int, port: int, results) -> None:
@@ -52,7 +51,7 @@ def test_gradients_buffers_and_decisions_are_averaged():
 @pytest.mark.slow
 def test_torchrun_runs_every_stage_with_identical_replicas(tmp_path):
     root = write_tiny_domains(tmp_path / "data")
-    sets = [arg for item in TINY for arg in ("--set", item)]
+    sets = [arg for item in TINY_SEG for arg in ("--set", item)]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     command = [
         torchrun,

@@ -13,30 +13,9 @@ from cycada.training.seg_cli import seg_row_config
 from cycada.training.seg_config import resolve_seg_config
 from cycada.training.seg_eval import evaluate_seg_checkpoint
 from cycada.training.seg_pipeline import run_seg
+from tests.helpers import TINY_SEG
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "model=fastscnn",
-    "data.resize_width=128",
-    "data.workers=0",
-    "source.iterations=6",
-    "source.batch_size=2",
-    "source.crop=64",
-    "pixel.max_steps=3",
-    "pixel.crop=32",
-    "pixel.generator_width=8",
-    "pixel.discriminator_width=8",
-    "pixel.sample_every=2",
-    "target.iterations=4",
-    "target.batch_size=2",
-    "target.crop=64",
-    "feature.iterations=6",
-    "feature.crop=64",
-    "feature.gate_window=2",
-    "feature.gate_threshold=0.0",
-    "eval_panels=2",
-]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +33,7 @@ def scenes(tmp_path_factory):
 
 def tiny(scenes, *extra):
     return resolve_seg_config(
-        "quick", sets=[*TINY, *extra], overrides={"data": {"data_root": str(scenes)}}
+        "quick", sets=[*TINY_SEG, *extra], overrides={"data": {"data_root": str(scenes)}}
     )
 
 
@@ -112,7 +91,7 @@ def test_table5_rows_share_stages_beside_the_control(tmp_path, scenes):
     from cycada.cli import main
 
     rows = "source_only,control,feature_only,full,full_semantic"
-    sets = [f"--set={item}" for item in TINY]
+    sets = [f"--set={item}" for item in TINY_SEG]
     code = main(
         ["ablate", "seg", "--data-root", str(scenes), "--preset", "quick", *sets]
         + ["--rows", rows, "--out", str(tmp_path), "--quiet"]

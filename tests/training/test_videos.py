@@ -11,7 +11,7 @@ import pytest
 from cycada.errors import DataError
 from cycada.training.data import videos as videos_module
 from cycada.training.data.videos import FrameSampling, extract_frames, list_videos
-from tests.conftest import data_path
+from tests.helpers import data_path
 
 
 def write_video(path, frames, fps=10.0, codec="MJPG"):

@@ -1,0 +1,100 @@
+"""What several test modules share: where the real data lives, the tiny configs of the
+end-to-end runs, and small writers of test data. Test modules import from here, never from
+one another."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("CYCADA_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def data_path(*parts: str) -> Path:
+    """A path under the real data folder; skips the test (with the reason) when it is absent."""
+    path = DATA_ROOT.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (set CYCADA_DATA to the shared data folder)")
+    return path
+
+
+def write_tiny_domains(root: Path, count: int = 6, width: int = 128, height: int = 64) -> Path:
+    """A game-style labelled source (GTA5 layout) and a camera-style target (Cityscapes layout:
+    unlabelled train, labelled val) under ``root``: the data of the tiny end-to-end runs."""
+    from cycada.training.data.scene_writer import write_scene_dataset
+
+    write_scene_dataset(root / "gta5", count, "game", "gta5", width, height)
+    write_scene_dataset(
+        root / "cityscapes", count, "camera", "cityscapes", width, height, labels=False
+    )
+    write_scene_dataset(
+        root / "cityscapes", 3, "camera", "cityscapes", width, height, split="val", seed=1
+    )
+    return root
+
+
+def skip_without_tritonserver() -> None:
+    """Skip the calling test module (with the reason) when tritonserver is not installed."""
+    from cycada.serving.server_install import find_tritonserver
+
+    if find_tritonserver() is None:
+        pytest.skip(
+            "tritonserver is not installed (run `python -m cycada.serving.server_install`)",
+            allow_module_level=True,
+        )
+
+
+# a whole segmentation run in seconds (with write_tiny_domains or the scenes fixture)
+TINY_SEG = [
+    "model=fastscnn",
+    "data.resize_width=128",
+    "data.workers=0",
+    "source.iterations=6",
+    "source.batch_size=2",
+    "source.crop=64",
+    "pixel.max_steps=3",
+    "pixel.crop=32",
+    "pixel.generator_width=8",
+    "pixel.discriminator_width=8",
+    "pixel.sample_every=2",
+    "target.iterations=4",
+    "target.batch_size=2",
+    "target.crop=64",
+    "feature.iterations=6",
+    "feature.crop=64",
+    "feature.gate_window=2",
+    "feature.gate_threshold=0.0",
+    "eval_panels=2",
+]
+
+# a whole digits run in seconds (synthetic digits as the source)
+TINY_DIGITS = [
+    "data.synthetic_size=120",
+    "data.max_samples=96",
+    "source.epochs=2",
+    "source.batch_size=32",
+    "pixel.max_steps=4",
+    "pixel.batch_size=16",
+    "pixel.generator_width=8",
+    "pixel.discriminator_width=8",
+    "pixel.sample_every=2",
+    "target.epochs=1",
+    "target.batch_size=32",
+    "feature.max_epochs=2",
+    "feature.batch_size=32",
+    "feature.gate_threshold=0.0",
+    "eval_batch_size=50",
+]
+
+
+def tiny_digits_config(target: str, *extra: str, **overrides):
+    """The tiny digits config: synthetic digits → ``target``, evaluated on its train split."""
+    from cycada.training.digits_config import resolve_digits_config
+
+    data = {"source": "synth", "target": target, "eval_split": "train"}
+    return resolve_digits_config(
+        "quick", sets=[*TINY_DIGITS, *extra], overrides={"data": data, **overrides}
+    )
