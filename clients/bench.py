@@ -408,7 +408,7 @@ def write_outputs(out: Path, result: dict) -> None:
                 ]
             )
     lines += [
-        f"# bench: {result['model']} {result['size'][0]}x{result['size'][1]}",
+        f"# bench: {result['model']} {result['size'][1]}x{result['size'][0]} (width x height)",
         "",
         "| served | /s | p50 ms | p90 ms | p95 ms | p99 ms | queue µs | compute µs | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cycada.grpc_security import add_client_security, security_from_args
+from cycada.sizes import image_size
 
 
 def _urls(text: str) -> list[str]:
@@ -161,7 +162,7 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "with Triton's queue/compute times, then every in-process engine installed, on the "
         "same input. Starts its own server on REPOSITORY unless --url is given. Writes "
         "bench.json, bench.csv (perf_analyzer columns), bench.md and bench.png.",
-        epilog="example:\n  cycada bench model_repository --model segment --size 256x512 "
+        epilog="example:\n  cycada bench model_repository --model segment --size 512x256 "
         "--concurrency 1,2,4 --out runs/bench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -175,7 +176,9 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         help="seconds each request waits out a lost or restarting server before it counts as "
         "an error (default 60; its latency includes the wait)",
     )
-    bench.add_argument("--size", default="256x512", metavar="HxW")
+    bench.add_argument(
+        "--size", type=image_size, default=(512, 256), metavar="WxH", help="default 512x256"
+    )
     bench.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4])
     bench.add_argument("--rate", type=_numbers(float), default=[], help="requests/s, open loop")
     bench.add_argument("--seconds", type=float, default=5.0, help="measurement window")
@@ -189,12 +192,8 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from cycada.clients.bench import run_bench
-    from cycada.errors import DataError
 
-    try:
-        height, width = (int(v) for v in args.size.split("x"))
-    except ValueError:
-        raise DataError(f"--size '{args.size}': expected HEIGHTxWIDTH like 256x512") from None
+    width, height = args.size
     run_bench(
         args.repository,
         args.model,

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from cycada.sizes import image_size
+
 P99_DRIFT_GOAL = 0.20
 RSS_GROWTH_GOAL = 0.05
 
@@ -180,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, help="start a server on this repository")
     parser.add_argument("--url", help="a running server instead (RSS is then not sampled)")
     parser.add_argument("--model", default="segment")
-    parser.add_argument("--size", default="128x256", help="HEIGHTxWIDTH of the request images")
+    parser.add_argument(
+        "--size", type=image_size, default=(256, 128), help="WIDTHxHEIGHT of the request images"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=0, help="stop after this many")
@@ -195,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.repository or args.url):
         parser.error("give --repository (a server is started) or --url")
-    try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size {args.size}: expected HEIGHTxWIDTH, e.g. 128x256")
+    width, height = args.size
     server = None
     if args.url is None:
         from cycada.serving.server import ServerOptions, TritonServer

@@ -45,7 +45,7 @@ STEPS = [
             "--model",
             "drn26",
             "--size",
-            "1024x2048",
+            "2048x1024",
             "--instances",
             "2",
             "--concurrency",

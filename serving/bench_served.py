@@ -1,6 +1,6 @@
 """Served (Triton, gRPC) vs in-process throughput of one segmentation model, same card.
 
-    python -m cycada.serving.bench_served --model drn26 --size 1024x2048 --out results/
+    python -m cycada.serving.bench_served --model drn26 --size 2048x1024 --out results/
 
 Builds a repository from RUN_DIR (``--run``; by default a DRN-C-26 with random weights, which
 is enough for speed), starts the real tritonserver with ``--instances`` Python-backend
@@ -29,6 +29,7 @@ import numpy as np
 
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.clients.load import run_load
+from cycada.sizes import image_size
 
 
 def random_run(model: str, folder: Path, generators: str = "") -> Path:
@@ -118,14 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="training run to serve (default: random DRN)")
     parser.add_argument("--model", default="drn26")
-    parser.add_argument("--size", default="1024x2048", help="HEIGHTxWIDTH of the frames")
+    parser.add_argument(
+        "--size", type=image_size, default=(2048, 1024), help="WIDTHxHEIGHT of the frames"
+    )
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--concurrency", default="1,4,8,16,32")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--weights-only", action="store_true", help="skip ONNX (GPU PyTorch)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    height, width = (int(v) for v in args.size.split("x"))
+    width, height = args.size
 
     from cycada.export.exporter import ExportOptions, export_run
     from cycada.serving.server import ServerOptions, TritonServer

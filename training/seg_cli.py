@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from cycada.sizes import image_size
 from cycada.training.data.segmentation import SEG_DATASETS
 from cycada.training.digits_cli import DEFAULT_DATA_ROOT
 from cycada.training.digits_config import preset_names
@@ -247,7 +248,7 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 def cmd_data_scenes(args: argparse.Namespace) -> int:
     from cycada.training.data.scene_writer import write_scene_dataset
 
-    width, height = _size(args.size)
+    width, height = args.size
     write_scene_dataset(
         args.out,
         args.count,
@@ -266,7 +267,7 @@ def cmd_data_scenes(args: argparse.Namespace) -> int:
 def cmd_data_clip(args: argparse.Namespace) -> int:
     from cycada.training.data.scene_writer import write_clip
 
-    width, height = _size(args.size)
+    width, height = args.size
     write_clip(args.out, args.frames, width, height, args.style, args.fps, args.seed)
     print(f"{args.frames} frames written to {args.out}")
     return 0
@@ -278,16 +279,6 @@ def cmd_data_video(args: argparse.Namespace) -> int:
     count = write_image_video(args.images, args.out, args.fps)
     print(f"{count} frames written to {args.out}")
     return 0
-
-
-def _size(text: str) -> tuple[int, int]:
-    from cycada.errors import ConfigError
-
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size '{text}' must look like WIDTHxHEIGHT, e.g. 1024x512") from None
-    return width, height
 
 
 def register(train, ablate, evaluate, data) -> None:
@@ -349,7 +340,7 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument("--style", choices=["game", "camera"], default="game")
     parser.add_argument("--layout", choices=["gta5", "cityscapes"], default="gta5")
     parser.add_argument("--split", default="train", help="cityscapes layout split folder")
-    parser.add_argument("--size", default="1024x512")
+    parser.add_argument("--size", type=image_size, default=(1024, 512), help="WIDTHxHEIGHT")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=cmd_data_scenes)
 
@@ -362,7 +353,7 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--style", choices=["game", "camera"], default="camera")
-    parser.add_argument("--size", default="512x256")
+    parser.add_argument("--size", type=image_size, default=(512, 256), help="WIDTHxHEIGHT")
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=cmd_data_clip)

@@ -384,7 +384,7 @@ def test_soak_thirty_seconds_no_errors_memory_sampled(repository, tmp_path):
     soak_main(
         [
             "--repository", str(repository), "--minutes", "0.5", "--warmup", "5",
-            "--window", "10", "--concurrency", "4", "--size", "64x128", "--out", str(tmp_path),
+            "--window", "10", "--concurrency", "4", "--size", "128x64", "--out", str(tmp_path),
         ]
     )  # fmt: skip
     result = json.loads((tmp_path / "soak.json").read_text())
