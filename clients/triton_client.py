@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cycada.errors import ServingError
+from cycada.errors import ConfigError, DataError, InputError, ServingError
 from cycada.grpc_security import GrpcSecurity
 
 LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
@@ -43,8 +43,10 @@ class TensorSpec:
     shape: tuple[int, ...]  # with the batch dimension; -1 = free
 
 
-class RequestRefused(ServingError):
+class RequestRefused(ServingError, InputError):
     """The server refused the request's input (INVALID_ARGUMENT): retrying cannot help."""
+
+    exit_code = InputError.exit_code
 
 
 def retryable(exc: Exception) -> bool:
@@ -77,7 +79,7 @@ class ModelClient:
         self.headers = self.security.headers
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
-            raise ServingError("no server URL given")
+            raise ConfigError("no server URL given")
         self.model, self.version, self.timeout = model, version, timeout
         self.retry_window, self.backoff, self.compression = retry_window, backoff, compression
         self._clients = [self.security.client(url) for url in self.urls]
@@ -143,26 +145,26 @@ class ModelClient:
         missing = set(self.inputs) - set(inputs)
         unknown = set(inputs) - set(self.inputs)
         if missing or unknown:
-            raise ServingError(
+            raise DataError(
                 f"model '{self.model}' takes inputs {sorted(self.inputs)}, got {sorted(inputs)}"
             )
         for name, array in inputs.items():
             spec = self.inputs[name]
             expected = NUMPY_OF.get(spec.datatype)
             if expected is not None and array.dtype != expected:
-                raise ServingError(
+                raise DataError(
                     f"input '{name}' of model '{self.model}' must be {spec.datatype}, "
                     f"got {array.dtype}"
                 )
             if len(array.shape) != len(spec.shape) or any(
                 want not in (-1, got) for want, got in zip(spec.shape, array.shape)
             ):
-                raise ServingError(
+                raise DataError(
                     f"input '{name}' of model '{self.model}' must have shape {list(spec.shape)} "
                     f"(-1 = any), got {list(array.shape)}"
                 )
             if self.max_batch_size and array.shape[0] > self.max_batch_size:
-                raise ServingError(
+                raise DataError(
                     f"input '{name}': batch {array.shape[0]} is over the model's "
                     f"max_batch_size {self.max_batch_size}"
                 )

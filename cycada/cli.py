@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except CycadaError as exc:
+    except CycadaError as exc:  # 2: the input is wrong; 1: something failed (cycada.errors)
         print(f"cycada: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(
             "cycada: interrupted; finished work is kept (training and translate-dir resume "

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cycada.errors import ServingError
+from cycada.errors import ConfigError, ServingError
 from cycada.grpc_security import (
     AUTH_HEADER,
     GrpcSecurity,
@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             secret = args.auth_secret_file.read_text().strip()
         except OSError as exc:
-            raise ServingError(f"--auth-secret-file {args.auth_secret_file}: {exc}") from None
+            raise ConfigError(f"--auth-secret-file {args.auth_secret_file}: {exc}") from None
         if not secret:
-            raise ServingError(f"--auth-secret-file {args.auth_secret_file} is empty")
+            raise ConfigError(f"--auth-secret-file {args.auth_secret_file} is empty")
     from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
     from cycada.serving.supervisor import RestartPolicy, supervise
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cycada.errors import ServingError
+from cycada.errors import ConfigError, DataError, ServingError
 from cycada.grpc_security import AUTH_HEADER, is_loopback
 from cycada.serving.server_install import TritonHome, find_tritonserver
 
@@ -86,14 +86,14 @@ class ServerOptions:
     def check(self) -> None:
         """A server reachable from the network is secured, or insecure on purpose."""
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ServingError("--tls-cert and --tls-key go together")
+            raise ConfigError("--tls-cert and --tls-key go together")
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not Path(path).is_file():
-                raise ServingError(f"TLS file {path} does not exist")
+                raise ConfigError(f"TLS file {path} does not exist")
         if is_loopback(self.host) or self.insecure:
             return
         if not (self.tls_cert and self.auth_secret):
-            raise ServingError(
+            raise ConfigError(
                 f"--host {self.host} is reachable from the network: give --tls-cert, --tls-key "
                 "and --auth-secret-file (clients: --ssl --auth-header cycada-auth=SECRET), or "
                 "--insecure to serve without them"
@@ -126,7 +126,7 @@ def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, 
 
 def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.profile not in PROFILES:
-        raise ServingError(f"unknown profile '{options.profile}' (valid: {', '.join(PROFILES)})")
+        raise ConfigError(f"unknown profile '{options.profile}' (valid: {', '.join(PROFILES)})")
     options.check()
     # HTTP (no TLS in Triton) and metrics stay on loopback when gRPC faces the network
     local = options.host if is_loopback(options.host) else "127.0.0.1"
@@ -180,10 +180,10 @@ def parse_cpus(text: str, option: str = "--cpus") -> set[int]:
             first, _, last = part.strip().partition("-")
             cpus.update(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise ServingError(f"{option} {text!r}: expected CPU numbers like 0,2-3") from None
+        raise ConfigError(f"{option} {text!r}: expected CPU numbers like 0,2-3") from None
     allowed = os.sched_getaffinity(0)
     if not cpus or not cpus <= allowed:
-        raise ServingError(
+        raise ConfigError(
             f"{option} {text!r}: expected CPUs among {sorted(allowed)} (this machine's)"
         )
     return cpus
@@ -218,7 +218,7 @@ class TritonServer:
             )
         repository = options.repository
         if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
-            raise ServingError(
+            raise DataError(
                 f"{repository} is not a model repository (no <model>/config.pbtxt); "
                 "create one with `cycada export RUN_DIR --repository DIR`"
             )
@@ -227,7 +227,7 @@ class TritonServer:
             if options.models and model.name not in options.models:
                 continue
             if not any(p.is_dir() and p.name.isdigit() for p in model.iterdir()):
-                raise ServingError(
+                raise DataError(
                     f"model '{model.name}' in {repository} has no version folder; "
                     "export a run into it first: cycada export RUN_DIR --repository "
                     f"{repository}"

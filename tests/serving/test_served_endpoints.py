@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from cycada.clients.bench import bench_input
 from cycada.clients.load import run_load
-from cycada.errors import ServingError
+from cycada.errors import ConfigError, ServingError
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
@@ -378,7 +378,7 @@ def test_no_restart_exits_with_the_error_and_kill_9_of_serve_leaves_no_orphans(
     try:
         os.kill(_tritonserver_of(process.pid), signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
-        assert process.returncode == 2 and "stopped by itself with code -9" in output
+        assert process.returncode == 1 and "stopped by itself with code -9" in output
     finally:
         if process.poll() is None:
             process.kill()
@@ -520,9 +520,9 @@ def test_tls_and_secret_refuse_a_request_missing_either(repository, tmp_path):
 
 
 def test_a_network_host_needs_tls_and_a_secret_or_insecure(repository):
-    with pytest.raises(ServingError, match="reachable from the network: give --tls-cert"):
+    with pytest.raises(ConfigError, match="reachable from the network: give --tls-cert"):
         TritonServer(options(repository, host="0.0.0.0"))
-    with pytest.raises(ServingError, match="--tls-cert and --tls-key go together"):
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key go together"):
         TritonServer(options(repository, tls_cert=Path("cert.pem")))
     from cycada.serving.server import server_command
 

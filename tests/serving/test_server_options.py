@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cycada.errors import ServingError
+from cycada.errors import ConfigError, ServingError
 from cycada.serving.server import parse_cpus
 
 
@@ -20,7 +20,7 @@ def test_parse_cpus_takes_lists_and_ranges_of_this_machines_cpus():
 
 @pytest.mark.parametrize("text", ["x", "1-a", "", "100000"])
 def test_parse_cpus_names_the_bad_value(text):
-    with pytest.raises(ServingError, match="--cpus"):
+    with pytest.raises(ConfigError, match="--cpus"):
         parse_cpus(text)
 
 
