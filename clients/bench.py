@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.atomic import write_text_atomic
+from cycada.bench_results import header_markdown, write_results
 from cycada.clients.load import LoadResult, infer_waiting, keep_message, run_load
 from cycada.errors import DataError
 
@@ -379,7 +380,7 @@ def plot(path: Path, served: list[dict], in_process: list[dict]) -> None:
 
 def write_outputs(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench.json", result)
+    header = write_results(out, "bench", result)["header"]
     lines = []
     with open(out / "bench.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -436,7 +437,7 @@ def write_outputs(out: Path, result: dict) -> None:
                 f"| {row['engine']} | {row['batch']} | {row['throughput_per_s']} | "
                 f"{row['p50_ms']} | {row['p99_ms']} |"
             )
-    write_text_atomic(out / "bench.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "bench.md", "\n".join(lines) + "\n\n" + header_markdown(header))
     plot(out / "bench.png", result["served"], result["in_process"])
 
 

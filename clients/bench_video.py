@@ -1,7 +1,7 @@
 """segment-video end to end against the served model's throughput, same server, same sizes.
 
-    python -m cycada.clients.bench_video --repository R --clip CLIP.mp4 --width 768 --out DIR
-    python -m cycada.clients.bench_video ... --server-cpus 0 --client-cpus 1 --interference
+    cycada bench video --repository R --clip CLIP.mp4 --width 768 --out DIR
+    cycada bench video ... --server-cpus 0 --client-cpus 1 --interference
 
 Starts tritonserver on R, runs segment-video on the whole clip once to warm every instance for
 that size, measures the served throughput with `cycada.clients.load` at ``--window`` requests in
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import cv2
 
-from cycada.atomic import write_json_atomic
+from cycada.bench_results import write_results
 from cycada.clients.load import run_load
 from cycada.clients.video import VideoOptions, _model_input, segment_video
 from cycada.errors import CycadaError
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         server_cpus=args.server_cpus,
         client_cpus=args.client_cpus,
     )
-    write_json_atomic(args.out / "video_vs_served.json", result)
+    write_results(args.out, "video_vs_served", result)
     print(json.dumps(result))
     return 0
 

@@ -154,16 +154,42 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# `cycada bench NAME ...`: every benchmark of the project under one command; each module's
+# main(argv) takes the rest of the command line (`cycada bench NAME --help` lists its options)
+BENCHMARKS = {
+    "sweep": ("cycada.clients.cli", "served concurrency/rate sweep + in-process engines"),
+    "served": ("cycada.serving.bench_served", "served vs in-process, frames over gRPC"),
+    "video": ("cycada.clients.bench_video", "segment-video against the served throughput"),
+    "segmenters": ("cycada.training.bench_segmenters", "segmenter inference: eager vs ORT"),
+    "pixel-stage": ("cycada.training.bench_pixel", "pixel-stage steps/s, with/without L_sem"),
+    "seg-stages": ("cycada.training.bench_seg_stages", "each segmentation stage's step time"),
+    "extract": ("cycada.training.bench_extract", "video frame extraction vs a decode loop"),
+    "soak": ("cycada.clients.soak", "saturating load for minutes: errors, drift, memory"),
+    "kill-resume": ("cycada.training.kill_resume", "kill -9 training, resume, compare"),
+}
+
+
+def bench_main(name: str, argv: list[str]) -> int:
+    """Run benchmark ``name`` (not the sweep) with ``argv``."""
+    import importlib
+
+    return int(importlib.import_module(BENCHMARKS[name][0]).main(argv) or 0)
+
+
 def register_bench(commands: argparse._SubParsersAction) -> None:
+    others = "\n".join(f"  {name:<12} {text}" for name, (_, text) in BENCHMARKS.items())
     bench = commands.add_parser(
         "bench",
-        help="latency/throughput of a served model and of the same model in process",
-        description="Concurrency sweep (and --rate request rates) against the served model, "
-        "with Triton's queue/compute times, then every in-process engine installed, on the "
-        "same input. Starts its own server on REPOSITORY unless --url is given. Writes "
-        "bench.json, bench.csv (perf_analyzer columns), bench.md and bench.png.",
-        epilog="example:\n  cycada bench model_repository --model segment --size 512x256 "
-        "--concurrency 1,2,4 --out runs/bench",
+        help="every benchmark: `cycada bench NAME --help` (default NAME: sweep)",
+        description="cycada bench [NAME] [OPTIONS]: NAME is one of\n" + others + "\n\n"
+        "Without NAME (or with sweep): a concurrency sweep (and --rate request rates) against "
+        "the served model, with Triton's queue/compute times, then every in-process engine "
+        "installed, on the same input. Starts its own server on REPOSITORY unless --url is "
+        "given. Writes bench.json, bench.csv (perf_analyzer columns), bench.md and bench.png. "
+        "Every benchmark's JSON opens with the same header: machine, versions, command, commit.",
+        epilog="examples:\n  cycada bench model_repository --model segment --size 512x256 "
+        "--concurrency 1,2,4 --out runs/bench\n  cycada bench segmenters --models fastscnn "
+        "--size 512x256 --out runs/bench-seg",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))

@@ -1,6 +1,6 @@
 """Soak: saturating closed-loop load for a long time, sampled every second.
 
-    python -m cycada.clients.soak --repository runs/demo/model_repository --minutes 10 --out DIR
+    cycada bench soak --repository runs/demo/model_repository --minutes 10 --out DIR
 
 Starts the embedded tritonserver on the repository (loopback, free ports) unless ``--url`` is
 given, keeps ``--concurrency`` requests in flight on ``--model`` until ``--minutes`` or

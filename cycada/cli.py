@@ -78,9 +78,22 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    benchmark = None
+    if len(argv) >= 2 and argv[0] == "bench":
+        from cycada.clients.cli import BENCHMARKS
+
+        if argv[1] == "sweep":
+            argv = ["bench", *argv[2:]]
+        elif argv[1] in BENCHMARKS:
+            benchmark = argv[1]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = None if benchmark else parser.parse_args(argv)
     try:
+        if benchmark is not None:
+            from cycada.clients.cli import bench_main
+
+            return bench_main(benchmark, argv[2:])
         return int(args.handler(args) or 0)
     except CycadaError as exc:  # 2: the input is wrong; 1: something failed (cycada.errors)
         print(f"cycada: error: {one_line(exc)}", file=sys.stderr)

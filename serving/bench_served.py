@@ -1,6 +1,6 @@
 """Served (Triton, gRPC) vs in-process throughput of one segmentation model, same card.
 
-    python -m cycada.serving.bench_served --model drn26 --size 2048x1024 --out results/
+    cycada bench served --model drn26 --size 2048x1024 --out results/
 
 Builds a repository from RUN_DIR (``--run``; by default a DRN-C-26 with random weights, which
 is enough for speed), starts the real tritonserver with ``--instances`` Python-backend
@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.bench_results import write_results
 from cycada.clients.load import run_load
 from cycada.sizes import image_size
 
@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{results['server_ready_s']} s; server memory {memory} MB; bytes per frame: raw "
         f"{results['raw_bytes']}, JPEG {results['jpeg_bytes']}"
     )
-    write_json_atomic(args.out / "served.json", results)
-    write_text_atomic(args.out / "served.md", "\n".join(lines) + "\n")
+    write_results(args.out, "served", results, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -1,6 +1,6 @@
 """Frame extraction speed against a plain OpenCV decode loop of the same file, same process.
 
-    python -m cycada.training.bench_extract --video ../shared/data/videos/highway_day_1280x720.mp4
+    cycada bench extract --video ../shared/data/videos/highway_day_1280x720.mp4
 
 For each sampling (``--target-fps 1`` and every frame) the extraction of ``video:FILE`` into a
 fresh folder (decode, sample, near-duplicate test, resize to ``--width``, JPEG, index) is timed
@@ -13,7 +13,6 @@ naming the file N times (several videos in parallel, as a fleet folder runs).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import cv2
 
+from cycada.bench_results import write_results
 from cycada.training.data.videos import FrameSampling, extract_frames
 
 
@@ -118,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     results = bench(args.video, args.width, args.repeats, args.copies)
     text = markdown(results)
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_extract.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "bench_extract.md").write_text(text)
+    write_results(args.out, "bench_extract", results, text)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Pixel-stage training speed: steps/s of one CyCADA pixel step, with and without L_sem.
 
-    python -m cycada.training.bench_pixel --batch 100 --size 32 --channels 1
+    cycada bench pixel-stage --batch 100 --size 32 --channels 1
 
 Both variants run in the same process on the same inputs, so their ratio is meaningful on a
 shared machine. Default networks are the paper's (Figure 7 generator and discriminator, width
@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
+from cycada.bench_results import write_results
 from cycada.training.digits_config import PixelStageConfig
 from cycada.training.models.task_nets import build_task_net
 from cycada.training.stages.pixel import PixelAdaptation
@@ -35,7 +37,7 @@ def steps_per_second(config: PixelStageConfig, channels: int, task: str, steps: 
     return steps / (time.perf_counter() - started)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--size", type=int, default=32)
@@ -44,7 +46,8 @@ def main() -> None:
     parser.add_argument("--generator-width", type=int, default=64)
     parser.add_argument("--discriminator-width", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="write pixel_stage.json here")
+    args = parser.parse_args(argv)
     results = {}
     for name, weight in (("with_semantic", 1.0), ("without_semantic", 0.0)):
         config = PixelStageConfig(
@@ -56,9 +59,12 @@ def main() -> None:
         )
         results[name] = round(steps_per_second(config, args.channels, args.task, args.steps), 4)
     results["semantic_cost"] = round(results["without_semantic"] / results["with_semantic"], 3)
-    results.update(vars(args), device="cpu", threads=torch.get_num_threads())
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    results.update(settings, device="cpu", threads=torch.get_num_threads())
     print(json.dumps(results))
+    write_results(args.out, "pixel_stage", results)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Images/s and peak GPU memory of every segmentation stage at the paper's sizes.
 
-    python -m cycada.training.bench_seg_stages --model drn26 --out results/
+    cycada bench seg-stages --model drn26 --out results/
 
 Each stage runs its real training step (the same modules, losses and optimizers as the
 pipeline) on random tensors: source/target f_T at batch 8, 600x600 crops; the pixel stage
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cycada.atomic import write_json_atomic
+from cycada.bench_results import write_results
 from cycada.training.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN, FeatureGANLoss
 from cycada.training.losses.task import TaskLoss
 from cycada.training.models.segmenters import build_segmenter
@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = json.dumps(results, indent=2)
     print(text)
-    if args.out:
-        write_json_atomic(args.out / f"stages-{args.model}.json", results)
+    write_results(args.out, f"stages-{args.model}", results)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Inference speed of the segmenters on this machine: PyTorch eager vs ONNX Runtime (CPU).
 
-    python -m cycada.training.bench_segmenters --models fastscnn,drn26 --size 512x256
+    cycada bench segmenters --models fastscnn,drn26 --size 512x256
 
 Both engines run the same network on the same input in one process (median of ``--repeat``
 timed runs after warm-up), so the ratio between them is meaningful on a shared machine.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cycada.bench_results import write_results
 from cycada.sizes import image_size
 from cycada.training.models.segmenters import build_segmenter
 
@@ -70,18 +71,23 @@ def bench(name: str, height: int, width: int, batch: int, threads: int, repeat: 
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fastscnn,drn26")
     parser.add_argument("--size", type=image_size, default=(512, 256), help="WIDTHxHEIGHT")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="write segmenters.json here")
+    args = parser.parse_args(argv)
     width, height = args.size
+    rows = []
     for name in args.models.split(","):
-        print(json.dumps(bench(name, height, width, args.batch, args.threads, args.repeat)))
+        rows.append(bench(name, height, width, args.batch, args.threads, args.repeat))
+        print(json.dumps(rows[-1]))
+    write_results(args.out, "segmenters", {"size": [width, height], "rows": rows})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """kill -9 a training command at random moments, resume it each time, check what it left.
 
-    python -m cycada.training.kill_resume --kills 10 --out runs/kill-digits -- \
+    cycada bench kill-resume --kills 10 --out runs/kill-digits -- \
         cycada train digits --source usps --target mnist --preset quick --quiet
 
 The command (everything after ``--``; its ``--out`` is added) runs once uninterrupted into
@@ -113,7 +113,7 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
-        print("usage: python -m cycada.training.kill_resume [options] -- COMMAND", file=sys.stderr)
+        print("usage: cycada bench kill-resume [options] -- COMMAND", file=sys.stderr)
         return 2
     split = argv.index("--")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,0 +1,31 @@
+"""`cycada bench NAME`: every benchmark under one command, each result with the same header."""
+
+from __future__ import annotations
+
+import json
+
+from cycada.cli import main
+
+
+def test_bench_subcommand_writes_its_result_with_the_shared_header(tmp_path, capsys):
+    code = main(
+        ["bench", "pixel-stage", "--batch", "2", "--size", "28", "--generator-width", "4"]
+        + ["--discriminator-width", "4", "--steps", "1", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "pixel_stage.json").read_text())
+    header = result["header"]
+    assert list(result)[0] == "header" and result["with_semantic"] > 0
+    assert header["machine"]["cpus"] >= 1 and "torch" in header["versions"]
+    assert header["utc"] and "command" in header
+    assert '"semantic_cost"' in capsys.readouterr().out
+
+
+def test_bench_help_lists_every_benchmark(capsys):
+    try:
+        main(["bench", "--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    for name in ("sweep", "served", "video", "segmenters", "pixel-stage", "seg-stages", "soak"):
+        assert f"  {name} " in out
