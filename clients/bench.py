@@ -28,6 +28,7 @@ from cycada.atomic import write_text_atomic
 from cycada.bench_results import header_markdown, write_results
 from cycada.clients.load import LoadResult, infer_waiting, keep_message, run_load
 from cycada.errors import DataError
+from cycada.plots import bench_figure
 
 PERF_ANALYZER_COLUMNS = [
     "Concurrency",
@@ -301,83 +302,6 @@ class _PlanEngine:
         return self.runner(batch)
 
 
-def plot(path: Path, served: list[dict], in_process: list[dict]) -> None:
-    """Throughput (y) against p99 latency (x), served points joined, in-process as crosses."""
-    width, height, margin = 720, 480, 60
-    points = [(r["p99_ms"], r["throughput_per_s"]) for r in served if np.isfinite(r["p99_ms"])]
-    points += [(r["p99_ms"], r["throughput_per_s"]) for r in in_process if "p99_ms" in r]
-    image = np.full((height, width, 3), 255, np.uint8)
-    if points:
-        max_x = max(p[0] for p in points) * 1.1 or 1.0
-        max_y = max(p[1] for p in points) * 1.1 or 1.0
-
-        def xy(p):
-            return (
-                int(margin + p[0] / max_x * (width - 2 * margin)),
-                int(height - margin - p[1] / max_y * (height - 2 * margin)),
-            )
-
-        cv2.line(image, (margin, height - margin), (width - margin, height - margin), (0, 0, 0))
-        cv2.line(image, (margin, margin), (margin, height - margin), (0, 0, 0))
-        font = cv2.FONT_HERSHEY_SIMPLEX
-        cv2.putText(
-            image,
-            f"p99 latency (ms), max {max_x:.0f}",
-            (margin, height - 20),
-            font,
-            0.5,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
-        cv2.putText(
-            image,
-            f"throughput (/s), max {max_y:.1f}",
-            (10, 30),
-            font,
-            0.5,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
-        line = [
-            xy((r["p99_ms"], r["throughput_per_s"]))
-            for r in served
-            if r["mode"] == "concurrency" and np.isfinite(r["p99_ms"])
-        ]
-        for a, b in zip(line, line[1:]):
-            cv2.line(image, a, b, (200, 80, 0), 2, cv2.LINE_AA)
-        for row in served:
-            if np.isfinite(row["p99_ms"]):
-                centre = xy((row["p99_ms"], row["throughput_per_s"]))
-                cv2.circle(image, centre, 5, (200, 80, 0), -1)
-                cv2.putText(
-                    image,
-                    f"{row['mode'][0]}={row['value']}",
-                    (centre[0] + 6, centre[1]),
-                    font,
-                    0.4,
-                    (0, 0, 0),
-                    1,
-                    cv2.LINE_AA,
-                )
-        for row in in_process:
-            if "p99_ms" in row:
-                x, y = xy((row["p99_ms"], row["throughput_per_s"]))
-                cv2.drawMarker(image, (x, y), (0, 0, 200), cv2.MARKER_CROSS, 12, 2)
-                cv2.putText(
-                    image,
-                    row["engine"][:28],
-                    (x + 6, y - 6),
-                    font,
-                    0.4,
-                    (0, 0, 200),
-                    1,
-                    cv2.LINE_AA,
-                )
-    cv2.imwrite(str(path), image)
-
-
 def write_outputs(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     header = write_results(out, "bench", result)["header"]
@@ -438,7 +362,13 @@ def write_outputs(out: Path, result: dict) -> None:
                 f"{row['p50_ms']} | {row['p99_ms']} |"
             )
     write_text_atomic(out / "bench.md", "\n".join(lines) + "\n\n" + header_markdown(header))
-    plot(out / "bench.png", result["served"], result["in_process"])
+    width, height = result["size"][1], result["size"][0]
+    bench_figure(
+        out / "bench.png",
+        result["served"],
+        result["in_process"],
+        f"{result['model']} at {width}x{height}: served (gRPC) and in process",
+    )
 
 
 def run_bench(

@@ -23,6 +23,7 @@ from torch import nn
 from cycada import configs
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.errors import CheckpointError, ConfigError
+from cycada.plots import curves_figure, read_scalars
 from cycada.training.data.transforms import fit_images
 from cycada.training.digits_config import DigitsRunConfig
 from cycada.training.digits_run import DigitsRun
@@ -254,6 +255,7 @@ class DigitsPipeline:
                 results = run.evaluate(task_tgt, stage, previous=("source", task_src))
                 self._record(stage, results, started, summary)
         run.log.close()
+        curves_figure(self.out_dir / "curves.png", read_scalars(self.out_dir / "scalars.jsonl"))
         return self.metrics
 
     def _pixel_metrics(self, pixel: PixelAdaptation, task_src: nn.Module) -> dict[str, Any]:

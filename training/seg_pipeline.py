@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from cycada import configs
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.errors import CheckpointError, ConfigError
+from cycada.plots import curves_figure, per_class_iou_figure, read_scalars
 from cycada.training.seg_config import SEG_STAGES, SegDataConfig, SegRunConfig
 from cycada.training.seg_label_free import label_free_csv, label_free_signals, label_free_table
 from cycada.training.seg_metrics import table_csv, table_markdown
@@ -201,6 +203,18 @@ class SegPipeline:
             if rows:
                 write_text_atomic(tables / f"{name}.md", markdown(rows))
                 write_text_atomic(tables / f"{name}.csv", comma_separated(rows))
+        ious = {
+            ROW_NAMES.get(s, s): {k: (math.nan if v is None else v) for k, v in iou.items()}
+            for s in stages
+            if (iou := stages[s].get("target", {}).get("per_class_iou"))
+        }
+        if ious:
+            per_class_iou_figure(
+                tables / "per_class_iou.png",
+                ious,
+                list(self.run.space.classes),
+                f"per-class IoU on {self.metrics['evaluation']['labelled']}",
+            )
 
     def _recorded(self, stage: str) -> bool:
         """True when metrics.json holds this stage's results under the run's evaluation."""
@@ -283,6 +297,8 @@ class SegPipeline:
                 run.save_stage(stage, {"task_tgt": task_tgt}, summary)
                 self._record(stage, task_tgt, started, source_only, summary, previous)
         run.log.close()
+        if run.dist.is_main:
+            curves_figure(self.out_dir / "curves.png", read_scalars(self.out_dir / "scalars.jsonl"))
         return self.metrics
 
 

@@ -1,4 +1,5 @@
-"""PNG figures: confusion matrices and image grids (source / translated / reconstructed)."""
+"""PNG images: image grids (source / translated / reconstructed) and panels; confusion matrices
+(drawn by :mod:`cycada.plots`)."""
 
 from __future__ import annotations
 
@@ -28,47 +29,10 @@ def write_png(path: str | Path, image_rgb: np.ndarray) -> Path:
 def confusion_png(
     path: str | Path, confusion: np.ndarray, class_names: list[str], title: str
 ) -> Path:
-    """A row-normalised confusion matrix with counts, rows = truth, columns = prediction."""
-    k = len(class_names)
-    cell, margin, top = 44, 60, 50
-    size_w, size_h = margin + cell * k + 10, top + margin + cell * k
-    canvas = np.full((size_h, size_w, 3), 255, np.uint8)
-    rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(canvas, title, (10, 22), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(canvas, "predicted", (margin + cell * k // 2 - 35, 44), font, 0.45, (0, 0, 0), 1)
-    for i in range(k):
-        for j in range(k):
-            shade = int(255 * (1 - rows[i, j]))
-            x0, y0 = margin + j * cell, top + margin // 2 + i * cell
-            cv2.rectangle(canvas, (x0, y0), (x0 + cell - 1, y0 + cell - 1), (255, shade, shade), -1)
-            colour = (255, 255, 255) if rows[i, j] > 0.5 else (0, 0, 0)
-            text = str(int(confusion[i, j]))
-            cv2.putText(
-                canvas, text, (x0 + 3, y0 + cell // 2 + 4), font, 0.35, colour, 1, cv2.LINE_AA
-            )
-        label = class_names[i][:5]
-        cv2.putText(
-            canvas,
-            label,
-            (8, top + margin // 2 + i * cell + cell // 2 + 4),
-            font,
-            0.4,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
-        cv2.putText(
-            canvas,
-            label,
-            (margin + i * cell + 4, top + margin // 2 - 4),
-            font,
-            0.4,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
-    return write_png(path, canvas[..., ::-1].copy())
+    """A row-normalised confusion matrix with class names and counts (matplotlib)."""
+    from cycada.plots import confusion_figure
+
+    return confusion_figure(path, confusion, class_names, title)
 
 
 def image_grid(columns: list[torch.Tensor], scale: int = 2, pad: int = 2) -> np.ndarray:

@@ -59,6 +59,8 @@ def test_full_run_writes_every_artifact(tmp_path, folder_domain):
     translated = np.load(tmp_path / "translated" / "source_train.npz")
     assert translated["images"].shape[0] == translated["labels"].shape[0] == 96
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    curves = cv2.imread(str(tmp_path / "curves.png"))  # the logged scalars, one panel a stage
+    assert curves is not None and curves.shape[0] > 300
 
 
 def test_same_seed_same_metrics(tmp_path, folder_domain):

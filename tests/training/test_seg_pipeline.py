@@ -58,6 +58,8 @@ def test_full_seg_run(tmp_path, scenes):
     assert table[0].startswith("| Model | road | sidewalk | building |")
     assert len(table) == 5  # header, rule, three rows
     assert len(list((tmp_path / "eval" / "feature" / "panels").glob("*.png"))) == 2
+    for figure in ("tables/per_class_iou.png", "curves.png"):  # matplotlib figures
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert list((tmp_path / "samples").glob("pixel_step*.png"))
     for stage in ("source", "pixel", "target", "feature"):
         assert (tmp_path / "checkpoints" / f"{stage}.safetensors").exists()
