@@ -37,6 +37,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no ONNX: weights for the PyTorch engine of the Python backend (GPU serving)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also an AOTInductor package (model.pt2) per model, compiled now for this "
+        "machine's GPU (or CPU); the PyTorch engine loads it in seconds, or falls back to eager",
+    )
+    parser.add_argument("--compile-device", default="auto", help="auto (default), cuda or cpu")
     parser.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 plans")
     parser.add_argument(
         "--int8-calibration", type=Path, metavar="DIR", help="INT8 plans calibrated on DIR's images"
@@ -57,6 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cycada.export.exporter import ExportOptions, export_run
 
+    if args.weights_only and args.compile:
+        raise ExportError("--weights-only cannot be combined with --compile (parity needs ONNX)")
     if args.weights_only and (args.tensorrt or args.int8_calibration):
         raise ExportError("--weights-only cannot be combined with --tensorrt (plans need ONNX)")
     if args.int8_calibration and not args.int8_calibration.is_dir():
@@ -71,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         trt_shapes=args.trt_shapes,
         keep=args.keep,
         data_root=args.data_root,
+        compile=args.compile,
+        compile_device=args.compile_device,
     )
     report = export_run(args.run_dir, args.repository, options, log=lambda m: print(m, flush=True))
     if args.check:

@@ -31,6 +31,8 @@ class ExportOptions:
     trt_shapes: tuple[tuple[int, int], ...] = ((256, 512), (512, 1024), (1024, 2048))
     keep: int = 3
     data_root: Path | None = None
+    compile: bool = False  # also an AOTInductor package (model.pt2) for the PyTorch engine
+    compile_device: str = "auto"  # the device it is compiled for: auto = cuda when present
 
 
 @dataclass
@@ -94,6 +96,30 @@ def _export_endpoint(
             rows += parity.compare(
                 endpoint, "onnx-fp16", reference, parity.onnx_runner(half), images, True
             )
+        if options.compile:
+            from cycada.export import compiled
+
+            device = compiled.compile_device(options.compile_device)
+            half = options.fp16 and device.type == "cuda"  # what the PyTorch engine serves
+            log(f"{endpoint.name}: AOTInductor package for {device.type} (compiling)")
+            compiled.compile_package(endpoint, version_dir, device, half)
+            package = compiled.package_runner(version_dir, device, half)
+            onnx_graph = parity.onnx_runner(served)
+            rows += parity.compare(
+                endpoint,
+                f"aoti-{device.type}-{'fp16' if half else 'fp32'}",
+                onnx_graph,  # against the ONNX graph the other engines run
+                package,
+                images,
+                True,
+            )
+            if device.type == "cpu":  # on a GPU host `cycada bench segmenters` measures
+                timings = {
+                    "pytorch": compiled.median_ms(package, images[0]),
+                    "onnxruntime": compiled.median_ms(onnx_graph, images[0]),
+                }
+                fastest = compiled.record_engine_choice(version_dir, timings, device)
+                log(f"{endpoint.name}: fastest engine here {fastest} ({timings})")
         if options.tensorrt:
             from cycada.export import tensorrt_build
 
@@ -109,7 +135,8 @@ def _export_endpoint(
 
 def _link_files(source: Path, target: Path) -> None:
     """The encoded-frame model runs the segment model's files (hard links when possible)."""
-    for name in ("model.onnx", "model.fp16.onnx", "model.plan", "network.safetensors"):
+    names = ("model.onnx", "model.fp16.onnx", "model.plan", "network.safetensors", "model.pt2")
+    for name in (*names, "compiled.json", "engine_choice.json"):
         if (source / name).exists():
             try:
                 os.link(source / name, target / name)
@@ -140,6 +167,7 @@ def _export_one(
         "onnx": options.onnx,
         "fp16": options.fp16 and options.onnx,
         "tensorrt": options.tensorrt,
+        "compiled": options.compile,
     }
     fill = _export_endpoint(endpoint, options, report, log)
     report.versions[endpoint.name] = write_model(repository, spec, fill, info, keep=0)

@@ -141,20 +141,31 @@ class TorchEngine(Engine):
             info["endpoint"], kind, network.eval(), info["pad_multiple"], info["in_channels"]
         )
         self.device = torch.device(device)
-        graph = serving_graph(endpoint, half=half).to(self.device)
-        if self.device.type == "cuda":
-            graph = graph.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
-        self.graph = (
-            torch.compile(graph, mode=compile_mode, dynamic=True) if compile_mode else graph
-        )
+        precision = "fp16" if half else "fp32"
+        # a package compiled at export for this machine loads in well under a second
+        from cycada.export.compiled import PACKAGE, load_package
+
+        package, why_not = load_package(folder, self.device, half)
+        if package is not None:
+            self.graph = package
+            self.name = f"aoti package ({self.device}, {precision})"
+        else:
+            if (folder / PACKAGE).exists():
+                print(f"cycada: {folder / PACKAGE} not used: {why_not}; serving eager", flush=True)
+            graph = serving_graph(endpoint, half=half).to(self.device)
+            if self.device.type == "cuda":
+                graph = graph.to(memory_format=torch.channels_last)
+                torch.backends.cudnn.benchmark = True
+            self.graph = (
+                torch.compile(graph, mode=compile_mode, dynamic=True) if compile_mode else graph
+            )
+            compiled = ", compiled" if compile_mode else ""
+            self.name = f"pytorch ({self.device}, {precision}{compiled})"
         self.output_order = {
             "segment": ["labels", "confidence"],
             "translate": ["translated"],
             "classify": ["class_ids", "probabilities"],
         }[kind]
-        precision = "fp16" if half else "fp32"
-        self.name = f"pytorch ({self.device}, {precision}{', compiled' if compile_mode else ''})"
 
     def run(self, batch, output_names: list[str]) -> list:
         torch = self.torch
@@ -214,6 +225,11 @@ def select_engine(
     """The engine for this instance (parameter ``engine``: auto, onnxruntime, pytorch)."""
     choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
     threads = int(parameters.get("intra_op_threads", "0") or 0)
+    recorded = folder / "engine_choice.json"  # export measured the engines on this machine
+    if choice == "auto" and recorded.exists():
+        measured = json.loads(recorded.read_text())
+        if measured.get("device") == ("cuda" if _torch_cuda() else "cpu"):  # measured here
+            choice = measured.get("default_engine", "auto")
     has_onnx = (folder / "model.onnx").exists()
     providers: list[str] = []
     if has_onnx and choice in ("auto", "onnxruntime"):

@@ -108,3 +108,43 @@ def test_a_full_disk_during_export_leaves_the_previous_version(tmp_path, monkeyp
         folders = sorted(p.name for p in (repo / model).iterdir() if p.is_dir())
         assert [f for f in folders if f.isdigit()] == ["1"], (model, folders)
     assert {p: p.read_text() for p in repo.rglob("*.pbtxt")} == configs
+
+
+def test_compiled_package_is_checked_against_onnx_loaded_fast_and_falls_back(tmp_path):
+    """`cycada export --compile` on CPU: an AOTInductor package with parity against the ONNX
+    graph, the faster engine recorded; the PyTorch engine loads it, and serves eager with a
+    log line when it was built for another machine."""
+    import json
+
+    from cycada.serving.engines import TorchEngine
+    from cycada.training.digits_pipeline import run_digits
+    from tests.helpers import tiny_digits_config
+
+    run = tmp_path / "run"
+    config = tiny_digits_config("synth", "pixel.enabled=false", "feature.enabled=false")
+    run_digits(config, run, quiet=True)
+    report = export_run(run, tmp_path / "repo", ExportOptions(fp16=False, compile=True), print)
+    rows = [row for row in report.rows if row.variant == "aoti-cpu-fp32"]
+    assert rows and all(row.ok for row in rows)
+    version = tmp_path / "repo" / "classify_digits" / "1"
+    info = json.loads((version / "compiled.json").read_text())
+    assert info["device"] == "cpu" and info["torch"] == torch_version()
+    choice = json.loads((version / "engine_choice.json").read_text())
+    assert set(choice["timings_ms"]) == {"pytorch", "onnxruntime"}
+    engine = TorchEngine(version, "cpu", half=False)
+    assert engine.name.startswith("aoti package")
+    digits = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3), np.uint8)
+    class_ids = engine.run(digits, ["class_ids"])[0].numpy()
+    expected = parity.onnx_runner(version / "model.onnx")(digits)[0]
+    np.testing.assert_array_equal(class_ids, expected)
+    info["torch"] = "0.0.1"  # as if built elsewhere
+    (version / "compiled.json").write_text(json.dumps(info))
+    fallback = TorchEngine(version, "cpu", half=False)
+    assert fallback.name.startswith("pytorch (cpu")
+    np.testing.assert_array_equal(fallback.run(digits, ["class_ids"])[0].numpy(), expected)
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
