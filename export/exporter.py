@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from cycada.errors import ExportError
 from cycada.export import parity
 from cycada.export.onnx_export import OPSET, export_onnx
-from cycada.export.repository import exclusive, prune, spec_for, write_model
+from cycada.export.repository import NativeProfile, exclusive, prune, spec_for, write_model
 from cycada.export.run_models import Endpoint, load_run_endpoints
 
 
@@ -170,13 +170,21 @@ def _export_one(
         "compiled": options.compile,
     }
     fill = _export_endpoint(endpoint, options, report, log)
-    report.versions[endpoint.name] = write_model(repository, spec, fill, info, keep=0)
+    native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
+    report.versions[endpoint.name] = write_model(
+        repository, spec, fill, info, keep=0, native=native
+    )
     if endpoint.kind == "segment":
         encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
         info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
         segment_dir = report.versions[endpoint.name]
         report.versions["segment_encoded"] = write_model(
-            repository, encoded, functools.partial(_link_files, segment_dir), info, keep=0
+            repository,
+            encoded,
+            functools.partial(_link_files, segment_dir),
+            info,
+            keep=0,
+            native=native,
         )
 
 

@@ -34,6 +34,27 @@ WARMUP_SHAPE = (256, 512)  # height, width of the warm-up request of image endpo
 MAX_BATCH = {"segment": 8, "translate": 8, "classify": 256, "encoded": 8}
 
 
+@dataclass(frozen=True)
+class NativeProfile:
+    """What the native profiles' configs must agree with: the TensorRT plans' optimization
+    profile (batch up to ``max_batch``, sizes from the smallest to the largest of ``shapes``,
+    height x width) and where ONNX Runtime keeps the TensorRT engines it builds."""
+
+    max_batch: int = 8
+    shapes: tuple[tuple[int, int], ...] = ((256, 512), (512, 1024), (1024, 2048))
+    trt_cache: str = "/tmp/cycada-trt-cache"
+
+
+def plan_profile(kind: str, native: NativeProfile, digit_size: int = 28):
+    """(max batch, [(height, width) min, opt, max]) of a model's TensorRT optimization profile:
+    digits are fixed-size images in batches of up to 256; images follow ``native``."""
+    if kind == "classify":
+        side = (digit_size, digit_size)
+        return MAX_BATCH["classify"], [side, side, side]
+    shapes = sorted(native.shapes, key=lambda s: s[0] * s[1])
+    return native.max_batch, [shapes[0], shapes[len(shapes) // 2], shapes[-1]]
+
+
 @dataclass
 class ModelSpec:
     """What a config needs: tensor names, dtypes, dims (without the batch dim)."""
@@ -75,11 +96,14 @@ def _tensors(section: str, tensors: list[tuple[str, str, list[int]]], ragged: bo
     return f"{section} [\n{items}\n]\n"
 
 
-def _warmup(spec: ModelSpec) -> str:
+def _warmup(spec: ModelSpec, profile: str, native: NativeProfile) -> str:
     if spec.kind == "encoded":
         return ""  # a zero-filled frame is not a decodable image
     name, _, dims = spec.inputs[0]
     shape = [28, 28, dims[-1]] if spec.kind == "classify" else [*WARMUP_SHAPE, dims[-1]]
+    if profile == "tensorrt":  # inside the plan's optimization profile, or the plan refuses it
+        _, (low, _, _) = plan_profile(spec.kind, native)
+        shape = [*low, dims[-1]]
     return (
         'model_warmup [\n  {\n    name: "zeros"\n    batch_size: 1\n'
         f'    inputs {{ key: "{name}" value: {{ data_type: TYPE_UINT8 '
@@ -90,8 +114,10 @@ def _warmup(spec: ModelSpec) -> str:
 MAX_QUEUE = 128  # requests waiting per model
 
 
-def config_text(spec: ModelSpec, profile: str) -> str:
-    """config.pbtxt text of ``spec`` for a deployment profile."""
+def config_text(spec: ModelSpec, profile: str, native: NativeProfile | None = None) -> str:
+    """config.pbtxt text of ``spec`` for a deployment profile; ``native`` (the export's TensorRT
+    options) sizes the tensorrt profile's batch and warm-up and the ORT engine cache."""
+    native = native or NativeProfile()
     lines = [f'name: "{spec.name}"']
     if profile == "default" or spec.kind == "encoded":
         lines.append('backend: "python"')
@@ -101,7 +127,10 @@ def config_text(spec: ModelSpec, profile: str) -> str:
         lines += ['platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
     else:
         raise ValueError(f"unknown profile '{profile}' (valid: {', '.join(PROFILES)})")
-    lines.append(f"max_batch_size: {MAX_BATCH[spec.kind]}")
+    max_batch = MAX_BATCH[spec.kind]
+    if profile == "tensorrt" and spec.kind != "encoded":
+        max_batch, _ = plan_profile(spec.kind, native)  # the plan accepts no larger batch
+    lines.append(f"max_batch_size: {max_batch}")
     text = "\n".join(lines) + "\n"
     # encoded frames differ in length: ragged batching lets the batcher group them anyway
     text += _tensors("input", spec.inputs, ragged=spec.kind == "encoded")
@@ -112,25 +141,29 @@ def config_text(spec: ModelSpec, profile: str) -> str:
         "dynamic_batching { max_queue_delay_microseconds: 2000 "
         f"default_queue_policy {{ max_queue_size: {MAX_QUEUE} }} }}\n"
     )
-    native = profile != "default" and spec.kind != "encoded"
-    kind = "KIND_GPU" if native else "KIND_CPU"
+    is_native = profile != "default" and spec.kind != "encoded"
+    kind = "KIND_GPU" if is_native else "KIND_CPU"
     text += f"instance_group [ {{ kind: {kind} count: 1 }} ]\n"
     text += f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}\n"
-    if native and profile == "onnxruntime":
+    if is_native and profile == "onnxruntime":
         text += (
             "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
             '  name: "tensorrt"\n'
             '  parameters { key: "precision_mode" value: "FP16" }\n'
             '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
+            # engines are kept across restarts and resolutions, not rebuilt at every start
+            '  parameters { key: "trt_engine_cache_enable" value: "true" }\n'
+            '  parameters { key: "trt_engine_cache_path" '
+            f'value: "{native.trt_cache}/{spec.name}" }}\n'
             "} ] } }\n"
         )
-    if not native:
+    if not is_native:
         parameters = {"handler": spec.python_handler, **spec.parameters}
         text += "".join(
             f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
             for key, value in parameters.items()
         )
-    return text + _warmup(spec)
+    return text + _warmup(spec, profile, native)
 
 
 def validate_config(text: str, where: str) -> None:
@@ -164,6 +197,7 @@ def write_model(
     fill_version: Callable[[Path], None],
     info: dict,
     keep: int = 3,
+    native: NativeProfile | None = None,
 ) -> Path:
     """Write configs and a new version folder (filled by ``fill_version``); prune old versions."""
     model_dir = repository / spec.name
@@ -172,7 +206,7 @@ def write_model(
         if profile != "default" and spec.kind == "encoded":
             continue  # falls back to config.pbtxt (Python) in every profile
         path = model_dir / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
-        texts[path] = config_text(spec, profile)
+        texts[path] = config_text(spec, profile, native)
         validate_config(texts[path], str(path))
     version = (versions(model_dir) or [0])[-1] + 1
     model_dir.mkdir(parents=True, exist_ok=True)

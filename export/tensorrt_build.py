@@ -17,6 +17,7 @@ import numpy as np
 
 from cycada.errors import ExportError
 from cycada.export.onnx_export import INPUT_NAME, output_names
+from cycada.export.repository import NativeProfile, plan_profile
 from cycada.export.run_models import Endpoint
 
 CACHE = Path(os.environ.get("CYCADA_TRT_CACHE", Path.home() / ".cache" / "cycada" / "tensorrt"))
@@ -74,16 +75,19 @@ def build_plan(onnx_path: Path, plan_path: Path, endpoint: Endpoint, options: An
             raise ExportError(f"{endpoint.name}: TensorRT cannot parse {onnx_path} ({errors})")
         config = builder.create_builder_config()
         config.set_flag(trt.BuilderFlag.FP16)
-        shapes = sorted(options.trt_shapes, key=lambda s: s[0] * s[1])
+        # loadable by a newer TensorRT too (NVIDIA's container may carry another version)
+        if hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
+        digit_size = getattr(endpoint.network, "in_size", 28)
+        max_batch, (low, middle, high) = plan_profile(endpoint.kind, native, digit_size)
         channels = endpoint.in_channels
-        low, high = shapes[0], shapes[-1]
-        middle = shapes[len(shapes) // 2]
         profile = builder.create_optimization_profile()
         profile.set_shape(
             INPUT_NAME,
             (1, *low, channels),
-            (max(1, options.trt_max_batch // 2), *middle, channels),
-            (options.trt_max_batch, *high, channels),
+            (max(1, max_batch // 2), *middle, channels),
+            (max_batch, *high, channels),
         )
         config.add_optimization_profile(profile)
         if options.int8_calibration is not None:

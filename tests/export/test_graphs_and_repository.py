@@ -127,3 +127,27 @@ def test_committed_configs_are_what_export_writes():
                 / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
             )
             assert path.read_text() == config_text(spec, profile), path
+
+
+def test_native_configs_agree_with_the_export_options_that_produced_them():
+    """The tensorrt profile's batch and warm-up lie inside the plan's optimization profile
+    (from --trt-max-batch / --trt-shapes; digits at their own size, batches of 256), and the
+    onnxruntime profile keeps TensorRT engines in a cache across starts."""
+    from cycada.export.repository import NativeProfile, plan_profile
+
+    native = NativeProfile(max_batch=4, shapes=((128, 256), (256, 512)))
+    parse = model_config_pb2.ModelConfig
+    segment = text_format.Parse(
+        config_text(spec_for("s", "segment", 3, 19), "tensorrt", native), parse()
+    )
+    assert segment.max_batch_size == 4 == plan_profile("segment", native)[0]
+    warmup = segment.model_warmup[0]
+    assert warmup.batch_size <= 4 and list(warmup.inputs["images"].dims) == [128, 256, 3]
+    digits = text_format.Parse(
+        config_text(spec_for("d", "classify", 1, 10), "tensorrt", native), parse()
+    )
+    max_batch, (low, _, high) = plan_profile("classify", native)
+    assert digits.max_batch_size == max_batch == 256 and low == high == (28, 28)
+    assert list(digits.model_warmup[0].inputs["images"].dims) == [28, 28, 1]
+    ort = config_text(spec_for("s", "segment", 3, 19), "onnxruntime", native)
+    assert '"trt_engine_cache_enable" value: "true"' in ort and "/tmp/cycada-trt-cache/s" in ort
