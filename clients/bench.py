@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -118,46 +120,48 @@ def run_rate(
     outputs: tuple[str, ...],
     retry_window: float = 60.0,
 ) -> LoadResult:
-    """Open loop: one request every 1/rate s (sent late, never skipped, when behind)."""
+    """Open loop: one request every 1/rate s, sent late (never skipped) when the client is
+    behind. Latency runs from the *scheduled* send time, so time spent waiting for a free
+    sender counts (no coordinated omission); throughput counts the requests that completed
+    inside the measurement window, so an overloaded server shows less than the offered rate."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     tensor = grpcclient.InferInput(bench.name, list(bench.array.shape), "UINT8")
     tensor.set_data_from_numpy(bench.array)
     wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
-    latencies: list[float] = []
-    errors = [0]
-    messages: list[str] = []
+    records: list[tuple[float, float, str]] = []  # (scheduled, done, error)
     lock = threading.Lock()
-    start = time.perf_counter() + warmup_s
     total = int((warmup_s + seconds) * rate)
 
     def one(scheduled: float) -> None:
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        sent = time.perf_counter()
         error = infer_waiting(client, model, [tensor], wanted, retry_window)
-        if sent >= start:
-            with lock:
-                if not error:
-                    latencies.append((time.perf_counter() - sent) * 1000)
-                else:
-                    errors[0] += 1
-                    keep_message(messages, error)
+        with lock:
+            records.append((scheduled, time.perf_counter(), error))
 
     origin = time.perf_counter()
+    start, stop = origin + warmup_s, origin + warmup_s + seconds
     with ThreadPoolExecutor(max_workers=64) as pool:
         for k in range(total):
             pool.submit(one, origin + k / rate)
     client.close()
+    measured = [r for r in records if r[0] >= start]
+    latencies = [(done - scheduled) * 1000 for scheduled, done, error in measured if not error]
+    messages: list[str] = []
+    for _, _, error in measured:
+        if error:
+            keep_message(messages, error)
+    completed = sum(1 for _, done, error in records if not error and start <= done <= stop)
     batch = bench.array.shape[0] if bench.name == "images" else 1
     return LoadResult(
         0,
         seconds,
         len(latencies),
-        len(latencies) * batch,
-        errors[0],
+        completed * batch,
+        sum(1 for r in measured if r[2]),
         latencies,
         int(bench.array.nbytes),
         messages,
@@ -302,36 +306,50 @@ class _PlanEngine:
         return self.runner(batch)
 
 
+def perf_analyzer_csv(rows: list[dict], first_column: str) -> str:
+    """perf_analyzer's CSV layout (µs; "Concurrency" or "Request Rate" first), so the tools that
+    read its files read these. Client Send and Client Recv are not measured: left empty.
+    Network+Server is the mean latency minus the mean server time, as perf_analyzer derives it."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([first_column, *PERF_ANALYZER_COLUMNS[1:]])
+    for row in rows:
+        server = sum(
+            row[f"server_{k}_us"]
+            for k in ("queue", "compute_input", "compute_infer", "compute_output")
+        )
+        mean_us = row["mean_ms"] * 1000
+        writer.writerow(
+            [
+                row["value"],
+                row["throughput_per_s"],
+                "",
+                round(max(0.0, mean_us - server)) if math.isfinite(mean_us) else "",
+                round(row["server_queue_us"]),
+                round(row["server_compute_input_us"]),
+                round(row["server_compute_infer_us"]),
+                round(row["server_compute_output_us"]),
+                "",
+                *(
+                    round(row[f"p{q}_ms"] * 1000) if math.isfinite(row[f"p{q}_ms"]) else ""
+                    for q in (50, 90, 95, 99)
+                ),
+            ]
+        )
+    return buffer.getvalue()
+
+
 def write_outputs(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     header = write_results(out, "bench", result)["header"]
     lines = []
-    with open(out / "bench.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(PERF_ANALYZER_COLUMNS)
-        for row in result["served"]:
-            client_total = row["p50_ms"] * 1000
-            server_total = sum(
-                row[f"server_{k}_us"]
-                for k in ("queue", "compute_input", "compute_infer", "compute_output")
-            )
-            writer.writerow(
-                [
-                    row["value"] if row["mode"] == "concurrency" else 0,
-                    row["throughput_per_s"],
-                    0,
-                    round(max(0.0, client_total - server_total)),
-                    round(row["server_queue_us"]),
-                    round(row["server_compute_input_us"]),
-                    round(row["server_compute_infer_us"]),
-                    round(row["server_compute_output_us"]),
-                    0,
-                    round(row["p50_ms"] * 1000),
-                    round(row["p90_ms"] * 1000),
-                    round(row["p95_ms"] * 1000),
-                    round(row["p99_ms"] * 1000),
-                ]
-            )
+    for mode, first_column, name in (
+        ("concurrency", "Concurrency", "bench.csv"),
+        ("rate", "Request Rate", "bench_rate.csv"),
+    ):
+        rows = [row for row in result["served"] if row["mode"] == mode]
+        if rows:
+            write_text_atomic(out / name, perf_analyzer_csv(rows, first_column))
     lines += [
         f"# bench: {result['model']} {result['size'][1]}x{result['size'][0]} (width x height)",
         "",

@@ -43,6 +43,9 @@ class LoadResult:
         return {
             "concurrency": self.concurrency,
             "throughput_per_s": round(self.throughput, 2),
+            "mean_ms": round(float(np.mean(self.latencies_ms)), 2)
+            if self.latencies_ms
+            else float("nan"),
             "p50_ms": round(self.percentile(50), 2),
             "p90_ms": round(self.percentile(90), 2),
             "p95_ms": round(self.percentile(95), 2),

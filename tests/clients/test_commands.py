@@ -436,8 +436,16 @@ def test_bench_schema_and_sanity(server, repository, tmp_path):
     engines = [row["engine"] for row in result["in_process"]]
     assert any(name.startswith("onnxruntime") for name in engines)
     assert all(row["throughput_per_s"] > 0 for row in result["in_process"])
-    header = (tmp_path / "bench.csv").read_text().splitlines()[0]
-    assert header.split(",") == PERF_ANALYZER_COLUMNS
+    header, *rows = (tmp_path / "bench.csv").read_text().splitlines()
+    assert header.split(",") == PERF_ANALYZER_COLUMNS and len(rows) == 2  # concurrency 1, 2
+    assert (
+        rows[0].split(",")[2] == "" and rows[0].split(",")[8] == ""
+    )  # client send/recv unmeasured
+    rate_header, rate_row = (tmp_path / "bench_rate.csv").read_text().splitlines()
+    assert rate_header.split(",")[0] == "Request Rate" and rate_row.startswith("4.0,")
+    # an open loop's throughput is what completed in the window, never above the offered rate
+    assert result["served"][2]["throughput_per_s"] <= 4.0 + 1e-9
+    assert "header" in json.loads((tmp_path / "bench.json").read_text())
     assert "| concurrency 1 |" in (tmp_path / "bench.md").read_text()
     assert cv2.imread(str(tmp_path / "bench.png")) is not None
 
