@@ -105,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                 stop.set()
                 loop.join()
             result["served_with_codec_loop"] = round(loaded.throughput, 2)
+    # a ratio against a load run that had errors would compare with a broken server: none then
+    clean = served.errors == 0 and served.throughput > 0
     result.update(
         served_throughput=round(served.throughput, 2),
+        served_errors=served.errors,
+        served_error_messages=served.error_messages,
         video_fps=round(summary.fps, 2),
-        ratio=round(summary.fps / served.throughput, 3) if served.throughput else None,
+        ratio=round(summary.fps / served.throughput, 3) if clean else None,
         client_cpu_ms_per_frame=round(
             1000 * summary.client_cpu_s / max(1, summary.frames_written), 2
         ),
