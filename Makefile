@@ -8,7 +8,7 @@ export CYCADA_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test gpu-check lint format clean
+.PHONY: setup demo test test-fast gpu-check lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# the unit tier: no training end to end, no tritonserver (a couple of minutes)
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow and not server"
 
 # Every GPU-only test and benchmark (CUDA training, GPU serving engine, TensorRT when installed,
 # DRN-C-26 stage speeds, served vs in-process): about 6 minutes, results in gpu-results/.
