@@ -176,7 +176,15 @@ def video_until(tmp_path, url, frames_done: int, extra=()) -> tuple[subprocess.P
         "--no-progress",
         *extra,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a test run started in the background inherits SIGINT ignored, and Python then installs
+        # no KeyboardInterrupt handler: give the command the default, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < frames_done:
         time.sleep(0.2)
