@@ -57,7 +57,7 @@ class BenchInput:
 
 def bench_input(model: str, height: int, width: int, batch: int = 1) -> BenchInput:
     """A camera-style synthetic frame (raw, or JPEG for the encoded endpoint)."""
-    from cycada.training.data.scenes import render_scene
+    from cycada.training.segmentation.scenes import render_scene
 
     frame = render_scene(11, width, height, "camera")[0]
     if model.endswith("_encoded"):

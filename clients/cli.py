@@ -158,14 +158,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
 # main(argv) takes the rest of the command line (`cycada bench NAME --help` lists its options)
 BENCHMARKS = {
     "sweep": ("cycada.clients.cli", "served concurrency/rate sweep + in-process engines"),
-    "served": ("cycada.serving.bench_served", "served vs in-process, frames over gRPC"),
-    "video": ("cycada.clients.bench_video", "segment-video against the served throughput"),
-    "segmenters": ("cycada.training.bench_segmenters", "segmenter inference: eager vs ORT"),
-    "pixel-stage": ("cycada.training.bench_pixel", "pixel-stage steps/s, with/without L_sem"),
-    "seg-stages": ("cycada.training.bench_seg_stages", "each segmentation stage's step time"),
-    "extract": ("cycada.training.bench_extract", "video frame extraction vs a decode loop"),
-    "soak": ("cycada.clients.soak", "saturating load for minutes: errors, drift, memory"),
-    "kill-resume": ("cycada.training.kill_resume", "kill -9 training, resume, compare"),
+    "served": ("cycada.benchmarks.served", "served vs in-process, frames over gRPC"),
+    "video": ("cycada.benchmarks.video", "segment-video against the served throughput"),
+    "segmenters": ("cycada.benchmarks.segmenters", "segmenter inference: eager vs ORT"),
+    "pixel-stage": ("cycada.benchmarks.pixel_stage", "pixel-stage steps/s, with/without L_sem"),
+    "seg-stages": ("cycada.benchmarks.seg_stages", "each segmentation stage's step time"),
+    "extract": ("cycada.benchmarks.extract", "video frame extraction vs a decode loop"),
+    "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),
+    "kill-resume": ("cycada.benchmarks.kill_resume", "kill -9 training, resume, compare"),
 }
 
 

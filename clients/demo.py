@@ -82,9 +82,9 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
     from cycada.clients.translate_dir import translate_dir
     from cycada.clients.video import VideoOptions, segment_video
     from cycada.export.exporter import ExportOptions, export_run
-    from cycada.training.data.scene_writer import write_clip, write_scene_dataset
-    from cycada.training.seg_config import resolve_seg_config
-    from cycada.training.seg_pipeline import run_seg
+    from cycada.training.segmentation.config import resolve_seg_config
+    from cycada.training.segmentation.pipeline import run_seg
+    from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
     started = time.perf_counter()
     data = (out / "data").resolve()  # absolute: the run's config.yaml repeats it from anywhere

@@ -29,7 +29,7 @@ from cycada.atomic import write_json_atomic
 from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, ServingError
 from cycada.grpc_security import GrpcSecurity
-from cycada.training.data.label_spaces import LABEL_SPACES
+from cycada.training.segmentation.label_spaces import LABEL_SPACES
 
 _END = object()
 

@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cycada.clients import cli as clients_cli
     from cycada.export import cli as export_cli
     from cycada.serving import cli as serve_cli
-    from cycada.training import digits_cli, seg_cli
+    from cycada.training.digits import cli as digits_cli
+    from cycada.training.segmentation import cli as seg_cli
 
     parser = argparse.ArgumentParser(
         prog="cycada",

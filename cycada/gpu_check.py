@@ -26,7 +26,7 @@ STEPS = [
         [
             sys.executable,
             "-m",
-            "cycada.training.bench_seg_stages",
+            "cycada.benchmarks.seg_stages",
             "--model",
             "drn26",
             "--seconds",
@@ -41,7 +41,7 @@ STEPS = [
         [
             sys.executable,
             "-m",
-            "cycada.serving.bench_served",
+            "cycada.benchmarks.served",
             "--model",
             "drn26",
             "--size",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cycada.training.data.transforms import fit_channels
+from cycada.training.core.transforms import fit_channels
 
 
 def _to_unit_nchw(images: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ def scene_images(
     images = [image for image in (_read_rgb(p, width) for p in paths) if image is not None]
     if images:
         return images
-    from cycada.training.data.scenes import render_scene
+    from cycada.training.segmentation.scenes import render_scene
 
     return [render_scene(seed, width, width // 2, "camera")[0] for seed in range(count)]
 
@@ -94,11 +94,11 @@ def digit_images(
     """One batch of real MNIST test digits, else synthetic digits, with ``channels`` channels."""
     root = data_root or default_data_root()
     try:
-        from cycada.training.data.digits import load_mnist
+        from cycada.training.digits.data import load_mnist
 
         batch = load_mnist(root / "mnist", "test").images[:count]
     except Exception:  # absent or unreadable: fall back to rendered digits
-        from cycada.training.data.synthetic_digits import render_synthetic_digits
+        from cycada.training.digits.synthetic import render_synthetic_digits
 
         batch = render_synthetic_digits(count, seed=0)[0]
     if batch.shape[-1] != channels:

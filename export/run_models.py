@@ -15,9 +15,9 @@ from torch import nn
 
 from cycada.checkpoint import load_modules, read_header
 from cycada.errors import CheckpointError
-from cycada.training.models.generators import build_generator
-from cycada.training.models.segmenters import build_segmenter
-from cycada.training.models.task_nets import build_task_net
+from cycada.training.core.generators import build_generator
+from cycada.training.digits.networks import build_task_net
+from cycada.training.segmentation.networks import build_segmenter
 
 TASK_STAGES = ("feature", "joint", "target", "source")
 

@@ -24,7 +24,7 @@ def data_path(*parts: str) -> Path:
 def write_tiny_domains(root: Path, count: int = 6, width: int = 128, height: int = 64) -> Path:
     """A game-style labelled source (GTA5 layout) and a camera-style target (Cityscapes layout:
     unlabelled train, labelled val) under ``root``: the data of the tiny end-to-end runs."""
-    from cycada.training.data.scene_writer import write_scene_dataset
+    from cycada.training.segmentation.scene_writer import write_scene_dataset
 
     write_scene_dataset(root / "gta5", count, "game", "gta5", width, height)
     write_scene_dataset(
@@ -92,7 +92,7 @@ TINY_DIGITS = [
 
 def tiny_digits_config(target: str, *extra: str, **overrides):
     """The tiny digits config: synthetic digits → ``target``, evaluated on its train split."""
-    from cycada.training.digits_config import resolve_digits_config
+    from cycada.training.digits.config import resolve_digits_config
 
     data = {"source": "synth", "target": target, "eval_split": "train"}
     return resolve_digits_config(

@@ -4,8 +4,8 @@ import torch
 from cycada.atomic import write_atomic
 from cycada.checkpoint import load_modules, load_state, read_header, save_modules, save_state
 from cycada.errors import CheckpointError, ConfigError
-from cycada.training.digits_config import resolve_digits_config
-from cycada.training.models.task_nets import LeNet
+from cycada.training.digits.config import resolve_digits_config
+from cycada.training.digits.networks import LeNet
 
 
 def test_presets_resolve_and_hold_paper_defaults():
@@ -29,7 +29,7 @@ def test_presets_resolve_and_hold_paper_defaults():
 
 def test_segmentation_paper_schedules_follow_the_model(tmp_path):
     from cycada import configs
-    from cycada.training.seg_config import resolve_seg_config
+    from cycada.training.segmentation.config import resolve_seg_config
 
     drn = resolve_seg_config("paper")
     assert (drn.source.iterations, drn.target.iterations) == (115000, 115000)
@@ -45,7 +45,7 @@ def test_segmentation_paper_schedules_follow_the_model(tmp_path):
 
 
 def test_cyclegan_linear_decay():
-    from cycada.training.stages.pixel import linear_decay
+    from cycada.training.core.pixel_adaptation import linear_decay
 
     rates = [linear_decay(2e-4, step, 10, 0.5) for step in range(10)]
     assert rates[:5] == [2e-4] * 5

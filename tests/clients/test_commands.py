@@ -16,10 +16,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from cycada.benchmarks.served import random_run
 from cycada.export.exporter import ExportOptions, export_run
-from cycada.serving.bench_served import random_run
 from cycada.serving.server import ServerOptions, TritonServer
-from cycada.training.data.scene_writer import write_scene_dataset
+from cycada.training.segmentation.scene_writer import write_scene_dataset
 from tests.helpers import data_path, skip_without_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -118,7 +118,7 @@ def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip,
 
 
 def test_translated_frame_beside(server, tmp_path):
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.training.segmentation.scene_writer import write_clip
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip, 12, 160, 96, seed=3)
@@ -155,7 +155,7 @@ def test_unreadable_video_is_a_one_line_error(server, tmp_path):
 
 def video_until(tmp_path, url, frames_done: int, extra=()) -> tuple[subprocess.Popen, Path, Path]:
     """Start segment-video on a 400-frame clip; return once ``frames_done`` labels exist."""
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.training.segmentation.scene_writer import write_clip
 
     clip = write_clip(tmp_path / "clip.mp4", 400, 320, 192, seed=5)
     out, labels = tmp_path / "out.mp4", tmp_path / "labels"
@@ -313,7 +313,7 @@ def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch,
     """A disk that fills up after 5 frames: reported then, not after the whole video is sent."""
     from cycada.clients import video as video_module
     from cycada.errors import DataError
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.training.segmentation.scene_writer import write_clip
 
     clip = write_clip(tmp_path / "long.mp4", 300, 128, 64, seed=3)
     original = video_module._Writer._encode
@@ -387,7 +387,7 @@ def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
 
 
 def test_soak_thirty_seconds_no_errors_memory_sampled(repository, tmp_path):
-    from cycada.clients.soak import main as soak_main
+    from cycada.benchmarks.soak import main as soak_main
 
     soak_main(
         [
@@ -459,8 +459,8 @@ def test_bench_schema_and_sanity(server, repository, tmp_path):
 
 
 def test_bench_video_compares_the_video_with_the_served_throughput(repository, tmp_path):
-    from cycada.clients.bench_video import main as bench_video
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.benchmarks.video import main as bench_video
+    from cycada.training.segmentation.scene_writer import write_clip
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip, 16, 160, 96, seed=4)
@@ -496,7 +496,7 @@ def test_demo_smoke_runs_every_step(tmp_path):
 
 
 def test_demo_smoke_adapts_to_the_given_video(tmp_path):
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.training.segmentation.scene_writer import write_clip
 
     clip = write_clip(tmp_path / "mine.mp4", 30, 320, 160, style="camera", seed=5)
     done = cycada("demo", "--smoke", "--video", str(clip), "--out", str(tmp_path / "demo"))

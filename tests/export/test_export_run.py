@@ -10,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from cycada.benchmarks.served import random_run
 from cycada.errors import CheckpointError, ExportError
 from cycada.export import parity
 from cycada.export.exporter import ExportOptions, export_run
-from cycada.serving.bench_served import random_run
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_compiled_package_is_checked_against_onnx_loaded_fast_and_falls_back(tmp
     import json
 
     from cycada.serving.engines import TorchEngine
-    from cycada.training.digits_pipeline import run_digits
+    from cycada.training.digits.pipeline import run_digits
     from tests.helpers import tiny_digits_config
 
     run = tmp_path / "run"

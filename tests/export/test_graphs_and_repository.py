@@ -12,9 +12,9 @@ from tritonclient.grpc import model_config_pb2
 
 from cycada.export.graphs import DigitGraph, SegmentationGraph, TranslationGraph
 from cycada.export.repository import PROFILES, config_text, spec_for, versions, write_model
-from cycada.training.models.generators import build_generator
-from cycada.training.models.segmenters import build_segmenter
-from cycada.training.models.task_nets import build_task_net
+from cycada.training.core.generators import build_generator
+from cycada.training.digits.networks import build_task_net
+from cycada.training.segmentation.networks import build_segmenter
 
 
 @pytest.mark.parametrize("height,width", [(37, 61), (64, 64), (1, 9)])

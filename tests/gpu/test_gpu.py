@@ -11,8 +11,8 @@ import torch
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.engines import OnnxEngine, TorchEngine
-from cycada.training.seg_config import resolve_seg_config
-from cycada.training.seg_pipeline import run_seg
+from cycada.training.segmentation.config import resolve_seg_config
+from cycada.training.segmentation.pipeline import run_seg
 from tests.helpers import TINY_SEG, write_tiny_domains
 
 pytestmark = [

@@ -29,9 +29,9 @@ from cycada.errors import ConfigError, ServingError
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
-from cycada.training.digits_pipeline import run_digits
-from cycada.training.seg_config import resolve_seg_config
-from cycada.training.seg_pipeline import run_seg
+from cycada.training.digits.pipeline import run_digits
+from cycada.training.segmentation.config import resolve_seg_config
+from cycada.training.segmentation.pipeline import run_seg
 from tests.helpers import (
     TINY_SEG,
     skip_without_tritonserver,
@@ -412,7 +412,7 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
     """kill -9 of tritonserver five times during one video: `cycada serve` restarts it, the
     client waits each restart out and resends what was in flight; the labels equal those of an
     uninterrupted run, frame for frame."""
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.training.segmentation.scene_writer import write_clip
 
     repository = shutil.copytree(repository, tmp_path / "repo")
     clip = write_clip(tmp_path / "clip.mp4", 200, 96, 48, seed=4)

@@ -8,8 +8,8 @@ import pytest
 from scipy.io import savemat
 
 from cycada.errors import DataError
-from cycada.training.data.digits import load_digits, read_idx
-from cycada.training.data.synthetic_digits import render_synthetic_digits
+from cycada.training.digits.data import load_digits, read_idx
+from cycada.training.digits.synthetic import render_synthetic_digits
 from tests.helpers import data_path
 
 

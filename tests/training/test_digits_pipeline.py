@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from cycada.checkpoint import load_state, read_header
-from cycada.training.data.synthetic_digits import render_synthetic_digits
-from cycada.training.digits_ablation import run_ablation
-from cycada.training.digits_config import resolve_digits_config
-from cycada.training.digits_pipeline import run_digits
+from cycada.training.digits.ablation import run_ablation
+from cycada.training.digits.config import resolve_digits_config
+from cycada.training.digits.pipeline import run_digits
+from cycada.training.digits.synthetic import render_synthetic_digits
 from tests.helpers import TINY_DIGITS, tiny_digits_config
 
 pytestmark = pytest.mark.slow
@@ -289,7 +289,7 @@ def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_fo
 
 
 def test_kill_9_ten_times_every_resume_finishes_with_valid_checkpoints(tmp_path, folder_domain):
-    from cycada.training.kill_resume import kill_and_resume
+    from cycada.benchmarks.kill_resume import kill_and_resume
 
     sets = [f"--set={s}" for s in TINY_DIGITS if not s.startswith("pixel.max_steps")]
     sets += ["--set=pixel.max_steps=0", "--set=pixel.epochs=3"]

@@ -3,8 +3,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from cycada.training.image_pool import ImagePool
-from cycada.training.losses import (
+from cycada.training.core.image_pool import ImagePool
+from cycada.training.core.losses import (
     CycleLoss,
     FeatureGANLoss,
     GANLoss,
@@ -12,8 +12,8 @@ from cycada.training.losses import (
     TaskLoss,
     domain_accuracy,
 )
-from cycada.training.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
-from cycada.training.models.task_nets import LeNet
+from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
+from cycada.training.digits.networks import LeNet
 
 
 def test_task_loss_ignores_label_255():

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from cycada.training.data.transforms import fit_images, to_uint8, to_unit_range
-from cycada.training.models.discriminators import (
+from cycada.training.core.discriminators import (
     DigitImageDiscriminator,
     FeatureDiscriminator,
     PatchDiscriminator,
 )
-from cycada.training.models.generators import ResnetGenerator, build_generator
-from cycada.training.models.task_nets import DTN, LeNet
+from cycada.training.core.generators import ResnetGenerator, build_generator
+from cycada.training.core.transforms import fit_images, to_uint8, to_unit_range
+from cycada.training.digits.networks import DTN, LeNet
 
 
 def test_lenet_shapes_and_input_fitting():

@@ -8,11 +8,11 @@ import pytest
 from scipy.io import savemat
 
 from cycada.errors import DataError
-from cycada.training.data.label_spaces import CITYSCAPES19, SYNTHIA13
-from cycada.training.data.scene_writer import write_clip, write_scene_dataset
-from cycada.training.data.scenes import render_scene
-from cycada.training.data.seg_transforms import SegTransform
-from cycada.training.data.segmentation import load_segmentation
+from cycada.training.segmentation.data import load_segmentation
+from cycada.training.segmentation.label_spaces import CITYSCAPES19, SYNTHIA13
+from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
+from cycada.training.segmentation.scenes import render_scene
+from cycada.training.segmentation.transforms import SegTransform
 from tests.helpers import data_path
 
 
@@ -185,8 +185,8 @@ def test_scene_layouts_and_clip(tmp_path):
 @pytest.mark.data
 def test_camvid_as_a_folder_domain_with_void_mapped_to_255(tmp_path):
     """The mapping a new user writes for CamVid: classes to train ids, void (11) to ignore."""
-    from cycada.training.data.label_spaces import CAMVID_TO_TRAIN
-    from cycada.training.seg_metrics import segmentation_metrics
+    from cycada.training.segmentation.label_spaces import CAMVID_TO_TRAIN
+    from cycada.training.segmentation.metrics import segmentation_metrics
 
     root = data_path("camvid")
     mapping = tmp_path / "camvid.txt"

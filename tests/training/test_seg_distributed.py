@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cycada.training.distributed import Distributed
+from cycada.training.core.distributed import Distributed
 from tests.helpers import TINY_SEG, write_tiny_domains
 
 

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from cycada.errors import CheckpointError, DataError
-from cycada.training.data.label_spaces import CITYSCAPES19
-from cycada.training.data.scene_writer import write_scene_dataset
-from cycada.training.seg_cli import seg_row_config
-from cycada.training.seg_config import resolve_seg_config
-from cycada.training.seg_eval import evaluate_seg_checkpoint
-from cycada.training.seg_pipeline import run_seg
+from cycada.training.segmentation.cli import seg_row_config
+from cycada.training.segmentation.config import resolve_seg_config
+from cycada.training.segmentation.eval import evaluate_seg_checkpoint
+from cycada.training.segmentation.label_spaces import CITYSCAPES19
+from cycada.training.segmentation.pipeline import run_seg
+from cycada.training.segmentation.scene_writer import write_scene_dataset
 from tests.helpers import TINY_SEG
 
 pytestmark = pytest.mark.slow
@@ -131,7 +131,7 @@ def test_stage_order_and_class_count_errors(tmp_path, scenes):
     )
     with pytest.raises(CheckpointError, match="does not match"):
         from cycada.checkpoint import load_modules
-        from cycada.training.models.segmenters import FastSCNN
+        from cycada.training.segmentation.networks import FastSCNN
 
         load_modules(
             tmp_path / "a" / "checkpoints" / "source.safetensors", {"task_src": FastSCNN(13)}
@@ -150,7 +150,7 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from cycada.training.data.scene_writer import write_clip
+    from cycada.training.segmentation.scene_writer import write_clip
 
     return write_clip(tmp_path_factory.mktemp("clip") / "drive.mp4", 30, 256, 128, seed=2)
 
@@ -210,7 +210,7 @@ def _folder_domain(root, scenes, mapping_lines):
 
 
 def _cityscapes_mapping():
-    from cycada.training.data.label_spaces import CITYSCAPES_ID_TO_TRAIN
+    from cycada.training.segmentation.label_spaces import CITYSCAPES_ID_TO_TRAIN
 
     lines = [f"{raw} {train}" for raw, train in CITYSCAPES_ID_TO_TRAIN.items()]
     return lines + [f"{raw} 255" for raw in range(34) if raw not in CITYSCAPES_ID_TO_TRAIN]

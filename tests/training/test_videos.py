@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cycada.errors import DataError
-from cycada.training.data import videos as videos_module
-from cycada.training.data.videos import FrameSampling, extract_frames, list_videos
+from cycada.training.segmentation import videos as videos_module
+from cycada.training.segmentation.videos import FrameSampling, extract_frames, list_videos
 from tests.helpers import data_path
 
 
@@ -169,7 +169,7 @@ def test_failing_writer_leaves_the_previous_frames_intact(tmp_path, monkeypatch)
 
 
 def test_image_folder_written_as_a_video_reads_back_frame_for_frame(tmp_path):
-    from cycada.training.data.scene_writer import write_image_video
+    from cycada.training.segmentation.scene_writer import write_image_video
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -192,7 +192,7 @@ def test_image_folder_written_as_a_video_reads_back_frame_for_frame(tmp_path):
 def test_target_fps_on_the_command_line():
     import argparse
 
-    from cycada.training.seg_cli import _frame_rate
+    from cycada.training.segmentation.cli import _frame_rate
 
     assert _frame_rate("all") == float("inf") and _frame_rate("2.5") == 2.5
     for bad in ("0", "-1", "fast"):

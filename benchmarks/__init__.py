@@ -1,0 +1,1 @@
+"""The benchmarks behind ``cycada bench NAME`` (the latency sweep itself is a client command)."""

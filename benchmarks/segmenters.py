@@ -1,0 +1,159 @@
+"""Inference speed of the segmenters on this machine, every engine in one process: PyTorch eager,
+an AOTInductor package, ONNX Runtime (CPU or CUDA), TensorRT.
+
+    cycada bench segmenters --models fastscnn,drn26 --size 512x256
+
+Every engine runs the same network on the same input in one process (median of ``--repeat``
+timed runs after warm-up), so the ratio between them is meaningful on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cycada.bench_results import write_results
+from cycada.sizes import image_size
+from cycada.training.segmentation.networks import build_segmenter
+
+
+def _median_ms(run, repeat: int) -> float:
+    run()
+    run()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def bench(
+    name: str,
+    height: int,
+    width: int,
+    batch: int,
+    threads: int,
+    repeat: int,
+    device: str = "cpu",
+    engines: tuple[str, ...] = ("eager", "onnxruntime"),
+) -> dict:
+    """Median ms per batch of every engine asked for and available here, same input, one
+    process: ``eager`` PyTorch (fp16 on CUDA), ``aoti`` (an AOTInductor package compiled now,
+    as `cycada export --compile` does), ``onnxruntime`` (CUDA provider on a GPU, else CPU),
+    ``tensorrt`` (ONNX Runtime's TensorRT provider, when installed)."""
+    from cycada.deps import onnxruntime
+
+    torch.set_num_threads(threads)
+    target = torch.device(device)
+    half = target.type == "cuda"
+    model = build_segmenter(name, 19).eval().to(target)
+    x = torch.zeros(batch, 3, height, width, device=target)
+    if half:
+        model, x = model.half(), x.half()
+
+    def timed(run) -> float:
+        def once():
+            run()
+            if half:
+                torch.cuda.synchronize()
+
+        return _median_ms(once, repeat)
+
+    timings: dict[str, float | str] = {}
+    with torch.inference_mode():
+        if "eager" in engines:
+            timings["eager"] = timed(lambda: model(x))
+    with tempfile.TemporaryDirectory() as folder:
+        if "aoti" in engines:
+            try:
+                program = torch.export.export(model, (x,))
+                package = torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(Path(folder) / "model.pt2")
+                )
+                index = (target.index or 0) if half else -1
+                runner = torch._inductor.aoti_load_package(package, device_index=index)
+                with torch.inference_mode():
+                    timings["aoti"] = timed(lambda: runner(x))
+            except Exception as exc:  # no compiler, an unsupported op: say so, go on
+                timings["aoti"] = f"failed: {str(exc).strip().splitlines()[0][:120]}"
+        wanted = [e for e in ("onnxruntime", "tensorrt") if e in engines]
+        if wanted:
+            ort = onnxruntime()
+            path = Path(folder) / f"{name}.onnx"
+            cpu_model = build_segmenter(name, 19).eval()
+            cpu_model.load_state_dict(model.float().state_dict())
+            if half:
+                model.half()
+            torch.onnx.export(
+                cpu_model,
+                (torch.zeros(batch, 3, height, width),),
+                str(path),
+                opset_version=17,
+                input_names=["images"],
+                output_names=["scores"],
+                dynamo=False,
+            )
+            available = ort.get_available_providers()
+            feed = {"images": np.zeros((batch, 3, height, width), np.float32)}
+            for engine in wanted:
+                provider = {
+                    "onnxruntime": "CUDAExecutionProvider" if half else "CPUExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider",
+                }[engine]
+                if provider not in available:
+                    timings[engine] = f"not available ({provider} missing)"
+                    continue
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                session = ort.InferenceSession(str(path), options, providers=[provider])
+                timings[engine] = _median_ms(lambda s=session: s.run(None, feed), repeat)
+    measured = {k: v for k, v in timings.items() if isinstance(v, float)}
+    return {
+        "model": name,
+        "device": torch.cuda.get_device_name(target) if half else "cpu",
+        "input": f"{batch}x3x{height}x{width}" + (" fp16" if half else ""),
+        "threads": threads,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "ms": {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
+        "fps": {k: round(1000 * batch / v, 1) for k, v in measured.items()},
+        "fastest": min(measured, key=measured.get) if measured else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fastscnn,drn26")
+    parser.add_argument("--size", type=image_size, default=(512, 256), help="WIDTHxHEIGHT")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--engines",
+        default="eager,aoti,onnxruntime,tensorrt",
+        help="comma-separated: eager, aoti, onnxruntime, tensorrt (those missing are reported)",
+    )
+    parser.add_argument("--out", type=Path, help="write segmenters.json here")
+    args = parser.parse_args(argv)
+    width, height = args.size
+    rows = []
+    for name in args.models.split(","):
+        engines = tuple(args.engines.split(","))
+        rows.append(
+            bench(name, height, width, args.batch, args.threads, args.repeat, args.device, engines)
+        )
+        print(json.dumps(rows[-1]))
+    write_results(args.out, "segmenters", {"size": [width, height], "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

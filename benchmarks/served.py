@@ -1,0 +1,220 @@
+"""Served (Triton, gRPC) vs in-process throughput of one segmentation model, same card.
+
+    cycada bench served --model drn26 --size 2048x1024 --out results/
+
+Builds a repository from RUN_DIR (``--run``; by default a DRN-C-26 with random weights, which
+is enough for speed), starts the real tritonserver with ``--instances`` Python-backend
+instances, and measures in the same command:
+
+* in process: the same engine the server runs (PyTorch fp16 channels_last on CUDA, or ONNX
+  Runtime on the CPU), uint8 frames in host memory → labels in host memory, batch 1 and 8;
+  and the same from JPEG bytes (decoded on the GPU with nvJPEG where available);
+* served: raw uint8 frames and JPEG frames over gRPC at increasing concurrency.
+
+The ratio served/in-process uses the best in-process frames/s as the denominator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cycada.bench_results import write_results
+from cycada.clients.load import run_load
+from cycada.sizes import image_size
+
+
+def random_run(model: str, folder: Path, generators: str = "") -> Path:
+    """A run folder with an untrained segmenter, and untrained generators when ``generators``
+    names one (resnet6, resnet9): enough for speed tests and for serving tests."""
+    from cycada.checkpoint import save_modules
+    from cycada.training.core.generators import build_generator
+    from cycada.training.segmentation.label_spaces import LABEL_SPACES
+    from cycada.training.segmentation.networks import build_segmenter
+
+    space = LABEL_SPACES["cityscapes19"]
+    network = build_segmenter(model, space.num_classes)
+    meta = {"stage": "source", "task": "seg", "model": model, "class_names": list(space.classes)}
+    save_modules(folder / "checkpoints" / "source.safetensors", {"task_src": network}, {}, meta)
+    if generators:
+        width = 8
+        nets = {
+            name: build_generator(generators, 3, 3, width)
+            for name in ("gen_src2tgt", "gen_tgt2src")
+        }
+        config = {"pixel": {"generator": generators, "generator_width": width}}
+        save_modules(
+            folder / "checkpoints" / "pixel.safetensors", nets, config, {**meta, "stage": "pixel"}
+        )
+    return folder
+
+
+def test_frame(height: int, width: int) -> np.ndarray:
+    from cycada.training.segmentation.scenes import render_scene
+
+    return render_scene(7, width, height, "camera")[0]
+
+
+def _fps(run, frames: int, seconds: float) -> float:
+    run()
+    run()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        run()
+        count += frames
+    return count / (time.perf_counter() - started)
+
+
+def in_process(folder: Path, frame: np.ndarray, jpeg: np.ndarray, seconds: float) -> dict:
+    import torch
+
+    from cycada.serving.engines import select_engine
+
+    engine = select_engine(folder, {}, "GPU", 0)
+    results = {"engine": engine.name}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for batch in (1, 8):
+        frames = np.ascontiguousarray(np.repeat(frame[None], batch, 0))
+
+        def raw(frames=frames):
+            labels = engine.run(frames, ["labels"])[0]
+            np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+            sync()
+
+        results[f"raw_batch{batch}_fps"] = round(_fps(raw, batch, seconds), 2)
+        if batch == 1:
+            times = []
+            for _ in range(20):
+                started = time.perf_counter()
+                raw()
+                times.append((time.perf_counter() - started) * 1000)
+            results["raw_batch1_p50_ms"] = round(float(np.median(times)), 2)
+    decoder = engine.decoder()
+
+    def encoded():
+        image = decoder.stack([decoder.decode(jpeg)])
+        labels = engine.run(image, ["labels"])[0]
+        np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+        sync()
+
+    results["jpeg_batch1_fps"] = round(_fps(encoded, 1, seconds), 2)
+    return results
+
+
+def set_instances(repository: Path, model: str, count: int) -> None:
+    config = repository / model / "config.pbtxt"
+    text = re.sub(r"count: \d+", f"count: {count}", config.read_text())
+    config.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="training run to serve (default: random DRN)")
+    parser.add_argument("--model", default="drn26")
+    parser.add_argument(
+        "--size", type=image_size, default=(2048, 1024), help="WIDTHxHEIGHT of the frames"
+    )
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--concurrency", default="1,4,8,16,32")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--weights-only", action="store_true", help="skip ONNX (GPU PyTorch)")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    width, height = args.size
+
+    from cycada.export.exporter import ExportOptions, export_run
+    from cycada.serving.server import ServerOptions, TritonServer
+
+    scratch = Path(tempfile.mkdtemp(prefix="cycada-bench-"))
+    run_dir = args.run or random_run(args.model, scratch / "run")
+    repository = scratch / "repository"
+    options = ExportOptions(fp16=False, onnx=not args.weights_only)
+    export_run(run_dir, repository, options, log=lambda m: print(m, flush=True))
+    for model in ("segment", "segment_encoded"):
+        set_instances(repository, model, args.instances)
+    frame = test_frame(height, width)
+    ok, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    )
+    jpeg = jpeg.reshape(-1)
+    results: dict = {
+        "size": [height, width],
+        "instances": args.instances,
+        "raw_bytes": int(frame.nbytes),
+        "jpeg_bytes": int(jpeg.nbytes),
+    }
+    results["in_process"] = in_process(repository / "segment" / "1", frame, jpeg, args.seconds)
+    print(json.dumps(results["in_process"]), flush=True)
+    server_options = ServerOptions.on_free_ports(
+        repository,
+        shm_bytes=64 * 1024 * 1024,
+    )
+    started = time.perf_counter()
+    served: dict = {"raw": [], "jpeg": []}
+    with TritonServer(server_options) as server:
+        results["server_ready_s"] = round(time.perf_counter() - started, 2)
+        # first requests at a new size tune kernels (cudnn benchmark, nvJPEG set-up) per
+        # instance: send a few to every instance before any timed window
+        for model, input_name, array in (
+            ("segment", "images", frame[None]),
+            ("segment_encoded", "frames", jpeg[None]),
+        ):
+            run_load(
+                server.grpc_url, model, array, 2 * args.instances, 1.0, 0.0, input_name=input_name
+            )
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            for name, model, input_name, array in (
+                ("raw", "segment", "images", frame[None]),
+                ("jpeg", "segment_encoded", "frames", jpeg[None]),
+            ):
+                load = run_load(
+                    server.grpc_url, model, array, concurrency, args.seconds, input_name=input_name
+                )
+                served[name].append(load.row())
+                print(name, json.dumps(load.row()), flush=True)
+        memory = server.memory_mb()
+    results["served"] = served
+    results["server_memory_mb"] = memory
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(server.log_file, args.out / "tritonserver.log")
+    best_in_process = max(v for k, v in results["in_process"].items() if k.endswith("_fps"))
+    p50_served = served["raw"][0]["p50_ms"] if served["raw"] else float("nan")
+    results["p50_served_c1_ms"] = p50_served
+    best_served = max(row["throughput_per_s"] for rows in served.values() for row in rows)
+    results["served_over_in_process"] = round(best_served / best_in_process, 3)
+    lines = [
+        f"# served vs in-process, {args.model} {height}x{width}",
+        f"in process ({results['in_process']['engine']}): "
+        + ", ".join(f"{k} {v}" for k, v in results["in_process"].items() if k.endswith("_fps")),
+        "",
+        "| input | concurrency | frames/s | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, rows in served.items():
+        lines += [
+            f"| {name} | {r['concurrency']} | {r['throughput_per_s']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['errors']} |"
+            for r in rows
+        ]
+    lines.append(f"\nbest served / best in-process: {results['served_over_in_process']}")
+    lines.append(
+        f"p50 at concurrency 1: served {p50_served} ms vs in-process "
+        f"{results['in_process']['raw_batch1_p50_ms']} ms; server ready in "
+        f"{results['server_ready_s']} s; server memory {memory} MB; bytes per frame: raw "
+        f"{results['raw_bytes']}, JPEG {results['jpeg_bytes']}"
+    )
+    write_results(args.out, "served", results, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

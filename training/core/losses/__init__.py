@@ -1,0 +1,16 @@
+"""The CyCADA losses, one module each (paper Eqs. 1-5)."""
+
+from cycada.training.core.losses.cycle import CycleLoss
+from cycada.training.core.losses.feature_gan import FeatureGANLoss, domain_accuracy
+from cycada.training.core.losses.gan import GANLoss
+from cycada.training.core.losses.semantic import SemanticConsistencyLoss
+from cycada.training.core.losses.task import TaskLoss
+
+__all__ = [
+    "CycleLoss",
+    "FeatureGANLoss",
+    "GANLoss",
+    "SemanticConsistencyLoss",
+    "TaskLoss",
+    "domain_accuracy",
+]

@@ -1,0 +1,109 @@
+"""Where a run keeps its stages: finished checkpoints and resume states under ``OUT/checkpoints``.
+
+Each finished checkpoint carries the fingerprint of the configs its stage depends on, so a run
+folder never silently mixes stages trained with different settings.
+"""
+
+from __future__ import annotations
+
+import abc
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cycada import configs
+from cycada.atomic import write_atomic
+from cycada.checkpoint import load_modules, read_header, save_modules
+from cycada.errors import CheckpointError
+from cycada.training.core.resume import StageResume
+
+
+class StageStore(abc.ABC):
+    """Base of the run contexts; subclasses define ``stage_fingerprint`` and ``checkpoint_meta``."""
+
+    out_dir: Path
+    config: Any
+    log: Any  # RunLog
+    # a folder shared by several runs (the rows of an ablation): finished stages are copied
+    # there as <stage>-<fingerprint>.safetensors and reused by any run with the same fingerprint
+    stage_cache: Path | None = None
+
+    @abc.abstractmethod
+    def stage_fingerprint(self, stage: str) -> str:
+        """Hash of the configs the result of ``stage`` depends on."""
+
+    @abc.abstractmethod
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What export and serving need to rebuild the networks (task, model, classes...)."""
+
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.out_dir / "checkpoints" / f"{stage}.safetensors"
+
+    def resume_path(self, stage: str) -> Path:
+        return self.out_dir / "checkpoints" / f"{stage}.resume.pt"
+
+    def stage_resume(
+        self,
+        stage: str,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        generator: torch.Generator,
+    ) -> StageResume:
+        """The resume file of ``stage``, bound to this config's fingerprint."""
+        return StageResume(
+            self.resume_path(stage), modules, optimizers, generator, self.stage_fingerprint(stage)
+        )
+
+    def cached_path(self, stage: str) -> Path | None:
+        if self.stage_cache is None:
+            return None
+        return self.stage_cache / f"{stage}-{self.stage_fingerprint(stage)}.safetensors"
+
+    def has_checkpoint(self, stage: str) -> bool:
+        """True when a finished checkpoint of ``stage`` made with this config exists here, or in
+        the stage cache (then it is copied here)."""
+        path = self.checkpoint_path(stage)
+        cached = self.cached_path(stage)
+        if not path.exists() and cached is not None and cached.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda tmp: shutil.copyfile(cached, tmp))
+            self.log.info(f"{stage}: reusing {cached.name} from the stage cache")
+        if not path.exists():
+            return False
+        _, meta = read_header(path)
+        if meta.get("fingerprint") != self.stage_fingerprint(stage):
+            raise CheckpointError(
+                f"{path} was made with a different config; use a new --out, or --restart to "
+                f"train '{stage}' and later stages again"
+            )
+        return True
+
+    def save_stage(
+        self, stage: str, modules: dict[str, nn.Module], extra: dict | None = None
+    ) -> Path:
+        meta = {
+            "stage": stage,
+            **self.checkpoint_meta(),
+            "fingerprint": self.stage_fingerprint(stage),
+            **(extra or {}),
+        }
+        path = save_modules(
+            self.checkpoint_path(stage), modules, configs.to_dict(self.config), meta
+        )
+        cached = self.cached_path(stage)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, lambda tmp: shutil.copyfile(path, tmp))
+        return path
+
+    def load_stage(self, stage: str, modules: dict[str, nn.Module]) -> dict[str, Any]:
+        path = self.checkpoint_path(stage)
+        if not path.exists():
+            raise CheckpointError(
+                f"stage '{stage}' has no checkpoint at {path}; run that stage first"
+            )
+        _, meta = load_modules(path, modules)
+        return meta

@@ -1,0 +1,1 @@
+"""The digit stages: source, pixel, target, feature, and the joint objective."""

@@ -1,0 +1,1 @@
+"""The segmentation stages: supervised (source, target, oracle), pixel, feature."""
