@@ -10,13 +10,13 @@ without such an update the stage stops: "no suitable discriminator".
 from __future__ import annotations
 
 import copy
-from collections import deque
 
 import torch
 from torch import nn
 
 from cycada.training.core.batches import EndlessBatches
 from cycada.training.core.discriminators import FeatureDiscriminator
+from cycada.training.core.feature_gate import FeatureGate
 from cycada.training.core.losses import FeatureGANLoss, TaskLoss, domain_accuracy
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
 from cycada.training.digits.config import FeatureStageConfig
@@ -51,7 +51,7 @@ class FeatureAdaptation(nn.Module):
         )
         self.gan_loss = FeatureGANLoss()
         self.task_loss = TaskLoss()
-        self.accuracies: deque[float] = deque(maxlen=cfg.gate_window)
+        self.gate = FeatureGate(cfg.gate_threshold, cfg.gate_window)
 
     def train(self, mode: bool = True) -> FeatureAdaptation:
         """Training puts f_T and the frozen copy in the modes ``cfg.network_mode`` names; the
@@ -68,10 +68,7 @@ class FeatureAdaptation(nn.Module):
         return scores if self.cfg.disc_input == "scores" else features
 
     def gate_open(self) -> bool:
-        return (
-            bool(self.accuracies)
-            and sum(self.accuracies) / len(self.accuracies) > self.cfg.gate_threshold
-        )
+        return self.gate.is_open
 
     def update_discriminator(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, float]:
         """One D_feat step: the frozen copy on (translated) source against f_T on target."""
@@ -87,7 +84,7 @@ class FeatureAdaptation(nn.Module):
         loss_disc.backward()
         self.opt_disc.step()
         accuracy = domain_accuracy(source_out.detach(), target_out.detach())
-        self.accuracies.append(accuracy)
+        self.gate.record(accuracy)
         return {"disc_loss": loss_disc.item(), "disc_accuracy": accuracy}
 
     def task_objective(

@@ -10,13 +10,13 @@ If a whole pass over the target images brings no f_T update, the stage stops.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import torch
 from torch import nn
 
 from cycada.training.core.discriminators import ScoreMapDiscriminator
+from cycada.training.core.feature_gate import FeatureGate
 from cycada.training.core.losses import FeatureGANLoss, TaskLoss, domain_accuracy
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
 from cycada.training.segmentation.data import SegmentationSet
@@ -52,7 +52,7 @@ def train_seg_feature(
     sources = run.batches(source, transform, 1, generator)
     targets = run.batches(run.target_train, transform, 1, generator)
     gan_loss, task_loss = FeatureGANLoss(), TaskLoss()
-    accuracies: deque[float] = deque(maxlen=cfg.gate_window)
+    gate = FeatureGate(cfg.gate_threshold, cfg.gate_window, min_steps=cfg.gate_window)
     # a 'pass' for the stop rule: the target set once, and at least one full gate window
     epoch_length = max(len(run.target_train), cfg.gate_window)
     updates_this_pass, stop_reason = 0, "max_iterations"
@@ -73,13 +73,9 @@ def train_seg_feature(
         opt_disc.step()
         # one gate decision for every data-parallel process (they must update together)
         accuracy = run.dist.mean(domain_accuracy(out_src.detach(), out_tgt.detach()))
-        accuracies.append(accuracy)
+        gate.record(accuracy)
         values = {"disc_loss": loss_disc.item(), "disc_accuracy": accuracy, "updated": 0.0}
-        gate = (
-            len(accuracies) == accuracies.maxlen
-            and sum(accuracies) / len(accuracies) > cfg.gate_threshold
-        )
-        if gate:
+        if gate.is_open:
             with run.autocast():
                 loss_gen = gan_loss(disc(scores_tgt), SOURCE_DOMAIN)  # inverted label
                 logits = torch.nn.functional.interpolate(
@@ -95,7 +91,7 @@ def train_seg_feature(
             updates_total += 1
         bar.update()
         if (iteration + 1) % 10 == 0:
-            bar.set_postfix(d_acc=f"{sum(accuracies) / len(accuracies):.2f}", updates=updates_total)
+            bar.set_postfix(d_acc=f"{gate.mean_accuracy:.2f}", updates=updates_total)
             run.log.scalars("feature", values, iteration + 1)
         if (iteration + 1) % run.config.checkpoint_every == 0:
             resume.save(iteration + 1, {"updates_total": updates_total})
