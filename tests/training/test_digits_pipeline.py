@@ -83,7 +83,9 @@ def test_stages_run_one_at_a_time_from_checkpoints(tmp_path, folder_domain):
 def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):
     from cycada.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="stage 'source' has no checkpoint.*--stage source"):
+    with pytest.raises(
+        CheckpointError, match="stage 'source' has no finished output.*--stage source"
+    ):
         run_digits(tiny_digits_config(folder_domain), tmp_path, stages=["pixel"], quiet=True)
 
 
@@ -183,7 +185,7 @@ def test_interrupted_run_resumes_and_keeps_good_checkpoints(tmp_path, folder_dom
         process.kill()
     assert process.returncode == 0, err
     log = (tmp_path / "log.txt").read_text()
-    assert "source: finished checkpoint found" in log
+    assert "source: finished output found" in log
     assert "pixel: resuming at epoch" in log
     assert "target accuracy" in out
 
@@ -264,7 +266,7 @@ def test_unlabelled_folder_target_with_and_without_an_eval_set(
     )  # nothing retrains: the evaluation set changes no weights
     assert measured["final"]["evaluation"] == "labelled"
     assert 0 <= measured["stages"]["feature"]["target"]["accuracy"] <= 1
-    assert "finished checkpoint found" in (tmp_path / "free" / "log.txt").read_text()
+    assert "finished output found" in (tmp_path / "free" / "log.txt").read_text()
 
 
 def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_folder):

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from cycada import configs
-from cycada.atomic import write_json_atomic, write_text_atomic
-from cycada.errors import CheckpointError, ConfigError
+from cycada.atomic import write_text_atomic
 from cycada.plots import curves_figure, read_scalars
+from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.core.transforms import fit_images
 from cycada.training.digits.config import DigitsRunConfig
@@ -61,7 +61,9 @@ class TranslatedClassifier(nn.Module):
         return self.classifier(self.generator(fit_images(x, self.channels, self.size)))
 
 
-class DigitsPipeline:
+class DigitsPipeline(StagedPipeline):
+    stage_order = ALL_STAGES
+
     def __init__(
         self,
         config: DigitsRunConfig,
@@ -71,29 +73,14 @@ class DigitsPipeline:
         stage_cache: Path | None = None,
         quiet: bool = False,
     ):
-        self.plan = stage_plan(config)
-        unknown = [s for s in stages or [] if s not in self.plan]
-        if unknown:
-            raise ConfigError(
-                f"stage '{unknown[0]}' is not part of this run (its stages: {', '.join(self.plan)})"
-            )
-        self.requested = list(stages) if stages else list(self.plan)
-        self.config, self.out_dir = config, out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(stage_plan(config), stages, out_dir)
+        self.config = config
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
         self.run = DigitsRun(config, out_dir, quiet=quiet)
         self.run.stage_cache = stage_cache
         if restart:
-            first = min(self.plan.index(s) for s in self.requested)
-            for stage in self.plan[first:]:
-                self.run.checkpoint_path(stage).unlink(missing_ok=True)
-                self.run.resume_path(stage).unlink(missing_ok=True)
-        metrics_path = out_dir / "metrics.json"
-        self.metrics: dict[str, Any] = {"stages": {}}
-        if metrics_path.exists():
-            import json
-
-            self.metrics = json.loads(metrics_path.read_text())
+            self._discard_from_first_requested(self.run)
         self.metrics.update(self._header())
 
     def _header(self) -> dict[str, Any]:
@@ -125,8 +112,7 @@ class DigitsPipeline:
     ) -> None:
         results["seconds"] = round(time.monotonic() - started, 1)
         results.update(extra or {})
-        stages = {**self.metrics["stages"], stage: results}
-        self.metrics["stages"] = {s: stages[s] for s in ALL_STAGES if s in stages}
+        stages = self._store_stage_entry(stage, results)
         last = next(s for s in reversed(ALL_STAGES) if s in stages)
         final: dict[str, Any] = {
             "stage": last,
@@ -142,7 +128,7 @@ class DigitsPipeline:
                 for key in ("mean_confidence", "class_share_distance", "agreement_with_previous")
             }
         self.metrics["final"] = final
-        write_json_atomic(self.out_dir / "metrics.json", self.metrics)
+        self._write_metrics()
         line = f"{stage}: source {results['source']['dataset']} {results['source']['accuracy']:.2%}"
         if "target" in results:
             line += f", target {results['target']['dataset']} {results['target']['accuracy']:.2%}"
@@ -176,21 +162,12 @@ class DigitsPipeline:
         return run.target_holdout is None or "target_label_free" in entry
 
     def _must_train(self, stage: str) -> bool:
-        if self.run.has_checkpoint(stage):
-            self.run.log.info(f"{stage}: finished checkpoint found, not training it again")
-            return False
-        if stage not in self.requested:
-            raise CheckpointError(
-                f"stage '{stage}' has no checkpoint in {self.out_dir / 'checkpoints'}; "
-                f"run it first (--stage {stage})"
-            )
-        return True
+        return self._must_run(stage, self.run.has_checkpoint(stage), self.run.log)
 
     # -- the stages --------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
         run = self.run
-        last = max(self.plan.index(s) for s in self.requested)
-        plan = self.plan[: last + 1]
+        plan = self._plan_to_last_requested()
         task_src = run.new_task_net()
         pixel: PixelAdaptation | None = None
         task_tgt = None

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from cycada import configs
-from cycada.atomic import write_json_atomic, write_text_atomic
-from cycada.errors import CheckpointError, ConfigError
+from cycada.atomic import write_text_atomic
 from cycada.plots import curves_figure, per_class_iou_figure, read_scalars
+from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.segmentation.config import SEG_STAGES, SegDataConfig, SegRunConfig
 from cycada.training.segmentation.label_free import (
@@ -52,7 +52,9 @@ def seg_stage_plan(config: SegRunConfig) -> list[str]:
     return plan
 
 
-class SegPipeline:
+class SegPipeline(StagedPipeline):
+    stage_order = SEG_STAGES
+
     def __init__(
         self,
         config: SegRunConfig,
@@ -62,27 +64,14 @@ class SegPipeline:
         quiet: bool = False,
         stage_cache: Path | None = None,
     ):
-        self.plan = seg_stage_plan(config)
-        unknown = [s for s in stages or [] if s not in self.plan]
-        if unknown:
-            raise ConfigError(
-                f"stage '{unknown[0]}' is not part of this run (its stages: {', '.join(self.plan)})"
-            )
-        self.requested = list(stages) if stages else list(self.plan)
-        self.config, self.out_dir = config, out_dir
+        super().__init__(seg_stage_plan(config), stages, out_dir)
+        self.config = config
         self.run = SegRun(config, out_dir, quiet=quiet)  # validates the data first
         self.run.stage_cache = stage_cache  # ablation rows share finished stages through it
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
-        if restart:
-            first = min(self.plan.index(s) for s in self.requested)
-            for stage in self.plan[first:]:
-                self.run.checkpoint_path(stage).unlink(missing_ok=True)
-                self.run.resume_path(stage).unlink(missing_ok=True)
-            if "translate" in self.plan[first:]:  # the old generator's images go too
-                shutil.rmtree(translated_paths(self.run)[0], ignore_errors=True)
-        path = out_dir / "metrics.json"
-        self.metrics: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        self.metrics.setdefault("stages", {})
+        if restart and "translate" in self._discard_from_first_requested(self.run):
+            # the old generator's images go too
+            shutil.rmtree(translated_paths(self.run)[0], ignore_errors=True)
         data = config.data
         evaluation = self.run.evaluation_kind
         self.metrics.update(
@@ -115,15 +104,7 @@ class SegPipeline:
             ) == self.run.stage_fingerprint("translate")
         else:
             ok = self.run.has_checkpoint(stage)
-        if ok:
-            self.run.log.info(f"{stage}: finished output found, not running it again")
-            return True
-        if stage not in self.requested:
-            raise CheckpointError(
-                f"stage '{stage}' has no finished output in {self.out_dir}; run it first "
-                f"(--stage {stage})"
-            )
-        return False
+        return not self._must_run(stage, ok, self.run.log)
 
     def _record(
         self,
@@ -164,8 +145,7 @@ class SegPipeline:
                     else ""
                 )
             )
-        stages = {**self.metrics["stages"], stage: entry}
-        self.metrics["stages"] = {s: stages[s] for s in SEG_STAGES if s in stages}
+        self._store_stage_entry(stage, entry)
         self._write_results()
 
     def _write_results(self) -> None:
@@ -195,7 +175,7 @@ class SegPipeline:
                 )
             }
         self.metrics["final"] = final
-        write_json_atomic(self.out_dir / "metrics.json", self.metrics)
+        self._write_metrics()
         tables = self.out_dir / "tables"
         for key, markdown, comma_separated, name in (
             ("target", table_markdown, table_csv, "table"),
@@ -235,7 +215,7 @@ class SegPipeline:
 
     def execute(self) -> dict[str, Any]:
         run = self.run
-        plan = self.plan[: max(self.plan.index(s) for s in self.requested) + 1]
+        plan = self._plan_to_last_requested()
         task_src = run.new_segmenter(backbone=False)
         task_tgt = task_src
         pixel = None
