@@ -5,75 +5,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cycada.training.core.presets import DEFAULT_DATA_ROOT, preset_names
+from cycada.training.core.cli_options import SHARED_DATA_KEYS, add_run_options, given_overrides
+from cycada.training.core.presets import DEFAULT_DATA_ROOT
 from cycada.training.digits.config import STAGES, resolve_digits_config
 from cycada.training.digits.data import DIGIT_DATASETS
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source",
-        metavar="NAME",
-        help=f"labelled source domain (default usps): {', '.join(DIGIT_DATASETS)}",
+    add_run_options(
+        parser,
+        "digits",
+        source_help=f"labelled source domain (default usps): {', '.join(DIGIT_DATASETS)}",
+        target_help="target domain (default mnist), labels never used (same names; folder:PATH "
+        "of images without class subfolders is unlabelled)",
+        eval_split_help="evaluation split of both domains (default test)",
+        eval_set_help="a labelled domain to measure the target side on (default: the target "
+        "itself; an unlabelled folder target without it gets label-free signals only)",
+        preset_help="paper: appendix A.1.1 schedule; quick: minutes on a CPU",
     )
-    parser.add_argument(
-        "--target",
-        metavar="NAME",
-        help="target domain (default mnist), labels never used (same names; folder:PATH of "
-        "images without class subfolders is unlabelled)",
-    )
-    parser.add_argument(
-        "--data-root",
-        help="folder holding the data files (default: $CYCADA_DATA or ../shared/data)",
-    )
-    parser.add_argument(
-        "--preset",
-        default="paper",
-        choices=preset_names("digits"),
-        help="paper: appendix A.1.1 schedule; quick: minutes on a CPU",
-    )
-    parser.add_argument("--config", help="YAML file of overrides, applied after the preset")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key, e.g. --set pixel.lambda_semantic=0",
-    )
-    parser.add_argument("--source-split", help="source training split (default train)")
-    parser.add_argument("--target-split", help="unlabelled target split (default train)")
-    parser.add_argument("--eval-split", help="evaluation split of both domains (default test)")
-    parser.add_argument(
-        "--eval-set",
-        metavar="NAME",
-        help="a labelled domain to measure the target side on (default: the target itself; an "
-        "unlabelled folder target without it gets label-free signals only)",
-    )
-    parser.add_argument("--seed", type=int, help="random seed (same seed, same metrics on CPU)")
-    parser.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     parser.add_argument(
         "--mode",
         choices=["staged", "joint", "alternating"],
         help="staged: stages 2-4 one after another; joint: one loop on Eq. 7's single objective "
         "(f_T's losses reach G_S→T); alternating: one loop, pixel then feature steps",
     )
-    parser.add_argument("--out", required=True, type=Path, help="run folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace):
     """Options given on the command line override the preset and ``--config``; options left out
     keep what ``--config`` (e.g. a run's ``config.yaml``) says."""
-    data = {}
-    keys = ("source", "target", "data_root", "source_split", "target_split", "eval_split")
-    for key in (*keys, "eval_set"):
-        if getattr(args, key):
-            data[key] = getattr(args, key)
-    overrides: dict = {"data": data}
-    for key in ("seed", "device", "mode"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+    overrides = given_overrides(args, SHARED_DATA_KEYS, ("seed", "device", "mode"))
     defaults = {"data": {"source": "usps", "target": "mnist", "data_root": DEFAULT_DATA_ROOT}}
     return resolve_digits_config(args.preset, args.config, args.sets, overrides, defaults)
 

@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from cycada.sizes import image_size
-from cycada.training.core.presets import DEFAULT_DATA_ROOT, preset_names
+from cycada.training.core.cli_options import SHARED_DATA_KEYS, add_run_options, given_overrides
+from cycada.training.core.presets import DEFAULT_DATA_ROOT
 from cycada.training.segmentation.config import SEG_STAGES, SegRunConfig, resolve_seg_config
 from cycada.training.segmentation.data import SEG_DATASETS
 
@@ -39,43 +40,26 @@ def _with_format(
 
 
 def add_seg_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source",
-        metavar="NAME",
-        help=f"labelled source domain (default gta5): {', '.join(SEG_DATASETS)}",
-    )
-    parser.add_argument(
-        "--target",
-        metavar="NAME",
-        help="target domain (default cityscapes), its labels never used: the same names, or "
-        "unlabelled "
-        "folder:IMAGES or video:PATH (a video, a folder of videos, or a text file listing them)",
+    add_run_options(
+        parser,
+        "seg",
+        source_help=f"labelled source domain (default gta5): {', '.join(SEG_DATASETS)}",
+        target_help="target domain (default cityscapes), its labels never used: the same names, "
+        "or unlabelled folder:IMAGES or video:PATH (a video, a folder of videos, or a text file "
+        "listing them)",
+        eval_split_help="labelled split of --eval-set (or of the target) to evaluate on",
+        eval_set_help="a labelled domain to evaluate on (e.g. camvid, cityscapes, "
+        "folder:IMAGES:LABELS:MAPPING); default: the target's --eval-split, and none for an "
+        "unlabelled target (label-free signals only)",
+        preset_help="paper: appendix A.1.2 schedule; quick and demo: CPU schedules",
     )
     parser.add_argument(
         "--model",
         choices=["drn26", "fcn8s", "fastscnn"],
         help="drn26 (paper B, default), fcn8s (paper A), fastscnn (CPU/edge)",
     )
-    parser.add_argument(
-        "--data-root", help="folder holding the data sets (default: $CYCADA_DATA or ../shared/data)"
-    )
     parser.add_argument("--source-root", help="folder of the source domain (default --data-root)")
     parser.add_argument("--target-root", help="folder of the target domain (default --data-root)")
-    parser.add_argument("--preset", default="paper", choices=preset_names("seg"))
-    parser.add_argument("--config", help="YAML file of overrides, applied after the preset")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--source-split")
-    parser.add_argument("--target-split", help="unlabelled target split (default train)")
-    parser.add_argument(
-        "--eval-split", help="labelled split of --eval-set (or of the target) to evaluate on"
-    )
-    parser.add_argument(
-        "--eval-set",
-        metavar="NAME",
-        help="a labelled domain to evaluate on (e.g. camvid, cityscapes, "
-        "folder:IMAGES:LABELS:MAPPING); default: the target's --eval-split, and none for an "
-        "unlabelled target (label-free signals only)",
-    )
     parser.add_argument("--eval-root", help="folder of --eval-set (default --data-root)")
     parser.add_argument(
         "--target-fps",
@@ -89,37 +73,24 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--label-space", choices=["cityscapes19", "synthia13"])
     parser.add_argument("--backbone-weights", help="local ImageNet weights file")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--quiet", action="store_true")
+
+
+SEG_DATA_KEYS = (
+    *SHARED_DATA_KEYS,
+    "eval_root",
+    "label_space",
+    "source_root",
+    "target_root",
+    "target_fps",
+    "target_max_frames",
+)
 
 
 def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
     """Options given on the command line override the preset and ``--config``; options left out
     keep what ``--config`` (e.g. a run's ``config.yaml``) says."""
-    data = {}
-    for key in (
-        "source",
-        "target",
-        "data_root",
-        "source_split",
-        "target_split",
-        "eval_split",
-        "eval_set",
-        "eval_root",
-        "label_space",
-        "source_root",
-        "target_root",
-        "target_fps",
-        "target_max_frames",
-    ):
-        if getattr(args, key, None) is not None:
-            data[key] = getattr(args, key)
-    overrides: dict = {"data": data}
-    for key in ("model", "seed", "device", "backbone_weights"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+    run_keys = ("model", "seed", "device", "backbone_weights")
+    overrides = given_overrides(args, SEG_DATA_KEYS, run_keys)
     defaults = {"data": {"data_root": DEFAULT_DATA_ROOT}}
     return resolve_seg_config(args.preset, args.config, args.sets, overrides, defaults)
 
