@@ -40,7 +40,7 @@ def evaluate_seg_checkpoint(
     others = {}
     if compare is not None:
         others[compare.stem] = _load_task_model(run, compare)
-    metrics = run.evaluate(model, f"{dataset}-{split}", others)
+    metrics = run.evaluator.evaluate(model, f"{dataset}-{split}", others)
     metrics["checkpoint"] = str(checkpoint)
     if out is not None:
         write_json_atomic(out / "metrics.json", metrics)

@@ -52,7 +52,7 @@ def _frame_outputs(
     run: SegRun, model: Segmenter, image: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels uint8 (H, W), top probability float32 (H, W)) at the run's width."""
-    probabilities = run.probabilities(model, image)
+    probabilities = run.evaluator.probabilities(model, image)
     top, labels = probabilities.max(0)
     return labels.byte().cpu().numpy(), top.float().cpu().numpy()
 
@@ -97,12 +97,12 @@ def label_free_signals(
         for name, other in others.items():
             agree_compare[name] += int((other == labels).sum())
         if index < run.config.eval_panels:
-            columns = [run.resized(image), *map(run.space.colorize, others.values())]
+            columns = [run.evaluator.resized(image), *map(run.space.colorize, others.values())]
             columns.append(run.space.colorize(labels))
             write_png(folder / f"{item.image.parent.name}_{item.image.stem}.png", panel(columns))
     model.train(was_training)
     shares = counts / max(counts.sum(), 1.0)
-    source = run.source_class_shares()
+    source = run.evaluator.source_class_shares()
     signals: dict[str, Any] = {
         "dataset": dataset.name,
         "frames": len(dataset),

@@ -124,7 +124,7 @@ class SegPipeline(StagedPipeline):
             entry["seconds"] = round(time.monotonic() - started, 1)
         entry.update(extra or {})
         if self.run.evaluation is not None:
-            metrics = self.run.evaluate(model, stage, compare)
+            metrics = self.run.evaluator.evaluate(model, stage, compare)
             metrics.update({k: entry[k] for k in ("seconds", *(extra or {})) if k in entry})
             entry["target"] = metrics
             self.run.log.info(

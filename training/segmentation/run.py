@@ -1,31 +1,25 @@
-"""Shared state of one segmentation run: data, device, precision, loaders, evaluation."""
+"""Shared state of one segmentation run: process group, device, data, log, networks, precision,
+seeds, gradient sync and stage storage (loaders in :mod:`.loaders`, evaluation in
+:mod:`.evaluator`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from cycada import configs
-from cycada.errors import DataError
 from cycada.training.core.device import resolve_device
 from cycada.training.core.distributed import init_distributed, same_weights
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
-from cycada.training.core.visuals import panel, write_png
 from cycada.training.segmentation.config import SEG_STAGES, SegRunConfig
-from cycada.training.segmentation.data import SegmentationSet
 from cycada.training.segmentation.domains import load_run_data
+from cycada.training.segmentation.evaluator import SegEvaluator
 from cycada.training.segmentation.label_spaces import LABEL_SPACES
-from cycada.training.segmentation.metrics import ConfusionMatrix, segmentation_metrics
 from cycada.training.segmentation.networks import Segmenter, build_segmenter, load_backbone
-from cycada.training.segmentation.transforms import SegTransform, resize_to_width
 
 # the data keys f_S depends on; and the keys that change no stage's weights
 SOURCE_DATA_KEYS = (
@@ -81,7 +75,7 @@ class SegRun(StageStore):
         self.target_holdout = run_data.target_holdout
         self.evaluation = run_data.evaluation
         self.evaluation_kind = run_data.describe_evaluation()
-        self._source_shares: np.ndarray | None = None
+        self.evaluator = SegEvaluator(self)
         if self.dist.enabled:
             self.log.info(
                 f"data parallel: {self.dist.world_size} processes, {self.device} on this one; "
@@ -145,48 +139,6 @@ class SegRun(StageStore):
             return resume
         return _RankResume(resume, self, stage)
 
-    def train_transform(
-        self, stage: str, crop: int, flip: bool, *datasets: SegmentationSet
-    ) -> SegTransform:
-        """Random ``crop`` x ``crop`` crops of the resized images; with ``data.crop_mode`` cap,
-        cut down to the size of the first image of each dataset (resized), so crops are image,
-        not padding."""
-        data = self.config.data
-        height = width = crop
-        if data.crop_mode == "cap":
-            for dataset in datasets:
-                image, _ = dataset.load_raw(0)
-                image, _ = resize_to_width(image, None, data.resize_width)
-                height, width = min(height, image.shape[0]), min(width, image.shape[1])
-            if (height, width) != (crop, crop):
-                self.log.info(f"{stage}: crops {height}x{width} (crop {crop} capped at the images)")
-        return SegTransform(data.resize_width, height, width, flip)
-
-    def batches(
-        self,
-        dataset: SegmentationSet,
-        transform: SegTransform,
-        batch_size: int,
-        generator: torch.Generator,
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Shuffled transformed batches forever (a new random crop/flip of each image per pass)."""
-        dataset = dataset.with_transform(transform, seed=self.config.seed)
-        batch_size = min(batch_size, len(dataset))
-        epoch = 0
-        while True:
-            dataset.epoch = epoch
-            loader = DataLoader(
-                dataset,
-                batch_size=batch_size,
-                shuffle=True,
-                drop_last=True,
-                generator=generator,
-                num_workers=self.config.data.workers,
-                pin_memory=self.cuda,
-            )
-            yield from loader
-            epoch += 1
-
     # -- checkpoints --------------------------------------------------------------------------
     def stage_fingerprint(self, stage: str) -> str:
         """Hash of what a stage's weights depend on.
@@ -222,83 +174,6 @@ class SegRun(StageStore):
             "class_names": list(self.space.classes),
             "resize_width": self.config.data.resize_width,
         }
-
-    # -- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(
-        self, model: Segmenter, image: np.ndarray, out_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """Labels (H, W) at ``out_size`` for one RGB image, run at the configured width."""
-        resized, _ = resize_to_width(image, None, self.config.data.resize_width)
-        x = self.input(torch.from_numpy(resized).permute(2, 0, 1)[None])
-        with self.autocast():
-            logits = model(x)
-        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-        return logits.argmax(1)[0]
-
-    def resized(self, image: np.ndarray) -> np.ndarray:
-        """An RGB image at the run's width (what the models see)."""
-        return resize_to_width(image, None, self.config.data.resize_width)[0]
-
-    @torch.no_grad()
-    def probabilities(self, model: Segmenter, image: np.ndarray) -> torch.Tensor:
-        """Softmax class probabilities (K, H, W) of one RGB image at the run's width."""
-        resized = self.resized(image)
-        x = self.input(torch.from_numpy(resized).permute(2, 0, 1)[None])
-        with self.autocast():
-            logits = model(x)
-        logits = F.interpolate(
-            logits.float(), size=resized.shape[:2], mode="bilinear", align_corners=False
-        )
-        return logits.softmax(1)[0]
-
-    def source_class_shares(self) -> np.ndarray:
-        """Share of each class in the source labels (an evenly spaced sample), computed once."""
-        if self._source_shares is None:
-            from cycada.training.segmentation.label_free import class_shares_of_labels
-
-            self._source_shares = class_shares_of_labels(self.source_train, self.space.num_classes)
-        return self._source_shares
-
-    def evaluate(
-        self, model: Segmenter, stage: str, compare: dict[str, Segmenter] | None = None
-    ) -> dict[str, Any]:
-        """One confusion matrix over the evaluation split at full label resolution.
-
-        Writes prediction PNGs and panels (image | ``compare`` models | this model | truth).
-        """
-        was_training = model.training
-        model.eval()
-        dataset = self.evaluation
-        if dataset is None:
-            raise DataError("this run has no labelled evaluation set (pass --eval-set)")
-        confusion = ConfusionMatrix(self.space.num_classes, self.device)
-        folder = self.out_dir / "eval" / stage
-        for index in range(len(dataset)):
-            image, label = dataset.load_raw(index)
-            prediction = self.predict(model, image, label.shape)
-            confusion.update(prediction, torch.from_numpy(label).to(self.device))
-            if index < self.config.eval_panels:
-                name = dataset.items[index].image.stem
-                colour = self.space.colorize(prediction.cpu().numpy().astype(np.uint8))
-                write_png(folder / "predictions" / f"{name}.png", colour)
-                columns = [image]
-                for other in (compare or {}).values():
-                    other.eval()
-                    columns.append(
-                        self.space.colorize(
-                            self.predict(other, image, label.shape).cpu().numpy().astype(np.uint8)
-                        )
-                    )
-                columns += [colour, self.space.colorize(label)]
-                write_png(folder / "panels" / f"{name}.png", panel(columns))
-        model.train(was_training)
-        metrics = segmentation_metrics(
-            confusion.numpy(), self.space.classes, dataset.mapping.evaluated
-        )
-        metrics["dataset"] = f"{dataset.name}/{dataset.split}"
-        metrics["confusion_matrix"] = confusion.numpy().tolist()
-        return metrics
 
 
 class _RankResume:

@@ -20,6 +20,7 @@ from cycada.training.core.feature_gate import FeatureGate
 from cycada.training.core.losses import FeatureGANLoss, TaskLoss, domain_accuracy
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
 from cycada.training.segmentation.data import SegmentationSet
+from cycada.training.segmentation.loaders import endless_batches, train_transform
 from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 
@@ -48,9 +49,9 @@ def train_seg_feature(
     )
     start, extra = resume.restore()
     updates_total = int(extra.get("updates_total", 0))
-    transform = run.train_transform("feature", cfg.crop, True, source, run.target_train)
-    sources = run.batches(source, transform, 1, generator)
-    targets = run.batches(run.target_train, transform, 1, generator)
+    transform = train_transform(run, "feature", cfg.crop, True, source, run.target_train)
+    sources = endless_batches(run, source, transform, 1, generator)
+    targets = endless_batches(run, run.target_train, transform, 1, generator)
     gan_loss, task_loss = FeatureGANLoss(), TaskLoss()
     gate = FeatureGate(cfg.gate_threshold, cfg.gate_window, min_steps=cfg.gate_window)
     # a 'pass' for the stop rule: the target set once, and at least one full gate window

@@ -15,6 +15,7 @@ from cycada.atomic import write_json_atomic
 from cycada.training.core.pixel_adaptation import PixelAdaptation, linear_decay, write_samples
 from cycada.training.core.visuals import write_png
 from cycada.training.segmentation.data import SegmentationSet, load_segmentation
+from cycada.training.segmentation.loaders import endless_batches, train_transform
 from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 from cycada.training.segmentation.transforms import resize_to_width
@@ -29,9 +30,9 @@ def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
         pixel.grad_sync = run.sync_gradients
     steps_per_epoch = max(len(run.source_train), len(run.target_train)) // cfg.batch_size or 1
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    transform = run.train_transform("pixel", cfg.crop, False, run.source_train, run.target_train)
-    sources = run.batches(run.source_train, transform, cfg.batch_size, generator)
-    targets = run.batches(run.target_train, transform, cfg.batch_size, generator)
+    transform = train_transform(run, "pixel", cfg.crop, False, run.source_train, run.target_train)
+    sources = endless_batches(run, run.source_train, transform, cfg.batch_size, generator)
+    targets = endless_batches(run, run.target_train, transform, cfg.batch_size, generator)
     resume = run.stage_resume(
         "pixel", pixel.networks(), {"gen": pixel.opt_gen, "disc": pixel.opt_disc}, generator
     )

@@ -8,6 +8,7 @@ import torch
 from cycada.training.core.losses import TaskLoss
 from cycada.training.segmentation.config import SegSupervisedConfig
 from cycada.training.segmentation.data import SegmentationSet
+from cycada.training.segmentation.loaders import endless_batches, train_transform
 from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 
@@ -32,8 +33,8 @@ def train_segmenter(
     start, _ = resume.restore()
     if start:
         run.log.info(f"{stage}: resuming at iteration {start}/{cfg.iterations}")
-    transform = run.train_transform(stage, cfg.crop, cfg.flip, dataset)
-    batches = run.batches(dataset, transform, cfg.batch_size, generator)
+    transform = train_transform(run, stage, cfg.crop, cfg.flip, dataset)
+    batches = endless_batches(run, dataset, transform, cfg.batch_size, generator)
     task_loss = TaskLoss()
     bar = run.log.progress(cfg.iterations, stage, initial=start)
     model.train()
