@@ -15,32 +15,22 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
-import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
-from cycada.errors import ConfigError, DataError, InputError, ServingError
+from cycada.clients.model_signature import ModelSignature
+from cycada.clients.shared_memory import SharedMemoryRegions
+from cycada.errors import ConfigError, InputError, ServingError
 from cycada.grpc_security import GrpcSecurity
 
 LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
 MAX_BACKOFF = 2.0  # seconds between retries, at most
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
-NUMPY_OF = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # with the batch dimension; -1 = free
 
 
 class RequestRefused(ServingError, InputError):
@@ -84,16 +74,18 @@ class ModelClient:
         self.retry_window, self.backoff, self.compression = retry_window, backoff, compression
         self._clients = [self.security.client(url) for url in self.urls]
         self._next = itertools.count()
-        self._local = threading.local()
-        self._shm_regions: list[tuple[object, str, object]] = []
-        self._shm_lock = threading.Lock()
-        self._shm_names = itertools.count()
-        self._shm_generation = 0  # bumped when the server may have lost the registrations
         self.shared_memory = shared_memory
+        self.regions = SharedMemoryRegions(self.headers)
         # the most recent requests only: a camera stream runs for days
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.wait_ready(timeout)
-        self.inputs, self.outputs, self.max_batch_size = self._metadata()
+        self.signature = ModelSignature.from_server(self._clients[0], model, version, self.headers)
+        self.inputs, self.outputs = self.signature.inputs, self.signature.outputs
+        self.max_batch_size = self.signature.max_batch_size
+
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        """Clear errors when names, dtypes or shapes do not match the model's metadata."""
+        self.signature.check(inputs)
 
     # -- connection and metadata -------------------------------------------------------------
     def wait_ready(self, timeout: float) -> None:
@@ -120,104 +112,14 @@ class ModelClient:
                     )
                 time.sleep(0.2)
 
-    def _metadata(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec], int]:
-        client = self._clients[0]
-        metadata = client.get_model_metadata(
-            self.model, self.version, headers=self.headers, as_json=True
-        )
-        config = client.get_model_config(
-            self.model, self.version, headers=self.headers, as_json=True
-        )["config"]
-        max_batch = int(config.get("max_batch_size", 0))
-
-        def specs(items) -> dict[str, TensorSpec]:
-            return {
-                item["name"]: TensorSpec(
-                    item["name"], item["datatype"], tuple(int(d) for d in item["shape"])
-                )
-                for item in items
-            }
-
-        return specs(metadata["inputs"]), specs(metadata["outputs"]), max_batch
-
-    def check(self, inputs: dict[str, np.ndarray]) -> None:
-        """Clear errors when names, dtypes or shapes do not match the model's metadata."""
-        missing = set(self.inputs) - set(inputs)
-        unknown = set(inputs) - set(self.inputs)
-        if missing or unknown:
-            raise DataError(
-                f"model '{self.model}' takes inputs {sorted(self.inputs)}, got {sorted(inputs)}"
-            )
-        for name, array in inputs.items():
-            spec = self.inputs[name]
-            expected = NUMPY_OF.get(spec.datatype)
-            if expected is not None and array.dtype != expected:
-                raise DataError(
-                    f"input '{name}' of model '{self.model}' must be {spec.datatype}, "
-                    f"got {array.dtype}"
-                )
-            if len(array.shape) != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
-            ):
-                raise DataError(
-                    f"input '{name}' of model '{self.model}' must have shape {list(spec.shape)} "
-                    f"(-1 = any), got {list(array.shape)}"
-                )
-            if self.max_batch_size and array.shape[0] > self.max_batch_size:
-                raise DataError(
-                    f"input '{name}': batch {array.shape[0]} is over the model's "
-                    f"max_batch_size {self.max_batch_size}"
-                )
-
     # -- requests -----------------------------------------------------------------------------
     def _input(self, client, name: str, array: np.ndarray):
         tensor = self.grpc.InferInput(name, list(array.shape), self.inputs[name].datatype)
         if self.shared_memory:
-            region = self._region(client, name, array.nbytes)
-            import tritonclient.utils.shared_memory as shm
-
-            shm.set_shared_memory_region(region[1], [np.ascontiguousarray(array)])
-            tensor.set_shared_memory(region[0], array.nbytes)
+            self.regions.put(client, tensor, name, array)
         else:
             tensor.set_data_from_numpy(np.ascontiguousarray(array))
         return tensor
-
-    def _region(self, client, name: str, nbytes: int):
-        """A system shared-memory region of this thread for ``name``: grown when too small, and
-        registered again after the server lost its registrations (a restart)."""
-        import tritonclient.utils.shared_memory as shm
-
-        regions = self._local.__dict__.setdefault("regions", {})
-        key = (id(client), name)
-        current = regions.get(key)
-        if current is not None and current[2] < nbytes:  # too small: replace it
-            with contextlib.suppress(Exception):
-                client.unregister_system_shared_memory(current[0], headers=self.headers)
-            self._forget_region(current)
-            current = None
-        if current is None:
-            label = f"cycada_{os.getpid()}_{threading.get_ident()}_{next(self._shm_names)}"
-            handle = shm.create_shared_memory_region(label, f"/{label}", nbytes)
-            current = (label, handle, nbytes, -1)
-            with self._shm_lock:
-                self._shm_regions.append((client, label, handle))
-        if current[3] != self._shm_generation:
-            with contextlib.suppress(Exception):  # a stale registration from before a restart
-                client.unregister_system_shared_memory(current[0], headers=self.headers)
-            client.register_system_shared_memory(
-                current[0], f"/{current[0]}", current[2], headers=self.headers
-            )
-            current = (*current[:3], self._shm_generation)
-        regions[key] = current
-        return current
-
-    def _forget_region(self, region) -> None:
-        """Destroy a region once and drop it from the list ``close`` destroys."""
-        import tritonclient.utils.shared_memory as shm
-
-        with self._shm_lock:
-            self._shm_regions = [r for r in self._shm_regions if r[1] != region[0]]
-        shm.destroy_shared_memory_region(region[1])
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One request. UNAVAILABLE (server down, restarting, queue full) is retried, on the
@@ -251,7 +153,7 @@ class ModelClient:
                 first_failure = first_failure if first_failure is not None else now
                 lost_region = self.shared_memory and "shared memory region" in message
                 if (retryable(exc) or lost_region) and self.shared_memory:
-                    self._shm_generation += 1  # a restarted server: register the regions again
+                    self.regions.invalidate()  # a restarted server: register the regions again
                 if "INVALID_ARGUMENT" in status and not lost_region:
                     raise RequestRefused(f"'{self.model}' refused the request: {message}") from None
                 give_up = not (retryable(exc) or lost_region)
@@ -285,14 +187,7 @@ class ModelClient:
         return ordered_map(items, lambda item: self.request(make_inputs(item), outputs), window)
 
     def close(self) -> None:
-        if self._shm_regions:
-            import tritonclient.utils.shared_memory as shm
-
-            for client, label, handle in self._shm_regions:
-                with contextlib.suppress(Exception):  # the server may be gone already
-                    client.unregister_system_shared_memory(label, headers=self.headers)
-                shm.destroy_shared_memory_region(handle)
-            self._shm_regions.clear()
+        self.regions.close()
         for client in self._clients:
             client.close()
 

@@ -549,7 +549,7 @@ def test_shared_memory_regions_grow_once_and_survive_a_server_restart(repository
         client = ModelClient(running.grpc_url, "segment", shared_memory=True, retry_window=60)
         assert client.infer({"images": small}, ["labels"])["labels"].shape == (1, 32, 32)
         assert client.infer({"images": large}, ["labels"])["labels"].shape == (1, 64, 96)
-        assert len(client._shm_regions) == 1  # the outgrown region is gone from the list
+        assert len(client.regions) == 1  # the outgrown region is gone from the list
         running.stop()
         running = TritonServer(options).start()  # same ports; it knows no regions
         assert client.infer({"images": large}, ["labels"])["labels"].shape == (1, 64, 96)
