@@ -15,6 +15,7 @@ import csv
 import importlib.util
 import io
 import json
+import logging
 import math
 import threading
 import time
@@ -31,6 +32,8 @@ from cycada.bench_results import header_markdown, write_results
 from cycada.clients.load import LoadResult, infer_waiting, keep_message, run_load
 from cycada.errors import DataError
 from cycada.plots import bench_figure
+
+LOGGER = logging.getLogger("cycada.clients")
 
 PERF_ANALYZER_COLUMNS = [
     "Concurrency",
@@ -207,10 +210,9 @@ def served_rows(
             **{f"server_{k}_us": round(v, 1) for k, v in server.items()},
         }
         rows.append(row)
-        print(
+        LOGGER.info(
             f"served {mode}={value}: {row['throughput_per_s']} /s, p50 {row['p50_ms']} ms, "
-            f"p99 {row['p99_ms']} ms",
-            flush=True,
+            f"p99 {row['p99_ms']} ms"
         )
     return rows
 
@@ -282,7 +284,7 @@ def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: b
                 "p99_ms": round(float(np.percentile(times, 99)), 2),
             }
         )
-        print(f"in process {engine.name}: {rows[-1]['throughput_per_s']} /s", flush=True)
+        LOGGER.info(f"in process {engine.name}: {rows[-1]['throughput_per_s']} /s")
     return rows
 
 

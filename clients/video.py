@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import queue
 import threading
@@ -30,6 +31,8 @@ from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, ServingError
 from cycada.grpc_security import GrpcSecurity
 from cycada.training.segmentation.label_spaces import LABEL_SPACES
+
+LOGGER = logging.getLogger("cycada.clients")
 
 _END = object()
 
@@ -387,7 +390,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
     writer = _Writer(partial, fps, options)
     if previous is not None:
         copied = writer.copy_from(previous)
-        print(f"segment-video: resuming after frame {start - 1} ({copied} frames kept)", flush=True)
+        LOGGER.info(f"segment-video: resuming after frame {start - 1} ({copied} frames kept)")
     bar = None
     if options.progress:
         from tqdm import tqdm
@@ -460,5 +463,5 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
             client.close()
             if translator is not None:
                 translator.close()
-            print(f"segment-video: {summary.line()}", flush=True)
+            LOGGER.info(f"segment-video: {summary.line()}")
     return summary

@@ -7,6 +7,7 @@ import sys
 
 from cycada import __version__
 from cycada.errors import CycadaError
+from cycada.log import configure_command_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,7 @@ def one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    configure_command_logging()
     benchmark = None
     if len(argv) >= 2 and argv[0] == "bench":
         from cycada.clients.cli import BENCHMARKS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from cycada.errors import ExportError
@@ -83,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         compile_device=args.compile_device,
     )
-    report = export_run(args.run_dir, args.repository, options, log=lambda m: print(m, flush=True))
+    report = export_run(
+        args.run_dir, args.repository, options, log=logging.getLogger("cycada.export").info
+    )
     if args.check:
         print(report.table())
     for name, path in report.versions.items():

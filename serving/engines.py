@@ -10,12 +10,15 @@ from __future__ import annotations
 import abc
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+LOGGER = logging.getLogger("cycada.serving")
 
 
 class FrameDecoder:
@@ -151,7 +154,7 @@ class TorchEngine(Engine):
             self.name = f"aoti package ({self.device}, {precision})"
         else:
             if (folder / PACKAGE).exists():
-                print(f"cycada: {folder / PACKAGE} not used: {why_not}; serving eager", flush=True)
+                LOGGER.warning(f"{folder / PACKAGE} not used: {why_not}; serving eager")
             graph = serving_graph(endpoint, half=half).to(self.device)
             if self.device.type == "cuda":
                 graph = graph.to(memory_format=torch.channels_last)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -244,7 +245,7 @@ def test_resume_continues_a_partial_output_with_the_labels_of_an_uninterrupted_r
         "--csv", str(shares), "--resume", *common,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming after frame {partial - 1} ({partial} frames kept)" in resumed.stdout
+    assert f"resuming after frame {partial - 1} ({partial} frames kept)" in resumed.stderr
     assert frame_count(out) == 400
     rows = list(csv.reader(shares.open()))
     assert rows[0][0] == "frame" and [int(r[0]) for r in rows[1:]] == list(range(400))
@@ -309,7 +310,7 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
     assert bad.returncode == 2 and "--shard" in bad.stderr
 
 
-def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch, capsys):
+def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch, caplog):
     """A disk that fills up after 5 frames: reported then, not after the whole video is sent."""
     from cycada.clients import video as video_module
     from cycada.errors import DataError
@@ -325,10 +326,11 @@ def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch,
 
     monkeypatch.setattr(video_module._Writer, "_encode", disk_full)
     options = video_module.VideoOptions(urls=[server.grpc_url], width=128, progress=False)
+    caplog.set_level(logging.INFO, logger="cycada")
     with pytest.raises(DataError, match="No space left on device"):
         video_module.segment_video(str(clip), tmp_path / "out.mp4", options)
     assert frame_count(tmp_path / "out.mp4") == 5  # what was written stays playable
-    line = capsys.readouterr().out
+    line = caplog.text
     read = int(line.split(" read,")[0].rsplit("(", 1)[1])
     assert read < 100 and "stopped: cannot write" in line  # not the whole video sent first
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+LOGGER = logging.getLogger("cycada.training")
 
 
 class RunLog:
@@ -51,7 +54,7 @@ class RunLog:
         elapsed = time.monotonic() - self.started
         line = f"[{elapsed:7.1f}s] {message}"
         if not self.quiet:
-            tqdm.write(line, file=sys.stderr)
+            LOGGER.info(line)
         if not self.write:
             return
         with open(self.out_dir / "log.txt", "a", encoding="utf-8") as handle:
