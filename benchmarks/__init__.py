@@ -1,1 +1,25 @@
-"""The benchmarks behind ``cycada bench NAME`` (the latency sweep itself is a client command)."""
+"""The benchmarks behind ``cycada bench NAME``: the registry of every subcommand (the latency
+sweep itself lives with the clients, the others in this package)."""
+
+from __future__ import annotations
+
+# `cycada bench NAME ...`: every benchmark of the project under one command; each module's
+# main(argv) takes the rest of the command line (`cycada bench NAME --help` lists its options)
+BENCHMARKS = {
+    "sweep": ("cycada.clients.cli", "served concurrency/rate sweep + in-process engines"),
+    "served": ("cycada.benchmarks.served", "served vs in-process, frames over gRPC"),
+    "video": ("cycada.benchmarks.video", "segment-video against the served throughput"),
+    "segmenters": ("cycada.benchmarks.segmenters", "segmenter inference: eager vs ORT"),
+    "pixel-stage": ("cycada.benchmarks.pixel_stage", "pixel-stage steps/s, with/without L_sem"),
+    "seg-stages": ("cycada.benchmarks.seg_stages", "each segmentation stage's step time"),
+    "extract": ("cycada.benchmarks.extract", "video frame extraction vs a decode loop"),
+    "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),
+    "kill-resume": ("cycada.benchmarks.kill_resume", "kill -9 training, resume, compare"),
+}
+
+
+def bench_main(name: str, argv: list[str]) -> int:
+    """Run benchmark ``name`` (not the sweep) with ``argv``."""
+    import importlib
+
+    return int(importlib.import_module(BENCHMARKS[name][0]).main(argv) or 0)

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_command_logging()
     benchmark = None
     if len(argv) >= 2 and argv[0] == "bench":
-        from cycada.clients.cli import BENCHMARKS
+        from cycada.benchmarks import BENCHMARKS
 
         if argv[1] == "sweep":
             argv = ["bench", *argv[2:]]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None if benchmark else parser.parse_args(argv)
     try:
         if benchmark is not None:
-            from cycada.clients.cli import bench_main
+            from cycada.benchmarks import bench_main
 
             return bench_main(benchmark, argv[2:])
         return int(args.handler(args) or 0)
