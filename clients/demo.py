@@ -77,17 +77,10 @@ def label_free_comparison(metrics: dict) -> list[str]:
     return lines
 
 
-def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[str, str]:
-    from cycada.clients.bench import run_bench
-    from cycada.clients.translate_dir import translate_dir
-    from cycada.clients.video import VideoOptions, segment_video
-    from cycada.export.exporter import ExportOptions, export_run
-    from cycada.training.segmentation.config import resolve_seg_config
-    from cycada.training.segmentation.pipeline import run_seg
+def _write_data(data: Path, video: str | None, smoke: bool) -> tuple[Path, tuple[int, int], int]:
+    """Step 1: labelled game-style scenes; without ``video``, camera-style scenes and a clip."""
     from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
-    started = time.perf_counter()
-    data = (out / "data").resolve()  # absolute: the run's config.yaml repeats it from anywhere
     count, size = (12, (128, 64)) if smoke else (160, (256, 128))
     if video is None:
         t = _step(1, f"synthetic scenes: {count} game-style (labelled) → {count} camera-style")
@@ -111,6 +104,13 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
         )
         write_clip(clip, 24 if smoke else 150, 512, 256, seed=2)
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
+    return clip, size, count
+
+
+def _train(data: Path, run_dir: Path, video: str | None, count: int, smoke: bool) -> dict:
+    """Step 2: the segmentation pipeline with ``--preset demo`` (the footage as target)."""
+    from cycada.training.segmentation.config import resolve_seg_config
+    from cycada.training.segmentation.pipeline import run_seg
 
     if video is None:
         what = "camera-style scenes"
@@ -128,14 +128,18 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
         sets=SMOKE if smoke else [],
         overrides={"data": {"data_root": str(data), **target}},
     )
-    run_dir = out / "run"
     metrics = run_seg(config, run_dir)
     for line in stage_lines(metrics):
         print(f"  {line}", flush=True)
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
+    return metrics
+
+
+def _export(run_dir: Path, repository: Path, smoke: bool) -> None:
+    """Step 3: ONNX, parity and the model repository."""
+    from cycada.export.exporter import ExportOptions, export_run
 
     t = _step(3, "export: ONNX fp32 + fp16, parity on real or synthetic frames, repository")
-    repository = out / "model_repository"
     report = export_run(
         run_dir,
         repository,
@@ -145,17 +149,23 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
     print(report.table())
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
 
+
+def _serve_and_use(
+    out: Path, repository: Path, data: Path, source: str, size: tuple[int, int], smoke: bool
+) -> Path:
+    """Steps 4-8: the server, then segment-video, translate-dir and bench through it."""
+    from cycada.clients.bench import run_bench
+    from cycada.clients.translate_dir import translate_dir
+    from cycada.clients.video import VideoOptions, segment_video
+
     t = _step(4, "tritonserver (embedded, Python backend + ONNX Runtime) on loopback")
-    options = ServerOptions.on_free_ports(
-        repository,
-        log_file=out / "tritonserver.log",
-    )
+    options = ServerOptions.on_free_ports(repository, log_file=out / "tritonserver.log")
     with TritonServer(options) as server:
         print(f"  ready at gRPC {server.grpc_url} in {time.perf_counter() - t:.1f} s", flush=True)
-        t = _step(5, f"segment-video {video or clip} through gRPC (JPEG frames)")
+        _step(5, f"segment-video {source} through gRPC (JPEG frames)")
         overlay = out / "segmented.mp4"
         segment_video(
-            video or str(clip),
+            source,
             overlay,
             VideoOptions(
                 urls=[server.grpc_url],
@@ -164,7 +174,7 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
                 csv_path=out / "class_shares.csv",
             ),
         )
-        t = _step(6, "translate-dir: synthetic images → camera style, labels beside")
+        _step(6, "translate-dir: synthetic images → camera style, labels beside")
         summary = translate_dir(
             data / "gta5" / "images",
             out / "translated",
@@ -172,20 +182,24 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
             labels=data / "gta5" / "labels",
         )
         print(f"  {summary.line()}", flush=True)
-        t = _step(7, "bench: served concurrency sweep and in-process engines")
+        _step(7, "bench: served concurrency sweep and in-process engines")
+        seconds = 1.0 if smoke else 3.0
         run_bench(
-            repository,
-            "segment",
-            server.grpc_url,
-            size,
-            [1, 2],
-            [],
-            1.0 if smoke else 3.0,
-            1.0,
-            out / "bench",
+            repository, "segment", server.grpc_url, size, [1, 2], [], seconds, 1.0, out / "bench"
         )
         print((out / "bench" / "bench.md").read_text(), flush=True)
         _step(8, "stopping the server")
+    return overlay
+
+
+def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[str, str]:
+    started = time.perf_counter()
+    data = (out / "data").resolve()  # absolute: the run's config.yaml repeats it from anywhere
+    run_dir, repository = out / "run", out / "model_repository"
+    clip, size, count = _write_data(data, video, smoke)
+    metrics = _train(data, run_dir, video, count, smoke)
+    _export(run_dir, repository, smoke)
+    overlay = _serve_and_use(out, repository, data, video or str(clip), size, smoke)
     artifacts = {
         "run (checkpoints, metrics, panels)": run_dir,
         "translated source set (pixel stage)": run_dir / "translated",

@@ -346,20 +346,8 @@ def _resume_point(source: str, out: Path, progress_file: Path) -> tuple[int, Pat
     return int(progress["last_frame"]) + 1, kept
 
 
-def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
-    """Segment every frame of ``source`` through the server; returns the summary.
-
-    Raises ServingError (server lost for longer than the retry window) or KeyboardInterrupt
-    after the partial output has been finalised; the summary of what was done is printed
-    either way.
-    """
-    if out.suffix.lower() != ".mp4":
-        raise DataError(f"--out {out}: expected a path ending in .mp4")
-    if options.window < 1:
-        raise DataError(f"--window {options.window}: expected at least 1 request in flight")
-    capture = open_source(source)
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+def _connect(options: VideoOptions) -> tuple[ModelClient, ModelClient | None]:
+    """The segmenting model's client and, with ``translate_model``, the translator's."""
     model = "segment_encoded" if options.encoded and options.model == "segment" else options.model
     connect = dict(
         timeout=options.timeout,
@@ -374,6 +362,73 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         translator = ModelClient(
             options.urls, options.translate_model, **{**connect, "shared_memory": False}
         )
+    return client, translator
+
+
+def _publish(
+    source: str,
+    out: Path,
+    partial: Path,
+    progress_file: Path,
+    previous: Path | None,
+    writer: _Writer,
+    start: int,
+) -> bool:
+    """Put what was written in place of ``out`` and record the last frame (for ``--resume``);
+    with nothing new written, the earlier output stays. False when no output exists."""
+    written = bool(writer.written and partial.exists())
+    if written:
+        os.replace(partial, out)
+        last = writer.last_index if writer.last_index >= 0 else start - 1
+        write_json_atomic(
+            progress_file,
+            {"source": str(source), "frames_written": writer.written, "last_frame": last},
+        )
+    else:
+        partial.unlink(missing_ok=True)
+    if previous is not None:
+        if out.exists():
+            previous.unlink(missing_ok=True)
+        else:  # nothing new was written: the earlier output goes back in place
+            os.replace(previous, out)
+    return written
+
+
+def _count(
+    summary: VideoSummary,
+    writer: _Writer,
+    counts: dict[str, int],
+    client: ModelClient,
+    started: float,
+    cpu_started: float,
+) -> None:
+    """Frames read, written and corrupt, wall and client CPU time, request latencies."""
+    summary.frames_written = writer.written
+    summary.frames_read = counts["read"]
+    summary.corrupt_frames = counts["corrupt"]
+    summary.seconds = time.perf_counter() - started
+    summary.client_cpu_s = time.process_time() - cpu_started
+    latencies = client.latencies_ms
+    if latencies:
+        summary.p50_ms = float(np.percentile(latencies, 50))
+        summary.p99_ms = float(np.percentile(latencies, 99))
+
+
+def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
+    """Segment every frame of ``source`` through the server; returns the summary.
+
+    Raises ServingError (server lost for longer than the retry window) or KeyboardInterrupt
+    after the partial output has been finalised; the summary of what was done is printed
+    either way.
+    """
+    if out.suffix.lower() != ".mp4":
+        raise DataError(f"--out {out}: expected a path ending in .mp4")
+    if options.window < 1:
+        raise DataError(f"--window {options.window}: expected at least 1 request in flight")
+    capture = open_source(source)
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    client, translator = _connect(options)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.partial.mp4")
     progress_file = out.with_name(f".{out.stem}.progress.json")
@@ -436,30 +491,9 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         finally:
             if bar is not None:
                 bar.close()
-            summary.frames_written = writer.written
-            summary.frames_read = counts["read"]
-            summary.corrupt_frames = counts["corrupt"]
-            summary.seconds = time.perf_counter() - started
-            summary.client_cpu_s = time.process_time() - cpu_started
-            latencies = client.latencies_ms
-            if latencies:
-                summary.p50_ms = float(np.percentile(latencies, 50))
-                summary.p99_ms = float(np.percentile(latencies, 99))
-            if writer.written and partial.exists():
-                os.replace(partial, out)
-                last = writer.last_index if writer.last_index >= 0 else start - 1
-                write_json_atomic(
-                    progress_file,
-                    {"source": str(source), "frames_written": writer.written, "last_frame": last},
-                )
-            else:
-                partial.unlink(missing_ok=True)
+            _count(summary, writer, counts, client, started, cpu_started)
+            if not _publish(source, out, partial, progress_file, previous, writer, start):
                 summary.output = "(nothing written)"
-            if previous is not None:
-                if out.exists():
-                    previous.unlink(missing_ok=True)
-                else:  # nothing new was written: the earlier output goes back in place
-                    os.replace(previous, out)
             client.close()
             if translator is not None:
                 translator.close()

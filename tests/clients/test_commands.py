@@ -209,19 +209,19 @@ def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tm
     assert "failed after" in stderr
     written = frame_count(out)
     assert 10 <= written < 400
-    assert f"{written} frames written" in stdout
+    assert f"{written} frames written" in stderr  # the summary, logged on the way out
 
 
 def test_interrupt_keeps_a_playable_partial_output(server, tmp_path):
     process, out, _ = video_until(tmp_path, server.grpc_url, 5)
     try:
         process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130
-    assert 5 <= frame_count(out) < 400 and "interrupted" in stdout
+    assert 5 <= frame_count(out) < 400 and "interrupted" in stderr
 
 
 def test_resume_continues_a_partial_output_with_the_labels_of_an_uninterrupted_run(
