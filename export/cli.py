@@ -58,6 +58,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--trt-max-batch", type=int, default=8)
     parser.add_argument("--keep", type=int, default=3, help="versions kept on disk per model")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="trace every graph again, even when the same weights were exported before "
+        "(graphs are cached under $CYCADA_CACHE_DIR/onnx, default ~/.cache/cycada)",
+    )
     parser.add_argument("--data-root", type=Path, help="real images for parity (../shared/data)")
     parser.set_defaults(handler=run)
 
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         compile=args.compile,
         compile_device=args.compile_device,
+        cache=not args.no_cache,
     )
     report = export_run(
         args.run_dir, args.repository, options, log=logging.getLogger("cycada.export").info

@@ -33,6 +33,7 @@ class ExportOptions:
     data_root: Path | None = None
     compile: bool = False  # also an AOTInductor package (model.pt2) for the PyTorch engine
     compile_device: str = "auto"  # the device it is compiled for: auto = cuda when present
+    cache: bool = True  # reuse graphs exported before from the same weights (export.graph_cache)
 
 
 @dataclass
@@ -73,11 +74,15 @@ def _export_endpoint(
         with_logits = endpoint.kind != "translate"
         reference = parity.torch_runner(endpoint, logits=with_logits)
         log(f"{endpoint.name}: ONNX fp32")
-        served = export_onnx(endpoint, version_dir / "model.onnx", simplify=options.simplify)
+        served = export_onnx(
+            endpoint, version_dir / "model.onnx", simplify=options.simplify, cache=options.cache
+        )
         logits_runner = None
         with tempfile.TemporaryDirectory() as scratch:
             if with_logits:
-                checked = export_onnx(endpoint, Path(scratch) / "logits.onnx", logits=True)
+                checked = export_onnx(
+                    endpoint, Path(scratch) / "logits.onnx", logits=True, cache=options.cache
+                )
                 logits_runner = parity.onnx_runner(checked)
             rows = parity.compare(
                 endpoint,
@@ -91,7 +96,11 @@ def _export_endpoint(
         if options.fp16:
             log(f"{endpoint.name}: ONNX fp16")
             half = export_onnx(
-                endpoint, version_dir / "model.fp16.onnx", half=True, simplify=options.simplify
+                endpoint,
+                version_dir / "model.fp16.onnx",
+                half=True,
+                simplify=options.simplify,
+                cache=options.cache,
             )
             rows += parity.compare(
                 endpoint, "onnx-fp16", reference, parity.onnx_runner(half), images, True

@@ -20,6 +20,7 @@ from torch import nn
 
 from cycada.atomic import atomic_path
 from cycada.errors import ExportError
+from cycada.export import graph_cache
 from cycada.export.graphs import DigitGraph, SegmentationGraph, TranslationGraph
 from cycada.export.run_models import Endpoint
 
@@ -63,12 +64,37 @@ def export_onnx(
     half: bool = False,
     logits: bool = False,
     simplify: bool = False,
+    cache: bool = True,
 ) -> Path:
     """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it.
 
     ``simplify`` runs onnxscript's optimizer once more (constant folding, dead-code removal,
-    function inlining) on top of the one the exporter applies.
+    function inlining) on top of the one the exporter applies. With ``cache``, a graph exported
+    before from the same weights, code and options is copied instead (:mod:`.graph_cache`).
     """
+    key = graph_cache.graph_key(
+        endpoint.network,
+        {
+            "kind": endpoint.kind,
+            "multiple": endpoint.multiple,
+            "in_channels": endpoint.in_channels,
+            "half": half,
+            "logits": logits,
+            "simplify": simplify,
+            "opset": OPSET,
+            "max_side": MAX_SIDE,
+            "outputs": tuple(output_names(endpoint, logits)),
+        },
+    )
+    if cache and graph_cache.fetch(key, path):
+        return path
+    _export_checked(endpoint, path, half, logits, simplify)
+    if cache:
+        graph_cache.store(key, path)
+    return path
+
+
+def _export_checked(endpoint: Endpoint, path: Path, half: bool, logits: bool, simplify: bool):
     graph = serving_graph(endpoint, half, logits)
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = torch.export.Dim("height", min=1, max=MAX_SIDE)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from cycada.benchmarks.served import random_run
 from cycada.errors import CheckpointError, ExportError
@@ -148,3 +149,28 @@ def torch_version() -> str:
     import torch
 
     return torch.__version__
+
+
+def test_a_second_export_of_the_same_weights_comes_from_the_graph_cache(
+    run_dir, tmp_path, monkeypatch
+):
+    from cycada.export import graph_cache, onnx_export
+    from cycada.export.run_models import load_run_endpoints
+
+    monkeypatch.setenv("CYCADA_CACHE_DIR", str(tmp_path / "cache"))
+    export_run(run_dir, tmp_path / "a", ExportOptions(fp16=False), lambda _: None)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2  # served + logits
+    traced, trace = [], onnx_export._export_checked
+    monkeypatch.setattr(onnx_export, "_export_checked", lambda *a: traced.append(a) or trace(*a))
+    report = export_run(run_dir, tmp_path / "b", ExportOptions(fp16=False), lambda _: None)
+    assert traced == [] and all(row.ok for row in report.rows)
+    graph = "segment/1/model.onnx"
+    assert (tmp_path / "a" / graph).read_bytes() == (tmp_path / "b" / graph).read_bytes()
+    # other weights, or the cache turned off, trace again
+    network = load_run_endpoints(run_dir)[0].network
+    key = graph_cache.graph_key(network, {"kind": "segment"})
+    with torch.no_grad():
+        next(network.parameters()).add_(1.0)
+    assert graph_cache.graph_key(network, {"kind": "segment"}) != key
+    export_run(run_dir, tmp_path / "c", ExportOptions(fp16=False, cache=False), lambda _: None)
+    assert len(traced) == 2
