@@ -23,6 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from cycada.benchmarks.served import random_run
 from cycada.clients.bench import bench_input
 from cycada.clients.load import run_load
 from cycada.errors import ConfigError, ServingError
@@ -30,13 +31,9 @@ from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.digits.pipeline import run_digits
-from cycada.training.segmentation.config import resolve_seg_config
-from cycada.training.segmentation.pipeline import run_seg
 from tests.helpers import (
-    TINY_SEG,
     skip_without_tritonserver,
     tiny_digits_config,
-    write_tiny_domains,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -46,13 +43,10 @@ skip_without_tritonserver()
 
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory):
-    root = write_tiny_domains(tmp_path_factory.mktemp("scenes"))
-    config = resolve_seg_config(
-        "quick", sets=TINY_SEG, overrides={"data": {"data_root": str(root)}}
-    )
-    out = tmp_path_factory.mktemp("seg_run")
-    run_seg(config, out, quiet=True)
-    return out
+    """Untrained, seeded weights: what is served is checked against the same graphs in process
+    (a trained run goes through export and serving in the demo tests); the seed lets the graph
+    cache serve the fp32 graphs other modules exported."""
+    return random_run("fastscnn", tmp_path_factory.mktemp("seg_run"), generators="resnet6")
 
 
 @pytest.fixture(scope="module")

@@ -290,7 +290,7 @@ def test_unlabelled_folder_refused_as_source_or_eval_set(tmp_path, unlabelled_fo
     assert config.data.target == unlabelled_folder
 
 
-def test_kill_9_ten_times_every_resume_finishes_with_valid_checkpoints(tmp_path, folder_domain):
+def test_kill_9_repeatedly_every_resume_finishes_with_valid_checkpoints(tmp_path, folder_domain):
     from cycada.benchmarks.kill_resume import kill_and_resume
 
     sets = [f"--set={s}" for s in TINY_DIGITS if not s.startswith("pixel.max_steps")]
@@ -299,8 +299,9 @@ def test_kill_9_ten_times_every_resume_finishes_with_valid_checkpoints(tmp_path,
         sys.executable, "-m", "cycada.cli", "train", "digits", "--source", "synth",
         "--target", folder_domain, "--preset", "quick", "--eval-split", "train", "--quiet", *sets,
     ]  # fmt: skip
-    result = kill_and_resume(command, tmp_path, kills=10, seed=1)
-    assert result["killed_mid_run"] >= 5  # kills spread over the stages, each after progress
+    # five kills here (every stage is hit); `cycada bench kill-resume --kills 10` is the figure
+    result = kill_and_resume(command, tmp_path, kills=5, seed=1)
+    assert result["killed_mid_run"] >= 3  # kills spread over the stages, each after progress
     assert {"source.safetensors", "feature.safetensors"} <= set(result["checkpoints"])
     # resuming restores weights, optimiser and data order from the last finished epoch: the
     # result is the uninterrupted one (the CPU runs are deterministic)
