@@ -97,7 +97,7 @@ def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip,
     rows = list(csv.reader(shares.open()))[1:]
     assert [int(row[0]) for row in rows] == list(range(total))
     assert abs(sum(float(v) for v in rows[0][1:]) - 1.0) < 1e-3
-    assert "frames written" in done.stdout and f"{total} frames written" in done.stdout
+    assert f"{total} frames written" in done.stderr  # the summary, a log line
     if encoded:
         return
     # the label map of frame k is the model's answer for frame k (order kept)
