@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from cycada.errors import ExportError
 from cycada.export import parity
-from cycada.export.onnx_export import OPSET, export_onnx
+from cycada.export.onnx_export import OPSET, export_onnx, export_served
 from cycada.export.repository import NativeProfile, exclusive, prune, spec_for, write_model
 from cycada.export.run_models import Endpoint, load_run_endpoints
 
@@ -74,16 +74,16 @@ def _export_endpoint(
         with_logits = endpoint.kind != "translate"
         reference = parity.torch_runner(endpoint, logits=with_logits)
         log(f"{endpoint.name}: ONNX fp32")
-        served = export_onnx(
-            endpoint, version_dir / "model.onnx", simplify=options.simplify, cache=options.cache
-        )
-        logits_runner = None
+        logits_runner = checked = None
         with tempfile.TemporaryDirectory() as scratch:
             if with_logits:
                 checked = export_onnx(
                     endpoint, Path(scratch) / "logits.onnx", logits=True, cache=options.cache
                 )
                 logits_runner = parity.onnx_runner(checked)
+            served = export_served(
+                endpoint, version_dir / "model.onnx", checked, options.simplify, options.cache
+            )
             rows = parity.compare(
                 endpoint,
                 "onnx-fp32",

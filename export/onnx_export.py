@@ -132,3 +132,56 @@ def _export_checked(endpoint: Endpoint, path: Path, half: bool, logits: bool, si
             raise ExportError(f"{endpoint.name}: exported ONNX graph is invalid ({exc})") from exc
         onnx.save(model, str(tmp))
     return path
+
+
+def drop_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto | None:
+    """``model`` without output ``name`` and the nodes and initializers only it needed; None
+    when a node holds a subgraph (its outer-scope inputs are not tracked here)."""
+    graph = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        return None
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    graph = pruned.graph
+    kept_outputs = [o for o in graph.output if o.name != name]
+    needed = {o.name for o in kept_outputs}
+    kept_nodes = []
+    for node in reversed(graph.node):  # nodes are in topological order
+        if any(out in needed for out in node.output):
+            kept_nodes.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    nodes = list(reversed(kept_nodes))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    initializers = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    values = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    return pruned
+
+
+def export_served(
+    endpoint: Endpoint, path: Path, checked: Path | None, simplify: bool, cache: bool
+) -> Path:
+    """The served graph: ``checked`` (the same graph with a ``logits`` output, exported for the
+    parity checks) without that output, which saves a trace; else exported on its own."""
+    if checked is None or simplify:
+        return export_onnx(endpoint, path, simplify=simplify, cache=cache)
+    served = drop_output(onnx.load(str(checked)), "logits")
+    if served is None:
+        return export_onnx(endpoint, path, simplify=simplify, cache=cache)
+    with atomic_path(path) as tmp:
+        try:
+            onnx.checker.check_model(served, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"{endpoint.name}: served ONNX graph is invalid ({exc})") from exc
+        onnx.save(served, str(tmp))
+    return path
