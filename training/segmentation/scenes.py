@@ -74,97 +74,115 @@ def make_world(rng: np.random.Generator, length: float = 400.0) -> World:
     world.sky = (_jitter(rng, BASE_COLOURS[10], 20), _jitter(rng, (205, 220, 245), 10))
     edge = world.road_half + world.sidewalk
     for side in (-1, 1):
-        z = float(rng.uniform(2, 10))
-        while z < length:  # buildings, with walls/fences/vegetation in the gaps
-            span = float(rng.uniform(8, 30))
-            choice = rng.random()
-            setback = float(rng.uniform(1.0, 6.0))
-            if choice < 0.6:
-                world.objects.append(
-                    Box(
-                        side * (edge + setback + 6),
-                        z,
-                        12,
-                        float(rng.uniform(6, 30)),
-                        span,
-                        2,
-                        _jitter(rng, BASE_COLOURS[2], 40),
-                    )
+        _roadside(world, rng, side, edge, length)
+        _street_furniture(world, rng, side, length)
+    _traffic(world, rng, length)
+    return world
+
+
+def _roadside(
+    world: World, rng: np.random.Generator, side: int, edge: float, length: float
+) -> None:
+    """Buildings along one side, with walls, fences and vegetation in the gaps."""
+    z = float(rng.uniform(2, 10))
+    while z < length:  # buildings, with walls/fences/vegetation in the gaps
+        span = float(rng.uniform(8, 30))
+        choice = rng.random()
+        setback = float(rng.uniform(1.0, 6.0))
+        if choice < 0.6:
+            world.objects.append(
+                Box(
+                    side * (edge + setback + 6),
+                    z,
+                    12,
+                    float(rng.uniform(6, 30)),
+                    span,
+                    2,
+                    _jitter(rng, BASE_COLOURS[2], 40),
                 )
-            elif choice < 0.75:
-                world.objects.append(
-                    Box(
-                        side * (edge + 0.3),
-                        z,
-                        0.3,
-                        float(rng.uniform(0.8, 2.0)),
-                        span,
-                        int(rng.choice([3, 4])),
-                        _jitter(rng, BASE_COLOURS[3]),
-                    )
+            )
+        elif choice < 0.75:
+            world.objects.append(
+                Box(
+                    side * (edge + 0.3),
+                    z,
+                    0.3,
+                    float(rng.uniform(0.8, 2.0)),
+                    span,
+                    int(rng.choice([3, 4])),
+                    _jitter(rng, BASE_COLOURS[3]),
                 )
-            else:
-                world.objects.append(
-                    Box(
-                        side * (edge + setback + 2),
-                        z,
-                        4,
-                        float(rng.uniform(3, 9)),
-                        span,
-                        8,
-                        _jitter(rng, BASE_COLOURS[8]),
-                        "tree",
-                    )
+            )
+        else:
+            world.objects.append(
+                Box(
+                    side * (edge + setback + 2),
+                    z,
+                    4,
+                    float(rng.uniform(3, 9)),
+                    span,
+                    8,
+                    _jitter(rng, BASE_COLOURS[8]),
+                    "tree",
                 )
-            z += span + float(rng.uniform(0, 6))
-        z = float(rng.uniform(3, 15))
-        while z < length:  # street furniture on the sidewalk
-            x = side * (world.road_half + float(rng.uniform(0.3, world.sidewalk)))
-            roll = rng.random()
-            if roll < 0.35:
-                world.objects.append(
-                    Box(
-                        x,
-                        z,
-                        0.2,
-                        float(rng.uniform(3.5, 6)),
-                        0.2,
-                        5,
-                        _jitter(rng, BASE_COLOURS[5]),
-                        "pole",
-                    )
+            )
+        z += span + float(rng.uniform(0, 6))
+
+
+def _street_furniture(world: World, rng: np.random.Generator, side: int, length: float) -> None:
+    """Poles, people, trees and riders on one sidewalk."""
+    z = float(rng.uniform(3, 15))
+    while z < length:  # street furniture on the sidewalk
+        x = side * (world.road_half + float(rng.uniform(0.3, world.sidewalk)))
+        roll = rng.random()
+        if roll < 0.35:
+            world.objects.append(
+                Box(
+                    x,
+                    z,
+                    0.2,
+                    float(rng.uniform(3.5, 6)),
+                    0.2,
+                    5,
+                    _jitter(rng, BASE_COLOURS[5]),
+                    "pole",
                 )
-            elif roll < 0.7:
-                world.objects.append(
-                    Box(
-                        x,
-                        z,
-                        0.6,
-                        float(rng.uniform(1.5, 1.9)),
-                        0.4,
-                        11,
-                        _jitter(rng, BASE_COLOURS[11], 60),
-                        "person",
-                    )
+            )
+        elif roll < 0.7:
+            world.objects.append(
+                Box(
+                    x,
+                    z,
+                    0.6,
+                    float(rng.uniform(1.5, 1.9)),
+                    0.4,
+                    11,
+                    _jitter(rng, BASE_COLOURS[11], 60),
+                    "person",
                 )
-            elif roll < 0.85:
-                world.objects.append(
-                    Box(
-                        x,
-                        z,
-                        2.5,
-                        float(rng.uniform(3, 7)),
-                        2.5,
-                        8,
-                        _jitter(rng, BASE_COLOURS[8]),
-                        "tree",
-                    )
+            )
+        elif roll < 0.85:
+            world.objects.append(
+                Box(
+                    x,
+                    z,
+                    2.5,
+                    float(rng.uniform(3, 7)),
+                    2.5,
+                    8,
+                    _jitter(rng, BASE_COLOURS[8]),
+                    "tree",
                 )
-            else:
-                world.objects.append(
-                    Box(x, z, 0.6, 1.7, 1.6, 12, _jitter(rng, BASE_COLOURS[12]), "rider")
-                )
-            z += float(rng.uniform(4, 18))
+            )
+        else:
+            world.objects.append(
+                Box(x, z, 0.6, 1.7, 1.6, 12, _jitter(rng, BASE_COLOURS[12]), "rider")
+            )
+        z += float(rng.uniform(4, 18))
+
+
+def _traffic(world: World, rng: np.random.Generator, length: float) -> None:
+    """Cars, trucks and buses in the two lanes."""
     z = float(rng.uniform(6, 20))
     while z < length:  # traffic in the lanes
         lane = float(rng.choice([-0.5, 0.5])) * world.road_half
@@ -187,7 +205,6 @@ def make_world(rng: np.random.Generator, length: float = 400.0) -> World:
             )
         )
         z += float(rng.uniform(8, 35))
-    return world
 
 
 class Camera:
@@ -218,6 +235,100 @@ def _fill(image, label, polygon, colour, class_id, antialias: bool):
     cv2.fillPoly(label, [pts], int(class_id), cv2.LINE_8, shift=3)
 
 
+def _face(
+    camera: Camera,
+    z: float,
+    left: float,
+    right: float,
+    bottom: float,
+    top: float,
+    top_left: float | None = None,
+    top_right: float | None = None,
+) -> np.ndarray:
+    """A face at depth ``z`` facing the camera: its bottom edge from ``left`` to ``right`` at
+    height ``bottom``, its top edge at ``top`` (narrower with ``top_left``/``top_right``)."""
+    top_left = left if top_left is None else top_left
+    top_right = right if top_right is None else top_right
+    corners = [
+        camera.project(left, bottom, z),
+        camera.project(right, bottom, z),
+        camera.project(top_right, top, z),
+        camera.project(top_left, top, z),
+    ]
+    return np.array(corners, np.float32)
+
+
+def _ellipse(camera: Camera, x: float, y: float, z: float, radius: float, squash: float, points):
+    """A disc of ``radius`` (in pixels) around the projection of (x, y, z), ``squash`` high."""
+    u, v = camera.project(x, y, z)
+    angles = np.linspace(0, 2 * np.pi, points, endpoint=False)
+    disc = np.stack([u + radius * np.cos(angles), v + squash * radius * np.sin(angles)], 1)
+    return disc.astype(np.float32)
+
+
+def _building(box: Box, camera: Camera, x: float, near: float, dz: float) -> list:
+    half = box.width / 2
+    inner = x - np.sign(x) * half  # the face towards the road, from near to far
+    far = dz + box.depth
+    quad = [
+        camera.project(inner, 0, near),
+        camera.project(inner, box.height, near),
+        camera.project(inner, box.height, far),
+        camera.project(inner, 0, far),
+    ]
+    front = _face(camera, near, x - half, x + half, 0, box.height)
+    return [(np.array(quad, np.float32), box.label, box.colour), (front, box.label, box.colour)]
+
+
+def _tree(box: Box, camera: Camera, x: float, near: float) -> list:
+    trunk = _face(camera, near, x - 0.15, x + 0.15, 0, box.height * 0.5)
+    radius = camera.focal * box.width / 2 / near
+    crown = _ellipse(camera, x, box.height * 0.65, near, radius, 0.8, 18)
+    return [(trunk, 8, (90, 70, 50)), (crown, 8, box.colour)]
+
+
+def _pole(box: Box, camera: Camera, x: float, near: float) -> list:
+    pole = _face(camera, near, x - 0.08, x + 0.08, 0, box.height)
+    sign_label = 7 if (int(box.z * 10) % 3) else 6
+    top = box.height - 0.2
+    sign = _face(camera, near, x - 0.4, x + 0.4, top - 0.8, top)
+    return [(pole, 5, box.colour), (sign, sign_label, BASE_COLOURS[sign_label])]
+
+
+def _person(box: Box, camera: Camera, x: float, near: float) -> list:
+    """A pedestrian, or a rider on a bicycle."""
+    shapes = []
+    if box.kind == "rider":
+        bike = _face(camera, near, x - 0.3, x + 0.3, 0, 0.9)
+        shapes.append((bike, 18, BASE_COLOURS[18]))
+    base = 0.8 if box.kind == "rider" else 0.0
+    shoulders = box.height * 0.8 + base * 0.3
+    body = _face(camera, near, x - 0.25, x + 0.25, base, shoulders, x - 0.2, x + 0.2)
+    shapes.append((body, box.label, box.colour))
+    radius = camera.focal * 0.13 / near
+    head = _ellipse(camera, x, box.height * 0.9 + base * 0.3, near, radius, 1.0, 12)
+    shapes.append((head, box.label, (230, 190, 160)))
+    return shapes
+
+
+def _vehicle(box: Box, camera: Camera, x: float, near: float) -> list:
+    """A car, truck or bus seen from behind: wheels, body, darker rear window."""
+    half = box.width / 2
+    shapes = []
+    for wheel_x in (x - half * 0.7, x + half * 0.7):
+        wheel = _face(camera, near, wheel_x - 0.25, wheel_x + 0.25, 0, 0.4)
+        shapes.append((wheel, box.label, (25, 25, 25)))
+    body = _face(camera, near, x - half, x + half, 0.3, box.height * 0.6)
+    shapes.append((body, box.label, box.colour))
+    roof = _face(
+        camera, near, x - half * 0.8, x + half * 0.8, box.height * 0.6, box.height,
+        x - half * 0.7, x + half * 0.7,
+    )  # fmt: skip
+    window = tuple(int(c * 0.5) for c in box.colour)
+    shapes.append((roof, box.label, window))
+    return shapes
+
+
 def _box_polygons(box: Box, world: World, camera: Camera, cam_z: float):
     """Screen polygons (with class and colour) of one object; empty when behind the camera."""
     dz = box.z - cam_z
@@ -226,102 +337,15 @@ def _box_polygons(box: Box, world: World, camera: Camera, cam_z: float):
     near = max(dz, NEAR)
     offset = world.curve * (cam_z + near) ** 2 - world.curve * cam_z**2
     x = box.x + offset
-    half = box.width / 2
-    shapes = []
-    if box.kind in ("box",):
-        inner = x - np.sign(x) * half  # the face towards the road, from near to far
-        far = dz + box.depth
-        quad = [
-            camera.project(inner, 0, near),
-            camera.project(inner, box.height, near),
-            camera.project(inner, box.height, far),
-            camera.project(inner, 0, far),
-        ]
-        shapes.append((np.array(quad, np.float32), box.label, box.colour))
-        front = [
-            camera.project(x - half, 0, near),
-            camera.project(x + half, 0, near),
-            camera.project(x + half, box.height, near),
-            camera.project(x - half, box.height, near),
-        ]
-        shapes.append((np.array(front, np.float32), box.label, box.colour))
-    elif box.kind == "tree":
-        trunk = [
-            camera.project(x - 0.15, 0, near),
-            camera.project(x + 0.15, 0, near),
-            camera.project(x + 0.15, box.height * 0.5, near),
-            camera.project(x - 0.15, box.height * 0.5, near),
-        ]
-        shapes.append((np.array(trunk, np.float32), 8, (90, 70, 50)))
-        cu, cv = camera.project(x, box.height * 0.65, near)
-        radius = camera.focal * box.width / 2 / near
-        angles = np.linspace(0, 2 * np.pi, 18, endpoint=False)
-        crown = np.stack([cu + radius * np.cos(angles), cv + 0.8 * radius * np.sin(angles)], 1)
-        shapes.append((crown.astype(np.float32), 8, box.colour))
-    elif box.kind == "pole":
-        pole = [
-            camera.project(x - 0.08, 0, near),
-            camera.project(x + 0.08, 0, near),
-            camera.project(x + 0.08, box.height, near),
-            camera.project(x - 0.08, box.height, near),
-        ]
-        shapes.append((np.array(pole, np.float32), 5, box.colour))
-        sign_label = 7 if (int(box.z * 10) % 3) else 6
-        top = box.height - 0.2
-        sign = [
-            camera.project(x - 0.4, top - 0.8, near),
-            camera.project(x + 0.4, top - 0.8, near),
-            camera.project(x + 0.4, top, near),
-            camera.project(x - 0.4, top, near),
-        ]
-        shapes.append((np.array(sign, np.float32), sign_label, BASE_COLOURS[sign_label]))
-    elif box.kind in ("person", "rider"):
-        if box.kind == "rider":
-            bike = [
-                camera.project(x - 0.3, 0, near),
-                camera.project(x + 0.3, 0, near),
-                camera.project(x + 0.3, 0.9, near),
-                camera.project(x - 0.3, 0.9, near),
-            ]
-            shapes.append((np.array(bike, np.float32), 18, BASE_COLOURS[18]))
-        base = 0.8 if box.kind == "rider" else 0.0
-        body = [
-            camera.project(x - 0.25, base, near),
-            camera.project(x + 0.25, base, near),
-            camera.project(x + 0.2, box.height * 0.8 + base * 0.3, near),
-            camera.project(x - 0.2, box.height * 0.8 + base * 0.3, near),
-        ]
-        shapes.append((np.array(body, np.float32), box.label, box.colour))
-        hu, hv = camera.project(x, box.height * 0.9 + base * 0.3, near)
-        r = camera.focal * 0.13 / near
-        angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
-        head = np.stack([hu + r * np.cos(angles), hv + r * np.sin(angles)], 1)
-        shapes.append((head.astype(np.float32), box.label, (230, 190, 160)))
-    else:  # vehicle, seen from behind
-        body = [
-            camera.project(x - half, 0.3, near),
-            camera.project(x + half, 0.3, near),
-            camera.project(x + half, box.height * 0.6, near),
-            camera.project(x - half, box.height * 0.6, near),
-        ]
-        roof = [
-            camera.project(x - half * 0.8, box.height * 0.6, near),
-            camera.project(x + half * 0.8, box.height * 0.6, near),
-            camera.project(x + half * 0.7, box.height, near),
-            camera.project(x - half * 0.7, box.height, near),
-        ]
-        for wheel_x in (x - half * 0.7, x + half * 0.7):
-            wheel = [
-                camera.project(wheel_x - 0.25, 0, near),
-                camera.project(wheel_x + 0.25, 0, near),
-                camera.project(wheel_x + 0.25, 0.4, near),
-                camera.project(wheel_x - 0.25, 0.4, near),
-            ]
-            shapes.append((np.array(wheel, np.float32), box.label, (25, 25, 25)))
-        shapes.append((np.array(body, np.float32), box.label, box.colour))
-        window = tuple(int(c * 0.5) for c in box.colour)
-        shapes.append((np.array(roof, np.float32), box.label, window))
-    return shapes
+    if box.kind == "box":
+        return _building(box, camera, x, near, dz)
+    if box.kind == "tree":
+        return _tree(box, camera, x, near)
+    if box.kind == "pole":
+        return _pole(box, camera, x, near)
+    if box.kind in ("person", "rider"):
+        return _person(box, camera, x, near)
+    return _vehicle(box, camera, x, near)
 
 
 def _style_colour(colour, style: str, cast: np.ndarray) -> tuple[int, int, int]:
