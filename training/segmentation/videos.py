@@ -327,6 +327,67 @@ def extract_frames(
     return index
 
 
+def _sampling_rates(
+    videos: list[Path], reports: list[VideoReport], sampling: FrameSampling
+) -> tuple[list[float], float]:
+    """Frames per second to keep of each video, and the frames expected (0 = unknown).
+
+    With a cap, every video is probed first so the cap spreads over all of them; without one,
+    each video reads its rate when it opens (one open per video, not two).
+    """
+    rates = [sampling.fps] * len(videos)
+    if not sampling.max_frames:
+        return rates, 0.0
+    for report, video in zip(reports, videos):
+        report.fps, report.declared_frames = _probe(video)
+    rates = [min(sampling.fps, r.fps) if r.fps else sampling.fps for r in reports]
+    counts = [r.declared_frames / r.fps * rate if r.fps else 0 for r, rate in zip(reports, rates)]
+    if sum(counts) > sampling.max_frames:
+        rates = [rate * sampling.max_frames / sum(counts) for rate in rates]
+    return rates, min(sum(counts), sampling.max_frames)
+
+
+def _cap(rows: list[tuple], max_frames: int, images: Path) -> list[tuple]:
+    """At most ``max_frames`` rows, evenly spread; the frames left out are deleted."""
+    if not max_frames or len(rows) <= max_frames:
+        return rows
+    keep = set(np.linspace(0, len(rows) - 1, max_frames).round().astype(int))
+    for position, row in enumerate(rows):
+        if position not in keep:
+            (images / row[0]).unlink()
+    return [row for position, row in enumerate(rows) if position in keep]
+
+
+def _write_index(
+    out: Path,
+    rows: list[tuple],
+    reports: list[VideoReport],
+    sampling: FrameSampling,
+    fingerprint: str,
+    spec: str,
+) -> None:
+    """``index.csv`` (a row per frame) and ``manifest.json`` (sampling, a report per video)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["frame", "video", "frame_number", "time_s"])
+    writer.writerows(rows)
+    write_text_atomic(out / INDEX, buffer.getvalue())
+    write_json_atomic(
+        out / MANIFEST,
+        {
+            "what": f"frames of video:{spec} (the unlabelled target domain)",
+            "fingerprint": fingerprint,
+            # strict JSON: every frame is written as "all", not as Infinity
+            "sampling": {
+                **asdict(sampling),
+                "fps": "all" if math.isinf(sampling.fps) else sampling.fps,
+            },
+            "frames": len(rows),
+            "videos": [asdict(r) for r in reports],
+        },
+    )
+
+
 def _extract(
     videos: list[Path],
     out: Path,
@@ -341,21 +402,8 @@ def _extract(
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = workers or max(1, cpus or 1)
-    # with a cap, every video is probed first so the cap spreads over all of them; without
-    # one, each video reads its rate when it opens (one open per video, not two)
-    rates = [sampling.fps] * len(videos)
     reports = [VideoReport(str(v)) for v in videos]
-    expected = 0.0
-    if sampling.max_frames:
-        for report, video in zip(reports, videos):
-            report.fps, report.declared_frames = _probe(video)
-        rates = [min(sampling.fps, r.fps) if r.fps else sampling.fps for r in reports]
-        counts = [
-            r.declared_frames / r.fps * rate if r.fps else 0 for r, rate in zip(reports, rates)
-        ]
-        if sum(counts) > sampling.max_frames:
-            rates = [rate * sampling.max_frames / sum(counts) for rate in rates]
-        expected = min(sum(counts), sampling.max_frames)
+    rates, expected = _sampling_rates(videos, reports, sampling)
     (out / "images").mkdir(parents=True)
     bar = tqdm(
         total=round(expected) or None,
@@ -401,38 +449,15 @@ def _extract(
         for i, video_rows in enumerate(rows_per_video)
         for frame, number, time_s in video_rows
     ]
-    if sampling.max_frames and len(rows) > sampling.max_frames:
-        keep = set(np.linspace(0, len(rows) - 1, sampling.max_frames).round().astype(int))
-        for position, row in enumerate(rows):
-            if position not in keep:
-                (out / "images" / row[0]).unlink()
-        rows = [row for position, row in enumerate(rows) if position in keep]
+    rows = _cap(rows, sampling.max_frames, out / "images")
     for report in reports:
         if report.status != "ok":
             log(f"target frames: skipped {report.path}: {report.reason or 'cannot be opened'}")
     if not rows:
         reasons = "; ".join(f"{Path(r.path).name}: {r.reason}" for r in reports[:5])
         raise DataError(f"video:{spec}: no readable video frames ({reasons})")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["frame", "video", "frame_number", "time_s"])
-    writer.writerows(rows)
-    write_text_atomic(out / INDEX, buffer.getvalue())
+    _write_index(out, rows, reports, sampling, fingerprint, spec)
     kept = sum(r.kept for r in reports)
-    write_json_atomic(
-        out / MANIFEST,
-        {
-            "what": f"frames of video:{spec} (the unlabelled target domain)",
-            "fingerprint": fingerprint,
-            # strict JSON: every frame is written as "all", not as Infinity
-            "sampling": {
-                **asdict(sampling),
-                "fps": "all" if math.isinf(sampling.fps) else sampling.fps,
-            },
-            "frames": len(rows),
-            "videos": [asdict(r) for r in reports],
-        },
-    )
     ok = sum(r.status == "ok" for r in reports)
     log(
         f"target frames: {len(rows)} from {ok} of {len(reports)} videos "
