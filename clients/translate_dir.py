@@ -82,6 +82,52 @@ def _place_label(source: Path, target: Path, link: bool) -> None:
             shutil.copy2(source, tmp)
 
 
+def _to_translate(
+    src: Path,
+    dst: Path,
+    labels: Path | None,
+    link_labels: bool,
+    shard: tuple[int, int],
+    summary: TranslateSummary,
+) -> list[Path]:
+    """This shard's images not yet in DST (their labels are still copied); non-image files and
+    finished images are counted in ``summary``."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    index, count = shard
+    work: list[Path] = []
+    for position, path in enumerate(files):
+        relative = path.relative_to(src)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            summary.non_images.append(str(relative))
+            continue
+        if position % count != index:
+            continue
+        if (dst / "images" / relative).exists():
+            summary.skipped_done += 1
+            if labels is not None:
+                _copy_label(labels, relative, dst, link_labels, summary)
+            continue
+        work.append(relative)
+    return work
+
+
+def _write_image(target: Path, rgb: np.ndarray, done: int) -> None:
+    """One translated image, whole or not at all, in the format its name says."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    translated = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    try:
+        with atomic_path(target) as tmp:
+            ok, data = cv2.imencode(target.suffix.lower() or ".png", translated)
+            if not ok:
+                raise DataError(f"cannot encode {target}")
+            tmp.write_bytes(np.asarray(data).tobytes())
+    except OSError as exc:  # a full disk: every file written so far is whole
+        raise DataError(
+            f"cannot write {target}: {exc}; the {done} images translated so far are kept, the "
+            "same command continues"
+        ) from None
+
+
 def translate_dir(
     src: Path,
     dst: Path,
@@ -103,22 +149,7 @@ def translate_dir(
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise DataError(f"DST {dst} must not be SRC or inside it")
     summary = TranslateSummary()
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    index, count = shard
-    work: list[Path] = []
-    for position, path in enumerate(files):
-        relative = path.relative_to(src)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            summary.non_images.append(str(relative))
-            continue
-        if position % count != index:
-            continue
-        if (dst / "images" / relative).exists():
-            summary.skipped_done += 1
-            if labels is not None:
-                _copy_label(labels, relative, dst, link_labels, summary)
-            continue
-        work.append(relative)
+    work = _to_translate(src, dst, labels, link_labels, shard, summary)
     client = ModelClient(urls, model, timeout=timeout, retry_window=retry_window, security=security)
     bar = None
     if progress:
@@ -150,20 +181,7 @@ def translate_dir(
                 if bar is not None:
                     bar.update()
                 continue
-            target = dst / "images" / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            translated = cv2.cvtColor(result["translated"][0], cv2.COLOR_RGB2BGR)
-            try:
-                with atomic_path(target) as tmp:
-                    ok, data = cv2.imencode(relative.suffix.lower() or ".png", translated)
-                    if not ok:
-                        raise DataError(f"cannot encode {target}")
-                    tmp.write_bytes(np.asarray(data).tobytes())
-            except OSError as exc:  # a full disk: every file written so far is whole
-                raise DataError(
-                    f"cannot write {target}: {exc}; the {summary.translated} images translated "
-                    "so far are kept, the same command continues"
-                ) from None
+            _write_image(dst / "images" / relative, result["translated"][0], summary.translated)
             summary.translated += 1
             if labels is not None:
                 _copy_label(labels, relative, dst, link_labels, summary)

@@ -56,6 +56,81 @@ def _check_rows(rows: list[parity.ParityRow]) -> None:
         )
 
 
+def _onnx_variants(
+    endpoint: Endpoint,
+    options: ExportOptions,
+    version_dir: Path,
+    images: list,
+    reference: Callable,
+    log: Callable[[str], None],
+) -> tuple[Path, list[parity.ParityRow]]:
+    """The served ONNX graph (fp32, and fp16 when asked) with their parity rows."""
+    log(f"{endpoint.name}: ONNX fp32")
+    logits_runner = checked = None
+    with tempfile.TemporaryDirectory() as scratch:
+        if endpoint.kind != "translate":
+            checked = export_onnx(
+                endpoint, Path(scratch) / "logits.onnx", logits=True, cache=options.cache
+            )
+            logits_runner = parity.onnx_runner(checked)
+        served = export_served(
+            endpoint, version_dir / "model.onnx", checked, options.simplify, options.cache
+        )
+        runner = parity.onnx_runner(served)
+        rows = parity.compare(
+            endpoint, "onnx-fp32", reference, runner, images, False, logits_runner
+        )
+    if options.fp16:
+        log(f"{endpoint.name}: ONNX fp16")
+        half = export_onnx(
+            endpoint,
+            version_dir / "model.fp16.onnx",
+            half=True,
+            simplify=options.simplify,
+            cache=options.cache,
+        )
+        rows += parity.compare(
+            endpoint, "onnx-fp16", reference, parity.onnx_runner(half), images, True
+        )
+    return served, rows
+
+
+def _compiled_package(
+    endpoint: Endpoint,
+    options: ExportOptions,
+    version_dir: Path,
+    served: Path,
+    images: list,
+    log: Callable[[str], None],
+) -> list[parity.ParityRow]:
+    """An AOTInductor package checked against the ONNX graph; on a CPU the faster engine of
+    the two is recorded as the model's default."""
+    from cycada.export import compiled
+
+    device = compiled.compile_device(options.compile_device)
+    half = options.fp16 and device.type == "cuda"  # what the PyTorch engine serves
+    log(f"{endpoint.name}: AOTInductor package for {device.type} (compiling)")
+    compiled.compile_package(endpoint, version_dir, device, half)
+    package = compiled.package_runner(version_dir, device, half)
+    onnx_graph = parity.onnx_runner(served)
+    rows = parity.compare(
+        endpoint,
+        f"aoti-{device.type}-{'fp16' if half else 'fp32'}",
+        onnx_graph,  # against the ONNX graph the other engines run
+        package,
+        images,
+        True,
+    )
+    if device.type == "cpu":  # on a GPU host `cycada bench segmenters` measures
+        timings = {
+            "pytorch": compiled.median_ms(package, images[0]),
+            "onnxruntime": compiled.median_ms(onnx_graph, images[0]),
+        }
+        fastest = compiled.record_engine_choice(version_dir, timings, device)
+        log(f"{endpoint.name}: fastest engine here {fastest} ({timings})")
+    return rows
+
+
 def _export_endpoint(
     endpoint: Endpoint, options: ExportOptions, report: ExportReport, log: Callable[[str], None]
 ) -> Callable[[Path], None]:
@@ -71,64 +146,10 @@ def _export_endpoint(
             log(f"{endpoint.name}: weights only (the Python backend runs them with PyTorch)")
             return
         images = parity.parity_images(endpoint, options.data_root)
-        with_logits = endpoint.kind != "translate"
-        reference = parity.torch_runner(endpoint, logits=with_logits)
-        log(f"{endpoint.name}: ONNX fp32")
-        logits_runner = checked = None
-        with tempfile.TemporaryDirectory() as scratch:
-            if with_logits:
-                checked = export_onnx(
-                    endpoint, Path(scratch) / "logits.onnx", logits=True, cache=options.cache
-                )
-                logits_runner = parity.onnx_runner(checked)
-            served = export_served(
-                endpoint, version_dir / "model.onnx", checked, options.simplify, options.cache
-            )
-            rows = parity.compare(
-                endpoint,
-                "onnx-fp32",
-                reference,
-                parity.onnx_runner(served),
-                images,
-                False,
-                logits_runner,
-            )
-        if options.fp16:
-            log(f"{endpoint.name}: ONNX fp16")
-            half = export_onnx(
-                endpoint,
-                version_dir / "model.fp16.onnx",
-                half=True,
-                simplify=options.simplify,
-                cache=options.cache,
-            )
-            rows += parity.compare(
-                endpoint, "onnx-fp16", reference, parity.onnx_runner(half), images, True
-            )
+        reference = parity.torch_runner(endpoint, logits=endpoint.kind != "translate")
+        served, rows = _onnx_variants(endpoint, options, version_dir, images, reference, log)
         if options.compile:
-            from cycada.export import compiled
-
-            device = compiled.compile_device(options.compile_device)
-            half = options.fp16 and device.type == "cuda"  # what the PyTorch engine serves
-            log(f"{endpoint.name}: AOTInductor package for {device.type} (compiling)")
-            compiled.compile_package(endpoint, version_dir, device, half)
-            package = compiled.package_runner(version_dir, device, half)
-            onnx_graph = parity.onnx_runner(served)
-            rows += parity.compare(
-                endpoint,
-                f"aoti-{device.type}-{'fp16' if half else 'fp32'}",
-                onnx_graph,  # against the ONNX graph the other engines run
-                package,
-                images,
-                True,
-            )
-            if device.type == "cpu":  # on a GPU host `cycada bench segmenters` measures
-                timings = {
-                    "pytorch": compiled.median_ms(package, images[0]),
-                    "onnxruntime": compiled.median_ms(onnx_graph, images[0]),
-                }
-                fastest = compiled.record_engine_choice(version_dir, timings, device)
-                log(f"{endpoint.name}: fastest engine here {fastest} ({timings})")
+            rows += _compiled_package(endpoint, options, version_dir, served, images, log)
         if options.tensorrt:
             from cycada.export import tensorrt_build
 
