@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cycada.errors import ExportError
-from cycada.export import parity
+from cycada.export import graph_cache, parity
 from cycada.export.onnx_export import OPSET, export_onnx, export_served
 from cycada.export.repository import NativeProfile, exclusive, prune, spec_for, write_model
 from cycada.export.run_models import Endpoint, load_run_endpoints
@@ -231,6 +231,8 @@ def export_run(
     report = ExportReport()
     with exclusive(repository, log):
         try:
+            if options.onnx and options.fp16 and options.cache:
+                graph_cache.start_half_precision_helper(run_dir, options.simplify)
             for endpoint in endpoints:
                 _export_one(endpoint, repository, options, report, log)
         except BaseException as exc:
@@ -242,6 +244,8 @@ def export_run(
                     f"export into {repository} failed: {exc}; the repository is as it was"
                 ) from None
             raise
+        finally:
+            graph_cache.stop_helper()
         for version_dir in report.versions.values():  # older versions go only after success
             prune(version_dir.parent, options.keep)
     report.seconds = time.perf_counter() - start

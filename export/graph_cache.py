@@ -16,7 +16,10 @@ import hashlib
 import inspect
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import onnx
@@ -26,6 +29,8 @@ from torch import nn
 from cycada.atomic import atomic_path
 
 MAX_BYTES = 4 * 1024**3
+# a process tracing graphs ahead of the exporter (see start_half_precision_helper)
+_helper: subprocess.Popen | None = None
 
 
 def cache_dir() -> Path | None:
@@ -66,11 +71,16 @@ def graph_key(network: nn.Module, description: dict) -> str:
     return digest.hexdigest()[:32]
 
 
-def fetch(key: str, path: Path) -> bool:
-    """Copy the cached graph ``key`` to ``path`` (atomically); False on a miss."""
+def fetch(key: str, path: Path, wait: bool = False) -> bool:
+    """Copy the cached graph ``key`` to ``path`` (atomically); False on a miss. With ``wait``,
+    a graph the helper process is still tracing is waited for."""
     folder = cache_dir()
     cached = folder / f"{key}.onnx" if folder else None
-    if cached is None or not cached.exists():
+    if cached is None:
+        return False
+    while wait and not cached.exists() and _helper is not None and _helper.poll() is None:
+        time.sleep(0.05)
+    if not cached.exists():
         return False
     with atomic_path(path) as tmp:
         shutil.copyfile(cached, tmp)
@@ -100,3 +110,49 @@ def _prune(folder: Path) -> None:
         total += graph.stat().st_size
         if total > MAX_BYTES:
             graph.unlink(missing_ok=True)
+
+
+def start_half_precision_helper(run_dir: Path, simplify: bool) -> None:
+    """Trace the run's fp16 graphs into the cache in a second process while this one exports
+    and checks the fp32 graphs: a trace is single-threaded Python, so on two or more cores the
+    two run side by side. The exporter then takes each fp16 graph from the cache (waiting for
+    it when needed); if the helper fails, the exporter traces the graph itself."""
+    global _helper
+    if cache_dir() is None or (os.cpu_count() or 1) < 2:
+        return
+    if os.environ.get("CYCADA_EXPORT_HELPER", "1") == "0" or _helper is not None:
+        return
+    command = [sys.executable, "-m", "cycada.export.graph_cache", str(run_dir)]
+    _helper = subprocess.Popen(
+        [*command, *(["--simplify"] if simplify else [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CYCADA_CACHE_DIR": str(cache_dir().parent)},
+    )
+
+
+def stop_helper() -> None:
+    """Stop the helper (done or not): what it finished stays in the cache."""
+    global _helper
+    if _helper is not None:
+        if _helper.poll() is None:
+            _helper.terminate()
+        _helper.wait(timeout=10)
+        _helper = None
+
+
+def _trace_half_graphs(run_dir: str, simplify: bool) -> None:
+    from cycada.export.onnx_export import export_onnx
+    from cycada.export.run_models import load_run_endpoints
+
+    with tempfile.TemporaryDirectory() as scratch:
+        for position, endpoint in enumerate(load_run_endpoints(Path(run_dir))):
+            try:
+                path = Path(scratch) / f"{position}.onnx"
+                export_onnx(endpoint, path, half=True, simplify=simplify, cache=True)
+            except Exception:  # the exporter traces this graph itself and reports any error
+                continue
+
+
+if __name__ == "__main__":  # the helper process: python -m cycada.export.graph_cache RUN_DIR
+    _trace_half_graphs(sys.argv[1], "--simplify" in sys.argv[2:])

@@ -86,7 +86,7 @@ def export_onnx(
             "outputs": tuple(output_names(endpoint, logits)),
         },
     )
-    if cache and graph_cache.fetch(key, path):
+    if cache and graph_cache.fetch(key, path, wait=half):
         return path
     _export_checked(endpoint, path, half, logits, simplify)
     if cache:
