@@ -151,3 +151,34 @@ def test_native_configs_agree_with_the_export_options_that_produced_them():
     assert list(digits.model_warmup[0].inputs["images"].dims) == [28, 28, 1]
     ort = config_text(spec_for("s", "segment", 3, 19), "onnxruntime", native)
     assert '"trt_engine_cache_enable" value: "true"' in ort and "/tmp/cycada-trt-cache/s" in ort
+
+
+def test_dropping_the_logits_output_keeps_the_served_outputs_and_removes_only_its_branch():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from cycada.export.onnx_export import drop_output
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])
+    unused = helper.make_tensor("bias", TensorProto.FLOAT, [1], [5.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "w"], ["scaled"]),
+        helper.make_node("Relu", ["scaled"], ["labels"]),
+        helper.make_node("Add", ["scaled", "bias"], ["shifted"]),
+        helper.make_node("Neg", ["shifted"], ["logits"]),
+    ]
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [2])  # noqa: E731
+    graph = helper.make_graph(
+        nodes, "g", [value("x")], [value("labels"), value("logits")], [weight, unused]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    served = drop_output(model, "logits")
+    onnx.checker.check_model(served, full_check=True)
+    assert [o.name for o in served.graph.output] == ["labels"]
+    assert [n.op_type for n in served.graph.node] == ["Mul", "Relu"]
+    assert [i.name for i in served.graph.initializer] == ["w"]
+    assert len(model.graph.node) == 4  # the original is left as it was
+    session = ort.InferenceSession(served.SerializeToString())
+    out = session.run(None, {"x": np.array([-1.0, 3.0], np.float32)})[0]
+    np.testing.assert_array_equal(out, [0.0, 6.0])
