@@ -31,9 +31,9 @@ from cycada.training.segmentation.label_free import (
 )
 from cycada.training.segmentation.metrics import table_csv, table_markdown
 from cycada.training.segmentation.run import SegRun
-from cycada.training.segmentation.stages.feature import train_seg_feature
+from cycada.training.segmentation.stages.feature import train_feature
 from cycada.training.segmentation.stages.pixel import (
-    train_seg_pixel,
+    train_pixel,
     translate_source,
     translated_paths,
     translated_set,
@@ -43,7 +43,7 @@ from cycada.training.segmentation.stages.supervised import train_segmenter
 ROW_NAMES = {"source": "Source only", "target": "CyCADA pixel-only", "feature": "CyCADA"}
 
 
-def seg_stage_plan(config: SegRunConfig) -> list[str]:
+def stage_plan(config: SegRunConfig) -> list[str]:
     plan = ["source"]
     if config.pixel.enabled:
         plan += ["pixel", "translate", "target"]
@@ -64,7 +64,7 @@ class SegPipeline(StagedPipeline):
         quiet: bool = False,
         stage_cache: Path | None = None,
     ):
-        super().__init__(seg_stage_plan(config), stages, out_dir)
+        super().__init__(stage_plan(config), stages, out_dir)
         self.config = config
         self.run = SegRun(config, out_dir, quiet=quiet)  # validates the data first
         self.run.stage_cache = stage_cache  # ablation rows share finished stages through it
@@ -249,7 +249,7 @@ class SegPipeline(StagedPipeline):
                 if self._done(stage):
                     run.load_stage(stage, pixel.networks())
                 else:
-                    pixel = train_seg_pixel(run, task_src)
+                    pixel = train_pixel(run, task_src)
                     run.save_stage(stage, pixel.networks())
             elif stage == "translate":
                 if not self._done(stage):
@@ -275,7 +275,7 @@ class SegPipeline(StagedPipeline):
                     )
                     summary = None
                 else:
-                    task_tgt, summary = train_seg_feature(
+                    task_tgt, summary = train_feature(
                         run, copy.deepcopy(task_tgt), source_for_feature
                     )
                 run.save_stage(stage, {"task_tgt": task_tgt}, summary)

@@ -32,7 +32,7 @@ def freeze_batch_norm(model: nn.Module) -> None:
             module.eval()
 
 
-def train_seg_feature(
+def train_feature(
     run: SegRun, task_tgt: Segmenter, source: SegmentationSet
 ) -> tuple[Segmenter, dict[str, Any]]:
     cfg = run.config.feature

@@ -21,7 +21,7 @@ from cycada.training.segmentation.run import SegRun
 from cycada.training.segmentation.transforms import resize_to_width
 
 
-def train_seg_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
+def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     cfg = run.config.pixel
     generator = run.generator("pixel")
     pixel = PixelAdaptation(cfg, 3, task_src, generator, amp=run.cuda and run.config.amp)
