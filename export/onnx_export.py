@@ -173,15 +173,18 @@ def export_served(
 ) -> Path:
     """The served graph: ``checked`` (the same graph with a ``logits`` output, exported for the
     parity checks) without that output, which saves a trace; else exported on its own."""
-    if checked is None or simplify:
-        return export_onnx(endpoint, path, simplify=simplify, cache=cache)
-    served = drop_output(onnx.load(str(checked)), "logits")
+    served = None if checked is None else drop_output(onnx.load(str(checked)), "logits")
     if served is None:
         return export_onnx(endpoint, path, simplify=simplify, cache=cache)
+    if simplify:
+        import onnxscript.optimizer
+
+        served = onnxscript.optimizer.optimize(served)
     with atomic_path(path) as tmp:
         try:
             onnx.checker.check_model(served, full_check=True)
-        except onnx.checker.ValidationError as exc:
+            served = onnx.shape_inference.infer_shapes(served, check_type=True, strict_mode=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise ExportError(f"{endpoint.name}: served ONNX graph is invalid ({exc})") from exc
         onnx.save(served, str(tmp))
     return path
