@@ -46,6 +46,63 @@ def _checkpoint(run_dir: Path, stage: str) -> Path:
     return run_dir / "checkpoints" / f"{stage}.safetensors"
 
 
+def _task_endpoint(task_path: Path, stage: str, meta: dict[str, Any]) -> Endpoint:
+    """``segment`` or ``classify_digits``: the run's last finished task model."""
+    name = "task_src" if stage == "source" else "task_tgt"
+    class_names = list(meta["class_names"])
+    common = dict(class_names=class_names, meta={**meta, "checkpoint": str(task_path)})
+    if meta["task"] == "seg":
+        model = build_segmenter(meta["model"], len(class_names))
+        load_modules(task_path, {name: model})
+        builder = {"type": "segmenter", "name": meta["model"], "classes": len(class_names)}
+        return Endpoint(
+            "segment", "segment", model.eval(), model.output_stride, 3, builder=builder, **common
+        )
+    model = build_task_net(meta["model"], len(class_names))
+    load_modules(task_path, {name: model})
+    channels = int(meta["image_channels"])
+    builder = {"type": "task_net", "name": meta["model"], "classes": len(class_names)}
+    return Endpoint(
+        "classify_digits", "classify", model.eval(), 1, channels, builder=builder, **common
+    )
+
+
+def _generator_endpoints(pixel_path: Path, channels: int) -> list[Endpoint]:
+    """``translate_s2t`` and ``translate_t2s`` from the pixel stage's checkpoint."""
+    pixel_config, pixel_meta = read_header(pixel_path)
+    cfg = pixel_config["pixel"]
+    generators = {
+        direction: build_generator(cfg["generator"], channels, channels, cfg["generator_width"])
+        for direction in ("gen_src2tgt", "gen_tgt2src")
+    }
+    load_modules(pixel_path, generators, strict=True)
+    builder = {
+        "type": "generator",
+        "name": cfg["generator"],
+        "channels": channels,
+        "width": cfg["generator_width"],
+    }
+    endpoints = []
+    for direction, endpoint_name in (
+        ("gen_src2tgt", "translate_s2t"),
+        ("gen_tgt2src", "translate_t2s"),
+    ):
+        generator = generators[direction].eval()
+        endpoints.append(
+            Endpoint(
+                endpoint_name,
+                "translate",
+                generator,
+                generator.stride,
+                channels,
+                out_channels=channels,
+                meta={**pixel_meta, "checkpoint": str(pixel_path)},
+                builder=dict(builder),
+            )
+        )
+    return endpoints
+
+
 def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
     """Every endpoint a run can serve; errors name what is missing."""
     if not run_dir.is_dir():
@@ -58,75 +115,13 @@ def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
         )
     task_path = _checkpoint(run_dir, finished[0])
     _, meta = read_header(task_path)
-    task = meta.get("task")
-    if task not in ("seg", "digits"):
-        raise CheckpointError(f"{task_path}: unknown task '{task}' in its metadata")
-    name = "task_src" if finished[0] == "source" else "task_tgt"
-    class_names = list(meta["class_names"])
-    endpoints: list[Endpoint] = []
-    if task == "seg":
-        model = build_segmenter(meta["model"], len(class_names))
-        load_modules(task_path, {name: model})
-        endpoints.append(
-            Endpoint(
-                "segment",
-                "segment",
-                model.eval(),
-                model.output_stride,
-                3,
-                class_names=class_names,
-                meta={**meta, "checkpoint": str(task_path)},
-                builder={"type": "segmenter", "name": meta["model"], "classes": len(class_names)},
-            )
-        )
-        channels = 3
-    else:
-        model = build_task_net(meta["model"], len(class_names))
-        load_modules(task_path, {name: model})
-        channels = int(meta["image_channels"])
-        endpoints.append(
-            Endpoint(
-                "classify_digits",
-                "classify",
-                model.eval(),
-                1,
-                channels,
-                class_names=class_names,
-                meta={**meta, "checkpoint": str(task_path)},
-                builder={"type": "task_net", "name": meta["model"], "classes": len(class_names)},
-            )
-        )
+    if meta.get("task") not in ("seg", "digits"):
+        raise CheckpointError(f"{task_path}: unknown task '{meta.get('task')}' in its metadata")
+    task = _task_endpoint(task_path, finished[0], meta)
+    endpoints = [task]
     pixel_path = _checkpoint(run_dir, "pixel")
     if pixel_path.exists():
-        pixel_config, pixel_meta = read_header(pixel_path)
-        cfg = pixel_config["pixel"]
-        generators = {
-            direction: build_generator(cfg["generator"], channels, channels, cfg["generator_width"])
-            for direction in ("gen_src2tgt", "gen_tgt2src")
-        }
-        load_modules(pixel_path, generators, strict=True)
-        for direction, endpoint_name in (
-            ("gen_src2tgt", "translate_s2t"),
-            ("gen_tgt2src", "translate_t2s"),
-        ):
-            generator = generators[direction].eval()
-            endpoints.append(
-                Endpoint(
-                    endpoint_name,
-                    "translate",
-                    generator,
-                    generator.stride,
-                    channels,
-                    out_channels=channels,
-                    meta={**pixel_meta, "checkpoint": str(pixel_path)},
-                    builder={
-                        "type": "generator",
-                        "name": cfg["generator"],
-                        "channels": channels,
-                        "width": cfg["generator_width"],
-                    },
-                )
-            )
+        endpoints += _generator_endpoints(pixel_path, task.in_channels)
     return endpoints
 
 
