@@ -120,18 +120,22 @@ def _export_checked(endpoint: Endpoint, path: Path, half: bool, logits: bool, si
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
         program.save(str(tmp))
-        model = onnx.load(str(tmp))
-        if simplify:
-            import onnxscript.optimizer
-
-            model = onnxscript.optimizer.optimize(model)
-        try:
-            onnx.checker.check_model(model, full_check=True)
-            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise ExportError(f"{endpoint.name}: exported ONNX graph is invalid ({exc})") from exc
+        model = _checked(onnx.load(str(tmp)), endpoint, simplify)
         onnx.save(model, str(tmp))
     return path
+
+
+def _checked(model: onnx.ModelProto, endpoint: Endpoint, simplify: bool) -> onnx.ModelProto:
+    """``model`` (optimized once more with ``simplify``) checked and shape-inferred."""
+    if simplify:
+        import onnxscript.optimizer
+
+        model = onnxscript.optimizer.optimize(model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{endpoint.name}: exported ONNX graph is invalid ({exc})") from exc
 
 
 def drop_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto | None:
@@ -176,15 +180,7 @@ def export_served(
     served = None if checked is None else drop_output(onnx.load(str(checked)), "logits")
     if served is None:
         return export_onnx(endpoint, path, simplify=simplify, cache=cache)
-    if simplify:
-        import onnxscript.optimizer
-
-        served = onnxscript.optimizer.optimize(served)
+    served = _checked(served, endpoint, simplify)
     with atomic_path(path) as tmp:
-        try:
-            onnx.checker.check_model(served, full_check=True)
-            served = onnx.shape_inference.infer_shapes(served, check_type=True, strict_mode=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise ExportError(f"{endpoint.name}: served ONNX graph is invalid ({exc})") from exc
         onnx.save(served, str(tmp))
     return path
