@@ -38,8 +38,9 @@ test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow and not server"
 
-# Every GPU-only test and benchmark (CUDA training, GPU serving engine, TensorRT when installed,
-# DRN-C-26 stage speeds, served vs in-process): about 6 minutes, results in gpu-results/.
+# Every GPU-only test and benchmark (served DRN-C-26 with the compiled package vs every engine in
+# process, eight live video streams, the GPU tests, DRN-C-26 stage speeds): about 10 minutes,
+# results in gpu-results/.
 gpu-check: $(STAMP)
 	$(BIN)/python -m cycada.gpu_check --out gpu-results
 

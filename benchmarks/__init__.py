@@ -9,6 +9,7 @@ BENCHMARKS = {
     "sweep": ("cycada.clients.cli", "served concurrency/rate sweep + in-process engines"),
     "served": ("cycada.benchmarks.served", "served vs in-process, frames over gRPC"),
     "video": ("cycada.benchmarks.video", "segment-video against the served throughput"),
+    "streams": ("cycada.benchmarks.streams", "N live segment-video streams at once: fps, p99"),
     "segmenters": ("cycada.benchmarks.segmenters", "segmenter inference: eager vs ORT"),
     "pixel-stage": ("cycada.benchmarks.pixel_stage", "pixel-stage steps/s, with/without L_sem"),
     "seg-stages": ("cycada.benchmarks.seg_stages", "each segmentation stage's step time"),

@@ -69,6 +69,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="continue a partial OUT (after Ctrl-C or a lost server) and its --labels-dir and "
         "--csv from the last frame written",
     )
+    video.add_argument(
+        "--realtime",
+        action="store_true",
+        help="read a file at its own frame rate, as a live camera delivers it (for load tests)",
+    )
     video.add_argument("--no-progress", action="store_true")
     video.set_defaults(handler=run_video)
 
@@ -245,6 +250,7 @@ def run_video(args: argparse.Namespace) -> int:
         shared_memory=args.shared_memory,
         progress=not args.no_progress,
         resume=args.resume,
+        realtime=args.realtime,
     )
     segment_video(args.source, args.out, options)
     return 0

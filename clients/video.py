@@ -57,6 +57,7 @@ class VideoOptions:
     progress: bool = True
     security: GrpcSecurity | None = None  # TLS and auth header for a non-loopback server
     resume: bool = False  # continue OUT (and its labels and CSV) from its last frame
+    realtime: bool = False  # read a file at its frame rate, as a live camera delivers it
 
 
 @dataclass
@@ -104,11 +105,15 @@ def _read_frames(
     stop: threading.Event,
     counts,
     start: int = 0,
+    pace_fps: float = 0.0,
 ):
     """Reader thread: (frame number in the source, BGR frame) into ``out``; undecodable frames
     are counted and skipped, and keep their number, so the CSV rows and label PNGs of the frames
-    after them still name the right source frame. Frames before ``start`` are skipped."""
+    after them still name the right source frame. Frames before ``start`` are skipped. With
+    ``pace_fps`` frame n is read no sooner than n / pace_fps seconds after the first, as a
+    camera delivers them."""
     index = -1
+    first = time.perf_counter()
     try:
         while not stop.is_set():
             if not capture.grab():
@@ -116,6 +121,10 @@ def _read_frames(
             index += 1
             if index < start:  # done before a resume: decoded, not sent
                 continue
+            if pace_fps:
+                delay = first + (index - start) / pace_fps - time.perf_counter()
+                if delay > 0:
+                    stop.wait(delay)
             ok, frame = capture.retrieve()
             if not ok or frame is None or frame.size == 0:
                 counts["corrupt"] += 1
@@ -440,7 +449,9 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
     frames: queue.Queue = queue.Queue(maxsize=2 * options.window)
     stop = threading.Event()
     reader = threading.Thread(
-        target=_read_frames, args=(capture, frames, stop, counts, start), daemon=True
+        target=_read_frames,
+        args=(capture, frames, stop, counts, start, fps if options.realtime else 0.0),
+        daemon=True,
     )
     writer = _Writer(partial, fps, options)
     if previous is not None:

@@ -2,11 +2,21 @@
 
     python -m cycada.gpu_check --out gpu-results      (make gpu-check)
 
-Steps (each with its own time limit, about 6 minutes in all on an H100/H200): the GPU tests
-(CUDA training with AMP, the PyTorch-on-CUDA serving engine, TensorRT plans where TensorRT is
-installed), the per-stage images/s and peak memory of DRN-C-26 at the paper's sizes, and served
-(Triton, gRPC) vs in-process DRN-C-26 fp16 at 1024x2048. ``summary.json`` records the machine,
-what was installed, and each step's exit code and duration.
+Steps, each with its own time limit (about 9 minutes in all on an H100/H200), in order of what
+they show:
+
+* ``served``: DRN-C-26 fp16 at 1024x2048 exported with an AOTInductor package (``--compile``;
+  the export times the package and eager, with and without CUDA graphs, and records the
+  fastest); every engine in process, then the real tritonserver over gRPC, raw and JPEG frames;
+* ``streams``: eight live 2048x1024 segment-video streams at 25 fps each against that
+  repository (fps per stream, p99, every frame in order);
+* ``pytest``: the GPU tests (CUDA training with AMP, the PyTorch-on-CUDA engine against the CPU
+  graph, CUDA-graph replay, the compiled package on CUDA, nvJPEG, TensorRT where installed);
+* ``stages``: the per-stage images/s and peak memory of DRN-C-26 at the paper's sizes.
+
+Heavy files (the repository, the stream videos) go under ``--work``; ``--out`` gets the logs,
+the results and ``summary.json`` (the machine, what was installed, each step's exit code and
+duration).
 """
 
 from __future__ import annotations
@@ -14,51 +24,47 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 STEPS = [
+    (
+        "served",
+        [
+            *(sys.executable, "-m", "cycada.benchmarks.served", "--model", "drn26"),
+            *("--size", "2048x1024", "--instances", "2", "--concurrency", "1,4,8,16"),
+            *("--seconds", "4", "--compile", "--repository", "{work}/repository"),
+            *("--out", "{work}/served"),
+        ],
+        330,
+    ),
+    (
+        "streams",
+        [
+            *(sys.executable, "-m", "cycada.benchmarks.streams"),
+            *("--repository", "{work}/repository", "--streams", "8", "--fps", "25"),
+            *("--size", "2048x1024", "--frames", "250", "--out", "{work}/streams"),
+        ],
+        100,
+    ),
     ("pytest", [sys.executable, "-m", "pytest", "-q", "-s", "-m", "gpu", "tests/gpu"], 150),
     (
         "stages",
         [
-            sys.executable,
-            "-m",
-            "cycada.benchmarks.seg_stages",
-            "--model",
-            "drn26",
-            "--seconds",
-            "5",
-            "--out",
-            "{out}",
+            *(sys.executable, "-m", "cycada.benchmarks.seg_stages", "--model", "drn26"),
+            *("--seconds", "5", "--out", "{work}/stages"),
         ],
         120,
     ),
-    (
-        "served",
-        [
-            sys.executable,
-            "-m",
-            "cycada.benchmarks.served",
-            "--model",
-            "drn26",
-            "--size",
-            "2048x1024",
-            "--instances",
-            "2",
-            "--concurrency",
-            "1,4,8,16",
-            "--seconds",
-            "5",
-            "--weights-only",
-            "--out",
-            "{out}",
-        ],
-        220,
-    ),
 ]
+RESULTS = ("*.json", "*.md", "*.csv")  # what a step's work folder gives back
 
 
 def machine() -> dict:
@@ -85,31 +91,51 @@ def machine() -> dict:
     return info
 
 
+def run_step(command: list[str], log_path: Path, limit: float) -> int | str:
+    """Run one step in its own process group, so that a step past its limit is stopped with
+    everything it started (a tritonserver holding the GPU, load workers)."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return process.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return "timeout"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-results"))
+    parser.add_argument("--work", type=Path, help="heavy files (default: a temporary folder)")
     parser.add_argument("--only", action="append", help="run only these steps")
+    parser.add_argument("--pytest-args", default="", help="more pytest arguments, e.g. -k name")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="cycada-gpu-check-"))
     summary = {"machine": machine(), "steps": {}}
     failed = False
     for name, command, limit in STEPS:
         if args.only and name not in args.only:
             continue
-        command = [part.replace("{out}", str(args.out)) for part in command]
+        command = [part.replace("{work}", str(work)) for part in command]
+        if name == "pytest":
+            command += shlex.split(args.pytest_args)
         started = time.perf_counter()
-        with open(args.out / f"{name}.log", "w") as log:
-            try:
-                code = subprocess.run(
-                    command, stdout=log, stderr=subprocess.STDOUT, timeout=limit
-                ).returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
+        log_path = args.out / f"{name}.log"
+        code = run_step(command, log_path, limit)
         seconds = round(time.perf_counter() - started, 1)
         summary["steps"][name] = {"exit": code, "seconds": seconds}
+        for pattern in RESULTS:  # results (not videos or packages) next to the logs
+            for found in (work / name).glob(pattern) if (work / name).is_dir() else ():
+                shutil.copy2(found, args.out / found.name)
         failed |= code != 0
         print(f"{name}: exit {code} in {seconds} s", flush=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if code != 0:  # the end of its log, where the reason is
+            print("\n".join(log_path.read_text(errors="replace").splitlines()[-25:]), flush=True)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 1 if failed else 0
 

@@ -10,6 +10,7 @@ the ONNX export's dynamic batch, height and width.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from cycada.errors import ExportError
 from cycada.export.onnx_export import INPUT_NAME, MAX_SIDE, example_input, serving_graph
 from cycada.export.run_models import Endpoint
 
+LOGGER = logging.getLogger("cycada.export")
 PACKAGE = "model.pt2"
 INFO = "compiled.json"
 
@@ -40,18 +42,35 @@ def compile_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+MIN_SIDE = 64  # smaller frames run the eager graph (the package's guards need every feature
+# map of the network wider than one pixel)
+
+
+def _package_input(endpoint: Endpoint) -> tuple[torch.Tensor, dict]:
+    """The example batch and dynamic shapes of the package. Segmenters and generators take
+    heights and widths that are multiples of their stride, at least MIN_SIDE (the engine pads
+    other sizes, see :class:`PaddedPackage`): the padding arithmetic inside the ONNX graph would
+    otherwise become guards that torch.export cannot prove for every size."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if endpoint.kind == "classify":
+        height = torch.export.Dim("height", min=1, max=MAX_SIDE)
+        width = torch.export.Dim("width", min=1, max=MAX_SIDE)
+        return example_input(endpoint), {INPUT_NAME: {0: batch, 1: height, 2: width}}
+    multiple = endpoint.multiple
+    low, high = -(-MIN_SIDE // multiple), MAX_SIDE // multiple
+    height = multiple * torch.export.Dim("rows", min=low, max=high)
+    width = multiple * torch.export.Dim("columns", min=low, max=high)
+    side = low * multiple
+    example = torch.zeros(2, side, side + multiple, endpoint.in_channels, dtype=torch.uint8)
+    return example, {INPUT_NAME: {0: batch, 1: height, 2: width}}
+
+
 def compile_package(endpoint: Endpoint, folder: Path, device: torch.device, half: bool) -> Path:
     """Write ``folder/model.pt2`` and ``folder/compiled.json``; returns the package path."""
     graph = serving_graph(endpoint, half).to(device)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    height = torch.export.Dim("height", min=1, max=MAX_SIDE)
-    width = torch.export.Dim("width", min=1, max=MAX_SIDE)
+    example, dynamic_shapes = _package_input(endpoint)
     try:
-        program = torch.export.export(
-            graph,
-            (example_input(endpoint).to(device),),
-            dynamic_shapes={INPUT_NAME: {0: batch, 1: height, 2: width}},
-        )
+        program = torch.export.export(graph, (example.to(device),), dynamic_shapes=dynamic_shapes)
         path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE))
     except Exception as exc:  # export and inductor raise many types; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -59,13 +78,47 @@ def compile_package(endpoint: Endpoint, folder: Path, device: torch.device, half
             f"{endpoint.name}: compiling the AOTInductor package failed ({first})"
         ) from exc
     info = {**machine_signature(device), "precision": "fp16" if half else "fp32"}
+    if endpoint.kind != "classify":
+        info.update(multiple=endpoint.multiple, min_side=MIN_SIDE)
     (folder / INFO).write_text(json.dumps(info, indent=2) + "\n")
     return Path(path)
 
 
-def load_package(folder: Path, device: torch.device, half: bool) -> tuple[Any, str]:
+class PaddedPackage:
+    """A loaded package for frames of any size: pads a uint8 NHWC batch (edge pixels repeated,
+    as the graph itself pads) to the package's multiple and crops the outputs back; frames with
+    a side under ``min_side`` go to ``fallback`` (the eager graph)."""
+
+    def __init__(self, runner, multiple: int, min_side: int, fallback=None):
+        self.runner, self.multiple, self.min_side = runner, multiple, min_side
+        self.fallback = fallback
+
+    def __call__(self, batch: torch.Tensor):
+        if not self.multiple:
+            return self.runner(batch)
+        height, width = batch.shape[1], batch.shape[2]
+        if min(height, width) < self.min_side:
+            if self.fallback is None:
+                raise ValueError(
+                    f"frame {height}x{width}: the compiled package takes sides of at least "
+                    f"{self.min_side}"
+                )
+            return self.fallback()(batch)
+        pad_rows, pad_columns = -height % self.multiple, -width % self.multiple
+        if not (pad_rows or pad_columns):
+            return self.runner(batch)
+        rows = torch.arange(height + pad_rows, device=batch.device).clamp_(max=height - 1)
+        columns = torch.arange(width + pad_columns, device=batch.device).clamp_(max=width - 1)
+        padded = batch.index_select(1, rows).index_select(2, columns)
+        outputs = self.runner(padded)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return tuple(output[:, :height, :width].contiguous() for output in outputs)
+
+
+def load_package(folder: Path, device: torch.device, half: bool, fallback=None) -> tuple[Any, str]:
     """(runner, "") when ``folder`` holds a package built for this machine and precision, else
-    (None, why not): the caller falls back to the eager graph and logs the reason."""
+    (None, why not): the caller falls back to the eager graph and logs the reason. ``fallback``
+    returns the eager graph for frames smaller than the package takes."""
     info_path = folder / INFO
     if not (folder / PACKAGE).exists() or not info_path.exists():
         return None, "no compiled package in this version"
@@ -76,9 +129,11 @@ def load_package(folder: Path, device: torch.device, half: bool) -> tuple[Any, s
         return None, "compiled package built for another machine: " + "; ".join(different)
     try:
         index = (device.index or 0) if device.type == "cuda" else -1
-        return torch._inductor.aoti_load_package(str(folder / PACKAGE), device_index=index), ""
+        runner = torch._inductor.aoti_load_package(str(folder / PACKAGE), device_index=index)
     except Exception as exc:  # a broken or truncated package: serve eager instead
         return None, f"compiled package does not load ({str(exc).strip().splitlines()[0]})"
+    multiple, min_side = built.get("multiple", 0), built.get("min_side", 0)
+    return PaddedPackage(runner, multiple, min_side, fallback), ""
 
 
 def package_runner(folder: Path, device: torch.device, half: bool):
@@ -112,12 +167,64 @@ def median_ms(run, batch: np.ndarray, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+GRAPHS = "+cuda_graphs"
+# the PyTorch engines timed on a GPU at export: name → (use the package, CUDA graphs)
+CUDA_ENGINES = {
+    "eager": (False, False),  # first: the reference the others must agree with
+    "eager" + GRAPHS: (False, True),
+    "pytorch": (True, False),
+    "pytorch" + GRAPHS: (True, True),
+}
+TIMING_SIZE = (1024, 2048)  # a dashcam frame (height, width): what the GPU engines serve
+
+
+def time_cuda_engines(
+    endpoint: Endpoint, folder: Path, device: torch.device, half: bool, batch: np.ndarray
+) -> dict[str, float]:
+    """Median ms of each PyTorch engine of :data:`CUDA_ENGINES` on ``batch``, one process: the
+    compiled package and eager, each with and without CUDA graphs. An engine whose first output
+    disagrees with eager's (under 99 % equal labels or ids; for images, a mean difference over
+    2 levels) is left out, with a log line: a fast wrong engine is never chosen."""
+    from cycada.serving.engines import TorchEngine
+
+    timings, reference = {}, None
+    for name, (use_package, graphs) in CUDA_ENGINES.items():
+        engine = TorchEngine(
+            folder,
+            str(device),
+            half,
+            use_package=use_package,
+            cuda_graphs=graphs,
+            endpoint=endpoint,
+        )
+        first = engine.output_order[:1]
+        output = engine.run(batch, first)[0].numpy()
+        if reference is None:
+            reference = output
+        elif not agrees(output, reference, endpoint.kind):
+            LOGGER.warning(f"{endpoint.name}: {name} disagrees with eager; not a candidate")
+            continue
+        timings[name] = median_ms(lambda images, e=engine, o=first: e.run(images, o), batch)
+        del engine
+    return timings
+
+
+def agrees(output: np.ndarray, reference: np.ndarray, kind: str) -> bool:
+    if output.shape != reference.shape:
+        return False
+    if kind == "translate":
+        return float(np.abs(output.astype(int) - reference.astype(int)).mean()) <= 2.0
+    return float((output == reference).mean()) >= 0.99
+
+
 def record_engine_choice(folder: Path, timings_ms: dict[str, float], device: torch.device) -> str:
     """Write ``engine_choice.json``: the timings of each engine on this machine and the fastest,
-    which the serving engine uses when the model's ``engine`` parameter is ``auto``."""
+    which the serving engine uses when the model's ``engine`` parameter is ``auto`` (a name
+    ending in ``+cuda_graphs`` turns on CUDA graphs for it)."""
     fastest = min(timings_ms, key=timings_ms.get)
     record = {
-        "default_engine": fastest,
+        "default_engine": fastest.removesuffix(GRAPHS),
+        "cuda_graphs": fastest.endswith(GRAPHS),
         "timings_ms": {k: round(v, 3) for k, v in timings_ms.items()},
         **machine_signature(device),
     }

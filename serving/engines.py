@@ -125,45 +125,79 @@ class CudaFrameDecoder(FrameDecoder):
         return self.torch.stack(images)
 
 
+def _folder_endpoint(folder: Path):
+    """The Endpoint of a version folder: its endpoint.json and network.safetensors."""
+    from safetensors.torch import load_file
+
+    from cycada.export.run_models import Endpoint, build_network
+
+    info = json.loads((folder / "endpoint.json").read_text())
+    network = build_network(info["network"])
+    network.load_state_dict(load_file(str(folder / "network.safetensors")))
+    kind = {"encoded": "segment"}.get(info["kind"], info["kind"])
+    return Endpoint(
+        info["endpoint"], kind, network.eval(), info["pad_multiple"], info["in_channels"]
+    )
+
+
 class TorchEngine(Engine):
     """The version folder's ``network.safetensors`` in its serving graph, fp16 on CUDA."""
 
-    def __init__(self, folder: Path, device: str, half: bool, compile_mode: str = ""):
+    def __init__(
+        self,
+        folder: Path,
+        device: str,
+        half: bool,
+        compile_mode: str = "",
+        use_package: bool = True,
+        cuda_graphs: bool = False,
+        endpoint=None,
+    ):
+        """``endpoint`` (an export's Endpoint) instead of the folder's endpoint.json and
+        weights: the exporter times the engines before the version folder is complete."""
         import torch
-        from safetensors.torch import load_file
 
         from cycada.export.onnx_export import serving_graph
-        from cycada.export.run_models import Endpoint, build_network
 
         self.torch = torch
-        info = json.loads((folder / "endpoint.json").read_text())
-        network = build_network(info["network"])
-        network.load_state_dict(load_file(str(folder / "network.safetensors")))
-        kind = {"encoded": "segment"}.get(info["kind"], info["kind"])
-        endpoint = Endpoint(
-            info["endpoint"], kind, network.eval(), info["pad_multiple"], info["in_channels"]
-        )
+        endpoint = endpoint or _folder_endpoint(folder)
+        kind = endpoint.kind
         self.device = torch.device(device)
         precision = "fp16" if half else "fp32"
         # a package compiled at export for this machine loads in well under a second
         from cycada.export.compiled import PACKAGE, load_package
 
-        package, why_not = load_package(folder, self.device, half)
+        eager_graph = None
+
+        def eager():  # built once, when first needed
+            nonlocal eager_graph
+            if eager_graph is None:
+                graph = serving_graph(endpoint, half=half).to(self.device)
+                if self.device.type == "cuda":
+                    graph = graph.to(memory_format=torch.channels_last)
+                    torch.backends.cudnn.benchmark = True
+                eager_graph = (
+                    torch.compile(graph, mode=compile_mode, dynamic=True) if compile_mode else graph
+                )
+            return eager_graph
+
+        package, why_not = None, "eager asked for"
+        if use_package:  # frames smaller than the package takes run eager
+            package, why_not = load_package(folder, self.device, half, fallback=eager)
         if package is not None:
             self.graph = package
             self.name = f"aoti package ({self.device}, {precision})"
         else:
-            if (folder / PACKAGE).exists():
+            if use_package and (folder / PACKAGE).exists():
                 LOGGER.warning(f"{folder / PACKAGE} not used: {why_not}; serving eager")
-            graph = serving_graph(endpoint, half=half).to(self.device)
-            if self.device.type == "cuda":
-                graph = graph.to(memory_format=torch.channels_last)
-                torch.backends.cudnn.benchmark = True
-            self.graph = (
-                torch.compile(graph, mode=compile_mode, dynamic=True) if compile_mode else graph
-            )
+            self.graph = eager()
             compiled = ", compiled" if compile_mode else ""
             self.name = f"pytorch ({self.device}, {precision}{compiled})"
+        if cuda_graphs and self.device.type == "cuda":
+            from cycada.serving.cuda_graphs import CudaGraphRunner
+
+            self.graph = CudaGraphRunner(self.graph)
+            self.name = self.name[:-1] + ", CUDA graphs)"
         self.output_order = {
             "segment": ["labels", "confidence"],
             "translate": ["translated"],
@@ -176,7 +210,7 @@ class TorchEngine(Engine):
             batch = torch.from_numpy(batch)
         with torch.inference_mode():
             outputs = self.graph(batch.to(self.device, non_blocking=True))
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         values = dict(zip(self.output_order, outputs))
         # one device→host copy per batch (responses are host slices of it)
         return [values[name].cpu() for name in output_names]
@@ -225,7 +259,9 @@ def engine_choice(choice: str, has_onnx: bool, providers: list[str], cuda: bool)
 def select_engine(
     folder: Path, parameters: dict[str, str], instance_kind: str, device_id: int
 ) -> Engine:
-    """The engine for this instance (parameter ``engine``: auto, onnxruntime, pytorch)."""
+    """The engine for this instance (parameter ``engine``: auto, onnxruntime, pytorch (the
+    compiled package when it loads here, else eager), eager (PyTorch, never the package);
+    parameter ``cuda_graphs``: true replays a CUDA graph per input shape on a GPU)."""
     choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
     threads = int(parameters.get("intra_op_threads", "0") or 0)
     recorded = folder / "engine_choice.json"  # export measured the engines on this machine
@@ -233,6 +269,9 @@ def select_engine(
         measured = json.loads(recorded.read_text())
         if measured.get("device") == ("cuda" if _torch_cuda() else "cpu"):  # measured here
             choice = measured.get("default_engine", "auto")
+            parameters = {"cuda_graphs": str(measured.get("cuda_graphs", False)), **parameters}
+    use_package = choice != "eager"
+    choice = "pytorch" if choice == "eager" else choice
     has_onnx = (folder / "model.onnx").exists()
     providers: list[str] = []
     if has_onnx and choice in ("auto", "onnxruntime"):
@@ -255,4 +294,5 @@ def select_engine(
         return OnnxEngine(folder / "model.onnx", ["CPUExecutionProvider"], threads)
     device = f"cuda:{device_id}" if how == "cuda" else "cpu"
     half = device != "cpu" and parameters.get("precision", "fp16") == "fp16"
-    return TorchEngine(folder, device, half, parameters.get("compile", ""))
+    graphs = parameters.get("cuda_graphs", "").lower() == "true"
+    return TorchEngine(folder, device, half, parameters.get("compile", ""), use_package, graphs)

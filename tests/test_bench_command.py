@@ -27,5 +27,6 @@ def test_bench_help_lists_every_benchmark(capsys):
     except SystemExit as exit_:
         assert exit_.code == 0
     out = capsys.readouterr().out
-    for name in ("sweep", "served", "video", "segmenters", "pixel-stage", "seg-stages", "soak"):
+    names = ("sweep", "served", "video", "streams", "segmenters", "pixel-stage", "seg-stages")
+    for name in (*names, "soak", "extract", "kill-resume"):
         assert f"  {name} " in out

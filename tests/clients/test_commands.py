@@ -335,6 +335,19 @@ def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch,
     assert read < 100 and "stopped: cannot write" in line  # not the whole video sent first
 
 
+class _SixFrames:  # a capture of frames 0-5, frame 2 undecodable
+    position = -1
+
+    def grab(self):
+        self.position += 1
+        return self.position < 6
+
+    def retrieve(self):
+        if self.position == 2:
+            return False, None
+        return True, np.full((4, 4, 3), self.position, np.uint8)
+
+
 def test_corrupt_frames_keep_the_source_frame_numbers():
     """A frame that does not decode is skipped; the frames after it keep their numbers."""
     import queue as queue_module
@@ -342,18 +355,7 @@ def test_corrupt_frames_keep_the_source_frame_numbers():
 
     from cycada.clients.video import _END, _read_frames
 
-    class Capture:  # frames 0-5, frame 2 undecodable
-        position = -1
-
-        def grab(self):
-            self.position += 1
-            return self.position < 6
-
-        def retrieve(self):
-            if self.position == 2:
-                return False, None
-            return True, np.full((4, 4, 3), self.position, np.uint8)
-
+    Capture = _SixFrames
     out: queue_module.Queue = queue_module.Queue()
     counts = {"read": 0, "corrupt": 0}
     _read_frames(Capture(), out, threading.Event(), counts)
@@ -363,6 +365,25 @@ def test_corrupt_frames_keep_the_source_frame_numbers():
     assert [index for index, _ in items] == [0, 1, 3, 4, 5]
     assert all(int(frame[0, 0, 0]) == index for index, frame in items)
     assert counts == {"read": 5, "corrupt": 1}
+
+
+def test_realtime_reads_a_file_at_its_frame_rate():
+    """--realtime: frame n is read n / fps seconds after the first, as a camera delivers it."""
+    import queue as queue_module
+    import threading
+    import time
+
+    from cycada.clients.video import _END, _read_frames
+
+    out: queue_module.Queue = queue_module.Queue()
+    started = time.perf_counter()
+    _read_frames(_SixFrames(), out, threading.Event(), {"read": 0, "corrupt": 0}, 0, 20.0)
+    seconds = time.perf_counter() - started
+    frames = []
+    while (item := out.get()) is not _END:
+        frames.append(item[0])
+    assert frames == [0, 1, 3, 4, 5]
+    assert 0.25 - 0.01 <= seconds < 1.0  # frame 5 at 5 / 20 s
 
 
 def test_window_zero_is_a_one_line_error(tmp_path):

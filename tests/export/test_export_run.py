@@ -143,6 +143,11 @@ def test_compiled_package_is_checked_against_onnx_loaded_fast_and_falls_back(tmp
     fallback = TorchEngine(version, "cpu", half=False)
     assert fallback.name.startswith("pytorch (cpu")
     np.testing.assert_array_equal(fallback.run(digits, ["class_ids"])[0].numpy(), expected)
+    # the `eager` engine parameter never loads the package (the bench compares the two)
+    from cycada.serving.engines import select_engine
+
+    eager = select_engine(version, {"engine": "eager"}, "CPU", 0)
+    assert eager.name == "pytorch (cpu, fp32)"
 
 
 def torch_version() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,41 @@ def test_nvjpeg_decoder_agrees_with_the_cpu_path_on_grey_and_rotated_jpegs():
         got = gpu.decode(data).cpu().numpy()
         assert got.shape == expected.shape
         assert abs(got.astype(int) - expected.astype(int)).mean() < 2.0
+
+
+def test_compiled_package_on_cuda_is_fp16_checked_and_timed_against_eager(cuda_run, tmp_path):
+    """`cycada export --compile` on a GPU: an fp16 package with parity against the ONNX graph,
+    the package and eager timed with and without CUDA graphs, the fastest recorded; the
+    server's engine (auto) then runs what was recorded."""
+    from cycada.export.compiled import CUDA_ENGINES
+    from cycada.serving.engines import select_engine
+
+    out, _ = cuda_run
+    report = export_run(out, tmp_path, ExportOptions(fp16=False, compile=True), print)
+    rows = [row for row in report.rows if row.variant == "aoti-cuda-fp16"]
+    assert rows and all(row.ok for row in rows)
+    folder = tmp_path / "segment" / "1"
+    choice = json.loads((folder / "engine_choice.json").read_text())
+    print(json.dumps(choice))
+    assert set(choice["timings_ms"]) == set(CUDA_ENGINES)
+    engine = select_engine(folder, {}, "GPU", 0)
+    assert ("aoti package" in engine.name) == (choice["default_engine"] == "pytorch")
+    assert ("CUDA graphs" in engine.name) == choice["cuda_graphs"]
+
+
+def test_cuda_graph_replay_gives_the_plain_graph_labels_for_every_shape(cuda_run, tmp_path):
+    """One graph per input shape, captured on first use; replays agree with the plain graph,
+    also when shapes alternate (the outputs are the graph's own buffers)."""
+    out, _ = cuda_run
+    export_run(out, tmp_path, ExportOptions(onnx=False), log=lambda _: None)
+    folder = tmp_path / "segment" / "1"
+    plain = TorchEngine(folder, "cuda", True, use_package=False)
+    graphs = TorchEngine(folder, "cuda", True, use_package=False, cuda_graphs=True)
+    assert graphs.name.endswith("CUDA graphs)")
+    images = scene_images(count=3, width=512)
+    batches = [images[0][None], images[1][None], np.stack([images[1]] * 2), images[0][None]]
+    for batch in batches:
+        expected = plain.run(batch, ["labels"])[0].numpy()
+        got = graphs.run(batch, ["labels"])[0].numpy()
+        assert (expected == got).mean() >= 0.999
+    assert len(graphs.graph.captured) == len({batch.shape for batch in batches})
