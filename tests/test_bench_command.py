@@ -30,3 +30,19 @@ def test_bench_help_lists_every_benchmark(capsys):
     names = ("sweep", "served", "video", "streams", "segmenters", "pixel-stage", "seg-stages")
     for name in (*names, "soak", "extract", "kill-resume"):
         assert f"  {name} " in out
+
+
+def _crash() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_compiled_engine_that_crashes_its_process_is_reported_and_the_bench_goes_on():
+    """`bench segmenters` builds each compiled engine in a child process: a segfault there (an
+    AOTInductor package did that on an H200) becomes a row, not the end of the benchmark."""
+    from cycada.benchmarks.segmenters import _in_child
+
+    assert _in_child(_crash, ()).startswith("crashed")
+    assert _in_child(max, (2.0, 3.0)) == 3.0
