@@ -615,3 +615,18 @@ def test_shared_memory_compression_and_round_robin_give_the_same_labels(server, 
         assert after[0] - before[0] == 3 and after[1] - before[1] == 3
     finally:
         second.stop()
+
+
+def test_overlay_colours_and_class_counts_match_the_plain_numpy_definitions():
+    from cycada.clients.video import class_counts, palette_lut
+    from cycada.training.segmentation.label_spaces import LABEL_SPACES
+
+    palette = LABEL_SPACES["cityscapes19"].palette
+    labels = np.random.default_rng(0).integers(0, 256, (37, 53), np.uint8)
+    expected = np.zeros((256, 3), np.uint8)
+    expected[: len(palette)] = np.asarray(palette, np.uint8)[:, ::-1]
+    colours = cv2.applyColorMap(labels, palette_lut(palette))
+    np.testing.assert_array_equal(colours, expected[labels])
+    np.testing.assert_array_equal(
+        class_counts(labels), np.bincount(labels.reshape(-1), minlength=256)
+    )
