@@ -72,6 +72,42 @@ def _timed(step: Callable[[], None], device: torch.device, seconds: float, warmu
     return result
 
 
+def _feature_step(task, crop: int, device: torch.device, memory, autocast):
+    """One feature-stage iteration at ``crop``: the score-map discriminator's update, then
+    f_T's (inverted-label GAN loss + the source task loss), as the training stage does."""
+    freeze_batch_norm(task)
+    disc = ScoreMapDiscriminator(19).to(device, memory_format=memory)
+    sgd = dict(lr=1e-5, momentum=0.99, weight_decay=5e-4)
+    opt_task, opt_disc = (
+        torch.optim.SGD(task.parameters(), **sgd),
+        torch.optim.SGD(disc.parameters(), **sgd),
+    )
+    f_src, f_tgt = (
+        (torch.rand(1, 3, crop, crop, device=device) * 2 - 1).contiguous(memory_format=memory)
+        for _ in range(2)
+    )
+    labels = torch.randint(0, 19, (1, crop, crop), device=device)
+    gan, task_loss = FeatureGANLoss(), TaskLoss()
+
+    def feature():
+        with autocast:
+            s_src, s_tgt = task.score_maps(f_src), task.score_maps(f_tgt)
+            loss_disc = gan(disc(s_src.detach()), SOURCE_DOMAIN) + gan(
+                disc(s_tgt.detach()), TARGET_DOMAIN
+            )
+        opt_disc.zero_grad(set_to_none=True)
+        loss_disc.float().backward()
+        opt_disc.step()
+        with autocast:
+            logits = F.interpolate(s_src, size=f_src.shape[-2:], mode="bilinear")
+            loss = 0.1 * gan(disc(s_tgt), SOURCE_DOMAIN) + task_loss(logits, labels)
+        opt_task.zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt_task.step()
+
+    return feature
+
+
 def bench(model_name: str, sizes: dict, device: torch.device, seconds: float, amp: bool) -> dict:
     cuda = device.type == "cuda"
     memory = torch.channels_last if cuda else torch.contiguous_format
@@ -131,32 +167,7 @@ def bench(model_name: str, sizes: dict, device: torch.device, seconds: float, am
     # feature stage: f_T + score-map discriminator, gate open (both updates every iteration)
     feature_crop = sizes["feature_crop"]
     task = segmenter().train()
-    freeze_batch_norm(task)
-    disc = ScoreMapDiscriminator(19).to(device, memory_format=memory)
-    sgd = dict(lr=1e-5, momentum=0.99, weight_decay=5e-4)
-    opt_task, opt_disc = (
-        torch.optim.SGD(task.parameters(), **sgd),
-        torch.optim.SGD(disc.parameters(), **sgd),
-    )
-    f_src, f_tgt = rand(1, 3, feature_crop, feature_crop), rand(1, 3, feature_crop, feature_crop)
-    labels = torch.randint(0, 19, (1, feature_crop, feature_crop), device=device)
-    gan = FeatureGANLoss()
-
-    def feature():
-        with autocast:
-            s_src, s_tgt = task.score_maps(f_src), task.score_maps(f_tgt)
-            loss_disc = gan(disc(s_src.detach()), SOURCE_DOMAIN) + gan(
-                disc(s_tgt.detach()), TARGET_DOMAIN
-            )
-        opt_disc.zero_grad(set_to_none=True)
-        loss_disc.float().backward()
-        opt_disc.step()
-        with autocast:
-            logits = F.interpolate(s_src, size=f_src.shape[-2:], mode="bilinear")
-            loss = 0.1 * gan(disc(s_tgt), SOURCE_DOMAIN) + task_loss(logits, labels)
-        opt_task.zero_grad(set_to_none=True)
-        loss.float().backward()
-        opt_task.step()
+    feature = _feature_step(task, feature_crop, device, memory, autocast)
 
     timing = _timed(feature, device, seconds, 2)
     results["feature"] = {**timing, "batch": 1, "crop": feature_crop}

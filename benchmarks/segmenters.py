@@ -85,6 +85,46 @@ def _in_child(function, job: tuple) -> float | str:
             return "crashed (the process died while compiling, loading or running it)"
 
 
+def _onnx_ms(
+    name: str, state: dict, shape: tuple, gpu: bool, wanted: tuple, threads: int, repeat: int
+) -> dict[str, float | str]:
+    """Median ms of ONNX Runtime's providers (``onnxruntime``: CUDA on a GPU, else CPU;
+    ``tensorrt``) on the fp32 ONNX graph of the segmenter with these weights."""
+    from cycada.deps import onnxruntime
+
+    ort = onnxruntime()
+    batch, height, width = shape
+    timings: dict[str, float | str] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{name}.onnx"
+        cpu_model = build_segmenter(name, 19).eval()
+        cpu_model.load_state_dict(state)
+        torch.onnx.export(
+            cpu_model,
+            (torch.zeros(batch, 3, height, width),),
+            str(path),
+            opset_version=17,
+            input_names=["images"],
+            output_names=["scores"],
+            dynamo=False,
+        )
+        available = ort.get_available_providers()
+        feed = {"images": np.zeros((batch, 3, height, width), np.float32)}
+        for engine in wanted:
+            provider = {
+                "onnxruntime": "CUDAExecutionProvider" if gpu else "CPUExecutionProvider",
+                "tensorrt": "TensorrtExecutionProvider",
+            }[engine]
+            if provider not in available:
+                timings[engine] = f"not available ({provider} missing)"
+                continue
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), options, providers=[provider])
+            timings[engine] = _median_ms(lambda s=session: s.run(None, feed), repeat)
+    return timings
+
+
 def bench(
     name: str,
     height: int,
@@ -99,10 +139,8 @@ def bench(
     process (the compiled ones in a child process each): ``eager`` PyTorch (fp16 channels-last
     on CUDA), ``aoti`` and ``aoti-autotune`` (an AOTInductor package compiled now, as `cycada
     export --compile` does, without and with Inductor's max_autotune), ``onnxruntime`` (CUDA
-    provider on a GPU, else CPU),
-    ``tensorrt`` (ONNX Runtime's TensorRT provider, when installed)."""
-    from cycada.deps import onnxruntime
-
+    provider on a GPU, else CPU), ``tensorrt`` (ONNX Runtime's TensorRT provider, when
+    installed)."""
     torch.set_num_threads(threads)
     target = torch.device(device)
     half = target.type == "cuda"
@@ -126,46 +164,18 @@ def bench(
         if "eager" in engines:
             timings["eager"] = timed(lambda: model(x))
             print(json.dumps({"engine": "eager", "ms": timings["eager"]}), flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        for engine, configs in COMPILED_ENGINES.items():
-            if engine in engines:
-                started = time.perf_counter()
-                job = (name, (batch, height, width), device, configs, repeat, threads)
-                timings[engine] = _in_child(_compiled_ms, job)
-                seconds = round(time.perf_counter() - started, 1)
-                row = {"engine": engine, "ms": timings[engine], "compile_and_time_s": seconds}
-                print(json.dumps(row), flush=True)
-        wanted = [e for e in ("onnxruntime", "tensorrt") if e in engines]
-        if wanted:
-            ort = onnxruntime()
-            path = Path(folder) / f"{name}.onnx"
-            cpu_model = build_segmenter(name, 19).eval()
-            cpu_model.load_state_dict(model.float().state_dict())
-            if half:
-                model.half()
-            torch.onnx.export(
-                cpu_model,
-                (torch.zeros(batch, 3, height, width),),
-                str(path),
-                opset_version=17,
-                input_names=["images"],
-                output_names=["scores"],
-                dynamo=False,
-            )
-            available = ort.get_available_providers()
-            feed = {"images": np.zeros((batch, 3, height, width), np.float32)}
-            for engine in wanted:
-                provider = {
-                    "onnxruntime": "CUDAExecutionProvider" if half else "CPUExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider",
-                }[engine]
-                if provider not in available:
-                    timings[engine] = f"not available ({provider} missing)"
-                    continue
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads
-                session = ort.InferenceSession(str(path), options, providers=[provider])
-                timings[engine] = _median_ms(lambda s=session: s.run(None, feed), repeat)
+    for engine, configs in COMPILED_ENGINES.items():
+        if engine in engines:
+            started = time.perf_counter()
+            job = (name, (batch, height, width), device, configs, repeat, threads)
+            timings[engine] = _in_child(_compiled_ms, job)
+            seconds = round(time.perf_counter() - started, 1)
+            row = {"engine": engine, "ms": timings[engine], "compile_and_time_s": seconds}
+            print(json.dumps(row), flush=True)
+    wanted = tuple(e for e in ("onnxruntime", "tensorrt") if e in engines)
+    if wanted:
+        state = {k: v.float().cpu() for k, v in model.state_dict().items()}
+        timings.update(_onnx_ms(name, state, (batch, height, width), half, wanted, threads, repeat))
     measured = {k: v for k, v in timings.items() if isinstance(v, float)}
     return {
         "model": name,

@@ -164,7 +164,7 @@ def set_instances(repository: Path, model: str, count: int) -> None:
     config.write_text(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="training run to serve (default: random DRN)")
     parser.add_argument("--model", default="drn26")
@@ -184,20 +184,97 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, help="build the repository here and keep it")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    width, height = args.size
+    if args.weights_only and args.compile:
+        parser.error("--weights-only cannot be combined with --compile (parity needs ONNX)")
+    return args
 
+
+def _repository(args: argparse.Namespace) -> Path:
+    """The run (given, or random weights) exported, the segment models at ``--instances``."""
     from cycada.export.exporter import ExportOptions, export_run
-    from cycada.serving.server import ServerOptions, TritonServer
 
     scratch = Path(tempfile.mkdtemp(prefix="cycada-bench-"))
     run_dir = args.run or random_run(args.model, scratch / "run")
     repository = args.repository or scratch / "repository"
-    if args.weights_only and args.compile:
-        raise SystemExit("--weights-only cannot be combined with --compile (parity needs ONNX)")
     options = ExportOptions(fp16=False, onnx=not args.weights_only, compile=args.compile)
     export_run(run_dir, repository, options, log=lambda m: print(m, flush=True))
     for model in ("segment", "segment_encoded"):
         set_instances(repository, model, args.instances)
+    return repository
+
+
+def _served(repository: Path, frame: np.ndarray, jpeg: np.ndarray, args, results: dict) -> None:
+    """Start the server (its start-to-ready time), warm every instance, then raw and JPEG
+    frames over gRPC at each concurrency, into ``results``."""
+    from cycada.serving.server import ServerOptions, TritonServer
+
+    server_options = ServerOptions.on_free_ports(repository, shm_bytes=64 * 1024 * 1024)
+    started = time.perf_counter()
+    served: dict = {"raw": [], "jpeg": []}
+    inputs = (
+        ("raw", "segment", "images", frame[None]),
+        ("jpeg", "segment_encoded", "frames", jpeg[None]),
+    )
+    with TritonServer(server_options) as server:
+        results["server_ready_s"] = round(time.perf_counter() - started, 2)
+        # first requests at a new size tune kernels (cudnn benchmark, nvJPEG set-up) per
+        # instance: send a few to every instance before any timed window
+        for _, model, input_name, array in inputs:
+            run_load(
+                server.grpc_url, model, array, 2 * args.instances, 1.0, 0.0, input_name=input_name
+            )
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            for name, model, input_name, array in inputs:
+                load = run_load(
+                    server.grpc_url, model, array, concurrency, args.seconds, input_name=input_name
+                )
+                served[name].append(load.row())
+                print(name, json.dumps(load.row()), flush=True)
+        results["server_memory_mb"] = server.memory_mb()
+    results["served"] = served
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(server.log_file, args.out / "tritonserver.log")
+    results["p50_served_c1_ms"] = served["raw"][0]["p50_ms"] if served["raw"] else float("nan")
+    best_served = max(row["throughput_per_s"] for rows in served.values() for row in rows)
+    results["served_over_in_process"] = round(best_served / results["in_process"]["best_fps"], 3)
+
+
+def _report(results: dict, model: str) -> str:
+    height, width = results["size"]
+    in_process = results["in_process"]
+    lines = [
+        f"# served vs in-process, {model} {height}x{width}",
+        "",
+        "| in process | engine | raw batch 1 | raw batch 8 | JPEG batch 1 | p50 batch 1 ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {name} | {row['engine']} | {row['raw_batch1_fps']} | {row['raw_batch8_fps']} | "
+            f"{row['jpeg_batch1_fps']} | {row['raw_batch1_p50_ms']} |"
+            for name, row in in_process["engines"].items()
+        ),
+        f"\nbest in process: {in_process['best']} ({in_process['best_fps']} frames/s)",
+        "",
+        "| input | concurrency | frames/s | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {name} | {r['concurrency']} | {r['throughput_per_s']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['errors']} |"
+            for name, rows in results["served"].items()
+            for r in rows
+        ),
+        f"\nbest served / best in-process: {results['served_over_in_process']}",
+        f"p50 at concurrency 1: served {results['p50_served_c1_ms']} ms vs in-process "
+        f"{in_process['engines'][in_process['best']]['raw_batch1_p50_ms']} ms; server ready in "
+        f"{results['server_ready_s']} s; server memory {results['server_memory_mb']} MB; bytes "
+        f"per frame: raw {results['raw_bytes']}, JPEG {results['jpeg_bytes']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    width, height = args.size
+    repository = _repository(args)
     frame = test_frame(height, width)
     ok, jpeg = cv2.imencode(
         ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
@@ -210,81 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         "jpeg_bytes": int(jpeg.nbytes),
     }
     version = max(int(p.name) for p in (repository / "segment").iterdir() if p.name.isdigit())
-    results["in_process"] = in_process(
-        repository / "segment" / str(version), frame, jpeg, args.seconds
-    )
-    choice = repository / "segment" / str(version) / "engine_choice.json"
-    if choice.exists():
-        results["export_engine_choice"] = json.loads(choice.read_text())
-    server_options = ServerOptions.on_free_ports(
-        repository,
-        shm_bytes=64 * 1024 * 1024,
-    )
-    started = time.perf_counter()
-    served: dict = {"raw": [], "jpeg": []}
-    with TritonServer(server_options) as server:
-        results["server_ready_s"] = round(time.perf_counter() - started, 2)
-        # first requests at a new size tune kernels (cudnn benchmark, nvJPEG set-up) per
-        # instance: send a few to every instance before any timed window
-        for model, input_name, array in (
-            ("segment", "images", frame[None]),
-            ("segment_encoded", "frames", jpeg[None]),
-        ):
-            run_load(
-                server.grpc_url, model, array, 2 * args.instances, 1.0, 0.0, input_name=input_name
-            )
-        for concurrency in (int(c) for c in args.concurrency.split(",")):
-            for name, model, input_name, array in (
-                ("raw", "segment", "images", frame[None]),
-                ("jpeg", "segment_encoded", "frames", jpeg[None]),
-            ):
-                load = run_load(
-                    server.grpc_url, model, array, concurrency, args.seconds, input_name=input_name
-                )
-                served[name].append(load.row())
-                print(name, json.dumps(load.row()), flush=True)
-        memory = server.memory_mb()
-    results["served"] = served
-    results["server_memory_mb"] = memory
-    args.out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(server.log_file, args.out / "tritonserver.log")
-    best_in_process = results["in_process"]["best_fps"]
-    p50_served = served["raw"][0]["p50_ms"] if served["raw"] else float("nan")
-    results["p50_served_c1_ms"] = p50_served
-    best_served = max(row["throughput_per_s"] for rows in served.values() for row in rows)
-    results["served_over_in_process"] = round(best_served / best_in_process, 3)
-    best_row = results["in_process"]["engines"][results["in_process"]["best"]]
-    lines = [
-        f"# served vs in-process, {args.model} {height}x{width}",
-        "",
-        "| in process | engine | raw batch 1 | raw batch 8 | JPEG batch 1 | p50 batch 1 ms |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(
-            f"| {name} | {row['engine']} | {row['raw_batch1_fps']} | {row['raw_batch8_fps']} | "
-            f"{row['jpeg_batch1_fps']} | {row['raw_batch1_p50_ms']} |"
-            for name, row in results["in_process"]["engines"].items()
-        ),
-        f"\nbest in process: {results['in_process']['best']} "
-        f"({results['in_process']['best_fps']} frames/s)",
-        "",
-        "| input | concurrency | frames/s | p50 ms | p99 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, rows in served.items():
-        lines += [
-            f"| {name} | {r['concurrency']} | {r['throughput_per_s']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['errors']} |"
-            for r in rows
-        ]
-    lines.append(f"\nbest served / best in-process: {results['served_over_in_process']}")
-    lines.append(
-        f"p50 at concurrency 1: served {p50_served} ms vs in-process "
-        f"{best_row['raw_batch1_p50_ms']} ms; server ready in "
-        f"{results['server_ready_s']} s; server memory {memory} MB; bytes per frame: raw "
-        f"{results['raw_bytes']}, JPEG {results['jpeg_bytes']}"
-    )
-    write_results(args.out, "served", results, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    folder = repository / "segment" / str(version)
+    results["in_process"] = in_process(folder, frame, jpeg, args.seconds)
+    if (folder / "engine_choice.json").exists():
+        results["export_engine_choice"] = json.loads((folder / "engine_choice.json").read_text())
+    _served(repository, frame, jpeg, args, results)
+    report = _report(results, args.model)
+    write_results(args.out, "served", results, report)
+    print(report, end="")
     return 0
 
 

@@ -455,11 +455,23 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
         cv2.setNumThreads(threads)
 
 
-def _segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
+def _check_options(out: Path, options: VideoOptions) -> None:
     if out.suffix.lower() != ".mp4":
         raise DataError(f"--out {out}: expected a path ending in .mp4")
     if options.window < 1:
         raise DataError(f"--window {options.window}: expected at least 1 request in flight")
+
+
+def _progress_bar(options: VideoOptions, total: int | None, start: int):
+    if not options.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="frame", desc="segment-video", dynamic_ncols=True)
+
+
+def _segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
+    _check_options(out, options)
     capture = open_source(source)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -483,13 +495,7 @@ def _segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummar
     if previous is not None:
         copied = writer.copy_from(previous)
         LOGGER.info(f"segment-video: resuming after frame {start - 1} ({copied} frames kept)")
-    bar = None
-    if options.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=total, initial=start, unit="frame", desc="segment-video", dynamic_ncols=True
-        )
+    bar = _progress_bar(options, total, start)
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
 

@@ -252,6 +252,13 @@ def cmd_data_video(args: argparse.Namespace) -> int:
 
 
 def register(train, ablate, evaluate, data) -> None:
+    """The segmentation subcommands of `cycada train`, `ablate`, `eval` and `data`."""
+    _register_training(train, ablate)
+    _register_eval(evaluate)
+    _register_data(data)
+
+
+def _register_training(train, ablate) -> None:
     parser = _with_format(
         train, "seg", "CyCADA on semantic segmentation (Tables 4-6)", EXAMPLE_TRAIN
     )
@@ -279,6 +286,8 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument("--rows", help="comma-separated subset (default: all)")
     parser.set_defaults(handler=cmd_ablate_seg)
 
+
+def _register_eval(evaluate) -> None:
     parser = _with_format(
         evaluate,
         "seg",
@@ -299,6 +308,8 @@ def register(train, ablate, evaluate, data) -> None:
     parser.add_argument("--out", type=Path)
     parser.set_defaults(handler=cmd_eval_seg)
 
+
+def _register_data(data) -> None:
     parser = _with_format(
         data,
         "scenes",
