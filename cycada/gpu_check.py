@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["steps"][name] = {"exit": code, "seconds": seconds}
         for pattern in RESULTS:  # results (not videos or packages) next to the logs
             for found in (work / name).glob(pattern) if (work / name).is_dir() else ():
-                shutil.copy2(found, args.out / found.name)
+                if not found.name.startswith("."):  # not the clients' progress files
+                    shutil.copy2(found, args.out / found.name)
         failed |= code != 0
         print(f"{name}: exit {code} in {seconds} s", flush=True)
         if code != 0:  # the end of its log, where the reason is
