@@ -97,7 +97,7 @@ def repository_report(repository: Path) -> list[tuple[str, str]]:
     """Per model: its profile (backend), latest version and the engine it would run on here."""
     import torch
 
-    from cycada.serving.engines import engine_choice
+    from cycada.serving.engines import engine_choice, recorded_choice
 
     lines = []
     providers, cuda = _onnxruntime_providers(), torch.cuda.is_available()
@@ -120,10 +120,19 @@ def repository_report(repository: Path) -> list[tuple[str, str]]:
             else:
                 folder = model / str(versions[-1])
                 choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
+                measured = recorded_choice(folder) if choice == "auto" else None
+                if measured:  # what select_engine runs: the export's measured choice
+                    choice = measured.get("default_engine", "auto")
                 engine, how = engine_choice(
-                    choice, (folder / "model.onnx").exists(), providers, cuda
+                    "pytorch" if choice == "eager" else choice,
+                    (folder / "model.onnx").exists(),
+                    providers,
+                    cuda,
                 )
                 what = f"Python backend, {engine} on {how}"
+                if measured:
+                    graphs = " + CUDA graphs" if measured.get("cuda_graphs") else ""
+                    what += f" (fastest at export: {choice}{graphs})"
         elif backend == "onnxruntime":
             what = "Triton's onnxruntime backend (GPU instance; TensorRT accelerator)"
         else:

@@ -256,6 +256,16 @@ def engine_choice(choice: str, has_onnx: bool, providers: list[str], cuda: bool)
     return "pytorch", "cuda" if cuda else "cpu"
 
 
+def recorded_choice(folder: Path) -> dict | None:
+    """The engine choice the export measured (``engine_choice.json``), when it was measured on
+    this kind of device (a CPU choice does not hold on a GPU host, or the reverse)."""
+    recorded = folder / "engine_choice.json"
+    if not recorded.exists():
+        return None
+    measured = json.loads(recorded.read_text())
+    return measured if measured.get("device") == ("cuda" if _torch_cuda() else "cpu") else None
+
+
 def select_engine(
     folder: Path, parameters: dict[str, str], instance_kind: str, device_id: int
 ) -> Engine:
@@ -264,12 +274,10 @@ def select_engine(
     parameter ``cuda_graphs``: true replays a CUDA graph per input shape on a GPU)."""
     choice = parameters.get("engine", os.environ.get("CYCADA_SERVE_ENGINE", "auto"))
     threads = int(parameters.get("intra_op_threads", "0") or 0)
-    recorded = folder / "engine_choice.json"  # export measured the engines on this machine
-    if choice == "auto" and recorded.exists():
-        measured = json.loads(recorded.read_text())
-        if measured.get("device") == ("cuda" if _torch_cuda() else "cpu"):  # measured here
-            choice = measured.get("default_engine", "auto")
-            parameters = {"cuda_graphs": str(measured.get("cuda_graphs", False)), **parameters}
+    measured = recorded_choice(folder) if choice == "auto" else None
+    if measured:
+        choice = measured.get("default_engine", "auto")
+        parameters = {"cuda_graphs": str(measured.get("cuda_graphs", False)), **parameters}
     use_package = choice != "eager"
     choice = "pytorch" if choice == "eager" else choice
     has_onnx = (folder / "model.onnx").exists()

@@ -197,3 +197,26 @@ def test_cuda_graphs_become_the_default_only_for_a_clear_gain():
     assert choose_engine({**h200, "eager+cuda_graphs": 6.0}) == "eager+cuda_graphs"
     assert choose_engine({**h200, "pytorch": 5.0, "pytorch+cuda_graphs": 4.9}) == "pytorch"
     assert choose_engine({"pytorch": 33.1, "onnxruntime": 27.2}) == "onnxruntime"
+
+
+def test_doctor_and_the_server_run_the_engine_the_export_measured(tmp_path):
+    """engine_choice.json (written by `export --compile`) decides what `auto` runs, in the
+    server and in `cycada doctor`'s report alike; a choice measured on another kind of device
+    is ignored."""
+    import json
+
+    from cycada.doctor import repository_report
+    from cycada.serving.engines import select_engine
+
+    run = random_run("fastscnn", tmp_path / "run")
+    repo = tmp_path / "repo"
+    export_run(run, repo, ExportOptions(onnx=False), lambda _: None)
+    folder = repo / "segment" / "1"
+    (folder / "model.onnx").write_bytes(b"")  # as if ONNX were there: auto would pick ORT
+    choice = {"default_engine": "eager", "cuda_graphs": False, "device": "cpu"}
+    (folder / "engine_choice.json").write_text(json.dumps(choice))
+    assert select_engine(folder, {}, "CPU", 0).name == "pytorch (cpu, fp32)"
+    report = dict(repository_report(repo))
+    assert "pytorch on cpu (fastest at export: eager)" in report["segment"]
+    (folder / "engine_choice.json").write_text(json.dumps({**choice, "device": "cuda"}))
+    assert "fastest at export" not in dict(repository_report(repo))["segment"]
