@@ -35,8 +35,15 @@ def folder_domain(tmp_path_factory) -> str:
     return f"folder:{root}"
 
 
-def test_full_run_writes_every_artifact(tmp_path, folder_domain):
-    metrics = run_digits(tiny_digits_config(folder_domain), tmp_path, quiet=True)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, folder_domain):
+    """One tiny run of all four stages, shared by the tests that read a finished run."""
+    out = tmp_path_factory.mktemp("full_run")
+    return out, run_digits(tiny_digits_config(folder_domain), out, quiet=True)
+
+
+def test_full_run_writes_every_artifact(full_run):
+    tmp_path, metrics = full_run
     assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
     for stage in metrics["stages"].values():
         for domain in ("source", "target"):
@@ -63,21 +70,18 @@ def test_full_run_writes_every_artifact(tmp_path, folder_domain):
     assert curves is not None and curves.shape[0] > 300
 
 
-def test_same_seed_same_metrics(tmp_path, folder_domain):
-    config = tiny_digits_config(folder_domain, "feature.enabled=false", "pixel.max_steps=2")
-    first = run_digits(config, tmp_path / "a", quiet=True)
-    second = run_digits(config, tmp_path / "b", quiet=True)
-    for stage in first["stages"]:
-        for domain in ("source", "target"):
-            assert first["stages"][stage][domain] == second["stages"][stage][domain]
-
-
-def test_stages_run_one_at_a_time_from_checkpoints(tmp_path, folder_domain):
+def test_stages_one_at_a_time_repeat_the_full_run_exactly(tmp_path, folder_domain, full_run):
+    """Stage by stage from checkpoints, same seed: the same metrics as the one run, so a run is
+    deterministic and starting a stage from the previous one's checkpoint changes nothing."""
     config = tiny_digits_config(folder_domain)
     for stage in ("source", "pixel", "target", "feature"):
         metrics = run_digits(config, tmp_path, stages=[stage], quiet=True)
         assert metrics["final"]["stage"] == stage
     assert list(metrics["stages"]) == ["source", "pixel", "target", "feature"]
+    _, whole = full_run
+    for stage in metrics["stages"]:
+        for domain in ("source", "target"):
+            assert metrics["stages"][stage][domain] == whole["stages"][stage][domain]
 
 
 def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):
@@ -213,16 +217,12 @@ def test_cli_eval_of_truncated_checkpoint(tmp_path):
     assert process.returncode == 2 and "truncated or corrupt" in err and err.count("\n") == 1
 
 
-def test_cli_eval_of_a_finished_run(tmp_path, folder_domain):
-    run_digits(
-        tiny_digits_config(folder_domain, "feature.enabled=false", "pixel.enabled=false"),
-        tmp_path,
-        quiet=True,
-    )
+def test_cli_eval_of_a_finished_run(tmp_path, folder_domain, full_run):
+    run_dir, _ = full_run
     process = cli(
         "eval",
         "digits",
-        str(tmp_path / "checkpoints" / "source.safetensors"),
+        str(run_dir / "checkpoints" / "source.safetensors"),
         "--dataset",
         folder_domain,
         "--split",
