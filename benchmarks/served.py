@@ -164,6 +164,28 @@ def set_instances(repository: Path, model: str, count: int) -> None:
     config.write_text(text)
 
 
+def set_parameters(repository: Path, model: str, parameters: dict[str, str]) -> None:
+    """Set Python-backend parameters (``engine``, ``cuda_graphs``, ...) of a model's config,
+    replacing a parameter of the same key."""
+    config = repository / model / "config.pbtxt"
+    text = config.read_text()
+    for key, value in parameters.items():
+        line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+        pattern = (
+            rf'parameters \{{ key: "{re.escape(key)}" value: \{{ string_value: "[^"]*" \}} \}}\n'
+        )
+        text, found = re.subn(pattern, line, text)
+        text = text if found else text + line
+    config.write_text(text)
+
+
+def _key_values(text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"'{text}': expected KEY=VALUE[,KEY=VALUE...]")
+    return dict(pairs)
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="training run to serve (default: random DRN)")
@@ -182,6 +204,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "runs the engine the export measured fastest",
     )
     parser.add_argument("--repository", type=Path, help="build the repository here and keep it")
+    parser.add_argument(
+        "--server-parameters",
+        type=_key_values,
+        default={},
+        metavar="KEY=VALUE,...",
+        help="model parameters for the served segment models, e.g. engine=eager,"
+        "cuda_graphs=false (default: what the export recorded)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     if args.weights_only and args.compile:
@@ -200,6 +230,7 @@ def _repository(args: argparse.Namespace) -> Path:
     export_run(run_dir, repository, options, log=lambda m: print(m, flush=True))
     for model in ("segment", "segment_encoded"):
         set_instances(repository, model, args.instances)
+        set_parameters(repository, model, args.server_parameters)
     return repository
 
 

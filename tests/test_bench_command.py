@@ -46,3 +46,20 @@ def test_a_compiled_engine_that_crashes_its_process_is_reported_and_the_bench_go
 
     assert _in_child(_crash, ()).startswith("crashed")
     assert _in_child(max, (2.0, 3.0)) == 3.0
+
+
+def test_bench_served_sets_server_parameters_in_valid_configs(tmp_path):
+    """`bench served --server-parameters engine=eager,cuda_graphs=false`: one value per key
+    in the model's config (replaced, not repeated), and the config stays valid for Triton."""
+    from cycada.benchmarks.served import _key_values, set_parameters
+    from cycada.export.repository import config_text, spec_for, validate_config
+
+    (tmp_path / "segment").mkdir()
+    config = tmp_path / "segment" / "config.pbtxt"
+    config.write_text(config_text(spec_for("segment", "segment", 3, 19), "default"))
+    set_parameters(tmp_path, "segment", _key_values("engine=eager,cuda_graphs=false"))
+    set_parameters(tmp_path, "segment", {"engine": "pytorch"})
+    text = config.read_text()
+    assert text.count('key: "engine"') == 1 and 'string_value: "pytorch"' in text
+    assert 'key: "cuda_graphs" value: { string_value: "false" }' in text
+    validate_config(text, str(config))
