@@ -203,6 +203,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="export an AOTInductor package too (cycada export --compile); the server then "
         "runs the engine the export measured fastest",
     )
+    parser.add_argument(
+        "--compile-autotune",
+        action="store_true",
+        help="with --compile: Inductor's max_autotune (the package is tuned for --size either way)",
+    )
     parser.add_argument("--repository", type=Path, help="build the repository here and keep it")
     parser.add_argument(
         "--server-parameters",
@@ -219,14 +224,19 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _repository(args: argparse.Namespace) -> Path:
+def _repository(args: argparse.Namespace, scratch: Path) -> Path:
     """The run (given, or random weights) exported, the segment models at ``--instances``."""
     from cycada.export.exporter import ExportOptions, export_run
 
-    scratch = Path(tempfile.mkdtemp(prefix="cycada-bench-"))
     run_dir = args.run or random_run(args.model, scratch / "run")
     repository = args.repository or scratch / "repository"
-    options = ExportOptions(fp16=False, onnx=not args.weights_only, compile=args.compile)
+    options = ExportOptions(
+        fp16=False,
+        onnx=not args.weights_only,
+        compile=args.compile,
+        compile_size=args.size,  # tuned for the frames this bench serves
+        compile_autotune=args.compile_autotune,
+    )
     export_run(run_dir, repository, options, log=lambda m: print(m, flush=True))
     for model in ("segment", "segment_encoded"):
         set_instances(repository, model, args.instances)
@@ -304,8 +314,13 @@ def _report(results: dict, model: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    with tempfile.TemporaryDirectory(prefix="cycada-bench-") as scratch:
+        return _bench(args, Path(scratch))
+
+
+def _bench(args: argparse.Namespace, scratch: Path) -> int:
     width, height = args.size
-    repository = _repository(args)
+    repository = _repository(args, scratch)
     frame = test_frame(height, width)
     ok, jpeg = cv2.imencode(
         ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from cycada.errors import ExportError
+from cycada.sizes import image_size
 
 
 def _shapes(text: str) -> tuple[tuple[int, int], ...]:
@@ -45,6 +46,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "machine's GPU (or CPU); the PyTorch engine loads it in seconds, or falls back to eager",
     )
     parser.add_argument("--compile-device", default="auto", help="auto (default), cuda or cpu")
+    parser.add_argument(
+        "--compile-size",
+        type=image_size,
+        metavar="WIDTHxHEIGHT",
+        help="the frame size the package is tuned for (Inductor picks kernels for its example; "
+        "default: a small frame); any size still runs",
+    )
+    parser.add_argument(
+        "--compile-autotune",
+        action="store_true",
+        help="Inductor's max_autotune for the package (benchmarks kernel choices; slower export)",
+    )
     parser.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 plans")
     parser.add_argument(
         "--int8-calibration", type=Path, metavar="DIR", help="INT8 plans calibrated on DIR's images"
@@ -89,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         compile=args.compile,
         compile_device=args.compile_device,
+        compile_size=args.compile_size,
+        compile_autotune=args.compile_autotune,
         cache=not args.no_cache,
     )
     report = export_run(

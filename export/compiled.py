@@ -46,11 +46,14 @@ MIN_SIDE = 64  # smaller frames run the eager graph (the package's guards need e
 # map of the network wider than one pixel)
 
 
-def _package_input(endpoint: Endpoint) -> tuple[torch.Tensor, dict]:
+def _package_input(
+    endpoint: Endpoint, size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, dict]:
     """The example batch and dynamic shapes of the package. Segmenters and generators take
     heights and widths that are multiples of their stride, at least MIN_SIDE (the engine pads
     other sizes, see :class:`PaddedPackage`): the padding arithmetic inside the ONNX graph would
-    otherwise become guards that torch.export cannot prove for every size."""
+    otherwise become guards that torch.export cannot prove for every size. ``size`` (width,
+    height) sets the example, whose sizes Inductor tunes its kernels for."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     if endpoint.kind == "classify":
         height = torch.export.Dim("height", min=1, max=MAX_SIDE)
@@ -61,17 +64,32 @@ def _package_input(endpoint: Endpoint) -> tuple[torch.Tensor, dict]:
     height = multiple * torch.export.Dim("rows", min=low, max=high)
     width = multiple * torch.export.Dim("columns", min=low, max=high)
     rows, columns = low * multiple, (low + 1) * multiple
+    if size is not None:  # rounded up to the stride, inside the package's range
+        columns, rows = (min(high, max(low, -(-side // multiple))) * multiple for side in size)
     example = torch.zeros(2, rows, columns, endpoint.in_channels, dtype=torch.uint8)
     return example, {INPUT_NAME: {0: batch, 1: height, 2: width}}
 
 
-def compile_package(endpoint: Endpoint, folder: Path, device: torch.device, half: bool) -> Path:
-    """Write ``folder/model.pt2`` and ``folder/compiled.json``; returns the package path."""
+def compile_package(
+    endpoint: Endpoint,
+    folder: Path,
+    device: torch.device,
+    half: bool,
+    size: tuple[int, int] | None = None,
+    autotune: bool = False,
+) -> Path:
+    """Write ``folder/model.pt2`` and ``folder/compiled.json``; returns the package path.
+    ``size`` (width, height): the frame size to tune for; ``autotune``: Inductor's
+    max_autotune (kernel choices benchmarked at that size)."""
     graph = serving_graph(endpoint, half).to(device)
-    example, dynamic_shapes = _package_input(endpoint)
+    example, dynamic_shapes = _package_input(endpoint, size)
     try:
         program = torch.export.export(graph, (example.to(device),), dynamic_shapes=dynamic_shapes)
-        path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE))
+        path = torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(folder / PACKAGE),
+            inductor_configs={"max_autotune": True} if autotune else {},
+        )
     except Exception as exc:  # export and inductor raise many types; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(
@@ -80,6 +98,7 @@ def compile_package(endpoint: Endpoint, folder: Path, device: torch.device, half
     info = {**machine_signature(device), "precision": "fp16" if half else "fp32"}
     if endpoint.kind != "classify":
         info.update(multiple=endpoint.multiple, min_side=MIN_SIDE)
+        info.update(tuned_for=list(example.shape[1:3]), max_autotune=autotune)
     (folder / INFO).write_text(json.dumps(info, indent=2) + "\n")
     return Path(path)
 

@@ -34,6 +34,8 @@ class ExportOptions:
     data_root: Path | None = None
     compile: bool = False  # also an AOTInductor package (model.pt2) for the PyTorch engine
     compile_device: str = "auto"  # the device it is compiled for: auto = cuda when present
+    compile_size: tuple[int, int] | None = None  # (width, height) the package is tuned for
+    compile_autotune: bool = False  # Inductor's max_autotune
     cache: bool = True  # reuse graphs exported before from the same weights (export.graph_cache)
 
 
@@ -111,7 +113,9 @@ def _compiled_package(
     device = compiled.compile_device(options.compile_device)
     half = device.type == "cuda"  # what the PyTorch engine serves there (parameter precision)
     log(f"{endpoint.name}: AOTInductor package for {device.type} (compiling)")
-    compiled.compile_package(endpoint, version_dir, device, half)
+    compiled.compile_package(
+        endpoint, version_dir, device, half, options.compile_size, options.compile_autotune
+    )
     package = compiled.package_runner(version_dir, device, half)
     onnx_graph = parity.onnx_runner(served)
     rows = parity.compare(

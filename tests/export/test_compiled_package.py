@@ -68,3 +68,19 @@ def test_a_package_without_a_stride_takes_frames_as_they_are():
     seen = []
     PaddedPackage(lambda x: seen.append(x) or _graph(x), 0, 0)(digits)
     assert seen[0] is digits
+
+
+def test_the_package_example_is_the_frame_size_it_is_tuned_for_rounded_to_the_stride():
+    """`export --compile-size 2050x1000`: Inductor tunes for the example's sizes, so the example
+    is that frame, rounded up to the network's stride (and within the package's range)."""
+    from types import SimpleNamespace
+
+    from cycada.export.compiled import _package_input
+
+    segmenter = SimpleNamespace(kind="segment", multiple=8, in_channels=3)
+    example, shapes = _package_input(segmenter, (2050, 1000))
+    assert tuple(example.shape) == (2, 1000, 2056, 3)
+    small, _ = _package_input(segmenter, (10, 10))
+    assert tuple(small.shape) == (2, MIN_SIDE, MIN_SIDE, 3)
+    default, _ = _package_input(segmenter)
+    assert tuple(default.shape) == (2, 64, 72, 3)
