@@ -22,3 +22,19 @@ def graph_cache(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("graph-cache")
     os.environ["CYCADA_CACHE_DIR"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def exported_repository(tmp_path_factory) -> Path:
+    """One export (ONNX fp32 + fp16, parity checked) of seeded random weights: Fast-SCNN and two
+    ResNet-6 generators. The modules that serve a repository copy it (`served_copy`), so the
+    export runs once per test session, not once per module."""
+    from cycada.benchmarks.served import random_run
+    from cycada.export.exporter import ExportOptions, export_run
+
+    run = random_run("fastscnn", tmp_path_factory.mktemp("exported_run"), generators="resnet6")
+    repo = tmp_path_factory.mktemp("exported_repository")
+    report = export_run(run, repo, ExportOptions(), log=lambda _: None)
+    assert all(row.ok for row in report.rows)
+    assert {row.variant for row in report.rows} == {"onnx-fp32", "onnx-fp16"}
+    return repo

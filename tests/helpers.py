@@ -98,3 +98,11 @@ def tiny_digits_config(target: str, *extra: str, **overrides):
     return resolve_digits_config(
         "quick", sets=[*TINY_DIGITS, *extra], overrides={"data": data, **overrides}
     )
+
+
+def served_copy(exported: Path, folder: Path) -> Path:
+    """A module's own copy of the session's shared repository (the ``exported_repository``
+    fixture): tests add versions to it and kill servers on it."""
+    import shutil
+
+    return Path(shutil.copytree(exported, folder / "repository"))

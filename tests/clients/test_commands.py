@@ -17,11 +17,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cycada.benchmarks.served import random_run
-from cycada.export.exporter import ExportOptions, export_run
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.training.segmentation.scene_writer import write_scene_dataset
-from tests.helpers import data_path, skip_without_tritonserver
+from tests.helpers import data_path, served_copy, skip_without_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -29,11 +27,9 @@ skip_without_tritonserver()
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory):
-    run = random_run("fastscnn", tmp_path_factory.mktemp("run"), generators="resnet6")
-    repo = tmp_path_factory.mktemp("repo")
-    export_run(run, repo, ExportOptions(fp16=False), log=lambda _: None)
-    return repo
+def repository(tmp_path_factory, exported_repository):
+    """The session's export of seeded random weights (Fast-SCNN + two generators), copied."""
+    return served_copy(exported_repository, tmp_path_factory.mktemp("commands"))
 
 
 def start(repo) -> TritonServer:

@@ -32,6 +32,7 @@ from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.digits.pipeline import run_digits
 from tests.helpers import (
+    served_copy,
     skip_without_tritonserver,
     tiny_digits_config,
 )
@@ -50,12 +51,9 @@ def seg_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, seg_run):
-    repo = tmp_path_factory.mktemp("repository")
-    report = export_run(seg_run, repo, ExportOptions(), log=lambda _: None)
-    assert all(row.ok for row in report.rows)
-    assert {row.variant for row in report.rows} == {"onnx-fp32", "onnx-fp16"}
-    return repo
+def repository(tmp_path_factory, exported_repository):
+    """The session's export of the same seeded weights as ``seg_run``, copied."""
+    return served_copy(exported_repository, tmp_path_factory.mktemp("served"))
 
 
 def options(repo, **kwargs) -> ServerOptions:
