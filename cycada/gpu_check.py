@@ -12,7 +12,8 @@ they show:
   repository (fps per stream, p99, every frame in order);
 * ``pytest``: the GPU tests (CUDA training with AMP, the PyTorch-on-CUDA engine against the CPU
   graph, CUDA-graph replay, the compiled package on CUDA, nvJPEG, TensorRT where installed);
-* ``stages``: the per-stage images/s and peak memory of DRN-C-26 at the paper's sizes.
+* ``stages``: the per-stage images/s and peak memory of DRN-C-26 at the paper's sizes;
+* ``digits-paper`` (only with ``--only digits-paper``): U→M with the paper's digit schedule.
 
 Heavy files (the repository, the stream videos) go under ``--work``; ``--out`` gets the logs,
 the results and ``summary.json`` (the machine, what was installed, each step's exit code and
@@ -64,6 +65,27 @@ STEPS = [
         120,
     ),
 ]
+# steps run only when named with --only: the paper's digit schedule on U→M (Table 3's full
+# row; the paper reports 95.6 for U→M), minutes on a GPU (USPS and MNIST from --data-root)
+OPTIONAL = [
+    (
+        "digits-paper",
+        [
+            *(sys.executable, "-m", "cycada.cli", "train", "digits", "--source", "usps"),
+            *("--target", "mnist", "--target-split", "test", "--preset", "paper"),
+            *(
+                "--data-root",
+                "{data}",
+                "--device",
+                "cuda",
+                "--quiet",
+                "--out",
+                "{work}/digits-paper",
+            ),
+        ],
+        590,
+    ),
+]
 RESULTS = ("*.json", "*.md", "*.csv")  # what a step's work folder gives back
 
 
@@ -112,15 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="heavy files (default: a temporary folder)")
     parser.add_argument("--only", action="append", help="run only these steps")
     parser.add_argument("--pytest-args", default="", help="more pytest arguments, e.g. -k name")
+    parser.add_argument("--data-root", default=os.environ.get("CYCADA_DATA", "../shared/data"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="cycada-gpu-check-"))
     summary = {"machine": machine(), "steps": {}}
     failed = False
-    for name, command, limit in STEPS:
-        if args.only and name not in args.only:
+    wanted = args.only or [name for name, _, _ in STEPS]  # optional steps only when named
+    for name, command, limit in STEPS + OPTIONAL:
+        if name not in wanted:
             continue
-        command = [part.replace("{work}", str(work)) for part in command]
+        command = [
+            part.replace("{work}", str(work)).replace("{data}", args.data_root) for part in command
+        ]
         if name == "pytest":
             command += shlex.split(args.pytest_args)
         started = time.perf_counter()
