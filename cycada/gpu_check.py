@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:  # the end of its log, where the reason is
             print("\n".join(log_path.read_text(errors="replace").splitlines()[-25:]), flush=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 1 if failed else 0
 
