@@ -494,6 +494,23 @@ def test_bench_video_compares_the_video_with_the_served_throughput(repository, t
     assert frame_count(tmp_path / "video.mp4") == 16
 
 
+def test_bench_streams_runs_live_streams_at_their_camera_rate_every_frame_in_order(
+    server, tmp_path
+):
+    """`cycada bench streams`: two `segment-video --realtime` processes at once against a
+    running server; each keeps its 10 fps camera's pace and writes every frame once, in order."""
+    from cycada.benchmarks.streams import main as bench_streams
+
+    args = ["--url", server.grpc_url, "--streams", "2", "--fps", "10", "--frames", "12"]
+    assert bench_streams([*args, "--size", "128x64", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "streams.json").read_text())
+    assert result["every_frame_in_order"] and len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert row["frames"] == 12
+        assert 6.0 <= row["fps"] <= 11.5  # paced: 12 frames over at least 1.1 s, never faster
+    assert frame_count(tmp_path / "stream1.mp4") == 12
+
+
 def test_demo_smoke_runs_every_step(tmp_path):
     done = cycada("demo", "--smoke", "--out", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr[-2000:]
