@@ -16,32 +16,14 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing
-import os
 import tempfile
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from cycada.bench_results import write_results
 from cycada.sizes import image_size
-
-
-def write_dashcam_clip(path: Path, frames: int, width: int, height: int, fps: float) -> Path:
-    """A synthetic drive rendered at half size and scaled up (rendering at full size would take
-    longer than the benchmark), written beside and renamed."""
-    from cycada.training.segmentation.scenes import render_clip_frames
-
-    partial = path.with_name(f".{path.stem}.partial.mp4")
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    try:
-        for image, _ in render_clip_frames(0, frames, width // 2, height // 2, "camera"):
-            frame = cv2.resize(image[..., ::-1], (width, height), interpolation=cv2.INTER_LINEAR)
-            writer.write(np.ascontiguousarray(frame))
-    finally:
-        writer.release()
-    os.replace(partial, path)
-    return path
+from cycada.training.segmentation.scene_writer import write_clip
 
 
 def frames_in_order(csv_path: Path, frames: int) -> bool:
@@ -105,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     width, height = args.size
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        clip = args.clip or write_dashcam_clip(
-            Path(scratch) / "dashcam.mp4", args.frames, width, height, args.fps
+        # rendered at half size and scaled up: at full size rendering takes longer than the run
+        clip = args.clip or write_clip(
+            Path(scratch) / "dashcam.mp4", args.frames, width, height, fps=args.fps, render_scale=2
         )
         capture = cv2.VideoCapture(str(clip))
         frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
