@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from cycada.atomic import atomic_path
+from cycada.clients.interrupt import DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, RequestRefused, ordered_map
 from cycada.errors import DataError
 from cycada.grpc_security import GrpcSecurity
@@ -175,24 +176,31 @@ def translate_dir(
             return refused
 
     try:
-        for (relative, _), result in ordered_map(readable(), translate, window):
-            if isinstance(result, RequestRefused):
-                summary.failed.append(f"{relative}: {result}")
+        with DeferredInterrupt() as interrupt:  # Ctrl-C lands between images, never in a write
+            interrupt.cancel_on_interrupt(client.cancel)
+            poll = interrupt.check
+            for (relative, _), result in ordered_map(readable(), translate, window, poll=poll):
+                interrupt.check()
+                _save(result, relative, dst, labels, link_labels, summary)
                 if bar is not None:
                     bar.update()
-                continue
-            _write_image(dst / "images" / relative, result["translated"][0], summary.translated)
-            summary.translated += 1
-            if labels is not None:
-                _copy_label(labels, relative, dst, link_labels, summary)
-            if bar is not None:
-                bar.update()
     finally:
         summary.seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
         client.close()
     return summary
+
+
+def _save(result, relative: Path, dst: Path, labels, link_labels: bool, summary) -> None:
+    """One image's translation (and its label) into DST, or its refusal into the summary."""
+    if isinstance(result, RequestRefused):
+        summary.failed.append(f"{relative}: {result}")
+        return
+    _write_image(dst / "images" / relative, result["translated"][0], summary.translated)
+    summary.translated += 1
+    if labels is not None:
+        _copy_label(labels, relative, dst, link_labels, summary)
 
 
 def _copy_label(labels: Path, relative: Path, dst: Path, link: bool, summary) -> None:

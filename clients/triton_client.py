@@ -17,12 +17,15 @@ from __future__ import annotations
 import collections
 import itertools
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
+from cycada.clients.interrupt import POLL_SECONDS
 from cycada.clients.model_signature import ModelSignature
 from cycada.clients.shared_memory import SharedMemoryRegions
 from cycada.errors import ConfigError, InputError, ServingError
@@ -31,6 +34,7 @@ from cycada.grpc_security import GrpcSecurity
 LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
 MAX_BACKOFF = 2.0  # seconds between retries, at most
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+UNLOADING = ("has no available versions", "Request for unknown model")  # Triton's words
 
 
 class RequestRefused(ServingError, InputError):
@@ -40,11 +44,20 @@ class RequestRefused(ServingError, InputError):
 
 
 def retryable(exc: Exception) -> bool:
-    """A lost, restarting or overloaded server (or a timeout): worth sending again."""
-    if "protocol is restricted" in str(exc):  # a missing or wrong secret: retrying cannot help
+    """A lost, restarting or overloaded server (or a timeout): worth sending again.
+
+    A model that is unknown or has no available versions counts too: the client found it ready
+    when it connected, so the server is unloading it (a graceful shutdown or a reload).
+    """
+    message = str(exc)
+    if "protocol is restricted" in message:  # a missing or wrong secret: retrying cannot help
         return False
     status = str(getattr(exc, "status", lambda: "")() or "")
-    return any(code in status for code in RETRYABLE) or "failed to connect" in str(exc).lower()
+    return (
+        any(code in status for code in RETRYABLE)
+        or "failed to connect" in message.lower()
+        or any(sign in message for sign in UNLOADING)
+    )
 
 
 class ModelClient:
@@ -76,6 +89,7 @@ class ModelClient:
         self._next = itertools.count()
         self.shared_memory = shared_memory
         self.regions = SharedMemoryRegions(self.headers)
+        self._cancelled = threading.Event()
         # the most recent requests only: a camera stream runs for days
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.wait_ready(timeout)
@@ -165,7 +179,12 @@ class ModelClient:
                         f"{now - first_failure:.0f} s: {message}"
                     ) from None
                 pause = min(MAX_BACKOFF, self.backoff * 2**attempt)
-                time.sleep(random.uniform(0.5, 1.0) * pause)  # jitter: clients do not stampede
+                # jitter, so clients do not stampede; cancel() ends the wait at once
+                if self._cancelled.wait(random.uniform(0.5, 1.0) * pause):
+                    raise ServingError(
+                        f"request to '{self.model}' cancelled while waiting for the server "
+                        f"({message})"
+                    ) from None
                 attempt += 1
 
     def request(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -186,6 +205,11 @@ class ModelClient:
         """
         return ordered_map(items, lambda item: self.request(make_inputs(item), outputs), window)
 
+    def cancel(self) -> None:
+        """Stop waiting out a lost server: requests between retries fail at once (Ctrl-C
+        must not wait for the retry window)."""
+        self._cancelled.set()
+
     def close(self) -> None:
         self.regions.close()
         for client in self._clients:
@@ -199,26 +223,39 @@ class ModelClient:
 
 
 def ordered_map(
-    items: Iterable, work: Callable[[object], object], window: int = 8
+    items: Iterable,
+    work: Callable[[object], object],
+    window: int = 8,
+    poll: Callable[[], None] | None = None,
 ) -> Iterator[tuple[object, object]]:
     """(item, work(item)) in the order of ``items``, with at most ``window`` calls running.
 
     ``work`` runs on a pool of ``window`` threads: blocking gRPC calls and OpenCV release the
     GIL, so preparing inputs (resizing, JPEG encoding) overlaps across items instead of
     serialising on the caller's thread. An error ``work`` raises surfaces, in order, as that
-    item's result; the calls not yet started are then cancelled.
+    item's result; the calls not yet started are then cancelled. With ``poll``, a result is
+    awaited in short waits with ``poll()`` between them (a deferred Ctrl-C raises there).
     """
     pending: collections.deque[tuple[object, Future]] = collections.deque()
+
+    def result(future: Future):
+        while poll is not None:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except FutureTimeout:
+                poll()
+        return future.result()
+
     with ThreadPoolExecutor(max_workers=window) as pool:
         try:
             for item in items:
                 pending.append((item, pool.submit(work, item)))
                 while len(pending) >= window:
                     done_item, future = pending.popleft()
-                    yield done_item, future.result()
+                    yield done_item, result(future)
             while pending:
                 done_item, future = pending.popleft()
-                yield done_item, future.result()
+                yield done_item, result(future)
         finally:
             for _, future in pending:
                 future.cancel()

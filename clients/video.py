@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from cycada.atomic import write_json_atomic
+from cycada.clients.interrupt import POLL_SECONDS, DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, ServingError
 from cycada.grpc_security import GrpcSecurity
@@ -142,6 +143,20 @@ def _read_frames(
 
 def _queued(source: queue.Queue) -> Iterator:
     while (item := source.get()) is not _END:
+        yield item
+
+
+def _polled(source: queue.Queue, check: Callable[[], None]) -> Iterator:
+    """The items of ``source`` up to ``_END``, waiting in short polls with ``check()`` between
+    them (a deferred Ctrl-C raises there, never inside the queue's locks)."""
+    while True:
+        try:
+            item = source.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            check()
+            continue
+        if item is _END:
+            return
         yield item
 
 
@@ -307,17 +322,23 @@ class _Writer:
         self.video.write(frame)
         self.written += 1
 
-    def put(self, item) -> None:
+    def put(self, item, check: Callable[[], None]) -> None:
+        """Queue one frame for composing and encoding; ``check()`` runs while the queue is
+        full (a deferred Ctrl-C raises there)."""
         if self.error is not None:  # stop sending frames as soon as writing fails
             raise self.error
         index = item[0]
         composed = self.pool.submit(self._compose, *item)
         while self.thread.is_alive():
             try:
-                self.queue.put((index, composed), timeout=0.1)
+                self.queue.put((index, composed), timeout=POLL_SECONDS)
                 return
             except queue.Full:
-                continue
+                try:
+                    check()
+                except KeyboardInterrupt:
+                    composed.cancel()
+                    raise
         composed.cancel()
         if self.error is not None:
             raise self.error
@@ -450,7 +471,8 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        return _segment_video(source, out, options)
+        with DeferredInterrupt() as interrupt:
+            return _segment_video(source, out, options, interrupt)
     finally:
         cv2.setNumThreads(threads)
 
@@ -470,7 +492,37 @@ def _progress_bar(options: VideoOptions, total: int | None, start: int):
     return tqdm(total=total, initial=start, unit="frame", desc="segment-video", dynamic_ncols=True)
 
 
-def _segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary:
+def _frame_requests(
+    client: ModelClient, translator: ModelClient | None, options: VideoOptions
+) -> Callable:
+    """The work of one frame on the request threads (frames overlap in the window): its
+    labels and, with a translator, its translation."""
+
+    def work(item):
+        index, frame = item
+        request, small = _model_input(frame, options)
+        labels = client.request(request, ["labels"])["labels"][0]
+        translated = None
+        if translator is not None:
+            rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+            translated = translator.request({"images": rgb[None]}, ["translated"])
+            translated = translated["translated"][0]
+        return labels, translated
+
+    return work
+
+
+def _stop_reader(reader: threading.Thread, stop: threading.Event, frames: queue.Queue) -> None:
+    stop.set()
+    while reader.is_alive():  # unblock the reader if it waits on a full queue
+        with contextlib.suppress(queue.Empty):
+            frames.get_nowait()
+        reader.join(timeout=0.1)
+
+
+def _segment_video(
+    source: str, out: Path, options: VideoOptions, interrupt: DeferredInterrupt
+) -> VideoSummary:
     _check_options(out, options)
     capture = open_source(source)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -499,22 +551,16 @@ def _segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummar
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
 
-    def work(item):  # on the request threads: a frame's requests; frames overlap in the window
-        index, frame = item
-        request, small = _model_input(frame, options)
-        labels = client.request(request, ["labels"])["labels"][0]
-        translated = None
-        if translator is not None:
-            rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-            translated = translator.request({"images": rgb[None]}, ["translated"])
-            translated = translated["translated"][0]
-        return labels, translated
-
+    check = interrupt.check
+    for model in (client, translator):
+        if model is not None:
+            interrupt.cancel_on_interrupt(model.cancel)
+    work = _frame_requests(client, translator, options)
+    results = ordered_map(_polled(frames, check), work, options.window, poll=check)
     try:
-        for (index, frame), (labels, translated) in ordered_map(
-            _queued(frames), work, options.window
-        ):
-            writer.put((index, frame, labels, translated))
+        for (index, frame), (labels, translated) in results:
+            check()
+            writer.put((index, frame, labels, translated), check)
             if bar is not None:
                 bar.update()
     except KeyboardInterrupt:
@@ -524,11 +570,11 @@ def _segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummar
         summary.stopped = str(exc)
         raise
     finally:
-        stop.set()
-        while reader.is_alive():  # unblock the reader if it waits on a full queue
-            with contextlib.suppress(queue.Empty):
-                frames.get_nowait()
-            reader.join(timeout=0.1)
+        for model in (client, translator):  # requests waiting out a lost server end now
+            if model is not None:
+                model.cancel()
+        results.close()
+        _stop_reader(reader, stop, frames)
         capture.release()
         try:
             writer.close()

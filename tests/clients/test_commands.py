@@ -208,6 +208,30 @@ def test_server_killed_mid_video_leaves_a_playable_partial_output(repository, tm
     assert f"{written} frames written" in stderr  # the summary, logged on the way out
 
 
+def test_interrupt_while_the_server_is_down_ends_at_once_with_a_playable_output(
+    repository, tmp_path
+):
+    own = start(repository)
+    process = None
+    try:
+        process, out, _ = video_until(
+            tmp_path, own.grpc_url, 10, ["--window", "2", "--retry-window", "120"]
+        )
+        own.stop()  # requests now wait out the lost server for up to two minutes
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        waited = time.monotonic() - interrupted
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+        own.stop()
+    assert process.returncode == 130, stderr
+    assert waited < 15, f"Ctrl-C took {waited:.0f} s to end segment-video"
+    assert 10 <= frame_count(out) < 400 and "interrupted" in stderr
+
+
 def test_interrupt_keeps_a_playable_partial_output(server, tmp_path):
     process, out, _ = video_until(tmp_path, server.grpc_url, 5)
     try:
