@@ -15,6 +15,7 @@ from cycada.grpc_security import (
     is_loopback,
     security_from_args,
 )
+from cycada.serving.supervisor import RestartPolicy
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -78,6 +79,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="restarts allowed within any minute before giving up (default 5)",
     )
     parser.add_argument(
+        "--restart-pause",
+        type=float,
+        default=RestartPolicy.first_pause,
+        metavar="SECONDS",
+        help="pause before the first restart; it doubles with each quick restart, up to "
+        f"{RestartPolicy.max_pause:g} s (default {RestartPolicy.first_pause:g})",
+    )
+    parser.add_argument(
         "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
     )
     parser.set_defaults(handler=run)
@@ -90,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(server_status(args.status, security=security))
         return 0
+    if args.restart_pause < 0:
+        raise ConfigError(f"--restart-pause {args.restart_pause:g}: expected seconds, 0 or more")
     secret = ""
     if args.auth_secret_file:
         try:
@@ -99,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if not secret:
             raise ConfigError(f"--auth-secret-file {args.auth_secret_file} is empty")
     from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
-    from cycada.serving.supervisor import RestartPolicy, supervise
+    from cycada.serving.supervisor import supervise
 
     options = ServerOptions(
         args.repository,
@@ -152,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"serving: gRPC {server.grpc_url}  HTTP {server.http_url}  (Ctrl-C stops)", flush=True
         )
-        policy = RestartPolicy(enabled=not args.no_restart, max_per_minute=args.max_restarts)
+        policy = RestartPolicy(
+            enabled=not args.no_restart,
+            max_per_minute=args.max_restarts,
+            first_pause=args.restart_pause,
+        )
         supervise(server, policy, args.ready_timeout, lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("stopping tritonserver...", file=sys.stderr, flush=True)

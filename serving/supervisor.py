@@ -57,7 +57,7 @@ def supervise(
         if now - running_since >= STABLE_SECONDS:
             pause = policy.first_pause
         log(
-            f"tritonserver exited with code {code} ({errors}); restarting it in {pause:.0f} s "
+            f"tritonserver exited with code {code} ({errors}); restarting it in {pause:g} s "
             f"on the same ports (restart {len(restarts) + 1} of at most "
             f"{policy.max_per_minute} a minute)"
         )

@@ -327,7 +327,7 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
     bench = bench_input("segment", 16, 16)
     loads = []  # the bench's closed loop runs across the kill and waits the restart out
     load = threading.Thread(
-        target=lambda: loads.append(run_load(url, "segment", bench.array, 2, 25.0, 1.0))
+        target=lambda: loads.append(run_load(url, "segment", bench.array, 2, 12.0, 1.0))
     )
     try:
         first = _tritonserver_of(process.pid)
@@ -408,7 +408,7 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
 
     repository = shutil.copytree(repository, tmp_path / "repo")
     clip = write_clip(tmp_path / "clip.mp4", 200, 96, 48, seed=4)
-    process, grpc_port = _serve(repository)
+    process, grpc_port = _serve(repository, "--restart-pause", "0.25")  # 0.25, 0.5, ... 4 s
     try:
 
         def segment(name, kills=0):

@@ -9,8 +9,12 @@ from pathlib import Path
 from cycada.sizes import image_size
 from cycada.training.core.cli_options import SHARED_DATA_KEYS, add_run_options, given_overrides
 from cycada.training.core.presets import DEFAULT_DATA_ROOT
-from cycada.training.segmentation.config import SEG_STAGES, SegRunConfig, resolve_seg_config
-from cycada.training.segmentation.data import SEG_DATASETS
+from cycada.training.segmentation.config import (
+    SEG_DATASETS,
+    SEG_STAGES,
+    SegRunConfig,
+    resolve_seg_config,
+)
 
 EXAMPLE_TRAIN = (
     "cycada train seg --source gta5 --target cityscapes --model drn26 --preset paper "

@@ -10,6 +10,18 @@ from cycada.errors import ConfigError
 from cycada.training.core.pixel_config import PixelConfig
 from cycada.training.core.presets import PRESET_DIR
 
+# the data sets a run can name (the readers are in data.py, which imports torch: the command
+# line reads these names without it)
+SEG_DATASETS = [
+    "camvid",
+    "cityscapes",
+    "folder:IMAGES:LABELS[:MAPPING]",
+    "gta5",
+    "synthia",
+    "synthia-seqs:SEASON",
+]
+UNLABELLED_DATASETS = ["folder:IMAGES", "video:PATH"]
+
 SEG_STAGES = ("source", "pixel", "translate", "target", "feature")
 # segmenter training iterations of the paper's schedules (appendix A.1.2 and reference code)
 PAPER_ITERATIONS = {"drn26": 115000, "fcn8s": 100000}

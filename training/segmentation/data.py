@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from cycada.errors import DataError
 from cycada.training.segmentation import label_spaces as ls
+from cycada.training.segmentation.config import SEG_DATASETS
 from cycada.training.segmentation.transforms import SegTransform
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -372,14 +373,3 @@ def is_unlabelled_domain(name: str) -> bool:
         return True
     parts = name.split(":")
     return parts[0] == "folder" and (len(parts) == 2 or (len(parts) == 3 and not parts[2]))
-
-
-SEG_DATASETS = [
-    "camvid",
-    "cityscapes",
-    "folder:IMAGES:LABELS[:MAPPING]",
-    "gta5",
-    "synthia",
-    "synthia-seqs:SEASON",
-]
-UNLABELLED_DATASETS = ["folder:IMAGES", "video:PATH"]
