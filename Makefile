@@ -28,15 +28,20 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cycada demo --out runs/demo
 
+# Two pytest-xdist workers, one module per worker at a time (module fixtures: one server, one
+# trained run), and one intra-op thread per process: two-thread torch processes on two cores
+# only spin against each other (BENCHMARKS.md, "make test").
+TEST_PARALLEL ?= -n 2 --dist loadfile
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(TEST_PARALLEL)
 
 # the unit tier: no training end to end, no tritonserver (a couple of minutes)
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow and not server"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(TEST_PARALLEL) -m "not slow and not server"
 
 # Every GPU-only test and benchmark (served DRN-C-26 with the compiled package vs every engine in
 # process, eight live video streams, the GPU tests, DRN-C-26 stage speeds): about 10 minutes,

@@ -15,11 +15,19 @@ def data_root() -> Path:
     return data_path()
 
 
+def _session_root(tmp_path_factory) -> Path:
+    """The folder every process of this test run shares: the base temporary folder, or with
+    pytest-xdist (``make test`` runs two workers) the folder above the workers' own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(autouse=True, scope="session")
 def graph_cache(tmp_path_factory) -> Path:
-    """One ONNX graph cache for the whole test session (commands started by tests inherit it):
-    the first export of given weights traces, later exports of the same weights copy."""
-    folder = tmp_path_factory.mktemp("graph-cache")
+    """One ONNX graph cache for the whole test run, shared by the workers (commands started by
+    tests inherit it): the first export of given weights traces, later exports copy."""
+    folder = _session_root(tmp_path_factory) / "graph-cache"
+    folder.mkdir(exist_ok=True)
     os.environ["CYCADA_CACHE_DIR"] = str(folder)
     return folder
 
@@ -28,13 +36,20 @@ def graph_cache(tmp_path_factory) -> Path:
 def exported_repository(tmp_path_factory) -> Path:
     """One export (ONNX fp32 + fp16, parity checked) of seeded random weights: Fast-SCNN and two
     ResNet-6 generators. The modules that serve a repository copy it (`served_copy`), so the
-    export runs once per test session, not once per module."""
+    export runs once per test run, whichever worker asks first (the others wait for it)."""
+    from filelock import FileLock
+
     from cycada.benchmarks.served import random_run
     from cycada.export.exporter import ExportOptions, export_run
 
-    run = random_run("fastscnn", tmp_path_factory.mktemp("exported_run"), generators="resnet6")
-    repo = tmp_path_factory.mktemp("exported_repository")
-    report = export_run(run, repo, ExportOptions(), log=lambda _: None)
-    assert all(row.ok for row in report.rows)
-    assert {row.variant for row in report.rows} == {"onnx-fp32", "onnx-fp16"}
+    root = _session_root(tmp_path_factory)
+    repo, done = root / "exported_repository", root / "exported_repository.done"
+    with FileLock(str(root / "exported_repository.lock")):
+        if not done.exists():
+            (root / "exported_run").mkdir(exist_ok=True)
+            run = random_run("fastscnn", root / "exported_run", generators="resnet6")
+            report = export_run(run, repo, ExportOptions(), log=lambda _: None)
+            assert all(row.ok for row in report.rows)
+            assert {row.variant for row in report.rows} == {"onnx-fp32", "onnx-fp16"}
+            done.touch()
     return repo

@@ -5,6 +5,8 @@ one another."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,38 @@ def served_copy(exported: Path, folder: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(exported, folder / "repository"))
+
+
+def cycada(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """``cycada ARGS`` in a child process, as a user runs it (output captured as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cycada.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def frame_count(path: Path) -> int:
+    """Frames OpenCV decodes from the video at ``path`` (0 when it cannot open it)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    return count
+
+
+def jpeg_with_orientation(jpeg, orientation: int):
+    """The JPEG with an EXIF block (big-endian TIFF, one IFD entry: Orientation)."""
+    tiff = b"MM\x00*\x00\x00\x00\x08" + (1).to_bytes(2, "big")
+    tiff += (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big")
+    tiff += orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
+    app1 = b"Exif\x00\x00" + tiff
+    segment = b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
+    data = jpeg.tobytes()
+    import numpy as np
+
+    return np.frombuffer(data[:2] + segment + data[2:], np.uint8)

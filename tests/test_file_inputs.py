@@ -7,19 +7,14 @@ traceback, and nothing already written damaged (the run folder or repository as 
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.helpers import cycada
+
 pytestmark = pytest.mark.slow
-
-
-def cycada(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cycada.cli", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:

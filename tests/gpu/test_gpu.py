@@ -73,14 +73,14 @@ def test_nvjpeg_decoder_agrees_with_the_cpu_path_on_grey_and_rotated_jpegs():
     import numpy as np
 
     from cycada.serving.engines import CudaFrameDecoder, FrameDecoder
-    from tests.serving.test_batching import _with_orientation
+    from tests.helpers import jpeg_with_orientation
 
     rows, cols = np.mgrid[0:48, 0:80]  # smooth: decoders differ by rounding, not by detail
     colour = np.stack([rows * 5, cols * 3, (rows + cols) * 2], -1).astype(np.uint8)
     grey = cv2.imencode(".jpg", colour[..., 0])[1].reshape(-1)
     plain = cv2.imencode(".jpg", colour)[1].reshape(-1)
     gpu, cpu = CudaFrameDecoder(torch.device("cuda")), FrameDecoder()
-    for data in (grey, _with_orientation(plain, 6), plain):
+    for data in (grey, jpeg_with_orientation(plain, 6), plain):
         expected = cpu.decode(data)
         got = gpu.decode(data).cpu().numpy()
         assert got.shape == expected.shape

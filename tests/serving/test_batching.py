@@ -14,6 +14,7 @@ from cycada.serving.batching import (
     encoded_size,
     run_grouped,
 )
+from tests.helpers import jpeg_with_orientation
 
 
 @pytest.mark.parametrize(
@@ -153,17 +154,6 @@ def test_a_decoder_fault_is_the_servers_not_the_clients():
     assert "decoder failed: CUDA out of memory" in checked.error and not checked.bad_input
 
 
-def _with_orientation(jpeg: np.ndarray, orientation: int) -> np.ndarray:
-    """The JPEG with an EXIF block (big-endian TIFF, one IFD entry: Orientation)."""
-    tiff = b"MM\x00*\x00\x00\x00\x08" + (1).to_bytes(2, "big")
-    tiff += (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big")
-    tiff += orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
-    app1 = b"Exif\x00\x00" + tiff
-    segment = b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
-    data = jpeg.tobytes()
-    return np.frombuffer(data[:2] + segment + data[2:], np.uint8)
-
-
 def test_gpu_decoder_agrees_with_the_cpu_path_on_grey_and_rotated_jpegs():
     """nvJPEG is replaced by a stand-in with its contract (one channel for a grey JPEG, EXIF
     ignored): the decoder must give three channels, and route rotated JPEGs to OpenCV."""
@@ -183,7 +173,7 @@ def test_gpu_decoder_agrees_with_the_cpu_path_on_grey_and_rotated_jpegs():
     image = decoder.decode(grey)
     assert tuple(image.shape) == (24, 40, 3) and calls == ["RGB"]
     assert (image[..., 0] == image[..., 2]).all()
-    rotated = _with_orientation(_jpeg(24, 40), 6)
+    rotated = jpeg_with_orientation(_jpeg(24, 40), 6)
     assert exif_orientation(rotated.tobytes()) == 6 and exif_orientation(grey.tobytes()) == 1
     expected = FrameDecoder().decode(rotated)
     assert expected.shape == (40, 24, 3)  # OpenCV applies the rotation
