@@ -239,12 +239,13 @@ def ordered_map(
     pending: collections.deque[tuple[object, Future]] = collections.deque()
 
     def result(future: Future):
-        while poll is not None:
+        if poll is None:
+            return future.result()
+        while True:
             try:
                 return future.result(timeout=POLL_SECONDS)
             except FutureTimeout:
                 poll()
-        return future.result()
 
     with ThreadPoolExecutor(max_workers=window) as pool:
         try:

@@ -134,12 +134,12 @@ def frame_count(path: Path) -> int:
 
 def jpeg_with_orientation(jpeg, orientation: int):
     """The JPEG with an EXIF block (big-endian TIFF, one IFD entry: Orientation)."""
+    import numpy as np
+
     tiff = b"MM\x00*\x00\x00\x00\x08" + (1).to_bytes(2, "big")
     tiff += (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big")
     tiff += orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
     app1 = b"Exif\x00\x00" + tiff
     segment = b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
     data = jpeg.tobytes()
-    import numpy as np
-
     return np.frombuffer(data[:2] + segment + data[2:], np.uint8)
