@@ -159,6 +159,19 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# A preset's per-shift block: ``shifts: {"mnist->usps": {source: {epochs: 60}}}`` applies on
+# top of the preset when the run's source and target domains are that pair, and below the user's
+# YAML and flags. The reference code tunes each shift the same way (one script per shift).
+SHIFTS_KEY = "shifts"
+
+
+def shift_name(data: dict[str, Any]) -> str:
+    """``"<source>-><target>"`` of a merged config mapping ("" when either is unset)."""
+    section = data.get("data") or {}
+    source, target = section.get("source"), section.get("target")
+    return f"{source}->{target}" if source and target else ""
+
+
 def resolve(
     cls: type[T],
     preset_dir: Path,
@@ -170,15 +183,26 @@ def resolve(
     defaults: dict[str, Any] | None = None,
 ) -> T:
     """Defaults ← ``defaults`` (a command's own, e.g. $CYCADA_DATA) ← preset YAML
-    (``<task>-<preset>.yaml``) ← user YAML ← overrides ← ``--set``. A run's ``config.yaml``
-    given as the user YAML therefore repeats that run, whatever the command's defaults."""
+    (``<task>-<preset>.yaml``) ← the preset's block for the run's shift ← user YAML ← overrides
+    ← ``--set``. A run's ``config.yaml`` given as the user YAML therefore repeats that run,
+    whatever the command's defaults."""
     preset_path = preset_dir / f"{task}-{preset}.yaml"
     if not preset_path.is_file():
         names = sorted(p.stem.split("-", 1)[1] for p in preset_dir.glob(f"{task}-*.yaml"))
         raise ConfigError(f"unknown preset '{preset}' (valid: {', '.join(names)})")
-    data = merge(defaults or {}, load_yaml(preset_path))
-    if config_file:
-        data = merge(data, load_yaml(config_file))
-    data = merge(data, overrides or {})
-    data = merge(data, parse_set_flags(sets or []))
+    preset_data = load_yaml(preset_path)
+    shifts = preset_data.pop(SHIFTS_KEY, {}) or {}
+    if not isinstance(shifts, dict):
+        raise ConfigError(f"preset {preset_path.name}: '{SHIFTS_KEY}' must map 'source->target'")
+    later = [load_yaml(config_file)] if config_file else []
+    later += [overrides or {}, parse_set_flags(sets or [])]
+    data = merge(defaults or {}, preset_data)
+    provisional = data
+    for layer in later:
+        provisional = merge(provisional, layer)
+    shift = shift_name(provisional)
+    if shift in shifts:
+        data = merge(data, shifts[shift])
+    for layer in later:
+        data = merge(data, layer)
     return build(cls, data)

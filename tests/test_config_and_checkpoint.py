@@ -44,6 +44,55 @@ def test_segmentation_paper_schedules_follow_the_model(tmp_path):
     assert resolve_seg_config("paper", config_file=str(path)) == fcn
 
 
+def test_quick_preset_shift_block_applies_to_its_shift_only(tmp_path):
+    from cycada import configs
+
+    m2u = {"data": {"source": "mnist", "target": "usps"}}
+    # M→U trains f_S and f_T longer (BENCHMARKS.md); U→M keeps the preset's 20 / 10 epochs
+    assert (lambda c: (c.source.epochs, c.target.epochs))(
+        resolve_digits_config("quick", overrides=m2u)
+    ) == (60, 40)
+    u2m = resolve_digits_config("quick")
+    assert (u2m.data.source, u2m.source.epochs, u2m.target.epochs) == ("usps", 20, 10)
+    # the user's YAML and --set still win over the shift block
+    assert (
+        resolve_digits_config("quick", sets=["source.epochs=5"], overrides=m2u).source.epochs == 5
+    )
+    user = tmp_path / "user.yaml"
+    user.write_text("target:\n  epochs: 3\n")
+    from_file = resolve_digits_config("quick", config_file=str(user), overrides=m2u)
+    assert (from_file.source.epochs, from_file.target.epochs) == (60, 3)
+    # a shift chosen in the user's YAML selects the block too
+    user.write_text("data:\n  source: mnist\n  target: usps\n")
+    assert resolve_digits_config("quick", config_file=str(user)).source.epochs == 60
+    # the run's config.yaml records what applied and repeats the run
+    ran = tmp_path / "config.yaml"
+    ran.write_text(configs.to_yaml(resolve_digits_config("quick", overrides=m2u)))
+    assert "epochs: 60" in ran.read_text()
+    again = resolve_digits_config("quick", config_file=str(ran))
+    assert again == resolve_digits_config("quick", overrides=m2u)
+
+
+def test_every_preset_shift_block_is_a_valid_config():
+    """A misspelt key in a shift block must fail here, not in the one run that selects it."""
+    from cycada import configs
+    from cycada.training.core.presets import PRESET_DIR, preset_names
+    from cycada.training.segmentation.config import resolve_seg_config
+
+    resolvers = {"digits": resolve_digits_config, "seg": resolve_seg_config}
+    checked = 0
+    for task, resolve in resolvers.items():
+        for name in preset_names(task):
+            shifts = configs.load_yaml(PRESET_DIR / f"{task}-{name}.yaml").get("shifts", {})
+            for shift, block in shifts.items():
+                source, target = shift.split("->")
+                config = resolve(name, overrides={"data": {"source": source, "target": target}})
+                resolved = configs.to_dict(config)  # every key built, every value applied
+                assert configs.merge(resolved, block) == resolved
+                checked += 1
+    assert checked >= 1
+
+
 def test_cyclegan_linear_decay():
     from cycada.training.core.pixel_adaptation import linear_decay
 
