@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
@@ -197,12 +198,6 @@ def resolve(
     later = [load_yaml(config_file)] if config_file else []
     later += [overrides or {}, parse_set_flags(sets or [])]
     data = merge(defaults or {}, preset_data)
-    provisional = data
-    for layer in later:
-        provisional = merge(provisional, layer)
-    shift = shift_name(provisional)
-    if shift in shifts:
-        data = merge(data, shifts[shift])
-    for layer in later:
-        data = merge(data, layer)
-    return build(cls, data)
+    # the shift is the one the run ends with, whichever layer names its domains
+    data = merge(data, shifts.get(shift_name(functools.reduce(merge, later, data)), {}))
+    return build(cls, functools.reduce(merge, later, data))
