@@ -1,5 +1,6 @@
 import bz2
 import gzip
+import re
 import struct
 
 import cv2
@@ -148,3 +149,30 @@ def test_synthetic_digits_are_deterministic_and_balanced():
     assert not np.array_equal(images, other)
     assert np.bincount(labels).tolist() == [5] * 10
     assert images.std() > 20  # colour, backgrounds and strokes vary
+
+
+@pytest.mark.data
+def test_split_slices_cut_disjoint_parts_of_a_real_split():
+    root = data_path("mnist").parent
+    whole = load_digits("mnist", "test", root)
+    first = load_digits("mnist", "test[:50%]", root)
+    rest = load_digits("mnist", "test[50%:]", root)
+    assert (len(first), len(rest)) == (5000, 5000)
+    assert first.split == "test[:50%]"  # results name the part they were measured on
+    assert np.array_equal(np.concatenate([first.images, rest.images]), whole.images)
+    counted = load_digits("usps", "test[100:300]", data_path("usps").parent)
+    assert len(counted) == 200
+
+
+@pytest.mark.parametrize(
+    "split,message",
+    [
+        ("train[:150%]", "'150%' is not a count or a percentage"),
+        ("train[a:]", "'a' is not a count"),
+        ("train[5", "is not SPLIT or SPLIT[START:STOP]"),
+        ("train[900:100]", "the slice is empty"),
+    ],
+)
+def test_bad_split_slices_are_clear_errors(split, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_digits("synth", split, "unused", synthetic_size=200)

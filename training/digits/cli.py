@@ -18,7 +18,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         source_help=f"labelled source domain (default usps): {', '.join(DIGIT_DATASETS)}",
         target_help="target domain (default mnist), labels never used (same names; folder:PATH "
         "of images without class subfolders is unlabelled)",
-        eval_split_help="evaluation split of both domains (default test)",
+        eval_split_help="evaluation split of both domains (default test). Digit splits take "
+        "a slice, SPLIT[START:STOP] in counts or percentages: --target-split 'test[:50%%]' "
+        "--eval-split 'test[50%%:]' evaluates on images the adaptation never saw",
         eval_set_help="a labelled domain to measure the target side on (default: the target "
         "itself; an unlabelled folder target without it gets label-free signals only)",
         preset_help="paper: appendix A.1.1 schedule; quick: minutes on a CPU",

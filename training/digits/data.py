@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -282,10 +283,73 @@ _LOADERS: dict[str, Callable[[Path, str], DigitSet]] = {
 DIGIT_DATASETS = sorted([*_LOADERS, "synth", "folder:PATH"])
 
 
+_SLICE = re.compile(r"^(?P<split>[^\[\]]+)\[(?P<start>[^:\]]*):(?P<stop>[^:\]]*)\]$")
+_BOUND = re.compile(r"^(?P<value>\d+)(?P<percent>%?)$")
+
+
+def parse_split(split: str) -> tuple[str, str, str]:
+    """``"test[:50%]"`` → ("test", "", "50%"); a plain split name → (split, "", "").
+
+    The slice notation of TensorFlow Datasets: image counts or percentages of the split, so
+    that one split can be cut in disjoint parts, e.g. ``test[:50%]`` as the unlabelled target
+    and ``test[50%:]`` to evaluate on images the adaptation never saw.
+    """
+    match = _SLICE.match(split)
+    if match is None:
+        if "[" in split or "]" in split:
+            raise DataError(
+                f"split '{split}' is not SPLIT or SPLIT[START:STOP] "
+                "(counts or percentages, e.g. test[:50%], train[1000:])"
+            )
+        return split, "", ""
+    for bound in (match["start"], match["stop"]):
+        if bound and (
+            _BOUND.match(bound) is None or (bound.endswith("%") and int(bound[:-1]) > 100)
+        ):
+            raise DataError(
+                f"split '{split}': slice bound '{bound}' is not a count or a percentage 0-100%"
+            )
+    return match["split"], match["start"], match["stop"]
+
+
+def _resolve_bound(bound: str, length: int, default: int) -> int:
+    if not bound:
+        return default
+    if bound.endswith("%"):
+        return round(length * int(bound[:-1]) / 100)
+    return min(int(bound), length)
+
+
+def slice_split(digits: DigitSet, split: str, start: str, stop: str) -> DigitSet:
+    """The part ``[start:stop]`` of a loaded split, named by the full ``split`` string."""
+    if not start and not stop:
+        return digits
+    first = _resolve_bound(start, len(digits), 0)
+    last = _resolve_bound(stop, len(digits), len(digits))
+    if first >= last:
+        raise DataError(
+            f"{digits.name}/{split}: the slice is empty ({digits.name}/{digits.split} has "
+            f"{len(digits)} images)"
+        )
+    return DigitSet(
+        digits.name, split, digits.images[first:last], digits.labels[first:last], digits.class_names
+    )
+
+
 def load_digits(
     name: str, split: str, data_root: str | Path, synthetic_size: int = 25000, seed: int = 0
 ) -> DigitSet:
-    """Load split ``split`` of the digit domain ``name`` (see :data:`DIGIT_DATASETS`)."""
+    """Load split ``split`` of the digit domain ``name`` (see :data:`DIGIT_DATASETS`).
+
+    ``split`` may carry a slice, ``SPLIT[START:STOP]`` (see :func:`parse_split`).
+    """
+    base, start, stop = parse_split(split)
+    return slice_split(_load_whole(name, base, data_root, synthetic_size, seed), split, start, stop)
+
+
+def _load_whole(
+    name: str, split: str, data_root: str | Path, synthetic_size: int, seed: int
+) -> DigitSet:
     root = Path(data_root)
     if name.startswith("folder:"):
         return load_image_folder(Path(name[len("folder:") :]).expanduser(), split)
