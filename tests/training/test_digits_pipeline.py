@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from cycada.checkpoint import load_state, read_header
 from cycada.training.digits.ablation import run_ablation
@@ -82,6 +84,21 @@ def test_stages_one_at_a_time_repeat_the_full_run_exactly(tmp_path, folder_domai
     for stage in metrics["stages"]:
         for domain in ("source", "target"):
             assert metrics["stages"][stage][domain] == whole["stages"][stage][domain]
+
+
+def test_feature_stage_can_take_f_s_as_the_source_side_network(tmp_path, folder_domain, full_run):
+    """feature.reference=source: D_feat reads f_S(G(x_s)) (Eq. 5 literally), not the stage-3
+    network's; only the feature stage reruns and its f_T differs from the default run's."""
+    from safetensors.torch import load_file
+
+    finished, _ = full_run
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    config = tiny_digits_config(folder_domain, "feature.reference=source")
+    metrics = run_digits(config, tmp_path, stages=["feature"], restart=True, quiet=True)
+    assert metrics["stages"]["feature"]["reference"] == "source"
+    default = load_file(finished / "checkpoints" / "feature.safetensors")
+    changed = load_file(tmp_path / "checkpoints" / "feature.safetensors")
+    assert any(not torch.equal(default[key], changed[key]) for key in default)
 
 
 def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):

@@ -76,6 +76,10 @@ class FeatureStageConfig:
     gate_window: int = 1  # batches over which the discriminator accuracy is averaged
     generator_weight: float = 1.0  # appendix: generator and discriminator losses weighted equally
     task_weight: float = 1.0  # L_task(f_T, G(X_S), Y_S) of Eq. 6; 0 = pure feature GAN
+    # the frozen network whose representation of (translated) source D_feat learns as "source":
+    # target_init: f_T as the target stage left it (the reference code's ADDA step);
+    # source: f_S itself, Eq. 5's f_S(G_S→T(X_S)) read literally. Same network without pixel.
+    reference: Literal["target_init", "source"] = "target_init"
 
 
 @dataclass(frozen=True)

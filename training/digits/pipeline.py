@@ -219,7 +219,8 @@ class DigitsPipeline(StagedPipeline):
                     else:
                         source_images = run.source_train.images
                     before = (previous_stage(self.plan, stage), task_tgt)
-                    task_tgt, summary = train_feature(run, task_tgt, source_images)
+                    reference = task_src if run.config.feature.reference == "source" else None
+                    task_tgt, summary = train_feature(run, task_tgt, source_images, reference)
                     self.run.save_stage(stage, {"task_tgt": task_tgt}, summary)
                     results = run.evaluate(task_tgt, stage, previous=before)
                     self._record(stage, results, started, summary)

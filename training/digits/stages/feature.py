@@ -1,7 +1,9 @@
 """Stage 4: feature-level adaptation of f_T, paper Eq. 5 (with the task loss of Eq. 6).
 
 D_feat learns to tell the representation of (translated) source images under a frozen copy of
-the stage-3 network from f_T's representation of real target images. f_T is updated with the
+the stage-3 network (``feature.reference: target_init``, the reference code's ADDA step) or of
+f_S (``source``, Eq. 5's f_S(G_S→T(X_S)) read literally) from f_T's representation of real
+target images. f_T is updated with the
 inverted domain label only while D_feat's accuracy over the last ``gate_window`` batches is
 above ``gate_threshold`` (appendix A.1: 60%, last batch for digits). If a whole epoch passes
 without such an update the stage stops: "no suitable discriminator".
@@ -127,14 +129,18 @@ class FeatureAdaptation(nn.Module):
 
 
 def train_feature(
-    run: DigitsRun, task_init: DigitTaskNet, source_images: torch.Tensor
+    run: DigitsRun,
+    task_init: DigitTaskNet,
+    source_images: torch.Tensor,
+    reference: DigitTaskNet | None = None,
 ) -> tuple[DigitTaskNet, dict]:
-    """Adapt a copy of ``task_init``; ``source_images`` are G_S→T(X_S) (or X_S without pixel)."""
+    """Adapt a copy of ``task_init``; ``source_images`` are G_S→T(X_S) (or X_S without pixel).
+
+    D_feat's source side is a frozen copy of ``reference`` (default: ``task_init``)."""
     cfg = run.config.feature
     generator = run.generator("feature")
-    adaptation = FeatureAdaptation(cfg, copy.deepcopy(task_init), copy.deepcopy(task_init)).to(
-        run.device
-    )
+    frozen = copy.deepcopy(reference if reference is not None else task_init)
+    adaptation = FeatureAdaptation(cfg, copy.deepcopy(task_init), frozen).to(run.device)
     x_src = source_images.to(run.device)
     y_src = run.source_train.labels.to(run.device)
     x_tgt = run.target_train.images.to(run.device)
@@ -178,5 +184,6 @@ def train_feature(
         "stop_reason": stop_reason,
         "generator_updates": updates_total,
         "disc_input": cfg.disc_input,
+        "reference": cfg.reference,
     }
     return adaptation.task_tgt, summary
