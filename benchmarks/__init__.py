@@ -12,6 +12,10 @@ BENCHMARKS = {
     "streams": ("cycada.benchmarks.streams", "N live segment-video streams at once: fps, p99"),
     "segmenters": ("cycada.benchmarks.segmenters", "segmenter inference: eager vs ORT"),
     "pixel-stage": ("cycada.benchmarks.pixel_stage", "pixel-stage steps/s, with/without L_sem"),
+    "translation-fidelity": (
+        "cycada.benchmarks.translation_fidelity",
+        "digit translations read by a target-trained classifier",
+    ),
     "seg-stages": ("cycada.benchmarks.seg_stages", "each segmentation stage's step time"),
     "extract": ("cycada.benchmarks.extract", "video frame extraction vs a decode loop"),
     "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),

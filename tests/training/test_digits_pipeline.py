@@ -101,6 +101,23 @@ def test_feature_stage_can_take_f_s_as_the_source_side_network(tmp_path, folder_
     assert any(not torch.equal(default[key], changed[key]) for key in default)
 
 
+def test_translation_fidelity_bench_reads_a_finished_run(tmp_path, folder_domain, full_run):
+    from cycada.benchmarks import translation_fidelity
+    from cycada.errors import DataError
+
+    finished, _ = full_run
+    argv = [str(finished), "--dataset", folder_domain, "--split", "train", "--epochs", "1"]
+    assert translation_fidelity.main([*argv, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "translation_fidelity.json").read_text())
+    row = results["runs"][str(finished)]
+    assert 0 <= row["reader_on_translations"] <= 100 and 0 <= row["f_s_on_translations"] <= 100
+    assert results["source"] == "synth/train"
+    no_translations = tmp_path / "source_only"
+    shutil.copytree(finished / "checkpoints", no_translations / "checkpoints")
+    with pytest.raises(DataError, match="has no translated source set"):
+        translation_fidelity.main([str(no_translations), *argv[1:]])
+
+
 def test_stage_without_its_inputs_is_a_clear_error(tmp_path, folder_domain):
     from cycada.errors import CheckpointError
 

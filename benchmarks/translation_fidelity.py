@@ -1,0 +1,118 @@
+"""How well a digits run's G_S→T translations read as their source labels in the target style.
+
+    cycada bench translation-fidelity runs/u2m/no_feat runs/u2m/full --dataset mnist --split test
+
+A classifier of the run's own architecture is trained on a labelled target split (the
+"target supervised" model: it reads target-style digits, and only those, well); it then reads
+each run's translated source set (``RUN/translated/source_train.npz``) and the raw source set.
+Accuracy on the translations against the source labels says how often G_S→T produced a
+target-style image of the right class; the raw-source figure is what no translation at all
+gets. f_S's accuracy on the translations is what the semantic loss (Eq. 4) asks to keep.
+
+A diagnostic that reads target labels: never use it to choose settings you then report on the
+same target images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cycada.bench_results import write_results
+from cycada.checkpoint import load_modules, read_header
+from cycada.errors import CheckpointError, DataError
+from cycada.training.core.transforms import fit_images, to_unit_range
+from cycada.training.digits.data import load_digits
+from cycada.training.digits.networks import DigitTaskNet, build_task_net
+
+
+def train_classifier(
+    model: str, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int
+) -> DigitTaskNet:
+    """Adam 1e-3, batch 128: the target-supervised reader."""
+    torch.manual_seed(seed)
+    net = build_task_net(model, 10)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    order = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        for index in torch.randperm(len(images), generator=order).split(128):
+            loss = torch.nn.functional.cross_entropy(net(images[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def accuracy(net: DigitTaskNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    net.eval()
+    predicted = torch.cat([net(batch).argmax(1) for batch in images.split(1000)])
+    return round(100.0 * float((predicted == labels).float().mean()), 2)
+
+
+def read_translations(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    path = run_dir / "translated" / "source_train.npz"
+    if not path.is_file():
+        raise DataError(
+            f"{run_dir} has no translated source set ({path}); pass a run (or ablation row) "
+            "folder whose target stage has run"
+        )
+    with np.load(path) as stored:
+        return to_unit_range(stored["images"]), torch.as_tensor(stored["labels"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run or ablation-row folders")
+    parser.add_argument("--dataset", default="mnist", help="labelled target domain to learn")
+    parser.add_argument("--split", default="test", help="its labelled split (default test)")
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write translation_fidelity.json here")
+    args = parser.parse_args(argv)
+    config, meta = read_header(args.runs[0] / "checkpoints" / "source.safetensors")
+    model, channels, size = meta["model"], meta["image_channels"], meta["image_size"]
+
+    data = config["data"]
+
+    def prepared(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        digits = load_digits(name, split, args.data_root, data["synthetic_size"], config["seed"])
+        digits = digits.head(data["max_samples"])  # the source set the run translated
+        return fit_images(to_unit_range(digits.images), channels, size), torch.as_tensor(
+            digits.labels
+        )
+
+    target_images, target_labels = prepared(args.dataset, args.split)
+    reader = train_classifier(model, target_images, target_labels, args.epochs, args.seed)
+    raw_images, raw_labels = prepared(data["source"], data["source_split"])
+    results: dict = {
+        "reader": f"{model} trained {args.epochs} epochs on {args.dataset}/{args.split}",
+        "reader_on_its_training_set": accuracy(reader, target_images, target_labels),
+        "reader_on_raw_source": accuracy(reader, raw_images, raw_labels),
+        "source": f"{data['source']}/{data['source_split']}",
+        "runs": {},
+    }
+    for run_dir in args.runs:
+        run_config, run_meta = read_header(run_dir / "checkpoints" / "source.safetensors")
+        if run_meta["model"] != model or run_config["data"]["source"] != data["source"]:
+            raise CheckpointError(f"{run_dir}: another model or source than {args.runs[0]}")
+        images, labels = read_translations(run_dir)
+        task_src = build_task_net(model, 10)
+        load_modules(run_dir / "checkpoints" / "source.safetensors", {"task_src": task_src})
+        results["runs"][str(run_dir)] = {
+            "reader_on_translations": accuracy(reader, images, labels),
+            "f_s_on_translations": accuracy(task_src, images, labels),
+        }
+    print(json.dumps(results, indent=1))
+    write_results(args.out, "translation_fidelity", results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
