@@ -284,7 +284,7 @@ DIGIT_DATASETS = sorted([*_LOADERS, "synth", "folder:PATH"])
 
 
 _SLICE = re.compile(r"^(?P<split>[^\[\]]+)\[(?P<start>[^:\]]*):(?P<stop>[^:\]]*)\]$")
-_BOUND = re.compile(r"^(?P<value>\d+)(?P<percent>%?)$")
+_BOUND = re.compile(r"^\d+%?$")
 
 
 def parse_split(split: str) -> tuple[str, str, str]:

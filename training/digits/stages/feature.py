@@ -3,10 +3,10 @@
 D_feat learns to tell the representation of (translated) source images under a frozen copy of
 the stage-3 network (``feature.reference: target_init``, the reference code's ADDA step) or of
 f_S (``source``, Eq. 5's f_S(G_S→T(X_S)) read literally) from f_T's representation of real
-target images. f_T is updated with the
-inverted domain label only while D_feat's accuracy over the last ``gate_window`` batches is
-above ``gate_threshold`` (appendix A.1: 60%, last batch for digits). If a whole epoch passes
-without such an update the stage stops: "no suitable discriminator".
+target images. f_T is updated with the inverted domain label only while D_feat's accuracy over
+the last ``gate_window`` batches is above ``gate_threshold`` (appendix A.1: 60%, last batch for
+digits). If a whole epoch passes without such an update the stage stops: "no suitable
+discriminator".
 """
 
 from __future__ import annotations
