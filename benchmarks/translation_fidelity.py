@@ -7,7 +7,9 @@ A classifier of the run's own architecture is trained on a labelled target split
 each run's translated source set (``RUN/translated/source_train.npz``) and the raw source set.
 Accuracy on the translations against the source labels says how often G_S→T produced a
 target-style image of the right class; the raw-source figure is what no translation at all
-gets. f_S's accuracy on the translations is what the semantic loss (Eq. 4) asks to keep.
+gets. f_S's accuracy on the translations is what the semantic loss (Eq. 4) asks to keep; the
+stage-3 f_T's accuracy and confidence on the translations against on the target images show
+how far what it learnt from the translations carries to real target images.
 
 A diagnostic that reads target labels: never use it to choose settings you then report on the
 same target images.
@@ -49,10 +51,19 @@ def train_classifier(
 
 
 @torch.no_grad()
-def accuracy(net: DigitTaskNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+def probabilities(net: DigitTaskNet, images: torch.Tensor) -> torch.Tensor:
     net.eval()
-    predicted = torch.cat([net(batch).argmax(1) for batch in images.split(1000)])
+    return torch.cat([net(batch).softmax(1) for batch in images.split(1000)])
+
+
+def accuracy(net: DigitTaskNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    predicted = probabilities(net, images).argmax(1)
     return round(100.0 * float((predicted == labels).float().mean()), 2)
+
+
+def confidence(net: DigitTaskNet, images: torch.Tensor) -> float:
+    """Mean top-class probability, in %."""
+    return round(100.0 * float(probabilities(net, images).max(1).values.mean()), 2)
 
 
 def read_translations(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,10 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = read_translations(run_dir)
         task_src = build_task_net(model, 10)
         load_modules(run_dir / "checkpoints" / "source.safetensors", {"task_src": task_src})
-        results["runs"][str(run_dir)] = {
+        row = {
             "reader_on_translations": accuracy(reader, images, labels),
             "f_s_on_translations": accuracy(task_src, images, labels),
         }
+        target_checkpoint = run_dir / "checkpoints" / "target.safetensors"
+        if target_checkpoint.is_file():  # what f_T took from the translations it trained on
+            task_tgt = build_task_net(model, 10)
+            load_modules(target_checkpoint, {"task_tgt": task_tgt})
+            row |= {
+                "f_t_on_translations": accuracy(task_tgt, images, labels),
+                "f_t_on_target": accuracy(task_tgt, target_images, target_labels),
+                "f_t_confidence_on_translations": confidence(task_tgt, images),
+                "f_t_confidence_on_target": confidence(task_tgt, target_images),
+            }
+        results["runs"][str(run_dir)] = row
     print(json.dumps(results, indent=1))
     write_results(args.out, "translation_fidelity", results)
     return 0

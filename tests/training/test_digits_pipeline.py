@@ -111,6 +111,9 @@ def test_translation_fidelity_bench_reads_a_finished_run(tmp_path, folder_domain
     results = json.loads((tmp_path / "translation_fidelity.json").read_text())
     row = results["runs"][str(finished)]
     assert 0 <= row["reader_on_translations"] <= 100 and 0 <= row["f_s_on_translations"] <= 100
+    # f_T read on the target images the reader learnt from: the run's own pixel-only accuracy
+    pixel_only = full_run[1]["stages"]["target"]["target"]["accuracy"]
+    assert row["f_t_on_target"] == pytest.approx(100 * pixel_only, abs=0.01)
     assert results["source"] == "synth/train"
     no_translations = tmp_path / "source_only"
     shutil.copytree(finished / "checkpoints", no_translations / "checkpoints")
