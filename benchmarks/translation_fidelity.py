@@ -89,19 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config, meta = read_header(args.runs[0] / "checkpoints" / "source.safetensors")
     model, channels, size = meta["model"], meta["image_channels"], meta["image_size"]
-
     data = config["data"]
 
-    def prepared(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepared(name: str, split: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         digits = load_digits(name, split, args.data_root, data["synthetic_size"], config["seed"])
-        digits = digits.head(data["max_samples"])  # the source set the run translated
-        return fit_images(to_unit_range(digits.images), channels, size), torch.as_tensor(
-            digits.labels
-        )
+        digits = digits.head(limit)
+        images = fit_images(to_unit_range(digits.images), channels, size)
+        return images, torch.as_tensor(digits.labels)
 
     target_images, target_labels = prepared(args.dataset, args.split)
     reader = train_classifier(model, target_images, target_labels, args.epochs, args.seed)
-    raw_images, raw_labels = prepared(data["source"], data["source_split"])
+    # the source set exactly as the run loaded (and translated) it
+    raw_images, raw_labels = prepared(data["source"], data["source_split"], data["max_samples"])
     results: dict = {
         "reader": f"{model} trained {args.epochs} epochs on {args.dataset}/{args.split}",
         "reader_on_its_training_set": accuracy(reader, target_images, target_labels),

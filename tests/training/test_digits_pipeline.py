@@ -96,9 +96,10 @@ def test_feature_stage_can_take_f_s_as_the_source_side_network(tmp_path, folder_
     config = tiny_digits_config(folder_domain, "feature.reference=source")
     metrics = run_digits(config, tmp_path, stages=["feature"], restart=True, quiet=True)
     assert metrics["stages"]["feature"]["reference"] == "source"
-    default = load_file(finished / "checkpoints" / "feature.safetensors")
-    changed = load_file(tmp_path / "checkpoints" / "feature.safetensors")
-    assert any(not torch.equal(default[key], changed[key]) for key in default)
+    for stage, same in (("target", True), ("feature", False)):
+        default = load_file(finished / "checkpoints" / f"{stage}.safetensors")
+        changed = load_file(tmp_path / "checkpoints" / f"{stage}.safetensors")
+        assert all(torch.equal(default[key], changed[key]) for key in default) == same, stage
 
 
 def test_translation_fidelity_bench_reads_a_finished_run(tmp_path, folder_domain, full_run):
