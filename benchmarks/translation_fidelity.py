@@ -27,8 +27,10 @@ import torch
 from cycada.bench_results import write_results
 from cycada.checkpoint import load_modules, read_header
 from cycada.errors import CheckpointError, DataError
+from cycada.training.core.batches import epoch_batches
 from cycada.training.core.transforms import fit_images, to_unit_range
 from cycada.training.digits.data import load_digits
+from cycada.training.digits.metrics import predict
 from cycada.training.digits.networks import DigitTaskNet, build_task_net
 
 
@@ -42,7 +44,7 @@ def train_classifier(
     order = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):
-        for index in torch.randperm(len(images), generator=order).split(128):
+        for index in epoch_batches(len(images), 128, order, drop_last=False):
             loss = torch.nn.functional.cross_entropy(net(images[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -57,8 +59,8 @@ def probabilities(net: DigitTaskNet, images: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(net: DigitTaskNet, images: torch.Tensor, labels: torch.Tensor) -> float:
-    predicted = probabilities(net, images).argmax(1)
-    return round(100.0 * float((predicted == labels).float().mean()), 2)
+    predicted = predict(net, images, 1000, torch.device("cpu"))
+    return round(100.0 * float((predicted == labels.numpy()).mean()), 2)
 
 
 def confidence(net: DigitTaskNet, images: torch.Tensor) -> float:
