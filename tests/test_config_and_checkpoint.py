@@ -44,6 +44,13 @@ def test_segmentation_paper_schedules_follow_the_model(tmp_path):
     assert resolve_seg_config("paper", config_file=str(path)) == fcn
 
 
+def test_alongside_semantic_classifier_is_refused_for_segmentation():
+    from cycada.training.segmentation.config import resolve_seg_config
+
+    with pytest.raises(ConfigError, match="pixel.semantic_model is 'alongside'"):
+        resolve_seg_config("paper", sets=["pixel.semantic_model=alongside"])
+
+
 def test_quick_preset_shift_block_applies_to_its_shift_only(tmp_path):
     from cycada import configs
 

@@ -75,6 +75,52 @@ def test_pixel_step_lowers_the_generators_adversarial_loss_and_sharpens_the_disc
     assert disc_after < disc_before
 
 
+def test_alongside_semantic_classifier_gates_the_loss_and_learns_only_from_labelled_source():
+    """The reference code's L_sem: off while the classifier's loss is above the gate, then on;
+    the classifier moves only by its own supervised step, never by the generators' loss."""
+    x_src, x_tgt, y_src = _toy_shift()
+    cfg = dataclasses.replace(PIXEL, semantic_model="alongside", semantic_gate_loss=1.0)
+    torch.manual_seed(0)
+    pixel = PixelAdaptation(
+        cfg,
+        1,
+        build_task_net("lenet"),
+        torch.Generator(),
+        alongside_classifier=build_task_net("lenet"),
+    )
+    pixel.train()
+    assert pixel.semantic_loss is None and "semantic_classifier" in pixel.resume_state()[0]
+    losses, _ = pixel.step(x_src, x_tgt, y_src=y_src)
+    assert "semantic" not in losses  # the first step: no classifier loss yet, gate closed
+    assert losses["semantic_classifier"] == float(pixel.alongside.last_loss)
+    pixel.alongside.last_loss.fill_(0.5)  # below the gate
+    classifier = pixel.alongside.classifier
+    classifier.zero_grad(set_to_none=True)
+    fake_tgt, fake_src = pixel.gen_src2tgt(x_src), pixel.gen_tgt2src(x_tgt)
+    pixel.alongside.generator_loss(fake_tgt, y_src, fake_src, x_tgt).backward()
+    assert all(p.grad is None for p in classifier.parameters())
+    assert pixel.gen_src2tgt.model[1].weight.grad is not None
+    losses, _ = pixel.step(x_src, x_tgt, y_src=y_src)
+    assert losses["semantic"] > 0
+    with pytest.raises(ValueError, match="source labels"):
+        pixel.step(x_src, x_tgt)
+    with pytest.raises(ValueError, match="labelled source"):
+        PixelAdaptation(cfg, 1, build_task_net("lenet"), torch.Generator())
+
+
+def test_forward_gan_weight_scales_only_g_s_to_t_adversarial_term():
+    x_src, x_tgt, _ = _toy_shift()
+    cfg = dataclasses.replace(PIXEL, lambda_cycle=0.0, lambda_semantic=0.0)
+    values = {}
+    for weight in (1.0, 2.0):
+        pixel = _pixel(dataclasses.replace(cfg, forward_gan_weight=weight))
+        values[weight] = pixel._generator_losses(x_src, x_tgt)[0]["gen_gan"]
+    pixel = _pixel(cfg)
+    with torch.no_grad():
+        forward_term = pixel.gan_loss(pixel.disc_tgt(pixel.gen_src2tgt(x_src)), True).item()
+    assert values[2.0] - values[1.0] == pytest.approx(forward_term, rel=1e-4)
+
+
 def _feature(cfg: FeatureStageConfig, seed: int = 0) -> FeatureAdaptation:
     torch.manual_seed(seed)
     net = build_task_net("lenet")

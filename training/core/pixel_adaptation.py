@@ -18,7 +18,12 @@ from torch import nn
 from cycada.training.core.discriminators import build_image_discriminator
 from cycada.training.core.generators import build_generator
 from cycada.training.core.image_pool import ImagePool
-from cycada.training.core.losses import CycleLoss, GANLoss, SemanticConsistencyLoss
+from cycada.training.core.losses import (
+    AlongsideSemanticLoss,
+    CycleLoss,
+    GANLoss,
+    SemanticConsistencyLoss,
+)
 from cycada.training.core.pixel_config import PixelConfig
 from cycada.training.core.visuals import image_grid, write_png
 
@@ -41,7 +46,11 @@ class PixelAdaptation(nn.Module):
         task_src: nn.Module | None,
         generator: torch.Generator,
         amp: bool = False,
+        alongside_classifier: nn.Module | None = None,
     ):
+        """``task_src``: the frozen f_S of the semantic loss (None: no semantic loss, as when the
+        networks are built only to load weights). ``alongside_classifier``: a freshly initialised
+        task network, needed with ``semantic_model: alongside``."""
         super().__init__()
         self.cfg = cfg
         # mixed precision (CUDA only): how the semantic loss fits beside CycleGAN at 400x400
@@ -55,12 +64,21 @@ class PixelAdaptation(nn.Module):
         self.disc_tgt = build_image_discriminator(cfg.discriminator, channels, disc_width)
         self.gan_loss = GANLoss(cfg.gan_mode)
         self.cycle_loss = CycleLoss()
-        self.semantic_loss = (
-            SemanticConsistencyLoss(copy.deepcopy(task_src))
-            if task_src is not None and cfg.lambda_semantic > 0
-            else None
-        )
         betas = (cfg.beta1, cfg.beta2)
+        self.semantic_loss: SemanticConsistencyLoss | None = None
+        self.alongside: AlongsideSemanticLoss | None = None
+        # task_src None: networks built only to load weights, no semantic loss
+        if cfg.lambda_semantic > 0 and cfg.semantic_model == "alongside" and task_src is not None:
+            if alongside_classifier is None:
+                raise ValueError(
+                    "pixel.semantic_model=alongside trains a classifier on labelled source "
+                    "batches; only the digits pixel stage provides them (use 'source')"
+                )
+            self.alongside = AlongsideSemanticLoss(
+                alongside_classifier, betas=betas, gate_loss=cfg.semantic_gate_loss
+            )
+        elif cfg.lambda_semantic > 0 and task_src is not None:
+            self.semantic_loss = SemanticConsistencyLoss(copy.deepcopy(task_src))
         self.opt_gen = torch.optim.Adam(
             [*self.gen_src2tgt.parameters(), *self.gen_tgt2src.parameters()], lr=cfg.lr, betas=betas
         )
@@ -79,13 +97,27 @@ class PixelAdaptation(nn.Module):
     def networks(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in PIXEL_NETWORKS}
 
+    def resume_state(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        """What a resumed stage needs: the four networks, their optimizers and, with the
+        alongside semantic classifier, that classifier and its optimizer too."""
+        networks = self.networks()
+        optimizers = {"gen": self.opt_gen, "disc": self.opt_disc}
+        if self.alongside is not None:
+            networks["semantic_classifier"] = self.alongside
+            optimizers["semantic_classifier"] = self.alongside.optimizer
+        return networks, optimizers
+
     def step(
         self,
         x_src: torch.Tensor,
         x_tgt: torch.Tensor,
         extra_loss: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]] | None = None,
+        y_src: torch.Tensor | None = None,
     ) -> tuple[dict[str, float], torch.Tensor]:
         """One generator update, then one discriminator update. Returns losses and G_S→T(x_src).
+
+        ``y_src``: the source labels, needed (only) by the alongside semantic classifier, which
+        takes its own supervised step after the discriminators.
 
         ``extra_loss(G_S→T(x_src))`` (joint mode) adds terms of other networks to the generator
         objective before the one backward pass, so their gradients reach G_S→T too; the caller
@@ -95,7 +127,7 @@ class PixelAdaptation(nn.Module):
         # --- generators: fool D_T and D_S, reconstruct, keep f_S's labels (Eqs. 2-4)
         _set_requires_grad(discs, False)
         with autocast:
-            losses, total, fake_tgt, fake_src = self._generator_losses(x_src, x_tgt)
+            losses, total, fake_tgt, fake_src = self._generator_losses(x_src, x_tgt, y_src)
             if extra_loss is not None:
                 extra, extra_values = extra_loss(fake_tgt)
                 total = total + extra
@@ -126,17 +158,21 @@ class PixelAdaptation(nn.Module):
         self.scaler_disc.step(self.opt_disc)
         self.scaler_disc.update()
         losses.update(disc_tgt=loss_disc_tgt.item(), disc_src=loss_disc_src.item())
+        if self.alongside is not None:
+            losses["semantic_classifier"] = self.alongside.train_step(x_src, y_src)
         return losses, fake_tgt.detach()
 
-    def _generator_losses(self, x_src: torch.Tensor, x_tgt: torch.Tensor):
+    def _generator_losses(
+        self, x_src: torch.Tensor, x_tgt: torch.Tensor, y_src: torch.Tensor | None = None
+    ):
         cfg = self.cfg
         fake_tgt = self.gen_src2tgt(x_src)
         rec_src = self.gen_tgt2src(fake_tgt)
         fake_src = self.gen_tgt2src(x_tgt)
         rec_tgt = self.gen_src2tgt(fake_src)
-        loss_gan = self.gan_loss(self.disc_tgt(fake_tgt), True) + self.gan_loss(
-            self.disc_src(fake_src), True
-        )
+        loss_gan = cfg.forward_gan_weight * self.gan_loss(
+            self.disc_tgt(fake_tgt), True
+        ) + self.gan_loss(self.disc_src(fake_src), True)
         loss_cycle = self.cycle_loss(rec_src, x_src) + self.cycle_loss(rec_tgt, x_tgt)
         total = cfg.lambda_gan * loss_gan + cfg.lambda_cycle * loss_cycle
         losses = {"gen_gan": loss_gan.item(), "cycle": loss_cycle.item()}
@@ -144,6 +180,13 @@ class PixelAdaptation(nn.Module):
             loss_sem = self.semantic_loss(fake_tgt, x_src) + self.semantic_loss(fake_src, x_tgt)
             total = total + cfg.lambda_semantic * loss_sem
             losses["semantic"] = loss_sem.item()
+        if self.alongside is not None:
+            if y_src is None:
+                raise ValueError("the alongside semantic classifier needs the source labels")
+            if self.alongside.active:
+                loss_sem = self.alongside.generator_loss(fake_tgt, y_src, fake_src, x_tgt)
+                total = total + cfg.lambda_semantic * loss_sem
+                losses["semantic"] = loss_sem.item()
         if cfg.lambda_identity > 0:
             loss_idt = F.l1_loss(self.gen_src2tgt(x_tgt), x_tgt) + F.l1_loss(
                 self.gen_tgt2src(x_src), x_src

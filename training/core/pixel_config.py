@@ -32,6 +32,14 @@ class PixelConfig:
     lambda_gan: float = 1.0
     lambda_cycle: float = 1.0
     lambda_semantic: float = 1.0
+    # which classifier reads the translations for L_sem: "source", the frozen f_S (Eq. 4);
+    # "alongside", the reference code's deviation: a classifier trained from scratch on labelled
+    # source beside the generators, G_S→T's term against the true labels, both terms off while
+    # its loss is above semantic_gate_loss (digits only: it needs labelled source batches)
+    semantic_model: Literal["source", "alongside"] = "source"
+    semantic_gate_loss: float = 1.0
+    # extra factor on G_S→T's GAN term (the reference code's digit CycleGAN: 2)
+    forward_gan_weight: float = 1.0
     lambda_identity: float = 0.0
     pool_size: int = 50
     sample_every: int = 200  # steps between image grids

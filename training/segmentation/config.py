@@ -142,6 +142,11 @@ class SegRunConfig:
                 f"pixel.lr_decay_start is {self.pixel.lr_decay_start}; expected a fraction "
                 "in [0, 1]"
             )
+        if self.pixel.semantic_model != "source":
+            raise ConfigError(
+                f"pixel.semantic_model is '{self.pixel.semantic_model}'; segmentation supports "
+                "only 'source' (the frozen source segmenter of Eq. 4)"
+            )
         # 0 iterations = the paper's schedule of this model; the resolved number is recorded
         for stage in ("source", "target"):
             cfg = getattr(self, stage)

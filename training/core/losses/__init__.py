@@ -3,10 +3,11 @@
 from cycada.training.core.losses.cycle import CycleLoss
 from cycada.training.core.losses.feature_gan import FeatureGANLoss, domain_accuracy
 from cycada.training.core.losses.gan import GANLoss
-from cycada.training.core.losses.semantic import SemanticConsistencyLoss
+from cycada.training.core.losses.semantic import AlongsideSemanticLoss, SemanticConsistencyLoss
 from cycada.training.core.losses.task import TaskLoss
 
 __all__ = [
+    "AlongsideSemanticLoss",
     "CycleLoss",
     "FeatureGANLoss",
     "GANLoss",

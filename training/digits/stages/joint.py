@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from cycada.training.core.batches import EndlessBatches
 from cycada.training.core.pixel_adaptation import PixelAdaptation, write_samples
@@ -32,7 +31,9 @@ def train_joint(
 ) -> tuple[PixelAdaptation, DigitTaskNet, dict]:
     cfg = run.config
     generator = run.generator("joint")
-    pixel = PixelAdaptation(cfg.pixel, run.image_channels, task_src, generator).to(run.device)
+    alongside = run.new_task_net() if cfg.pixel.semantic_model == "alongside" else None
+    pixel = PixelAdaptation(cfg.pixel, run.image_channels, task_src, generator, False, alongside)
+    pixel = pixel.to(run.device)
     feature = FeatureAdaptation(
         cfg.feature, copy.deepcopy(task_src), copy.deepcopy(task_src), task_always=True
     ).to(run.device)
@@ -40,17 +41,9 @@ def train_joint(
     y_src = run.source_train.labels.to(run.device)
     batch = cfg.pixel.batch_size
     steps_per_epoch = max(len(x_src), len(x_tgt)) // batch or 1
-    networks: dict[str, nn.Module] = {
-        **pixel.networks(),
-        "task_tgt": feature.task_tgt,
-        "disc_feat": feature.disc_feat,
-    }
-    optimizers = {
-        "gen": pixel.opt_gen,
-        "disc": pixel.opt_disc,
-        "task": feature.opt_task,
-        "disc_feat": feature.opt_disc,
-    }
+    networks, optimizers = pixel.resume_state()
+    networks.update(task_tgt=feature.task_tgt, disc_feat=feature.disc_feat)
+    optimizers.update(task=feature.opt_task, disc_feat=feature.opt_disc)
     resume = run.stage_resume("joint", networks, optimizers, generator)
     start_epoch, extra = resume.restore()
     updates = int(extra.get("generator_updates", 0))
@@ -69,7 +62,7 @@ def train_joint(
                 values = joint_step(pixel, feature, x_src[index], y_src[index], x_t, weight)
                 losses = {}
             else:
-                losses, fake_tgt = pixel.step(x_src[index], x_t)
+                losses, fake_tgt = pixel.step(x_src[index], x_t, y_src=y_src[index])
                 values = feature.step(fake_tgt, y_src[index], x_t)
             updates += int(values["updated"])
             step += 1
@@ -116,6 +109,6 @@ def joint_step(
             values["gen_source_side"] = source_side.item()
         return loss, values
 
-    losses, fake_tgt = pixel.step(x_src, x_tgt, extra_loss=task_side)
+    losses, fake_tgt = pixel.step(x_src, x_tgt, extra_loss=task_side, y_src=y_src)
     feature.opt_task.step()
     return {**losses, **feature.update_discriminator(fake_tgt, x_tgt)}

@@ -22,19 +22,17 @@ def pixel_domains(run: DigitsRun) -> tuple[torch.Tensor, torch.Tensor]:
 def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
     cfg = run.config.pixel
     generator = run.generator("pixel")
-    pixel = PixelAdaptation(cfg, run.image_channels, task_src, generator).to(run.device)
+    alongside = run.new_task_net() if cfg.semantic_model == "alongside" else None
+    pixel = PixelAdaptation(cfg, run.image_channels, task_src, generator, False, alongside)
+    pixel = pixel.to(run.device)
     x_src, x_tgt = pixel_domains(run)
+    y_src = run.source_train.labels.to(run.device)
     steps_per_epoch = max(len(x_src), len(x_tgt)) // cfg.batch_size or 1
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     epochs = -(-total // steps_per_epoch)
-    resume = run.stage_resume(
-        "pixel",
-        pixel.networks(),
-        {"gen": pixel.opt_gen, "disc": pixel.opt_disc},
-        generator,
-    )
+    resume = run.stage_resume("pixel", *pixel.resume_state(), generator)
     start_epoch, _ = resume.restore()
     if start_epoch:
         run.log.info(f"pixel: resuming at epoch {start_epoch + 1}/{epochs}")
@@ -49,7 +47,8 @@ def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
             if step >= total:
                 break
             pixel.set_lr(linear_decay(cfg.lr, step, total, cfg.lr_decay_start))
-            losses, _ = pixel.step(x_src[next(src_batches)], x_tgt[next(tgt_batches)])
+            index = next(src_batches)
+            losses, _ = pixel.step(x_src[index], x_tgt[next(tgt_batches)], y_src=y_src[index])
             step += 1
             bar.update()
             if step % 10 == 0:
