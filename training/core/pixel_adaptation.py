@@ -2,7 +2,8 @@
 
 Both generators and both image discriminators are trained as in CycleGAN (GAN losses both
 ways, image pool, cycle L1 both ways, optional identity loss), plus the semantic consistency
-loss with the frozen source model f_S. One explicit step: generators first, then discriminators.
+loss with the frozen source model f_S (or, as an option on digits, the reference code's classifier
+trained alongside). One explicit step: generators first, then discriminators.
 """
 
 from __future__ import annotations
