@@ -23,7 +23,7 @@ from cycada.training.core.pixel_adaptation import PixelAdaptation, write_samples
 from cycada.training.digits.networks import DigitTaskNet
 from cycada.training.digits.run import DigitsRun
 from cycada.training.digits.stages.feature import FeatureAdaptation
-from cycada.training.digits.stages.pixel import pixel_domains
+from cycada.training.digits.stages.pixel import build_pixel_adaptation, pixel_domains
 
 
 def train_joint(
@@ -31,9 +31,7 @@ def train_joint(
 ) -> tuple[PixelAdaptation, DigitTaskNet, dict]:
     cfg = run.config
     generator = run.generator("joint")
-    alongside = run.new_task_net() if cfg.pixel.semantic_model == "alongside" else None
-    pixel = PixelAdaptation(cfg.pixel, run.image_channels, task_src, generator, False, alongside)
-    pixel = pixel.to(run.device)
+    pixel = build_pixel_adaptation(run, task_src, generator)
     feature = FeatureAdaptation(
         cfg.feature, copy.deepcopy(task_src), copy.deepcopy(task_src), task_always=True
     ).to(run.device)

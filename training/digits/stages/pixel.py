@@ -19,12 +19,21 @@ def pixel_domains(run: DigitsRun) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def build_pixel_adaptation(
+    run: DigitsRun, task_src: nn.Module, generator: torch.Generator
+) -> PixelAdaptation:
+    """The pixel networks to train, with a fresh task network for the alongside semantic
+    classifier when the config asks for one (staged and joint modes alike)."""
+    cfg = run.config.pixel
+    alongside = run.new_task_net() if cfg.semantic_model == "alongside" else None
+    pixel = PixelAdaptation(cfg, run.image_channels, task_src, generator, False, alongside)
+    return pixel.to(run.device)
+
+
 def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
     cfg = run.config.pixel
     generator = run.generator("pixel")
-    alongside = run.new_task_net() if cfg.semantic_model == "alongside" else None
-    pixel = PixelAdaptation(cfg, run.image_channels, task_src, generator, False, alongside)
-    pixel = pixel.to(run.device)
+    pixel = build_pixel_adaptation(run, task_src, generator)
     x_src, x_tgt = pixel_domains(run)
     y_src = run.source_train.labels.to(run.device)
     steps_per_epoch = max(len(x_src), len(x_tgt)) // cfg.batch_size or 1
