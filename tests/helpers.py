@@ -4,6 +4,7 @@ one another."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -143,3 +144,23 @@ def jpeg_with_orientation(jpeg, orientation: int):
     segment = b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
     data = jpeg.tobytes()
     return np.frombuffer(data[:2] + segment + data[2:], np.uint8)
+
+
+NEWER_PIXEL_OPTIONS = ("semantic_model", "semantic_gate_loss", "forward_gan_weight")
+
+
+def as_an_older_cycada_wrote_it(path, change=None) -> None:
+    """Rewrite a checkpoint's header as a cycada without the newest pixel options wrote it: its
+    config lacks them and its fingerprint is another one (its version's hash)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    config, meta = json.loads(metadata["config"]), json.loads(metadata["meta"])
+    for key in NEWER_PIXEL_OPTIONS:
+        del config["pixel"][key]
+    config["pixel"].update(change or {})
+    meta["fingerprint"] = "0123456789abcdef"
+    metadata.update(config=json.dumps(config), meta=json.dumps(meta))
+    save_file(load_file(str(path)), str(path), metadata=metadata)

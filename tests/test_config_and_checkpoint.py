@@ -201,3 +201,30 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
         save_modules(path, {"net": torch.nn.Linear(2, 2)}, {}, {"stage": "source"})
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     load_modules(path, {"net": torch.nn.Linear(2, 2)})
+
+
+def test_resume_state_of_an_older_version_is_taken_only_when_its_config_still_matches(tmp_path):
+    """A resume state records the run config beside its fingerprint; a state whose fingerprint
+    differs is restored only when the run accepts that config (an older cycada's, same values)."""
+    from cycada.training.core.resume import StageResume
+
+    path = tmp_path / "pixel.resume.pt"
+    net = torch.nn.Linear(2, 2)
+    config = {"pixel": {"lambda_cycle": 1.0}}
+    StageResume(path, {"net": net}, {}, torch.Generator(), "old", config=config).save(3)
+    assert load_state(path)["config"] == config
+
+    def resume(accepts):
+        return StageResume(
+            path, {"net": torch.nn.Linear(2, 2)}, {}, torch.Generator(), "new", accepts=accepts
+        )
+
+    seen = []
+    start, _ = resume(
+        lambda fingerprint, recorded: seen.append((fingerprint, recorded)) or True
+    ).restore()
+    assert start == 3 and seen == [("old", config)]
+    with pytest.raises(CheckpointError, match="different config"):
+        resume(lambda fingerprint, recorded: False).restore()
+    with pytest.raises(CheckpointError, match="different config"):
+        resume(None).restore()

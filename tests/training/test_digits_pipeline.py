@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from cycada.checkpoint import load_state, read_header
+from cycada.errors import CheckpointError
 from cycada.training.digits.ablation import run_ablation
 from cycada.training.digits.config import resolve_digits_config
 from cycada.training.digits.pipeline import run_digits
 from cycada.training.digits.synthetic import render_synthetic_digits
-from tests.helpers import TINY_DIGITS, tiny_digits_config
+from tests.helpers import TINY_DIGITS, as_an_older_cycada_wrote_it, tiny_digits_config
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +101,30 @@ def test_feature_stage_can_take_f_s_as_the_source_side_network(tmp_path, folder_
         default = load_file(finished / "checkpoints" / f"{stage}.safetensors")
         changed = load_file(tmp_path / "checkpoints" / f"{stage}.safetensors")
         assert all(torch.equal(default[key], changed[key]) for key in default) == same, stage
+
+
+def test_finished_stages_of_an_older_version_are_reused_after_an_upgrade(
+    tmp_path, folder_domain, full_run
+):
+    """Options added since a run finished, left at their defaults, do not make its finished
+    stages stale: nothing trains again. A value that differs still refuses the checkpoint."""
+    finished, whole = full_run
+    shutil.copytree(finished, tmp_path / "old", dirs_exist_ok=True)
+    checkpoints = tmp_path / "old" / "checkpoints"
+    for stage in ("source", "pixel", "target", "feature"):
+        as_an_older_cycada_wrote_it(checkpoints / f"{stage}.safetensors")
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    config = tiny_digits_config(folder_domain)
+    metrics = run_digits(config, tmp_path / "old", stages=["feature"], quiet=True)
+    assert metrics["stages"]["feature"]["target"] == whole["stages"]["feature"]["target"]
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # none retrained
+    assert "feature: finished output found" in (tmp_path / "old" / "log.txt").read_text()
+    # the older run used another cycle weight: its pixel stage is not this config's
+    shutil.copytree(finished, tmp_path / "other", dirs_exist_ok=True)
+    pixel = tmp_path / "other" / "checkpoints" / "pixel.safetensors"
+    as_an_older_cycada_wrote_it(pixel, {"lambda_cycle": 5.0})
+    with pytest.raises(CheckpointError, match="made with a different config"):
+        run_digits(config, tmp_path / "other", stages=["target"], restart=False, quiet=True)
 
 
 def test_translation_fidelity_bench_reads_a_finished_run(tmp_path, folder_domain, full_run):

@@ -13,7 +13,7 @@ from cycada.training.segmentation.eval import evaluate_seg_checkpoint
 from cycada.training.segmentation.label_spaces import CITYSCAPES19
 from cycada.training.segmentation.pipeline import run_seg
 from cycada.training.segmentation.scene_writer import write_scene_dataset
-from tests.helpers import TINY_SEG
+from tests.helpers import TINY_SEG, as_an_older_cycada_wrote_it
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +75,15 @@ def test_full_seg_run(tmp_path, scenes):
     assert (tmp_path / "log.txt").read_text().count("finished output found") == 5
     run_seg(config, tmp_path, stages=["feature"], quiet=True)  # one stage of a finished run
     assert (tmp_path / "log.txt").read_text().count("finished output found") == 10
+    # as an older cycada left it (no newer pixel options, other fingerprints, a manifest without
+    # its config): after the upgrade every stage still counts as finished, nothing retrains
+    for stage in ("source", "pixel", "target", "feature"):
+        as_an_older_cycada_wrote_it(tmp_path / "checkpoints" / f"{stage}.safetensors")
+    del manifest["config"]
+    manifest.update(fingerprint="0123456789abcdef")
+    (tmp_path / "translated" / "dataset.json").write_text(json.dumps(manifest))
+    assert run_seg(config, tmp_path, quiet=True)["final"] == metrics["final"]
+    assert (tmp_path / "log.txt").read_text().count("finished output found") == 15
 
     out = tmp_path / "eval-cli"
     line = evaluate_seg_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,25 @@ class StageResume:
         optimizers: dict[str, torch.optim.Optimizer],
         generator: torch.Generator,
         fingerprint: str,
+        config: dict[str, Any] | None = None,
+        accepts: Callable[[str | None, dict[str, Any] | None], bool] | None = None,
     ):
+        """``config``: the run config, saved beside the state; ``accepts(fingerprint, config)``
+        decides whether a saved state whose fingerprint differs is still this run's (an older
+        cycada's state); without it only an equal fingerprint is."""
         self.path, self.modules, self.optimizers = path, modules, optimizers
         self.generator, self.fingerprint = generator, fingerprint
+        self.config, self.accepts = config, accepts
 
     def restore(self) -> tuple[int, dict[str, Any]]:
         """Load the saved state if there is one; returns (next epoch, extra counters)."""
         if not self.path.exists():
             return 0, {}
         state = load_state(self.path)
-        if state.get("fingerprint") != self.fingerprint:
+        recorded = state.get("fingerprint")
+        if recorded != self.fingerprint and not (
+            self.accepts is not None and self.accepts(recorded, state.get("config"))
+        ):
             raise CheckpointError(
                 f"{self.path} is an unfinished stage of a run with a different config; use a new "
                 "--out, or --restart to discard it"
@@ -53,6 +63,7 @@ class StageResume:
             {
                 "epoch": next_epoch,
                 "fingerprint": self.fingerprint,
+                "config": self.config,
                 "modules": {n: m.state_dict() for n, m in self.modules.items()},
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "generator": self.generator.get_state(),

@@ -1,7 +1,10 @@
 """Where a run keeps its stages: finished checkpoints and resume states under ``OUT/checkpoints``.
 
 Each finished checkpoint carries the fingerprint of the configs its stage depends on, so a run
-folder never silently mixes stages trained with different settings.
+folder never silently mixes stages trained with different settings. It also carries the whole run
+config that made it, so a newer cycada (whose fingerprints cover options it has added since)
+still recognises a finished stage as its own when the only differences are those new options,
+left at their defaults: upgrading never makes a user train a finished stage again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 from cycada import configs
 from cycada.atomic import write_atomic
 from cycada.checkpoint import load_modules, read_header, save_modules
-from cycada.errors import CheckpointError
+from cycada.errors import CheckpointError, ConfigError
 from cycada.training.core.resume import StageResume
 
 
@@ -32,8 +35,29 @@ class StageStore(abc.ABC):
     stage_cache: Path | None = None
 
     @abc.abstractmethod
-    def stage_fingerprint(self, stage: str) -> str:
-        """Hash of the configs the result of ``stage`` depends on."""
+    def stage_fingerprint(self, stage: str, config: Any = None) -> str:
+        """Hash of the configs the result of ``stage`` depends on (``config``: another run
+        config of this task than the run's own)."""
+
+    def made_with_this_config(
+        self, stage: str, recorded: str | None, recorded_config: dict[str, Any] | None
+    ) -> bool:
+        """Whether an output of ``stage`` recorded with fingerprint ``recorded`` by the run
+        config ``recorded_config`` is what this run's config would make.
+
+        An output of an older cycada matches when its config, read by this version (options it
+        did not have take their defaults, which keep the old behaviour), has this fingerprint.
+        A value that differs, or an option this version no longer has, does not match."""
+        current = self.stage_fingerprint(stage)
+        if recorded == current:
+            return True
+        if not recorded_config:
+            return False
+        try:
+            then = configs.build(type(self.config), recorded_config)
+        except ConfigError:
+            return False
+        return self.stage_fingerprint(stage, then) == current
 
     @abc.abstractmethod
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -54,7 +78,13 @@ class StageStore(abc.ABC):
     ) -> StageResume:
         """The resume file of ``stage``, bound to this config's fingerprint."""
         return StageResume(
-            self.resume_path(stage), modules, optimizers, generator, self.stage_fingerprint(stage)
+            self.resume_path(stage),
+            modules,
+            optimizers,
+            generator,
+            self.stage_fingerprint(stage),
+            config=configs.to_dict(self.config),
+            accepts=lambda recorded, config: self.made_with_this_config(stage, recorded, config),
         )
 
     def cached_path(self, stage: str) -> Path | None:
@@ -73,8 +103,8 @@ class StageStore(abc.ABC):
             self.log.info(f"{stage}: reusing {cached.name} from the stage cache")
         if not path.exists():
             return False
-        _, meta = read_header(path)
-        if meta.get("fingerprint") != self.stage_fingerprint(stage):
+        recorded_config, meta = read_header(path)
+        if not self.made_with_this_config(stage, meta.get("fingerprint"), recorded_config):
             raise CheckpointError(
                 f"{path} was made with a different config; use a new --out, or --restart to "
                 f"train '{stage}' and later stages again"

@@ -138,9 +138,9 @@ class DigitsRun(StageStore):
         return torch.Generator().manual_seed(self.config.seed * 100 + offset)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def stage_fingerprint(self, stage: str) -> str:
+    def stage_fingerprint(self, stage: str, config: Any = None) -> str:
         """Identifies the configs a stage's result depends on (its own and earlier stages')."""
-        c = self.config
+        c = config if config is not None else self.config
         # where the data lives and what it is evaluated on change no weights
         data = dataclasses.replace(c.data, data_root="", eval_set="", eval_split="")
         common = {"model": c.model, "seed": c.seed, "mode": c.mode, "data": configs.to_dict(data)}

@@ -20,6 +20,7 @@ import torch
 
 from cycada import configs
 from cycada.atomic import write_text_atomic
+from cycada.checkpoint import read_header
 from cycada.plots import curves_figure, per_class_iou_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
@@ -98,13 +99,21 @@ class SegPipeline(StagedPipeline):
 
     def _done(self, stage: str) -> bool:
         if stage == "translate":
-            manifest = translated_paths(self.run)[0] / "dataset.json"
-            ok = manifest.exists() and json.loads(manifest.read_text()).get(
-                "fingerprint"
-            ) == self.run.stage_fingerprint("translate")
-        else:
-            ok = self.run.has_checkpoint(stage)
-        return not self._must_run(stage, ok, self.run.log)
+            return not self._must_run(stage, self._translation_done(), self.run.log)
+        return not self._must_run(stage, self.run.has_checkpoint(stage), self.run.log)
+
+    def _translation_done(self) -> bool:
+        """The translated set on disk is finished and comes from this run's config (an older
+        cycada's manifest records no config: the pixel checkpoint's, which made it, stands in)."""
+        path = translated_paths(self.run)[0] / "dataset.json"
+        if not path.exists():
+            return False
+        manifest = json.loads(path.read_text())
+        config = manifest.get("config")
+        pixel = self.run.checkpoint_path("pixel")
+        if config is None and pixel.exists():
+            config = read_header(pixel)[0]
+        return self.run.made_with_this_config("translate", manifest.get("fingerprint"), config)
 
     def _record(
         self,

@@ -140,14 +140,14 @@ class SegRun(StageStore):
         return _RankResume(resume, self, stage)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def stage_fingerprint(self, stage: str) -> str:
+    def stage_fingerprint(self, stage: str, config: Any = None) -> str:
         """Hash of what a stage's weights depend on.
 
         f_S depends only on the source side, so one source checkpoint serves runs that adapt to
         different targets (copy ``checkpoints/source.safetensors`` into the new run folder).
         Where the data lives and how the run is evaluated change no weights and are left out.
         """
-        c = self.config
+        c = config if config is not None else self.config
         data = configs.to_dict(c.data)
         if stage == "source":
             data = {key: data[key] for key in SOURCE_DATA_KEYS}

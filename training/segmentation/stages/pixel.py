@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cycada import configs
 from cycada.atomic import write_json_atomic
 from cycada.training.core.pixel_adaptation import PixelAdaptation, linear_decay, write_samples
 from cycada.training.core.visuals import write_png
@@ -120,6 +121,7 @@ def translate_source(run: SegRun, gen_src2tgt: nn.Module, fingerprint: str) -> S
             "label_space": run.space.name,
             "use_as": f"folder:{images_dir}:{labels_dir}",
             "fingerprint": fingerprint,
+            "config": configs.to_dict(run.config),
         },
     )
     return translated_set(run)
