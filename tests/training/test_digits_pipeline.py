@@ -198,6 +198,18 @@ def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain)
     assert len(list((tmp_path / "_stage_cache").glob("pixel-*"))) == 1
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert list(full["stages"]) == ["source", "pixel", "target", "feature"]  # reused ones too
+    # the cache as an older cycada left it (its fingerprints in the names): a row run again
+    # after the upgrade still finds its stages there and trains nothing
+    cache = tmp_path / "_stage_cache"
+    for stage in ("pixel", "target"):
+        (entry,) = cache.glob(f"{stage}-*")
+        as_an_older_cycada_wrote_it(entry)
+        entry.rename(cache / f"{stage}-0123456789abcdef.safetensors")
+    shutil.rmtree(tmp_path / "no_feat")
+    run_ablation(config, tmp_path, rows=["no_feat"], quiet=True)
+    log = (tmp_path / "no_feat" / "log.txt").read_text()
+    assert "target: reusing target-0123456789abcdef.safetensors" in log
+    assert log.count("finished output found") == 3
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:

@@ -92,11 +92,26 @@ class StageStore(abc.ABC):
             return None
         return self.stage_cache / f"{stage}-{self.stage_fingerprint(stage)}.safetensors"
 
+    def _cached_made_with_this_config(self, stage: str) -> Path | None:
+        """The stage cache's checkpoint of ``stage`` for this config: the one named by its
+        fingerprint, else one an older cycada cached under its own fingerprint."""
+        cached = self.cached_path(stage)
+        if cached is None or cached.exists():
+            return cached
+        for candidate in sorted(cached.parent.glob(f"{stage}-*.safetensors")):
+            try:
+                recorded_config, meta = read_header(candidate)
+            except CheckpointError:  # a damaged cache entry is not this stage's
+                continue
+            if self.made_with_this_config(stage, meta.get("fingerprint"), recorded_config):
+                return candidate
+        return cached
+
     def has_checkpoint(self, stage: str) -> bool:
         """True when a finished checkpoint of ``stage`` made with this config exists here, or in
         the stage cache (then it is copied here)."""
         path = self.checkpoint_path(stage)
-        cached = self.cached_path(stage)
+        cached = self._cached_made_with_this_config(stage)
         if not path.exists() and cached is not None and cached.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda tmp: shutil.copyfile(cached, tmp))
