@@ -228,11 +228,3 @@ def test_resume_state_of_an_older_version_is_taken_only_when_its_config_still_ma
         resume(lambda fingerprint, recorded: False).restore()
     with pytest.raises(CheckpointError, match="different config"):
         resume(None).restore()
-
-
-def test_generator_average_is_refused_where_f_t_trains_on_moving_generators():
-    assert resolve_digits_config("quick", sets=["pixel.generator_average=0.99"]).mode == "staged"
-    with pytest.raises(ConfigError, match="applies to the staged pixel stage; mode 'joint'"):
-        resolve_digits_config("quick", sets=["mode=joint", "pixel.generator_average=0.99"])
-    with pytest.raises(ConfigError, match="expected a decay in"):
-        resolve_digits_config("quick", sets=["pixel.generator_average=-0.1"])

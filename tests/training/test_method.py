@@ -121,36 +121,6 @@ def test_forward_gan_weight_scales_only_g_s_to_t_adversarial_term():
     assert values[2.0] - values[1.0] == pytest.approx(forward_term, rel=1e-4)
 
 
-def test_generator_average_follows_the_steps_and_is_what_the_stage_leaves():
-    """generator_average=d: after a step the average is d * before + (1 - d) * after, for
-    weights and batch-norm statistics alike; it is resumed with the stage and adopted at the end.
-    Off (the default), the generators are the last step's."""
-    x_src, x_tgt, _ = _toy_shift()
-    cfg = dataclasses.replace(PIXEL, lambda_semantic=0.0, generator_average=0.75)
-    pixel = _pixel(cfg)
-    pixel.train()
-    before = copy.deepcopy(pixel.gen_src2tgt.state_dict())
-    pixel.step(x_src, x_tgt)
-    after = pixel.gen_src2tgt.state_dict()
-    average = pixel.averages["gen_src2tgt"].state_dict()
-    moved = [key for key, value in after.items() if not torch.equal(value, before[key])]
-    assert any("running_mean" in key for key in moved) and any("weight" in key for key in moved)
-    for key, value in after.items():
-        if value.is_floating_point():
-            expected = 0.75 * before[key] + 0.25 * value
-            assert torch.allclose(average[key], expected, atol=1e-6), key
-    networks, _ = pixel.resume_state()
-    assert {"gen_src2tgt_average", "gen_tgt2src_average"} <= set(networks)
-    assert all(not p.requires_grad for p in pixel.averages.parameters())
-    pixel.adopt_averaged_generators()
-    for key, value in pixel.gen_src2tgt.state_dict().items():
-        assert torch.equal(value, average[key]), key
-    plain = _pixel(dataclasses.replace(cfg, generator_average=0.0))
-    assert not len(plain.averages) and set(plain.resume_state()[0]) == set(plain.networks())
-    with pytest.raises(ValueError, match="generator_average is 1.0"):
-        dataclasses.replace(cfg, generator_average=1.0)
-
-
 def _feature(cfg: FeatureStageConfig, seed: int = 0) -> FeatureAdaptation:
     torch.manual_seed(seed)
     net = build_task_net("lenet")

@@ -86,13 +86,6 @@ class PixelAdaptation(nn.Module):
         self.opt_disc = torch.optim.Adam(
             [*self.disc_src.parameters(), *self.disc_tgt.parameters()], lr=cfg.lr, betas=betas
         )
-        # generator_average > 0: the moving averages of G_S→T and G_T→S, adopted at the end
-        self.averages = nn.ModuleDict()
-        if cfg.generator_average > 0:
-            for name in ("gen_src2tgt", "gen_tgt2src"):
-                average = copy.deepcopy(getattr(self, name))
-                average.requires_grad_(False)
-                self.averages[name] = average
         self.grad_sync = None  # set under data parallelism: averages gradients of modules
         self.pool_src = ImagePool(cfg.pool_size, generator)
         self.pool_tgt = ImagePool(cfg.pool_size, generator)
@@ -113,27 +106,7 @@ class PixelAdaptation(nn.Module):
         if self.alongside is not None:
             networks["semantic_classifier"] = self.alongside
             optimizers["semantic_classifier"] = self.alongside.optimizer
-        for name, average in self.averages.items():
-            networks[f"{name}_average"] = average
         return networks, optimizers
-
-    @torch.no_grad()
-    def _update_averages(self) -> None:
-        """One step of the generators' moving averages (weights and batch-norm statistics)."""
-        keep = self.cfg.generator_average
-        for name, average in self.averages.items():
-            live = getattr(self, name).state_dict()
-            for key, value in average.state_dict().items():
-                if value.is_floating_point():
-                    value.lerp_(live[key], 1.0 - keep)
-                else:
-                    value.copy_(live[key])
-
-    def adopt_averaged_generators(self) -> None:
-        """End of the stage: the generators take their averaged weights (when averaging), so the
-        checkpoint and every translation after it come from the average."""
-        for name, average in self.averages.items():
-            getattr(self, name).load_state_dict(average.state_dict())
 
     def step(
         self,
@@ -166,7 +139,6 @@ class PixelAdaptation(nn.Module):
             self.grad_sync(self.gen_src2tgt, self.gen_tgt2src)
         self.scaler_gen.step(self.opt_gen)
         self.scaler_gen.update()
-        self._update_averages()
         # --- discriminators: real vs (pooled) translated, both domains
         _set_requires_grad(discs, True)
         with autocast:

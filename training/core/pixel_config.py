@@ -41,17 +41,5 @@ class PixelConfig:
     # extra factor on G_S→T's GAN term (the reference code's digit CycleGAN: 2)
     forward_gan_weight: float = 1.0
     lambda_identity: float = 0.0
-    # exponential moving average of both generators' weights, this decay per step (0 = off):
-    # at the end of the stage the generators take the averaged weights, so translations come
-    # from the average of the last ~1/(1 - decay) steps, not from wherever the GAN's
-    # oscillation stopped (Yazici et al. 2019); not the paper's, an option for short schedules
-    generator_average: float = 0.0
     pool_size: int = 50
     sample_every: int = 200  # steps between image grids
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.generator_average < 1.0:
-            raise ValueError(
-                f"pixel.generator_average is {self.generator_average}; expected a decay in "
-                "[0, 1) (0 = off)"
-            )

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cycada import configs
-from cycada.errors import ConfigError
 from cycada.training.core.pixel_config import PixelConfig
 from cycada.training.core.presets import PRESET_DIR
 
@@ -100,13 +99,6 @@ class DigitsRunConfig:
     pixel: PixelStageConfig = field(default_factory=PixelStageConfig)
     target: TargetStageConfig = field(default_factory=TargetStageConfig)
     feature: FeatureStageConfig = field(default_factory=FeatureStageConfig)
-
-    def __post_init__(self) -> None:
-        if self.mode != "staged" and self.pixel.generator_average > 0:
-            raise ConfigError(
-                f"pixel.generator_average applies to the staged pixel stage; mode '{self.mode}' "
-                "trains f_T on the generators as they move (set it to 0)"
-            )
 
 
 def resolve_digits_config(

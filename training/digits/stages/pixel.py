@@ -67,7 +67,6 @@ def train_pixel(run: DigitsRun, task_src: nn.Module) -> PixelAdaptation:
                 write_samples(run.out_dir, pixel, fixed_src, fixed_tgt, step)
         resume.save(epoch + 1)
     bar.close()
-    pixel.adopt_averaged_generators()
     resume.finish()
     pixel.eval()
     return pixel

@@ -34,7 +34,9 @@ def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     transform = train_transform(run, "pixel", cfg.crop, False, run.source_train, run.target_train)
     sources = endless_batches(run, run.source_train, transform, cfg.batch_size, generator)
     targets = endless_batches(run, run.target_train, transform, cfg.batch_size, generator)
-    resume = run.stage_resume("pixel", *pixel.resume_state(), generator)
+    resume = run.stage_resume(
+        "pixel", pixel.networks(), {"gen": pixel.opt_gen, "disc": pixel.opt_disc}, generator
+    )
     start, _ = resume.restore()
     if start:
         run.log.info(f"pixel: resuming at step {start}/{total}")
@@ -58,7 +60,6 @@ def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
         if (step + 1) % run.config.checkpoint_every == 0:
             resume.save(step + 1)
     bar.close()
-    pixel.adopt_averaged_generators()
     resume.finish()
     if run.cuda:
         peak = torch.cuda.max_memory_allocated(run.device) / 2**30
