@@ -198,6 +198,8 @@ def resolve(
     later = [load_yaml(config_file)] if config_file else []
     later += [overrides or {}, parse_set_flags(sets or [])]
     data = merge(defaults or {}, preset_data)
-    # the shift is the one the run ends with, whichever layer names its domains
-    data = merge(data, shifts.get(shift_name(functools.reduce(merge, later, data)), {}))
+    # the shift is the one the run ends with, whichever layer names its domains (the config's
+    # own defaults included: a run that names none is on the default shift)
+    ends_with = functools.reduce(merge, later, merge(to_dict(cls()), data))
+    data = merge(data, shifts.get(shift_name(ends_with), {}))
     return build(cls, functools.reduce(merge, later, data))

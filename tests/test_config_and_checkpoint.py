@@ -60,6 +60,17 @@ def test_quick_preset_shift_block_applies_to_its_shift_only(tmp_path):
     assert (m2u_config.source.epochs, m2u_config.target.epochs) == (60, 40)
     u2m = resolve_digits_config("quick")
     assert (u2m.data.source, u2m.source.epochs, u2m.target.epochs) == ("usps", 20, 10)
+    # U→M (the default shift, named or not): the reference's pixel recipe for 1,000 steps
+    named = resolve_digits_config(
+        "quick", overrides={"data": {"source": "usps", "target": "mnist"}}
+    )
+    assert named == u2m
+    assert (u2m.pixel.max_steps, u2m.pixel.semantic_model, u2m.pixel.forward_gan_weight) == (
+        1000,
+        "alongside",
+        2.0,
+    )
+    assert (m2u_config.pixel.max_steps, m2u_config.pixel.semantic_model) == (500, "source")
     # the user's YAML and --set still win over the shift block
     assert (
         resolve_digits_config("quick", sets=["source.epochs=5"], overrides=m2u).source.epochs == 5
