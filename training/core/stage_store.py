@@ -111,8 +111,8 @@ class StageStore(abc.ABC):
         """True when a finished checkpoint of ``stage`` made with this config exists here, or in
         the stage cache (then it is copied here)."""
         path = self.checkpoint_path(stage)
-        cached = self._cached_made_with_this_config(stage)
-        if not path.exists() and cached is not None and cached.exists():
+        cached = None if path.exists() else self._cached_made_with_this_config(stage)
+        if cached is not None and cached.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda tmp: shutil.copyfile(cached, tmp))
             self.log.info(f"{stage}: reusing {cached.name} from the stage cache")
