@@ -173,6 +173,21 @@ def test_joint_modes(tmp_path, folder_domain, mode):
     assert ("gen_source_side" in logged) == (mode == "joint")
 
 
+def test_gain_over_control_only_for_adapted_rows_and_only_beside_a_control():
+    from cycada.training.digits.ablation import with_gain_over_control
+
+    rows = [
+        {"row": "source_only", "target_accuracy": 57.5},
+        {"row": "full", "target_accuracy": 94.25},
+        {"row": "control", "target_accuracy": 65.75},
+        {"row": "target_supervised", "target_accuracy": 98.0},
+    ]
+    gains = {r["row"]: r["over_control"] for r in with_gain_over_control(rows)}
+    assert gains == {"source_only": None, "full": 28.5, "control": None, "target_supervised": None}
+    alone = with_gain_over_control([r for r in rows if r["row"] != "control"])
+    assert all(r["over_control"] is None for r in alone)
+
+
 def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain):
     config = tiny_digits_config(folder_domain, "feature.max_epochs=1")
     names = ["source_only", "control", "no_feat", "full", "target_supervised"]
@@ -191,6 +206,12 @@ def test_ablation_rows_share_stages_and_write_one_table(tmp_path, folder_domain)
     assert supervised["source"] == supervised["target"]
     assert supervised["model"] == source_only["model"]  # the rows' network, not re-chosen
     assert (tmp_path / "results.csv").read_text().startswith("row,model,")
+    # an adapted row's gain is read against the control, in the table and in each format
+    gain = round(by_row["full"]["target_accuracy"] - by_row["control"]["target_accuracy"], 2)
+    assert by_row["full"]["over_control"] == gain
+    assert by_row["source_only"]["over_control"] is None
+    assert "| Over the control (points) |" in table and f"| {gain:+.2f} |" in table
+    assert "over_control" in (tmp_path / "results.csv").read_text().splitlines()[0]
     # the source model is trained once, the pixel stage once for no_feat and full
     assert "reusing" in (tmp_path / "full" / "log.txt").read_text()
     # source models: one shared by source_only/no_feat/full, the control's, target-supervised's

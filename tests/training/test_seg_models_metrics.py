@@ -78,3 +78,8 @@ def test_metrics_from_one_confusion_matrix():
     assert list(only_two["per_class_iou"]) == ["a", "b"]
     table = table_markdown({"model": metrics})
     assert table.splitlines()[0] == "| Model | a | b | c | mIoU | fwIoU | Pixel acc. |"
+    with_gain = table_markdown({"control": metrics, "adapted": metrics}, {"adapted": 0.0123})
+    header = "| Model | a | b | c | mIoU | mIoU over the control | fwIoU | Pixel acc. |"
+    assert with_gain.splitlines()[0] == header
+    assert "| 50.0 |  | 50.0 | 66.7 |" in with_gain.splitlines()[2]  # the control row: blank
+    assert "| 50.0 | +1.2 | 50.0 | 66.7 |" in with_gain.splitlines()[3]

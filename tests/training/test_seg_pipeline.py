@@ -111,6 +111,12 @@ def test_table5_rows_share_stages_beside_the_control(tmp_path, scenes):
     table = (tmp_path / "results.md").read_text()
     for name in ("Source only |", "(control) |", "CyCADA |"):
         assert name in table
+    # the adapted row's gain over the control beside its mIoU; blank for the rows not adapted
+    header, _, *lines = table.splitlines()
+    gain_at = header.split(" | ").index("mIoU over the control")
+    gains = {line.split(" | ")[0]: line.split(" | ")[gain_at] for line in lines}
+    assert gains["| Source only"] == "" and gains["| CyCADA"][0] in "+-"
+    assert "miou_over_control" in (tmp_path / "results.csv").read_text().splitlines()[0]
     cache = tmp_path / "_stage_cache"
     # f_S once for source_only and full (reused from the cache), once for the longer control
     assert len(list(cache.glob("source-*"))) == 2 and len(list(cache.glob("pixel-*"))) == 1

@@ -67,31 +67,47 @@ def segmentation_metrics(
     }
 
 
-def table_markdown(rows: dict[str, dict[str, Any]]) -> str:
-    """Table 4's layout: one row per model, per-class IoU then mIoU, fwIoU, pixel accuracy (%)."""
+def table_markdown(
+    rows: dict[str, dict[str, Any]], over_control: dict[str, float] | None = None
+) -> str:
+    """Table 4's layout: one row per model, per-class IoU then mIoU, fwIoU, pixel accuracy (%).
+
+    ``over_control`` (model name → mIoU points over the equal-iterations control) adds a column
+    after mIoU; models it does not name (source only, the control, the oracle) leave it blank."""
     first = next(iter(rows.values()))
     classes = list(first["evaluated_classes"])
-    header = ["Model", *classes, "mIoU", "fwIoU", "Pixel acc."]
+    gain_column = ["mIoU over the control"] if over_control is not None else []
+    header = ["Model", *classes, "mIoU", *gain_column, "fwIoU", "Pixel acc."]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, metrics in rows.items():
         cells = [_pct(metrics["per_class_iou"][c]) for c in classes]
-        cells += [_pct(metrics["miou"]), _pct(metrics["fwiou"]), _pct(metrics["pixel_accuracy"])]
+        cells.append(_pct(metrics["miou"]))
+        if over_control is not None:
+            gain = over_control.get(name)
+            cells.append("" if gain is None else f"{100 * gain:+.1f}")
+        cells += [_pct(metrics["fwiou"]), _pct(metrics["pixel_accuracy"])]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def table_csv(rows: dict[str, dict[str, Any]]) -> str:
+def table_csv(rows: dict[str, dict[str, Any]], over_control: dict[str, float] | None = None) -> str:
+    """The table as CSV (%, two decimals); ``over_control`` as in :func:`table_markdown`."""
     first = next(iter(rows.values()))
     classes = list(first["evaluated_classes"])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["model", *classes, "miou", "fwiou", "pixel_accuracy", "mean_class_accuracy"])
+    gain_column = ["miou_over_control"] if over_control is not None else []
+    writer.writerow(
+        ["model", *classes, "miou", *gain_column, "fwiou", "pixel_accuracy", "mean_class_accuracy"]
+    )
     for name, m in rows.items():
+        gain = [_num(over_control.get(name))] if over_control is not None else []
         writer.writerow(
             [
                 name,
                 *[_num(m["per_class_iou"][c]) for c in classes],
                 _num(m["miou"]),
+                *gain,
                 _num(m["fwiou"]),
                 _num(m["pixel_accuracy"]),
                 _num(m["mean_class_accuracy"]),
