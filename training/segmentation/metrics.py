@@ -72,8 +72,9 @@ def table_markdown(
 ) -> str:
     """Table 4's layout: one row per model, per-class IoU then mIoU, fwIoU, pixel accuracy (%).
 
-    ``over_control`` (model name → mIoU points over the equal-iterations control) adds a column
-    after mIoU; models it does not name (source only, the control, the oracle) leave it blank."""
+    ``over_control`` (model name → its mIoU minus the equal-iterations control's, a fraction like
+    the metrics) adds a column after mIoU, in points; models it does not name (source only, the
+    control, the oracle) leave it blank."""
     first = next(iter(rows.values()))
     classes = list(first["evaluated_classes"])
     gain_column = ["mIoU over the control"] if over_control is not None else []
