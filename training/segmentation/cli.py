@@ -113,6 +113,12 @@ def control_iterations(config: SegRunConfig) -> int:
     return total
 
 
+CONTROL_NOTE = (
+    "\nThe control is source only trained for as many iterations as f_S and f_T get in the full "
+    "method: a gain over it is not a gain from training longer.\n"
+)
+
+
 def miou_over_control(results: dict[str, dict]) -> dict[str, float] | None:
     """mIoU of each adapted row minus the control's, by the row's table name (None without a
     control row): the gain that is not from training longer."""
@@ -394,7 +400,8 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
             results[row] = final["target"]
             named = {SEG_ABLATION_ROWS[r]: m for r, m in results.items()}
             gains = miou_over_control(results)
-            write_text_atomic(args.out / "results.md", table_markdown(named, gains))
+            note = "" if gains is None else CONTROL_NOTE
+            write_text_atomic(args.out / "results.md", table_markdown(named, gains) + note)
             write_text_atomic(args.out / "results.csv", table_csv(named, gains))
         if "label_free" in final:
             label_free[SEG_ABLATION_ROWS[row]] = final["label_free"]
