@@ -1,5 +1,6 @@
 """What the digits and segmentation pipelines share: the stage plan with ``--stage`` and
-``--restart``, finished-stage checks, and the per-stage entries of ``metrics.json``."""
+``--restart``, finished-stage checks, the per-stage entries of ``metrics.json``, and the line an
+ablation table prints under its control row."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from cycada.atomic import write_json_atomic
 from cycada.errors import CheckpointError, ConfigError
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
+
+# under every ablation table that has a control row (digits and segmentation)
+CONTROL_NOTE = (
+    "The control is source only trained for as many iterations as f_S and f_T get in the full "
+    "method: a gain over it is not a gain from training longer."
+)
 
 
 class StagedPipeline:

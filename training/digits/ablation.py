@@ -15,6 +15,7 @@ from typing import Any
 
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.errors import ConfigError
+from cycada.training.core.pipeline import CONTROL_NOTE
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.pipeline import run_digits
 
@@ -182,11 +183,7 @@ def _write_tables(out_dir: Path, config: DigitsRunConfig, results: list[dict[str
             + f" | {r['source_accuracy']:.2f} |"
             for r in results
         ]
-        lines += [
-            "",
-            "The control is source only trained for as many iterations as f_S and f_T get in "
-            "the full method: a gain over it is not a gain from training longer.",
-        ]
+        lines += ["", CONTROL_NOTE]
     else:
         lines += ["| Model | Target accuracy (%) | Source accuracy (%) |", "| --- | ---: | ---: |"]
         lines += [

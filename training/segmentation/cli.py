@@ -113,12 +113,6 @@ def control_iterations(config: SegRunConfig) -> int:
     return total
 
 
-CONTROL_NOTE = (
-    "\nThe control is source only trained for as many iterations as f_S and f_T get in the full "
-    "method: a gain over it is not a gain from training longer.\n"
-)
-
-
 def miou_over_control(results: dict[str, dict]) -> dict[str, float] | None:
     """mIoU of each adapted row minus the control's, by the row's table name (None without a
     control row): the gain that is not from training longer."""
@@ -377,6 +371,7 @@ def _register_data(data) -> None:
 def cmd_ablate_seg(args: argparse.Namespace) -> int:
     from cycada.atomic import write_text_atomic
     from cycada.errors import ConfigError
+    from cycada.training.core.pipeline import CONTROL_NOTE
     from cycada.training.segmentation.label_free import label_free_csv, label_free_table
     from cycada.training.segmentation.metrics import table_csv, table_markdown
     from cycada.training.segmentation.pipeline import run_seg
@@ -400,7 +395,7 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
             results[row] = final["target"]
             named = {SEG_ABLATION_ROWS[r]: m for r, m in results.items()}
             gains = miou_over_control(results)
-            note = "" if gains is None else CONTROL_NOTE
+            note = "" if gains is None else f"\n{CONTROL_NOTE}\n"
             write_text_atomic(args.out / "results.md", table_markdown(named, gains) + note)
             write_text_atomic(args.out / "results.csv", table_csv(named, gains))
         if "label_free" in final:
