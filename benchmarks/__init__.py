@@ -16,6 +16,10 @@ BENCHMARKS = {
         "cycada.benchmarks.translation_fidelity",
         "digit translations read by a target-trained classifier",
     ),
+    "digits-paper": (
+        "cycada.benchmarks.digits_paper",
+        "the paper's digit schedule, U→M and M→U at once, against Table 2",
+    ),
     "seg-stages": ("cycada.benchmarks.seg_stages", "each segmentation stage's step time"),
     "extract": ("cycada.benchmarks.extract", "video frame extraction vs a decode loop"),
     "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),

@@ -13,7 +13,8 @@ they show:
 * ``pytest``: the GPU tests (CUDA training with AMP, the PyTorch-on-CUDA engine against the CPU
   graph, CUDA-graph replay, the compiled package on CUDA, nvJPEG, TensorRT where installed);
 * ``stages``: the per-stage images/s and peak memory of DRN-C-26 at the paper's sizes;
-* ``digits-paper`` (only with ``--only digits-paper``): U→M with the paper's digit schedule.
+* ``digits-paper`` (only with ``--only digits-paper``): U→M and M→U with the paper's digit
+  schedule, side by side (``cycada bench digits-paper``).
 
 Heavy files (the repository, the stream videos) go under ``--work``; ``--out`` gets the logs,
 the results and ``summary.json`` (the machine, what was installed, each step's exit code and
@@ -65,23 +66,16 @@ STEPS = [
         120,
     ),
 ]
-# steps run only when named with --only: the paper's digit schedule on U→M (Table 3's full
-# row; the paper reports 95.6 for U→M), minutes on a GPU (USPS and MNIST from --data-root)
+# steps run only when named with --only: the paper's digit schedule on U→M and M→U at once,
+# each with its equal-iterations control and feature-only row, against Table 2 (96.5 / 95.6);
+# minutes on a GPU (USPS and MNIST from --data-root)
 OPTIONAL = [
     (
         "digits-paper",
         [
-            *(sys.executable, "-m", "cycada.cli", "train", "digits", "--source", "usps"),
-            *("--target", "mnist", "--target-split", "test", "--preset", "paper"),
-            *(
-                "--data-root",
-                "{data}",
-                "--device",
-                "cuda",
-                "--quiet",
-                "--out",
-                "{work}/digits-paper",
-            ),
+            *(sys.executable, "-m", "cycada.cli", "bench", "digits-paper"),
+            *("--data-root", "{data}", "--device", "cuda", "--out", "{work}/digits-paper"),
+            *("--time-limit", "570"),  # the rows finished by then are reported
         ],
         590,
     ),
