@@ -45,9 +45,9 @@ test-fast: $(STAMP)
 
 # Every GPU-only test and benchmark (served DRN-C-26 with the compiled package vs every engine in
 # process, eight live video streams, the GPU tests, DRN-C-26 stage speeds): about 10 minutes,
-# results in gpu-results/.
+# results in gpu-results/. ARGS="--only digits-paper" runs the paper's digit schedule instead.
 gpu-check: $(STAMP)
-	$(BIN)/python -m cycada.gpu_check --out gpu-results
+	$(BIN)/python -m cycada.gpu_check --out gpu-results $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

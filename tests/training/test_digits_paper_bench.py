@@ -11,6 +11,7 @@ from cycada.cli import main
 
 TINY = [
     *("--set", "data.max_samples=64", "--set", "source.epochs=1", "--set", "pixel.max_steps=1"),
+    *("--set", "pixel.batch_size=8"),
     *("--set", "target.epochs=1", "--set", "feature.max_epochs=1", "--device", "cpu"),
 ]
 
