@@ -22,6 +22,10 @@ BENCHMARKS = {
     ),
     "seg-stages": ("cycada.benchmarks.seg_stages", "each segmentation stage's step time"),
     "extract": ("cycada.benchmarks.extract", "video frame extraction vs a decode loop"),
+    "batcher": (
+        "cycada.benchmarks.batcher",
+        "Triton batcher settings side by side: throughput, p99, 500 ms stalls",
+    ),
     "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),
     "kill-resume": ("cycada.benchmarks.kill_resume", "kill -9 training, resume, compare"),
 }

@@ -64,7 +64,10 @@ def test_every_config_parses_as_a_triton_model_config(kind, profile):
     config = text_format.Parse(config_text(spec, profile), model_config_pb2.ModelConfig())
     assert config.name == f"m_{kind}" and config.max_batch_size >= 1
     assert config.version_policy.latest.num_versions == 2
-    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    # no batching delay and two instances: one instance and a delay stall requests on Triton's
+    # 500 ms batcher timeout (export/repository.py, INSTANCES)
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert [group.count for group in config.instance_group] == [2]
     native = profile != "default" and kind != "encoded"
     assert config.backend == (
         "python" if not native else ("onnxruntime" if profile == "onnxruntime" else "")
