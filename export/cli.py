@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from cycada.errors import ExportError
+from cycada.errors import ConfigError, ExportError
+from cycada.export.repository import INSTANCES
 from cycada.sizes import image_size
 
 
@@ -72,6 +73,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--trt-max-batch", type=int, default=8)
     parser.add_argument("--keep", type=int, default=3, help="versions kept on disk per model")
     parser.add_argument(
+        "--instances",
+        type=int,
+        default=INSTANCES,
+        help=f"Triton instances per model (default {INSTANCES}; 1 halves the server's memory "
+        "but stalls back-to-back requests 500 ms on Triton 2.51's batcher)",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="trace every graph again, even when the same weights were exported before "
@@ -88,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError("--weights-only cannot be combined with --compile (parity needs ONNX)")
     if args.weights_only and (args.tensorrt or args.int8_calibration):
         raise ExportError("--weights-only cannot be combined with --tensorrt (plans need ONNX)")
+    if args.instances < 1:
+        raise ConfigError(f"--instances {args.instances}: expected 1 or more")
     if args.int8_calibration and not args.int8_calibration.is_dir():
         raise ExportError(f"--int8-calibration {args.int8_calibration} is not a folder of images")
     options = ExportOptions(
@@ -105,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         compile_size=args.compile_size,
         compile_autotune=args.compile_autotune,
         cache=not args.no_cache,
+        instances=args.instances,
     )
     report = export_run(
         args.run_dir, args.repository, options, log=logging.getLogger("cycada.export").info

@@ -17,7 +17,14 @@ from safetensors.torch import save_file
 from cycada.errors import ExportError
 from cycada.export import graph_cache, parity
 from cycada.export.onnx_export import OPSET, export_onnx, export_served
-from cycada.export.repository import NativeProfile, exclusive, prune, spec_for, write_model
+from cycada.export.repository import (
+    INSTANCES,
+    NativeProfile,
+    exclusive,
+    prune,
+    spec_for,
+    write_model,
+)
 from cycada.export.run_models import Endpoint, load_run_endpoints
 
 
@@ -37,6 +44,7 @@ class ExportOptions:
     compile_size: tuple[int, int] | None = None  # (width, height) the package is tuned for
     compile_autotune: bool = False  # Inductor's max_autotune
     cache: bool = True  # reuse graphs exported before from the same weights (export.graph_cache)
+    instances: int = INSTANCES  # Triton instances per model (repository.INSTANCES says why 2)
 
 
 @dataclass
@@ -214,7 +222,7 @@ def _export_one(
     fill = _export_endpoint(endpoint, options, report, log)
     native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
     report.versions[endpoint.name] = write_model(
-        repository, spec, fill, info, keep=0, native=native
+        repository, spec, fill, info, keep=0, native=native, instances=options.instances
     )
     if endpoint.kind == "segment":
         encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
@@ -227,6 +235,7 @@ def _export_one(
             info,
             keep=0,
             native=native,
+            instances=options.instances,
         )
 
 

@@ -124,7 +124,12 @@ INSTANCES = 2
 MAX_QUEUE_DELAY_US = 0
 
 
-def config_text(spec: ModelSpec, profile: str, native: NativeProfile | None = None) -> str:
+def config_text(
+    spec: ModelSpec,
+    profile: str,
+    native: NativeProfile | None = None,
+    instances: int = INSTANCES,
+) -> str:
     """config.pbtxt text of ``spec`` for a deployment profile; ``native`` (the export's TensorRT
     options) sizes the tensorrt profile's batch and warm-up and the ORT engine cache."""
     native = native or NativeProfile()
@@ -153,7 +158,7 @@ def config_text(spec: ModelSpec, profile: str, native: NativeProfile | None = No
     )
     is_native = profile != "default" and spec.kind != "encoded"
     kind = "KIND_GPU" if is_native else "KIND_CPU"
-    text += f"instance_group [ {{ kind: {kind} count: {INSTANCES} }} ]\n"
+    text += f"instance_group [ {{ kind: {kind} count: {instances} }} ]\n"
     text += f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}\n"
     if is_native and profile == "onnxruntime":
         text += (
@@ -208,6 +213,7 @@ def write_model(
     info: dict,
     keep: int = 3,
     native: NativeProfile | None = None,
+    instances: int = INSTANCES,
 ) -> Path:
     """Write configs and a new version folder (filled by ``fill_version``); prune old versions."""
     model_dir = repository / spec.name
@@ -216,7 +222,7 @@ def write_model(
         if profile != "default" and spec.kind == "encoded":
             continue  # falls back to config.pbtxt (Python) in every profile
         path = model_dir / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
-        texts[path] = config_text(spec, profile, native)
+        texts[path] = config_text(spec, profile, native, instances)
         validate_config(texts[path], str(path))
     version = (versions(model_dir) or [0])[-1] + 1
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,13 @@ def test_bad_run_folders_are_one_line_errors(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no finished task model" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "cycada.cli", "export", str(tmp_path / "empty"), "--instances", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2  # the input is wrong
+    assert done.stderr.strip() == "cycada: error: --instances 0: expected 1 or more"
 
 
 def test_concurrent_exports_take_one_version_each(run_dir, tmp_path):

@@ -185,3 +185,12 @@ def test_dropping_the_logits_output_keeps_the_served_outputs_and_removes_only_it
     session = ort.InferenceSession(served.SerializeToString())
     out = session.run(None, {"x": np.array([-1.0, 3.0], np.float32)})[0]
     np.testing.assert_array_equal(out, [0.0, 6.0])
+
+
+def test_the_instance_count_is_the_exports_choice():
+    spec = spec_for("m_segment", "segment", 3, 19)
+    for profile in PROFILES:
+        config = text_format.Parse(
+            config_text(spec, profile, instances=1), model_config_pb2.ModelConfig()
+        )
+        assert [group.count for group in config.instance_group] == [1]
