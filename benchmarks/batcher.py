@@ -80,12 +80,11 @@ def variant_repository(source: Path, model: str, scratch: Path, instances, delay
 
 
 def _row(name: str, load, stall_ms: float) -> dict:
-    latencies = np.asarray(load.latencies_ms)
     return {
         "variant": name,
         **load.row(),
-        "max_ms": round(float(latencies.max()), 2) if latencies.size else float("nan"),
-        "stalls": int((latencies > stall_ms).sum()),
+        "max_ms": round(load.percentile(100), 2),
+        "stalls": sum(latency > stall_ms for latency in load.latencies_ms),
     }
 
 

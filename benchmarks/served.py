@@ -159,9 +159,10 @@ def _best_fps(row: dict) -> float:
 
 
 def set_instances(repository: Path, model: str, count: int) -> None:
+    from cycada.benchmarks.batcher import variant_config
+
     config = repository / model / "config.pbtxt"
-    text = re.sub(r"count: \d+", f"count: {count}", config.read_text())
-    config.write_text(text)
+    config.write_text(variant_config(config.read_text(), count, None))
 
 
 def set_parameters(repository: Path, model: str, parameters: dict[str, str]) -> None:
