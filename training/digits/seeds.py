@@ -1,0 +1,256 @@
+"""`cycada ablate digits --seeds 0-4`: the ablation once per seed, then one table of every
+row's mean and spread and the paired differences that say whether a gap is larger than the
+seed-to-seed noise (:mod:`cycada.training.core.seed_stats`).
+
+Each seed is its own ``cycada ablate digits --seed N`` process writing ``OUT/seed-N`` (its
+stage cache included), ``--jobs`` of them at once with the CPU's threads split between them. A
+seed that ran before finds its stages in its cache, so running the command again after an
+interruption, or with more seeds, trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cycada import configs
+from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.errors import ConfigError, FailureError
+from cycada.training.core.pipeline import CONTROL_NOTE
+from cycada.training.core.seed_stats import PairedDifference, paired_difference, row_stats
+from cycada.training.digits.ablation import DEFAULT_ROWS, NOT_ADAPTED, ROWS
+from cycada.training.digits.config import DigitsRunConfig
+
+SHORT = {
+    "source_only": "source only",
+    "control": "control",
+    "no_feat_no_semantic": "no feat, no semantic",
+    "no_feat": "pixel-only",
+    "no_cycle": "no cycle",
+    "no_pixel": "feature-only",
+    "full": "full",
+    "joint": "joint",
+    "alternating": "alternating",
+    "target_supervised": "target supervised",
+}
+
+
+def comparisons(rows: list[str]) -> list[tuple[str, str]]:
+    """The differences worth a verdict: each adapted row against the equal-iterations control
+    (the gain from adaptation), and the full method against each other adapted row (what each
+    part adds)."""
+    adapted = [row for row in rows if row not in NOT_ADAPTED]
+    pairs = [(row, "control") for row in adapted if "control" in rows]
+    if "full" in rows:
+        pairs += [("full", row) for row in adapted if row != "full"]
+    return pairs
+
+
+def seed_command(config_file: Path, preset: str, rows: list[str], seed: int, out: Path) -> list:
+    return [
+        *(sys.executable, "-m", "cycada.cli", "ablate", "digits", "--preset", preset),
+        *("--config", str(config_file), "--seed", str(seed), "--rows", ",".join(rows)),
+        *("--out", str(out), "--quiet"),
+    ]
+
+
+def child_environment(jobs: int) -> dict[str, str]:
+    """The CPU's threads split between the seeds that run at once (a thread count the user
+    set is kept)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
+
+
+def last_error_line(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    errors = [line for line in lines if line.startswith("cycada: error:")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def run_seeds(
+    config: DigitsRunConfig,
+    out_dir: Path,
+    seeds: list[int],
+    rows: list[str] | None = None,
+    jobs: int = 1,
+    preset: str = "paper",
+) -> str:
+    """Every seed's ablation (``jobs`` at a time; each one's progress bars go to its log, one
+    line here when it ends), then ``OUT/results.{md,json,csv}``. Raises
+    :class:`FailureError` naming the failed seeds' logs after writing the table of the rest."""
+    rows = rows or DEFAULT_ROWS
+    unknown = [row for row in rows if row not in ROWS]
+    if unknown:
+        raise ConfigError(f"unknown ablation row '{unknown[0]}' (valid: {', '.join(ROWS)})")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: expected at least 1 seed at a time")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = out_dir / "config.yaml"  # what every seed runs, its seed aside
+    write_text_atomic(config_file, configs.to_yaml(dataclasses.replace(config, seed=seeds[0])))
+    env = child_environment(jobs)
+    waiting = list(seeds)
+    running: dict[int, tuple[subprocess.Popen, float]] = {}
+    exits: dict[int, int] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                seed = waiting.pop(0)
+                command = seed_command(config_file, preset, rows, seed, out_dir / f"seed-{seed}")
+                with open(out_dir / f"seed-{seed}.log", "w") as log:
+                    process = subprocess.Popen(
+                        command, stdout=log, stderr=subprocess.STDOUT, env=env
+                    )
+                running[seed] = (process, time.perf_counter())
+            for seed, (process, began) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[seed]
+                exits[seed] = process.returncode
+                seconds = time.perf_counter() - began
+                state = "finished" if process.returncode == 0 else "FAILED"
+                print(f"seed {seed}: {state} in {seconds:.0f} s", flush=True)
+            time.sleep(0.2)
+    finally:  # an interrupt stops the seeds still running; their finished stages are cached
+        for process, _ in running.values():
+            process.terminate()
+        for process, _ in running.values():
+            process.wait()
+    per_seed, models = read_seed_results(out_dir, seeds)
+    markdown = write_summary(out_dir, config, rows, seeds, per_seed, models, exits)
+    failed = [seed for seed in seeds if exits.get(seed) != 0]
+    if failed:
+        first = out_dir / f"seed-{failed[0]}.log"
+        raise FailureError(
+            f"seed{'s' * (len(failed) > 1)} {', '.join(map(str, failed))} failed "
+            f"(seed {failed[0]}: {last_error_line(first)}; log {first}); the table in "
+            f"{out_dir / 'results.md'} holds the seeds that finished"
+        )
+    return markdown
+
+
+def read_seed_results(
+    out_dir: Path, seeds: list[int]
+) -> tuple[dict[int, dict[str, float]], dict[str, str]]:
+    """seed → row → target accuracy (%), from each seed's own ``results.json``; and each row's
+    model name as the tables print it."""
+    import json
+
+    per_seed: dict[int, dict[str, float]] = {}
+    models: dict[str, str] = {}
+    for seed in seeds:
+        results = out_dir / f"seed-{seed}" / "results.json"
+        if not results.is_file():
+            continue
+        for row in json.loads(results.read_text())["rows"]:
+            per_seed.setdefault(seed, {})[row["row"]] = row["target_accuracy"]
+            models[row["row"]] = row["model"]
+    return per_seed, models
+
+
+def _number(value: float | None, sign: bool = False) -> str:
+    return "" if value is None else f"{value:+.2f}" if sign else f"{value:.2f}"
+
+
+def difference_record(difference: PairedDifference) -> dict[str, Any]:
+    interval = difference.interval
+    return {
+        "first": difference.first,
+        "second": difference.second,
+        "per_seed": {str(seed): round(value, 2) for seed, value in difference.per_seed.items()},
+        "mean": round(difference.mean, 2),
+        "ci95": None if interval is None else [round(interval[0], 2), round(interval[1], 2)],
+        "seeds_above": difference.seeds_above,
+        "n": difference.n,
+        "verdict": difference.verdict,
+    }
+
+
+def write_summary(
+    out_dir: Path,
+    config: DigitsRunConfig,
+    rows: list[str],
+    seeds: list[int],
+    per_seed: dict[int, dict[str, float]],
+    models: dict[str, str],
+    exits: dict[int, int],
+) -> str:
+    data = config.data
+    title = (
+        f"Ablation of CyCADA on {data.source}→{data.target} over seeds "
+        f"{', '.join(map(str, seeds))} (target accuracy on "
+        f"{data.eval_set or data.target}/{data.eval_split}, %)"
+    )
+    stats = row_stats(per_seed, rows)
+    differences = [
+        found
+        for first, second in comparisons([s.row for s in stats])
+        if (found := paired_difference(per_seed, first, second)) is not None
+    ]
+    header = ["Model", *(f"seed {seed}" for seed in seeds), "mean", "sd"]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |"]
+    lines.append("| --- |" + " ---: |" * (len(header) - 1))
+    for row in stats:
+        cells = [_number(row.per_seed.get(seed)) for seed in seeds]
+        lines.append(
+            f"| {models[row.row]} | {' | '.join(cells)} | {row.mean:.2f} | {_number(row.sd)} |"
+        )
+    if differences:
+        lines += [
+            "",
+            "Paired differences (points; seed by seed, on the seeds that finished both rows; "
+            "95 % t interval of the mean):",
+            "",
+            "| difference | mean | 95 % interval | seeds above | verdict |",
+            "| --- | ---: | --- | ---: | --- |",
+        ]
+        for found in differences:
+            interval = found.interval
+            shown = "" if interval is None else f"{interval[0]:+.2f} to {interval[1]:+.2f}"
+            lines.append(
+                f"| {SHORT[found.first]} − {SHORT[found.second]} | {found.mean:+.2f} | {shown} "
+                f"| {found.seeds_above} of {found.n} | {found.verdict} |"
+            )
+    if "control" in rows:
+        lines += ["", CONTROL_NOTE]
+    missing = [seed for seed in seeds if exits.get(seed) != 0]
+    if missing:
+        lines += ["", f"Not finished: seed {', '.join(map(str, missing))} (see seed-N.log)."]
+    markdown = "\n".join(lines) + "\n"
+    write_text_atomic(out_dir / "results.md", markdown)
+    records = [
+        {
+            "row": row.row,
+            "model": models[row.row],
+            "per_seed": {str(seed): value for seed, value in row.per_seed.items()},
+            "mean": round(row.mean, 2),
+            "sd": None if row.sd is None else round(row.sd, 2),
+            "n": row.n,
+        }
+        for row in stats
+    ]
+    write_json_atomic(
+        out_dir / "results.json",
+        {
+            "title": title,
+            "seeds": seeds,
+            "finished": sorted(per_seed),
+            "rows": records,
+            "differences": [difference_record(found) for found in differences],
+        },
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["row", "model", *(f"seed_{seed}" for seed in seeds), "mean", "sd"])
+    for row in stats:
+        cells = [_number(row.per_seed.get(seed)) for seed in seeds]
+        writer.writerow([row.row, models[row.row], *cells, f"{row.mean:.2f}", _number(row.sd)])
+    write_text_atomic(out_dir / "results.csv", buffer.getvalue())
+    return markdown
