@@ -14,7 +14,7 @@ from cycada.training.core.seed_stats import (
     parse_seeds,
     row_stats,
 )
-from cycada.training.digits.seeds import comparisons
+from cycada.training.digits.ablation import DIGITS_TABLE
 
 # session 15's U→M rows on all of MNIST t10k (BENCHMARKS.md), seeds 0-4
 FEATURE_ONLY = [94.62, 93.95, 94.19, 95.04, 94.46]
@@ -78,12 +78,12 @@ def test_only_seeds_that_finished_both_rows_are_paired():
 
 def test_full_is_compared_with_each_part_and_every_adapted_row_with_the_control():
     rows = ["source_only", "control", "no_feat", "no_pixel", "full", "target_supervised"]
-    assert comparisons(rows) == [
+    assert DIGITS_TABLE.comparisons(rows) == [
         ("no_feat", "control"),
         ("no_pixel", "control"),
         ("full", "control"),
         ("full", "no_feat"),
         ("full", "no_pixel"),
     ]
-    assert comparisons(["no_pixel", "full"]) == [("full", "no_pixel")]
-    assert comparisons(["source_only", "control"]) == []
+    assert DIGITS_TABLE.comparisons(["no_pixel", "full"]) == [("full", "no_pixel")]
+    assert DIGITS_TABLE.comparisons(["source_only", "control"]) == []

@@ -118,6 +118,13 @@ def test_table5_rows_share_stages_beside_the_control(tmp_path, scenes):
     gains = {line.split(" | ")[0]: line.split(" | ")[gain_at] for line in lines}
     assert gains["| Source only"] == "" and gains["| CyCADA"][0] in "+-"
     assert "miou_over_control" in (tmp_path / "results.csv").read_text().splitlines()[0]
+    records = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["row"] for r in records] == rows.split(",")
+    by_row = {r["row"]: r for r in records}
+    assert by_row["full"]["over_control"] == pytest.approx(
+        by_row["full"]["miou"] - by_row["control"]["miou"], abs=0.011
+    )
+    assert by_row["control"]["over_control"] is None and 0 <= by_row["full"]["miou"] <= 100
     cache = tmp_path / "_stage_cache"
     # f_S once for source_only and full (reused from the cache), once for the longer control
     assert len(list(cache.glob("source-*"))) == 2 and len(list(cache.glob("pixel-*"))) == 1
@@ -294,3 +301,26 @@ def test_cli_bad_video_inputs_one_line_errors(tmp_path, scenes):
     assert "no readable video frames" in done.stderr and "broken.mp4" in done.stderr
     assert not (tmp_path / "run" / "target_frames").exists()
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_table5_rows_over_seeds(tmp_path, scenes, capsys):
+    """`--seeds`: each seed's rows in its own process and folder, then their means and the
+    paired difference of full and the control."""
+    from cycada.cli import main
+
+    sets = [f"--set={item}" for item in TINY_SEG]
+    argv = ["ablate", "seg", "--data-root", str(scenes), "--preset", "quick", *sets]
+    argv += ["--rows", "control,full", "--seeds", "0-1", "--jobs", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["finished"] == [0, 1]
+    for seed in (0, 1):
+        rows = json.loads((tmp_path / f"seed-{seed}" / "results.json").read_text())["rows"]
+        for row in rows:
+            mean_row = next(r for r in summary["rows"] if r["row"] == row["row"])
+            assert mean_row["per_seed"][str(seed)] == row["miou"]
+    (difference,) = summary["differences"]
+    assert (difference["first"], difference["second"]) == ("full", "control")
+    table = capsys.readouterr().out
+    assert "(mIoU on cityscapes/val, %)" in table and "| full − control |" in table
+    assert "seed: 1\n" in (tmp_path / "seed-1" / "full" / "config.yaml").read_text()

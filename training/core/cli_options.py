@@ -65,3 +65,29 @@ def given_overrides(
     overrides: dict[str, Any] = {"data": data}
     overrides.update({k: getattr(args, k) for k in run_keys if getattr(args, k) is not None})
     return overrides
+
+
+def add_seed_options(parser: argparse.ArgumentParser) -> None:
+    """``--seeds`` and ``--jobs`` of an ablate command (:mod:`.seed_runs`)."""
+    parser.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="run the rows once per seed (e.g. 0-4 or 0,2,5) into OUT/seed-N, then one table of "
+        "each row's mean and spread and the paired differences (full against each other row, "
+        "each adapted row against the control) with a 95%% interval and whether the gap is "
+        "larger than the seed-to-seed noise",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --seeds: seeds run at once, each its own process with the CPU's threads "
+        "split between them (default 1)",
+    )
+
+
+def check_jobs_without_seeds(args: argparse.Namespace) -> None:
+    if args.jobs != 1:
+        from cycada.errors import ConfigError
+
+        raise ConfigError(f"--jobs {args.jobs}: runs seeds at once, and needs --seeds")

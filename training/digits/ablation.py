@@ -16,6 +16,7 @@ from typing import Any
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.errors import ConfigError
 from cycada.training.core.pipeline import CONTROL_NOTE
+from cycada.training.core.seed_runs import AblationTable
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.pipeline import run_digits
 
@@ -146,6 +147,26 @@ def run_ablation(
 
 # rows that adapt: their gain over the equal-iterations control is the gain from adaptation
 NOT_ADAPTED = ("source_only", "control", "target_supervised")
+# the table over seeds (`cycada ablate digits --seeds`)
+DIGITS_TABLE = AblationTable(
+    task="digits",
+    names=ROWS,
+    short={
+        "source_only": "source only",
+        "control": "control",
+        "no_feat_no_semantic": "no feat, no semantic",
+        "no_feat": "pixel-only",
+        "no_cycle": "no cycle",
+        "no_pixel": "feature-only",
+        "full": "full",
+        "joint": "joint",
+        "alternating": "alternating",
+        "target_supervised": "target supervised",
+    },
+    not_adapted=NOT_ADAPTED,
+    metric="target_accuracy",
+    metric_name="target accuracy",
+)
 
 
 def with_gain_over_control(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

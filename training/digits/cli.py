@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cycada.errors import ConfigError
-from cycada.training.core.cli_options import SHARED_DATA_KEYS, add_run_options, given_overrides
+from cycada.training.core.cli_options import (
+    SHARED_DATA_KEYS,
+    add_run_options,
+    add_seed_options,
+    check_jobs_without_seeds,
+    given_overrides,
+)
 from cycada.training.core.presets import DEFAULT_DATA_ROOT
 from cycada.training.digits.config import STAGES, resolve_digits_config
 from cycada.training.digits.data import DIGIT_DATASETS
@@ -70,16 +75,12 @@ def cmd_ablate_digits(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     rows = args.rows.split(",") if args.rows else None
     if args.seeds is not None:
-        from cycada.training.core.seed_stats import parse_seeds
-        from cycada.training.digits.seeds import run_seeds
+        from cycada.training.core.seed_runs import run_seeds_from_args
+        from cycada.training.digits.ablation import DEFAULT_ROWS, DIGITS_TABLE
 
-        if args.seed is not None:
-            raise ConfigError("--seed and --seeds: give one (--seeds 3 runs seed 3 alone)")
-        seeds = parse_seeds(args.seeds)
-        print(run_seeds(config, args.out, seeds, rows, args.jobs, args.preset))
+        print(run_seeds_from_args(DIGITS_TABLE, config, args, rows or DEFAULT_ROWS))
         return 0
-    if args.jobs != 1:
-        raise ConfigError(f"--jobs {args.jobs}: runs seeds at once, and needs --seeds")
+    check_jobs_without_seeds(args)
     table = run_ablation(config, args.out, rows=rows, quiet=args.quiet)
     print(table)
     return 0
@@ -138,21 +139,7 @@ def register(
         "no_pixel, full, joint, alternating, target_supervised (default: all but joint and "
         "alternating)",
     )
-    parser.add_argument(
-        "--seeds",
-        metavar="LIST",
-        help="run the rows once per seed (e.g. 0-4 or 0,2,5) into OUT/seed-N, then one table of "
-        "each row's mean and spread and the paired differences (full against each other row, "
-        "each adapted row against the control) with a 95%% interval and whether the gap is "
-        "larger than the seed-to-seed noise",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="with --seeds: seeds run at once, each its own process with the CPU's threads "
-        "split between them (default 1)",
-    )
+    add_seed_options(parser)
     parser.set_defaults(handler=cmd_ablate_digits)
 
     parser = evaluate.add_parser(

@@ -7,8 +7,15 @@ import dataclasses
 from pathlib import Path
 
 from cycada.sizes import image_size
-from cycada.training.core.cli_options import SHARED_DATA_KEYS, add_run_options, given_overrides
+from cycada.training.core.cli_options import (
+    SHARED_DATA_KEYS,
+    add_run_options,
+    add_seed_options,
+    check_jobs_without_seeds,
+    given_overrides,
+)
 from cycada.training.core.presets import DEFAULT_DATA_ROOT
+from cycada.training.core.seed_runs import AblationTable
 from cycada.training.segmentation.config import (
     SEG_DATASETS,
     SEG_STAGES,
@@ -29,6 +36,23 @@ SEG_ABLATION_ROWS = {  # Table 5's rows as the paper ran them (no semantic loss)
     "full": "CyCADA",
     "full_semantic": "CyCADA + semantic loss (ours)",
 }
+# the table over seeds (`cycada ablate seg --seeds`)
+SEG_TABLE = AblationTable(
+    task="seg",
+    names=SEG_ABLATION_ROWS,
+    short={
+        "source_only": "source only",
+        "control": "control",
+        "feature_only": "feature-only",
+        "pixel_only_no_cycle": "pixel-only w/o cycle",
+        "pixel_only": "pixel-only",
+        "full": "full",
+        "full_semantic": "full + semantic",
+    },
+    not_adapted=("source_only", "control"),
+    metric="miou",
+    metric_name="mIoU",
+)
 
 
 def _with_format(
@@ -301,6 +325,7 @@ def _register_training(train, ablate) -> None:
     )
     add_seg_options(parser)
     parser.add_argument("--rows", help="comma-separated subset (default: all)")
+    add_seed_options(parser)
     parser.set_defaults(handler=cmd_ablate_seg)
 
 
@@ -368,8 +393,28 @@ def _register_data(data) -> None:
     parser.set_defaults(handler=cmd_data_video)
 
 
+def results_records(results: dict[str, dict]) -> list[dict]:
+    """The rows of ``results.json``: each row's mIoU, fwIoU and pixel accuracy in %, and its
+    mIoU over the control in points (None for the rows that do not adapt, or without one)."""
+    gains = miou_over_control(results) or {}
+    records = []
+    for row, metrics in results.items():
+        gain = gains.get(SEG_ABLATION_ROWS[row])
+        records.append(
+            {
+                "row": row,
+                "model": SEG_ABLATION_ROWS[row],
+                "miou": round(100 * metrics["miou"], 2),
+                "fwiou": round(100 * metrics["fwiou"], 2),
+                "pixel_accuracy": round(100 * metrics["pixel_accuracy"], 2),
+                "over_control": None if gain is None else round(100 * gain, 2),
+            }
+        )
+    return records
+
+
 def cmd_ablate_seg(args: argparse.Namespace) -> int:
-    from cycada.atomic import write_text_atomic
+    from cycada.atomic import write_json_atomic, write_text_atomic
     from cycada.errors import ConfigError
     from cycada.training.core.pipeline import CONTROL_NOTE
     from cycada.training.segmentation.label_free import label_free_csv, label_free_table
@@ -381,6 +426,12 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
     unknown = [r for r in rows if r not in SEG_ABLATION_ROWS]
     if unknown:
         raise ConfigError(f"unknown row '{unknown[0]}' (valid: {', '.join(SEG_ABLATION_ROWS)})")
+    if args.seeds is not None:
+        from cycada.training.core.seed_runs import run_seeds_from_args
+
+        print(run_seeds_from_args(SEG_TABLE, config, args, rows))
+        return 0
+    check_jobs_without_seeds(args)
     results = {}
     label_free: dict = {}
     for row in rows:
@@ -398,6 +449,7 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
             note = "" if gains is None else f"\n{CONTROL_NOTE}\n"
             write_text_atomic(args.out / "results.md", table_markdown(named, gains) + note)
             write_text_atomic(args.out / "results.csv", table_csv(named, gains))
+            write_json_atomic(args.out / "results.json", {"rows": results_records(results)})
         if "label_free" in final:
             label_free[SEG_ABLATION_ROWS[row]] = final["label_free"]
             write_text_atomic(args.out / "label_free.md", label_free_table(label_free))

@@ -1,15 +1,17 @@
-"""`cycada ablate digits --seeds 0-4`: the ablation once per seed, then one table of every
+"""`cycada ablate digits|seg --seeds 0-4`: the ablation once per seed, then one table of every
 row's mean and spread and the paired differences that say whether a gap is larger than the
 seed-to-seed noise (:mod:`cycada.training.core.seed_stats`).
 
-Each seed is its own ``cycada ablate digits --seed N`` process writing ``OUT/seed-N`` (its
-stage cache included), ``--jobs`` of them at once with the CPU's threads split between them. A
-seed that ran before finds its stages in its cache, so running the command again after an
-interruption, or with more seeds, trains only what is missing.
+Each seed is its own ``cycada ablate TASK --seed N`` process writing ``OUT/seed-N`` (its stage
+cache included), ``--jobs`` of them at once with the CPU's threads split between them; each
+reads the one resolved config the parent wrote to ``OUT/config.yaml``. A seed that ran before
+finds its stages in its cache, so running the command again after an interruption, or with more
+seeds, trains only what is missing.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import io
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +27,41 @@ from cycada import configs
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.errors import ConfigError, FailureError
 from cycada.training.core.pipeline import CONTROL_NOTE
-from cycada.training.core.seed_stats import PairedDifference, paired_difference, row_stats
-from cycada.training.digits.ablation import DEFAULT_ROWS, NOT_ADAPTED, ROWS
-from cycada.training.digits.config import DigitsRunConfig
-
-SHORT = {
-    "source_only": "source only",
-    "control": "control",
-    "no_feat_no_semantic": "no feat, no semantic",
-    "no_feat": "pixel-only",
-    "no_cycle": "no cycle",
-    "no_pixel": "feature-only",
-    "full": "full",
-    "joint": "joint",
-    "alternating": "alternating",
-    "target_supervised": "target supervised",
-}
+from cycada.training.core.seed_stats import (
+    PairedDifference,
+    paired_difference,
+    parse_seeds,
+    row_stats,
+)
 
 
-def comparisons(rows: list[str]) -> list[tuple[str, str]]:
-    """The differences worth a verdict: each adapted row against the equal-iterations control
-    (the gain from adaptation), and the full method against each other adapted row (what each
-    part adds)."""
-    adapted = [row for row in rows if row not in NOT_ADAPTED]
-    pairs = [(row, "control") for row in adapted if "control" in rows]
-    if "full" in rows:
-        pairs += [("full", row) for row in adapted if row != "full"]
-    return pairs
+@dataclass(frozen=True)
+class AblationTable:
+    """What the seed runner needs to know of one task's ``cycada ablate`` table."""
+
+    task: str  # the ``cycada ablate`` subcommand
+    names: dict[str, str]  # row → its name in the table
+    short: dict[str, str]  # row → its name in a difference ("full − feature-only")
+    not_adapted: tuple[str, ...]  # rows without adaptation (source only, control, oracles)
+    metric: str  # the key of each row's metric (%) in a seed's results.json
+    metric_name: str  # e.g. "target accuracy", "mIoU"
+
+    def comparisons(self, rows: list[str]) -> list[tuple[str, str]]:
+        """The differences worth a verdict: each adapted row against the equal-iterations
+        control (the gain from adaptation), and the full method against each other adapted row
+        (what each part adds)."""
+        adapted = [row for row in rows if row not in self.not_adapted]
+        pairs = [(row, "control") for row in adapted if "control" in rows]
+        if "full" in rows:
+            pairs += [("full", row) for row in adapted if row != "full"]
+        return pairs
 
 
-def seed_command(config_file: Path, preset: str, rows: list[str], seed: int, out: Path) -> list:
+def seed_command(
+    table: AblationTable, config_file: Path, preset: str, rows: list[str], seed: int, out: Path
+) -> list[str]:
     return [
-        *(sys.executable, "-m", "cycada.cli", "ablate", "digits", "--preset", preset),
+        *(sys.executable, "-m", "cycada.cli", "ablate", table.task, "--preset", preset),
         *("--config", str(config_file), "--seed", str(seed), "--rows", ",".join(rows)),
         *("--out", str(out), "--quiet"),
     ]
@@ -76,20 +82,21 @@ def last_error_line(log: Path) -> str:
 
 
 def run_seeds(
-    config: DigitsRunConfig,
+    table: AblationTable,
+    config: Any,
     out_dir: Path,
     seeds: list[int],
-    rows: list[str] | None = None,
+    rows: list[str],
     jobs: int = 1,
     preset: str = "paper",
 ) -> str:
     """Every seed's ablation (``jobs`` at a time; each one's progress bars go to its log, one
     line here when it ends), then ``OUT/results.{md,json,csv}``. Raises
     :class:`FailureError` naming the failed seeds' logs after writing the table of the rest."""
-    rows = rows or DEFAULT_ROWS
-    unknown = [row for row in rows if row not in ROWS]
+    unknown = [row for row in rows if row not in table.names]
     if unknown:
-        raise ConfigError(f"unknown ablation row '{unknown[0]}' (valid: {', '.join(ROWS)})")
+        valid = ", ".join(table.names)
+        raise ConfigError(f"unknown ablation row '{unknown[0]}' (valid: {valid})")
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: expected at least 1 seed at a time")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +110,8 @@ def run_seeds(
         while waiting or running:
             while waiting and len(running) < jobs:
                 seed = waiting.pop(0)
-                command = seed_command(config_file, preset, rows, seed, out_dir / f"seed-{seed}")
+                out = out_dir / f"seed-{seed}"
+                command = seed_command(table, config_file, preset, rows, seed, out)
                 with open(out_dir / f"seed-{seed}.log", "w") as log:
                     process = subprocess.Popen(
                         command, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -123,8 +131,8 @@ def run_seeds(
             process.terminate()
         for process, _ in running.values():
             process.wait()
-    per_seed, models = read_seed_results(out_dir, seeds)
-    markdown = write_summary(out_dir, config, rows, seeds, per_seed, models, exits)
+    per_seed, models = read_seed_results(table, out_dir, seeds)
+    markdown = write_summary(table, out_dir, config, rows, seeds, per_seed, models, exits)
     failed = [seed for seed in seeds if exits.get(seed) != 0]
     if failed:
         first = out_dir / f"seed-{failed[0]}.log"
@@ -137,10 +145,10 @@ def run_seeds(
 
 
 def read_seed_results(
-    out_dir: Path, seeds: list[int]
+    table: AblationTable, out_dir: Path, seeds: list[int]
 ) -> tuple[dict[int, dict[str, float]], dict[str, str]]:
-    """seed → row → target accuracy (%), from each seed's own ``results.json``; and each row's
-    model name as the tables print it."""
+    """seed → row → the table's metric (%), from each seed's own ``results.json``; and each
+    row's model name as the tables print it."""
     import json
 
     per_seed: dict[int, dict[str, float]] = {}
@@ -150,7 +158,7 @@ def read_seed_results(
         if not results.is_file():
             continue
         for row in json.loads(results.read_text())["rows"]:
-            per_seed.setdefault(seed, {})[row["row"]] = row["target_accuracy"]
+            per_seed.setdefault(seed, {})[row["row"]] = row[table.metric]
             models[row["row"]] = row["model"]
     return per_seed, models
 
@@ -174,8 +182,9 @@ def difference_record(difference: PairedDifference) -> dict[str, Any]:
 
 
 def write_summary(
+    table: AblationTable,
     out_dir: Path,
-    config: DigitsRunConfig,
+    config: Any,
     rows: list[str],
     seeds: list[int],
     per_seed: dict[int, dict[str, float]],
@@ -185,13 +194,13 @@ def write_summary(
     data = config.data
     title = (
         f"Ablation of CyCADA on {data.source}→{data.target} over seeds "
-        f"{', '.join(map(str, seeds))} (target accuracy on "
+        f"{', '.join(map(str, seeds))} ({table.metric_name} on "
         f"{data.eval_set or data.target}/{data.eval_split}, %)"
     )
     stats = row_stats(per_seed, rows)
     differences = [
         found
-        for first, second in comparisons([s.row for s in stats])
+        for first, second in table.comparisons([s.row for s in stats])
         if (found := paired_difference(per_seed, first, second)) is not None
     ]
     header = ["Model", *(f"seed {seed}" for seed in seeds), "mean", "sd"]
@@ -215,9 +224,16 @@ def write_summary(
             interval = found.interval
             shown = "" if interval is None else f"{interval[0]:+.2f} to {interval[1]:+.2f}"
             lines.append(
-                f"| {SHORT[found.first]} − {SHORT[found.second]} | {found.mean:+.2f} | {shown} "
+                f"| {table.short[found.first]} − {table.short[found.second]} | "
+                f"{found.mean:+.2f} | {shown} "
                 f"| {found.seeds_above} of {found.n} | {found.verdict} |"
             )
+    if not stats:
+        lines += [
+            "",
+            f"No seed's results.json holds a {table.metric_name}: an unlabelled target without "
+            "--eval-set gives label-free signals only (each seed's label_free.md).",
+        ]
     if "control" in rows:
         lines += ["", CONTROL_NOTE]
     missing = [seed for seed in seeds if exits.get(seed) != 0]
@@ -254,3 +270,13 @@ def write_summary(
         writer.writerow([row.row, models[row.row], *cells, f"{row.mean:.2f}", _number(row.sd)])
     write_text_atomic(out_dir / "results.csv", buffer.getvalue())
     return markdown
+
+
+def run_seeds_from_args(
+    table: AblationTable, config: Any, args: argparse.Namespace, rows: list[str]
+) -> str:
+    """An ablate command's ``--seeds`` / ``--jobs`` (``--seed`` too is an error)."""
+    if args.seed is not None:
+        raise ConfigError("--seed and --seeds: give one (--seeds 3 runs seed 3 alone)")
+    seeds = parse_seeds(args.seeds)
+    return run_seeds(table, config, args.out, seeds, rows, args.jobs, args.preset)
