@@ -1,6 +1,6 @@
 """The paper's digit schedule on both USPS/MNIST shifts at once, against the paper's Table 2.
 
-    cycada bench digits-paper --device cuda --out runs/digits-paper
+    cycada bench digits-paper --device cuda --out runs/digits-paper [--seeds 0-2]
 
 Runs ``cycada ablate digits --preset paper`` for U→M and M→U side by side (two processes: the
 networks are small, so a GPU is launch-bound and holds both at once), each with the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 
 from cycada.bench_results import write_results
 from cycada.errors import ConfigError
+from cycada.training.core.seed_stats import parse_seeds
 
 SHIFTS = {
     "usps->mnist": ["--source", "usps", "--target", "mnist", "--target-split", "test"],
@@ -47,7 +49,11 @@ DEFAULT_ROWS = "source_only,full,control,no_pixel"
 def ablation_command(shift: str, args: argparse.Namespace, out: Path, sets: list[str]) -> list[str]:
     command = [sys.executable, "-m", "cycada.cli", "ablate", "digits", *SHIFTS[shift]]
     command += ["--preset", args.preset, "--data-root", args.data_root, "--device", args.device]
-    command += ["--rows", args.rows, "--seed", str(args.seed), "--quiet", "--out", str(out)]
+    if args.seeds:  # every seed of both shifts at once: small networks, a launch-bound GPU
+        command += ["--seeds", ",".join(map(str, args.seeds)), "--jobs", str(len(args.seeds))]
+    else:
+        command += ["--seed", str(args.seed)]
+    command += ["--rows", args.rows, "--quiet", "--out", str(out)]
     for item in sets:
         command += ["--set", item]
     return command
@@ -61,7 +67,10 @@ def run_shifts(args: argparse.Namespace) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         log = open(out / "ablation.log", "w")  # noqa: SIM115 - closed when the process ends
         command = ablation_command(shift, args, out, args.set)
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # its own process group: a time limit stops the seeds it started too
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()  # the child holds its own descriptor
         started[shift] = (process, time.perf_counter(), out)
     finished: dict[str, float] = {}
@@ -71,18 +80,50 @@ def run_shifts(args: argparse.Namespace) -> dict[str, Any]:
             if shift not in finished and process.poll() is not None:
                 finished[shift] = round(time.perf_counter() - began, 1)
             elif shift not in finished and time.perf_counter() > deadline:
-                process.kill()  # the rows it finished are in its results.json already
+                os.killpg(process.pid, signal.SIGKILL)  # finished rows are on disk already
                 process.wait()
                 finished[shift] = round(time.perf_counter() - began, 1)
         time.sleep(0.2)
     shifts: dict[str, Any] = {}
     for shift, (process, _, out) in started.items():
         code, seconds = process.returncode, finished[shift]
-        results = out / "results.json"
-        rows = json.loads(results.read_text())["rows"] if results.is_file() else []
+        if args.seeds:
+            rows = rows_over_seeds(out, args.seeds, args.rows.split(","))
+        else:
+            results = out / "results.json"
+            rows = json.loads(results.read_text())["rows"] if results.is_file() else []
         code = "time limit" if code == -signal.SIGKILL else code
         shifts[shift] = {"exit": code, "seconds": seconds, "rows": rows, "out": str(out)}
     return shifts
+
+
+def rows_over_seeds(out: Path, seeds: list[int], rows: list[str]) -> list[dict[str, Any]]:
+    """Each row's mean over the seeds that finished it (``target_accuracy``), its standard
+    deviation and count, read from the seeds' own folders (a time limit leaves no summary)."""
+    from cycada.training.core.seed_runs import read_seed_results
+    from cycada.training.core.seed_stats import row_stats
+    from cycada.training.digits.ablation import DIGITS_TABLE
+
+    per_seed, models = read_seed_results(DIGITS_TABLE, out, seeds)
+    return [
+        {
+            "row": stats.row,
+            "model": models[stats.row],
+            "target_accuracy": round(stats.mean, 2),
+            "sd": None if stats.sd is None else round(stats.sd, 2),
+            "seeds": stats.n,
+            "per_seed": {str(seed): value for seed, value in stats.per_seed.items()},
+        }
+        for stats in row_stats(per_seed, rows)
+    ]
+
+
+def ours(row: dict[str, Any]) -> str:
+    """``96.12`` for one seed; ``96.12 ± 0.31 (3 seeds)`` over several, as the paper reports."""
+    if "seeds" not in row:
+        return f"{row['target_accuracy']:.2f}"
+    spread = "" if row["sd"] is None else f" ± {row['sd']:.2f}"
+    return f"{row['target_accuracy']:.2f}{spread} ({row['seeds']} seed{'s' * (row['seeds'] > 1)})"
 
 
 def table(shifts: dict[str, Any]) -> str:
@@ -96,7 +137,7 @@ def table(shifts: dict[str, Any]) -> str:
         for row in done["rows"]:
             reference = paper.get(row["row"], paper["adda"] if row["row"] == "no_pixel" else None)
             lines.append(
-                f"| {shift} | {row['model']} | {row['target_accuracy']:.2f} | "
+                f"| {shift} | {row['model']} | {ours(row)} | "
                 f"{'' if reference is None else reference} |"
             )
         if done["exit"] != 0:
@@ -123,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="paper", choices=["paper", "quick"])
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"ablation rows ({DEFAULT_ROWS})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help="several seeds (e.g. 0-2), all at once: each row as mean ± sd, as the paper's "
+        "Table 2 reports it (overrides --seed)",
+    )
     parser.add_argument(
         "--shifts",
         default=",".join(SHIFTS),
