@@ -82,6 +82,16 @@ def test_seeds_run_apart_and_the_summary_pairs_them(tmp_path, grey_digits, capsy
         config = (out / f"seed-{seed}" / "full" / "config.yaml").read_text()
         assert f"seed: {seed}\n" in config and "max_steps: 4" in config
 
+    # other settings into the same folder: each seed refuses (its rows were made with another
+    # config), the input's error (exit 2), and no seed's older table counts as this command's
+    assert main(ablate(grey_digits, out, "--set", "source.epochs=3", "--seeds", "0-1")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("cycada: error: seeds 0, 1 failed (seed 0: ")
+    assert error.count("cycada: error:") == 1 and "made with a different config" in error
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["finished"] == [] and summary["rows"] == []
+    assert "Not finished: seed 0, 1" in (out / "results.md").read_text()
+
 
 def test_seed_options_name_what_is_wrong(tmp_path, capsys):
     out = str(tmp_path / "x")

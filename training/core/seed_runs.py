@@ -76,8 +76,10 @@ def child_environment(jobs: int) -> dict[str, str]:
 
 
 def last_error_line(log: Path) -> str:
+    """A failed seed's own one-line error (else its log's last line, e.g. a traceback's)."""
+    prefix = "cycada: error: "
     lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
-    errors = [line for line in lines if line.startswith("cycada: error:")]
+    errors = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
     return (errors or lines or ["no output"])[-1]
 
 
@@ -131,12 +133,15 @@ def run_seeds(
             process.terminate()
         for process, _ in running.values():
             process.wait()
-    per_seed, models = read_seed_results(table, out_dir, seeds)
+    finished = [seed for seed in seeds if exits.get(seed) == 0]  # never an older run's table
+    per_seed, models = read_seed_results(table, out_dir, finished)
     markdown = write_summary(table, out_dir, config, rows, seeds, per_seed, models, exits)
     failed = [seed for seed in seeds if exits.get(seed) != 0]
     if failed:
         first = out_dir / f"seed-{failed[0]}.log"
-        raise FailureError(
+        # every seed refused its input (exit 2, e.g. a missing data set): the input's error
+        error = ConfigError if all(exits.get(seed) == 2 for seed in failed) else FailureError
+        raise error(
             f"seed{'s' * (len(failed) > 1)} {', '.join(map(str, failed))} failed "
             f"(seed {failed[0]}: {last_error_line(first)}; log {first}); the table in "
             f"{out_dir / 'results.md'} holds the seeds that finished"
