@@ -93,6 +93,22 @@ TINY_DIGITS = [
 ]
 
 
+def grey_digit_folder(root: Path) -> str:
+    """A user-brought labelled target domain: grey, inverted synthetic digits in class folders
+    under ``root``; its domain name (``folder:ROOT``)."""
+    import cv2
+
+    from cycada.training.digits.synthetic import render_synthetic_digits
+
+    images, labels = render_synthetic_digits(80, seed=99)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        folder = root / str(label)
+        folder.mkdir(exist_ok=True)
+        grey = 255 - cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        cv2.imwrite(str(folder / f"{index:03d}.png"), grey)
+    return f"folder:{root}"
+
+
 def tiny_digits_config(target: str, *extra: str, **overrides):
     """The tiny digits config: synthetic digits → ``target``, evaluated on its train split."""
     from cycada.training.digits.config import resolve_digits_config

@@ -20,22 +20,19 @@ from cycada.training.digits.ablation import run_ablation
 from cycada.training.digits.config import resolve_digits_config
 from cycada.training.digits.pipeline import run_digits
 from cycada.training.digits.synthetic import render_synthetic_digits
-from tests.helpers import TINY_DIGITS, as_an_older_cycada_wrote_it, tiny_digits_config
+from tests.helpers import (
+    TINY_DIGITS,
+    as_an_older_cycada_wrote_it,
+    grey_digit_folder,
+    tiny_digits_config,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def folder_domain(tmp_path_factory) -> str:
-    """A user-brought target domain: grey, inverted synthetic digits in class folders."""
-    root = tmp_path_factory.mktemp("grey_digits")
-    images, labels = render_synthetic_digits(80, seed=99)
-    for index, (image, label) in enumerate(zip(images, labels)):
-        folder = root / str(label)
-        folder.mkdir(exist_ok=True)
-        grey = 255 - cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        cv2.imwrite(str(folder / f"{index:03d}.png"), grey)
-    return f"folder:{root}"
+    return grey_digit_folder(tmp_path_factory.mktemp("grey_digits"))
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import pytest
 
 from cycada.cli import main
-from cycada.training.digits.synthetic import render_synthetic_digits
-from tests.helpers import TINY_DIGITS
+from tests.helpers import TINY_DIGITS, grey_digit_folder
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def grey_digits(tmp_path_factory) -> str:
-    """A labelled folder target: grey, inverted synthetic digits in class folders."""
-    root = tmp_path_factory.mktemp("grey_digits")
-    images, labels = render_synthetic_digits(80, seed=99)
-    for index, (image, label) in enumerate(zip(images, labels)):
-        (root / str(label)).mkdir(exist_ok=True)
-        cv2.imwrite(str(root / str(label) / f"{index:03d}.png"), 255 - image[..., 0])
-    return f"folder:{root}"
+    return grey_digit_folder(tmp_path_factory.mktemp("grey_digits"))
 
 
 def ablate(target: str, out, *extra: str) -> list[str]:

@@ -36,10 +36,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 @dataclass(frozen=True)
-class RowStats:
-    """One row's metric on every seed that finished it."""
+class SeedValues:
+    """A value per seed (a row's metric, or the gap between two rows)."""
 
-    row: str
     per_seed: dict[int, float]
 
     @property
@@ -57,21 +56,19 @@ class RowStats:
 
 
 @dataclass(frozen=True)
-class PairedDifference:
+class RowStats(SeedValues):
+    """One row's metric on every seed that finished it."""
+
+    row: str
+
+
+@dataclass(frozen=True)
+class PairedDifference(SeedValues):
     """Row ``first`` minus row ``second``, seed by seed, on the seeds that finished both."""
 
     first: str
     second: str
-    per_seed: dict[int, float]
     confidence: float = 0.95
-
-    @property
-    def n(self) -> int:
-        return len(self.per_seed)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.per_seed.values())
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -80,10 +77,7 @@ class PairedDifference:
             return None
         from scipy.stats import t
 
-        half = t.ppf(0.5 + self.confidence / 2, self.n - 1) * statistics.stdev(
-            self.per_seed.values()
-        )
-        half /= math.sqrt(self.n)
+        half = t.ppf(0.5 + self.confidence / 2, self.n - 1) * self.sd / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
     @property
@@ -103,7 +97,10 @@ def row_stats(per_seed: dict[int, dict[str, float]], rows: list[str]) -> list[Ro
     """``per_seed``: seed → row → metric. One entry per row in ``rows`` order; a row no seed
     finished is left out."""
     found = [
-        RowStats(row, {seed: values[row] for seed, values in per_seed.items() if row in values})
+        RowStats(
+            per_seed={seed: values[row] for seed, values in per_seed.items() if row in values},
+            row=row,
+        )
         for row in rows
     ]
     return [stats for stats in found if stats.n]
@@ -118,4 +115,4 @@ def paired_difference(
         for seed, values in per_seed.items()
         if first in values and second in values
     }
-    return PairedDifference(first, second, both) if both else None
+    return PairedDifference(per_seed=both, first=first, second=second) if both else None
