@@ -28,7 +28,7 @@ def test_bench_reports_each_shift_beside_the_paper_and_its_wall_time(tmp_path, d
     assert [row["row"] for row in shift["rows"]] == ["source_only", "full"]
     assert all(0 <= row["target_accuracy"] <= 100 for row in shift["rows"])
     table = (tmp_path / "digits-paper.md").read_text()
-    assert "| usps->mnist | CyCADA (Full) |" in table and "| 96.5 |" in table  # Table 2, U→M
+    assert "| usps->mnist | CyCADA (Full) |" in table and "| 96.5 ± 0.1 |" in table  # Table 2, U→M
     # the ablation ran the paper preset, with the overrides on top
     config = (tmp_path / "usps2mnist" / "full" / "config.yaml").read_text()
     assert "lr: 1.0e-05" in config and "max_epochs: 1" in config
@@ -67,7 +67,7 @@ def test_bench_over_seeds_reports_mean_and_spread(tmp_path, data_root):
     assert row["per_seed"] == {"0": per_seed[0], "1": per_seed[1]} and row["seeds"] == 2
     assert row["target_accuracy"] == pytest.approx(sum(per_seed.values()) / 2, abs=0.006)
     assert (
-        f"| {row['target_accuracy']:.2f} ± {row['sd']:.2f} (2 seeds) | 96.5 |"
+        f"| {row['target_accuracy']:.2f} ± {row['sd']:.2f} (2 seeds) | 96.5 ± 0.1 |"
         in (tmp_path / "digits-paper.md").read_text()
     )
 
