@@ -139,3 +139,34 @@ def bench_figure(path: str | Path, served: list[dict], in_process: list[dict], t
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     return _save(figure, path)
+
+
+def seeds_figure(
+    path: str | Path,
+    rows: dict[str, list[float]],
+    differences: dict[str, tuple[list[float], tuple[float, float] | None]],
+    metric_name: str,
+    title: str,
+) -> Path:
+    """Left: one line per ablation row, each seed's value a dot, the mean a bar. Right: each
+    paired difference, its per-seed gaps as dots and its 95 % interval as a line around the
+    mean, beside zero: a gap whose line crosses zero is within the seed-to-seed noise."""
+    plt = _pyplot()
+    height = 0.5 * max(len(rows), len(differences), 1) + 1.5
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, height), squeeze=True)
+    for axes, lines in ((left, rows), (right, {k: v[0] for k, v in differences.items()})):
+        for line, values in enumerate(reversed(list(lines.values()))):
+            axes.plot(values, [line] * len(values), "o", color="tab:blue", alpha=0.6)
+            mean = sum(values) / len(values)
+            axes.plot([mean, mean], [line - 0.3, line + 0.3], "-", color="black", linewidth=2)
+        axes.set_yticks(range(len(lines)), list(reversed(list(lines))), fontsize=8)
+        axes.set_ylim(-0.7, max(len(lines), 1) - 0.3)
+        axes.grid(axis="x", alpha=0.3)
+    for line, (_, interval) in enumerate(reversed(list(differences.values()))):
+        if interval is not None:
+            right.plot(interval, [line, line], "-", color="tab:red", linewidth=1.5)
+    right.axvline(0, color="grey", linewidth=1)
+    left.set_xlabel(f"{metric_name} (%): dots are seeds, bars the mean")
+    right.set_xlabel("difference (points): dots are seeds, red the 95 % interval")
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, path)

@@ -69,6 +69,7 @@ def test_seeds_run_apart_and_the_summary_pairs_them(tmp_path, grey_digits, capsy
     table = (out / "results.md").read_text()
     assert "| Model | seed 0 | seed 1 | mean | sd |" in table
     assert "| full − feature-only |" in table and "control" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # seeds per row
     # every seed ran the one resolved config, its seed aside
     for seed in (0, 1):
         config = (out / f"seed-{seed}" / "full" / "config.yaml").read_text()

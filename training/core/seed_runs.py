@@ -246,6 +246,18 @@ def write_summary(
         lines += ["", f"Not finished: seed {', '.join(map(str, missing))} (see seed-N.log)."]
     markdown = "\n".join(lines) + "\n"
     write_text_atomic(out_dir / "results.md", markdown)
+    if stats:
+        from cycada.plots import seeds_figure
+
+        values = {table.short[row.row]: list(row.per_seed.values()) for row in stats}
+        gaps = {
+            f"{table.short[found.first]} − {table.short[found.second]}": (
+                list(found.per_seed.values()),
+                found.interval,
+            )
+            for found in differences
+        }
+        seeds_figure(out_dir / "results.png", values, gaps, table.metric_name, title)
     records = [
         {
             "row": row.row,
