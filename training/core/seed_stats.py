@@ -77,7 +77,7 @@ class PairedDifference(SeedValues):
             return None
         from scipy.stats import t
 
-        half = t.ppf(0.5 + self.confidence / 2, self.n - 1) * self.sd / math.sqrt(self.n)
+        half = float(t.ppf(0.5 + self.confidence / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
     @property
