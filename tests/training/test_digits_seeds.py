@@ -99,3 +99,17 @@ def test_seed_options_name_what_is_wrong(tmp_path, capsys):
     assert main(["ablate", "digits", "--seeds", "0", "--rows", "fulll", "--out", out]) == 2
     assert "unknown ablation row 'fulll'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing written for a command that cannot run
+    # a folder keeps one kind of table: neither command overwrites the other's
+    one_seed, over_seeds = tmp_path / "one", tmp_path / "many"
+    for folder, table in ((one_seed, {"rows": []}), (over_seeds, {"seeds": [0], "rows": []})):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(table))
+    assert main(["ablate", "digits", "--seeds", "0-1", "--out", str(one_seed)]) == 2
+    assert f"{one_seed} holds a one-seed ablation; with --seeds use a new --out" in (
+        capsys.readouterr().err
+    )
+    assert main(["ablate", "digits", "--out", str(over_seeds)]) == 2
+    assert f"{over_seeds} holds an ablation over seeds; without --seeds" in capsys.readouterr().err
+    assert main(["ablate", "seg", "--out", str(over_seeds)]) == 2
+    assert "holds an ablation over seeds" in capsys.readouterr().err
+    assert json.loads((one_seed / "results.json").read_text()) == {"rows": []}

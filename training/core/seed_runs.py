@@ -83,6 +83,33 @@ def last_error_line(log: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+def holds_seeds_table(out_dir: Path) -> bool | None:
+    """Whether ``OUT/results.json`` is a table over seeds (True), one seed's table (False), or
+    absent (None): a folder keeps one kind, so neither command overwrites the other's table."""
+    import json
+
+    results = out_dir / "results.json"
+    if not results.is_file():
+        return None
+    try:
+        return "seeds" in json.loads(results.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the command rewrites it
+
+
+def check_ablation_folder(out_dir: Path, over_seeds: bool) -> None:
+    """A one-line input error when ``out_dir`` holds the other kind of ablation table."""
+    held = holds_seeds_table(out_dir)
+    if held is None or held == over_seeds:
+        return
+    if held:
+        raise ConfigError(
+            f"{out_dir} holds an ablation over seeds; without --seeds use a new --out (or "
+            f"{out_dir}/seed-N for one seed)"
+        )
+    raise ConfigError(f"{out_dir} holds a one-seed ablation; with --seeds use a new --out")
+
+
 def run_seeds(
     table: AblationTable,
     config: Any,
@@ -101,6 +128,7 @@ def run_seeds(
         raise ConfigError(f"unknown ablation row '{unknown[0]}' (valid: {valid})")
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: expected at least 1 seed at a time")
+    check_ablation_folder(out_dir, over_seeds=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / "config.yaml"  # what every seed runs, its seed aside
     write_text_atomic(config_file, configs.to_yaml(dataclasses.replace(config, seed=seeds[0])))

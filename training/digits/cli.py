@@ -70,17 +70,16 @@ def cmd_train_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate_digits(args: argparse.Namespace) -> int:
-    from cycada.training.digits.ablation import run_ablation
+    from cycada.training.core.seed_runs import check_ablation_folder, run_seeds_from_args
+    from cycada.training.digits.ablation import DEFAULT_ROWS, DIGITS_TABLE, run_ablation
 
     config = config_from_args(args)
     rows = args.rows.split(",") if args.rows else None
     if args.seeds is not None:
-        from cycada.training.core.seed_runs import run_seeds_from_args
-        from cycada.training.digits.ablation import DEFAULT_ROWS, DIGITS_TABLE
-
         print(run_seeds_from_args(DIGITS_TABLE, config, args, rows or DEFAULT_ROWS))
         return 0
     check_jobs_without_seeds(args)
+    check_ablation_folder(args.out, over_seeds=False)
     table = run_ablation(config, args.out, rows=rows, quiet=args.quiet)
     print(table)
     return 0

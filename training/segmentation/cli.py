@@ -426,12 +426,13 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
     unknown = [r for r in rows if r not in SEG_ABLATION_ROWS]
     if unknown:
         raise ConfigError(f"unknown row '{unknown[0]}' (valid: {', '.join(SEG_ABLATION_ROWS)})")
-    if args.seeds is not None:
-        from cycada.training.core.seed_runs import run_seeds_from_args
+    from cycada.training.core.seed_runs import check_ablation_folder, run_seeds_from_args
 
+    if args.seeds is not None:
         print(run_seeds_from_args(SEG_TABLE, config, args, rows))
         return 0
     check_jobs_without_seeds(args)
+    check_ablation_folder(args.out, over_seeds=False)
     results = {}
     label_free: dict = {}
     for row in rows:
