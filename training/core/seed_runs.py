@@ -107,7 +107,10 @@ def check_ablation_folder(out_dir: Path, over_seeds: bool) -> None:
             f"{out_dir} holds an ablation over seeds; without --seeds use a new --out (or "
             f"{out_dir}/seed-N for one seed)"
         )
-    raise ConfigError(f"{out_dir} holds a one-seed ablation; with --seeds use a new --out")
+    raise ConfigError(
+        f"{out_dir} holds a one-seed ablation; with --seeds use a new --out (that folder moved "
+        "to NEW/seed-N is reused as seed N)"
+    )
 
 
 def run_seeds(
