@@ -15,6 +15,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import os
 import subprocess
 import sys
@@ -86,8 +87,6 @@ def last_error_line(log: Path) -> str:
 def holds_seeds_table(out_dir: Path) -> bool | None:
     """Whether ``OUT/results.json`` is a table over seeds (True), one seed's table (False), or
     absent (None): a folder keeps one kind, so neither command overwrites the other's table."""
-    import json
-
     results = out_dir / "results.json"
     if not results.is_file():
         return None
@@ -123,7 +122,7 @@ def run_seeds(
     preset: str = "paper",
 ) -> str:
     """Every seed's ablation (``jobs`` at a time; each one's progress bars go to its log, one
-    line here when it ends), then ``OUT/results.{md,json,csv}``. Raises
+    line here when it ends), then ``OUT/results.{md,json,csv,png}``. Raises
     :class:`FailureError` naming the failed seeds' logs after writing the table of the rest."""
     unknown = [row for row in rows if row not in table.names]
     if unknown:
@@ -170,7 +169,7 @@ def run_seeds(
     failed = [seed for seed in seeds if exits.get(seed) != 0]
     if failed:
         first = out_dir / f"seed-{failed[0]}.log"
-        # every seed refused its input (exit 2, e.g. a missing data set): the input's error
+        # the failed seeds all refused their input (exit 2, e.g. a missing data set)
         error = ConfigError if all(exits.get(seed) == 2 for seed in failed) else FailureError
         raise error(
             f"seed{'s' * (len(failed) > 1)} {', '.join(map(str, failed))} failed "
@@ -185,8 +184,6 @@ def read_seed_results(
 ) -> tuple[dict[int, dict[str, float]], dict[str, str]]:
     """seed → row → the table's metric (%), from each seed's own ``results.json``; and each
     row's model name as the tables print it."""
-    import json
-
     per_seed: dict[int, dict[str, float]] = {}
     models: dict[str, str] = {}
     for seed in seeds:
