@@ -63,3 +63,15 @@ def test_bench_served_sets_server_parameters_in_valid_configs(tmp_path):
     assert text.count('key: "engine"') == 1 and 'string_value: "pytorch"' in text
     assert 'key: "cuda_graphs" value: { string_value: "false" }' in text
     validate_config(text, str(config))
+
+
+def test_building_the_command_line_does_not_import_torch():
+    """Every `cycada` call builds the whole parser first; torch (about 1.2 s to import here)
+    belongs to the handlers that need it, or `cycada --help` and input errors wait for it."""
+    import subprocess
+    import sys
+
+    probe = "import sys; from cycada.cli import build_parser; build_parser(); "
+    probe += "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

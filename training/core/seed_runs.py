@@ -27,7 +27,6 @@ from typing import Any
 from cycada import configs
 from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.errors import ConfigError, FailureError
-from cycada.training.core.pipeline import CONTROL_NOTE
 from cycada.training.core.seed_stats import (
     PairedDifference,
     paired_difference,
@@ -268,6 +267,8 @@ def write_summary(
             "--eval-set gives label-free signals only (each seed's label_free.md).",
         ]
     if "control" in rows:
+        from cycada.training.core.pipeline import CONTROL_NOTE  # imports torch: not at start-up
+
         lines += ["", CONTROL_NOTE]
     missing = [seed for seed in seeds if exits.get(seed) != 0]
     if missing:
