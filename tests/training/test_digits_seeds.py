@@ -4,10 +4,12 @@ paired differences; a seed that fails leaves the others' table and names its log
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from cycada.cli import main
+from cycada.training.core import seed_runs
 from tests.helpers import TINY_DIGITS, grey_digit_folder
 
 pytestmark = pytest.mark.slow
@@ -27,7 +29,7 @@ def ablate(target: str, out, *extra: str) -> list[str]:
     ]
 
 
-def test_seeds_run_apart_and_the_summary_pairs_them(tmp_path, grey_digits, capsys):
+def test_seeds_run_apart_and_the_summary_pairs_them(tmp_path, grey_digits, capsys, monkeypatch):
     out = tmp_path / "seeds"
     out.mkdir()
     (out / "seed-1").write_text("a file where seed 1's run folder goes")  # seed 1 cannot run
@@ -40,9 +42,12 @@ def test_seeds_run_apart_and_the_summary_pairs_them(tmp_path, grey_digits, capsy
     assert "Not finished: seed 1" in (out / "results.md").read_text()
 
     (out / "seed-1").unlink()  # the fault gone, the same command trains only what is missing
+    monkeypatch.setattr(seed_runs, "PROGRESS_EVERY_S", 0.5)
     assert main(ablate(grey_digits, out, "--seeds", "0-1", "--jobs", "2")) == 0
     printed = capsys.readouterr().out
     assert "seed 0: finished" in printed and "seed 1: finished" in printed
+    # while they ran, a line at a time said where each one was
+    assert re.search(r"^\[\d+ min\] seed 0: (starting|row \d of 3)", printed, re.MULTILINE)
     assert "finished output found" in (out / "seed-0" / "full" / "log.txt").read_text()
     summary = json.loads((out / "results.json").read_text())
     assert summary["finished"] == [0, 1]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import pytest
 
 from cycada.errors import ConfigError
+from cycada.training.core.seed_runs import seed_progress
 from cycada.training.core.seed_stats import (
     ABOVE,
     BELOW,
@@ -87,3 +92,20 @@ def test_full_is_compared_with_each_part_and_every_adapted_row_with_the_control(
     ]
     assert DIGITS_TABLE.comparisons(["no_pixel", "full"]) == [("full", "no_pixel")]
     assert DIGITS_TABLE.comparisons(["source_only", "control"]) == []
+
+
+def test_a_running_seed_reports_its_newest_row_and_last_logged_step(tmp_path):
+    seed = tmp_path / "seed-3"
+    rows = ["source_only", "control", "full"]
+    assert seed_progress(seed, rows) == "starting"
+    (seed / "source_only").mkdir(parents=True)
+    assert seed_progress(seed, rows) == "row 1 of 3 (source_only)"
+    records = [{"stage": "source", "step": step, "task_loss": 0.5} for step in (10, 20, 30)]
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    (seed / "source_only" / "scalars.jsonl").write_text(lines + '{"stage": "sou')  # half written
+    assert seed_progress(seed, rows) == "row 1 of 3 (source_only), source step 30"
+    control = seed / "control"
+    control.mkdir()
+    (control / "scalars.jsonl").write_text('{"stage": "source", "step": 1200}\n')
+    os.utime(control, (time.time() + 5, time.time() + 5))  # the newest folder is the running row
+    assert seed_progress(seed, rows) == "row 2 of 3 (control), source step 1200"

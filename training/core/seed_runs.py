@@ -34,6 +34,8 @@ from cycada.training.core.seed_stats import (
     row_stats,
 )
 
+PROGRESS_EVERY_S = 60.0  # a line saying where each running seed is
+
 
 @dataclass(frozen=True)
 class AblationTable:
@@ -83,6 +85,38 @@ def last_error_line(log: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+def last_scalars(path: Path) -> dict[str, Any] | None:
+    """The last whole record of a row's ``scalars.jsonl`` (read from its end: the file grows
+    all run long; its last line may be half written), or None when there is none yet."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
+def seed_progress(out: Path, rows: list[str]) -> str:
+    """Where one running seed is: its newest row folder and that row's last logged step, e.g.
+    ``row 2 of 4 (control), source step 1200``."""
+    started = [(out / row, row) for row in rows if (out / row).is_dir()]
+    if not started:
+        return "starting"
+    folder, row = max(started, key=lambda item: item[0].stat().st_mtime)
+    where = f"row {rows.index(row) + 1} of {len(rows)} ({row})"
+    record = last_scalars(folder / "scalars.jsonl")
+    if record is None:
+        return where
+    return f"{where}, {record.get('stage', '?')} step {record.get('step', '?')}"
+
+
 def holds_seeds_table(out_dir: Path) -> bool | None:
     """Whether ``OUT/results.json`` is a table over seeds (True), one seed's table (False), or
     absent (None): a folder keeps one kind, so neither command overwrites the other's table."""
@@ -119,9 +153,11 @@ def run_seeds(
     rows: list[str],
     jobs: int = 1,
     preset: str = "paper",
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> str:
-    """Every seed's ablation (``jobs`` at a time; each one's progress bars go to its log, one
-    line here when it ends), then ``OUT/results.{md,json,csv,png}``. Raises
+    """Every seed's ablation (``jobs`` at a time, each quiet in its own log), with a line every
+    ``progress_every`` seconds saying where each running seed is and one when a seed ends, then
+    ``OUT/results.{md,json,csv,png}``. Raises
     :class:`FailureError` naming the failed seeds' logs after writing the table of the rest."""
     unknown = [row for row in rows if row not in table.names]
     if unknown:
@@ -137,6 +173,7 @@ def run_seeds(
     waiting = list(seeds)
     running: dict[int, tuple[subprocess.Popen, float]] = {}
     exits: dict[int, int] = {}
+    began_all = last_report = time.perf_counter()
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
@@ -156,6 +193,14 @@ def run_seeds(
                 seconds = time.perf_counter() - began
                 state = "finished" if process.returncode == 0 else "FAILED"
                 print(f"seed {seed}: {state} in {seconds:.0f} s", flush=True)
+            if running and time.perf_counter() - last_report >= progress_every:
+                last_report = time.perf_counter()
+                where = "; ".join(
+                    f"seed {seed}: {seed_progress(out_dir / f'seed-{seed}', rows)}"
+                    for seed in running
+                )
+                minutes = (last_report - began_all) / 60
+                print(f"[{minutes:.0f} min] {where}", flush=True)
             time.sleep(0.2)
     finally:  # an interrupt stops the seeds still running; their finished stages are cached
         for process, _ in running.values():
@@ -325,4 +370,4 @@ def run_seeds_from_args(
     if args.seed is not None:
         raise ConfigError("--seed and --seeds: give one (--seeds 3 runs seed 3 alone)")
     seeds = parse_seeds(args.seeds)
-    return run_seeds(table, config, args.out, seeds, rows, args.jobs, args.preset)
+    return run_seeds(table, config, args.out, seeds, rows, args.jobs, args.preset, PROGRESS_EVERY_S)
