@@ -109,3 +109,7 @@ def test_a_running_seed_reports_its_newest_row_and_last_logged_step(tmp_path):
     (control / "scalars.jsonl").write_text('{"stage": "source", "step": 1200}\n')
     os.utime(control, (time.time() + 5, time.time() + 5))  # the newest folder is the running row
     assert seed_progress(seed, rows) == "row 2 of 3 (control), source step 1200"
+    # a row evaluated again writes only its log: that row is the one running
+    (seed / "source_only" / "log.txt").write_text("evaluation: labelled on camvid/test\n")
+    os.utime(seed / "source_only" / "log.txt", (time.time() + 10, time.time() + 10))
+    assert seed_progress(seed, rows).startswith("row 1 of 3 (source_only)")

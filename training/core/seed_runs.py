@@ -103,13 +103,20 @@ def last_scalars(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def last_write(folder: Path) -> float:
+    """When a row folder was last written to: its log grows through training and evaluation
+    alike (a row only evaluated again leaves the folder's own time alone)."""
+    files = [folder, folder / "log.txt", folder / "scalars.jsonl"]
+    return max(path.stat().st_mtime for path in files if path.exists())
+
+
 def seed_progress(out: Path, rows: list[str]) -> str:
     """Where one running seed is: its newest row folder and that row's last logged step, e.g.
     ``row 2 of 4 (control), source step 1200``."""
     started = [(out / row, row) for row in rows if (out / row).is_dir()]
     if not started:
         return "starting"
-    folder, row = max(started, key=lambda item: item[0].stat().st_mtime)
+    folder, row = max(started, key=lambda item: last_write(item[0]))
     where = f"row {rows.index(row) + 1} of {len(rows)} ({row})"
     record = last_scalars(folder / "scalars.jsonl")
     if record is None:
