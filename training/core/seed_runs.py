@@ -106,12 +106,17 @@ def last_scalars(path: Path) -> dict[str, Any] | None:
 def last_write(folder: Path) -> float:
     """When a row folder was last written to: its log grows through training and evaluation
     alike (a row only evaluated again leaves the folder's own time alone)."""
-    files = [folder, folder / "log.txt", folder / "scalars.jsonl"]
-    return max(path.stat().st_mtime for path in files if path.exists())
+    times = []
+    for path in (folder, folder / "log.txt", folder / "scalars.jsonl"):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # not written yet (or moved away while the seed runs)
+            continue
+    return max(times, default=0.0)
 
 
 def seed_progress(out: Path, rows: list[str]) -> str:
-    """Where one running seed is: its newest row folder and that row's last logged step, e.g.
+    """Where one running seed is: the row it wrote to last and that row's last logged step, e.g.
     ``row 2 of 4 (control), source step 1200``."""
     started = [(out / row, row) for row in rows if (out / row).is_dir()]
     if not started:
