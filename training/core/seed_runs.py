@@ -165,11 +165,11 @@ def run_seeds(
     rows: list[str],
     jobs: int = 1,
     preset: str = "paper",
-    progress_every: float = PROGRESS_EVERY_S,
+    progress_every: float | None = None,
 ) -> str:
     """Every seed's ablation (``jobs`` at a time, each quiet in its own log), with a line every
-    ``progress_every`` seconds saying where each running seed is and one when a seed ends, then
-    ``OUT/results.{md,json,csv,png}``. Raises
+    ``progress_every`` seconds (default ``PROGRESS_EVERY_S``) saying where each running seed
+    is and one when a seed ends, then ``OUT/results.{md,json,csv,png}``. Raises
     :class:`FailureError` naming the failed seeds' logs after writing the table of the rest."""
     unknown = [row for row in rows if row not in table.names]
     if unknown:
@@ -185,6 +185,8 @@ def run_seeds(
     waiting = list(seeds)
     running: dict[int, tuple[subprocess.Popen, float]] = {}
     exits: dict[int, int] = {}
+    if progress_every is None:
+        progress_every = PROGRESS_EVERY_S  # read at call time
     began_all = last_report = time.perf_counter()
     try:
         while waiting or running:
@@ -382,4 +384,4 @@ def run_seeds_from_args(
     if args.seed is not None:
         raise ConfigError("--seed and --seeds: give one (--seeds 3 runs seed 3 alone)")
     seeds = parse_seeds(args.seeds)
-    return run_seeds(table, config, args.out, seeds, rows, args.jobs, args.preset, PROGRESS_EVERY_S)
+    return run_seeds(table, config, args.out, seeds, rows, args.jobs, args.preset)
