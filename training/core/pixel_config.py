@@ -40,6 +40,8 @@ class PixelConfig:
     semantic_gate_loss: float = 1.0
     # extra factor on G_S→T's GAN term (the reference code's digit CycleGAN: 2)
     forward_gan_weight: float = 1.0
+    # an absolute weight, not CycleGAN's factor on the cycle weight: its --lambda_identity 0.5
+    # beside cycle 10 is 5 here
     lambda_identity: float = 0.0
     pool_size: int = 50
     sample_every: int = 200  # steps between image grids
