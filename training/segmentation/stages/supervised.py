@@ -30,11 +30,13 @@ def train_segmenter(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=run.cuda and run.config.amp)
     resume = run.stage_resume(stage, {"model": model}, {"sgd": optimizer}, generator)
-    start, _ = resume.restore()
-    if start:
-        run.log.info(f"{stage}: resuming at iteration {start}/{cfg.iterations}")
+    start, extra = resume.restore()
     transform = train_transform(run, stage, cfg.crop, cfg.flip, dataset)
     batches = endless_batches(run, dataset, transform, cfg.batch_size, generator)
+    if start:
+        run.log.info(f"{stage}: resuming at iteration {start}/{cfg.iterations}")
+        if "batches" in extra:  # older resume states lack it: a new pass then
+            batches.resume_at(extra["batches"])
     task_loss = TaskLoss()
     bar = run.log.progress(cfg.iterations, stage, initial=start)
     model.train()
@@ -59,7 +61,7 @@ def train_segmenter(
                 iteration + 1,
             )
         if (iteration + 1) % run.config.checkpoint_every == 0:
-            resume.save(iteration + 1)
+            resume.save(iteration + 1, {"batches": batches.place()})
     bar.close()
     resume.finish()
     model.eval()
