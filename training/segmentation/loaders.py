@@ -3,12 +3,11 @@ endless stream of shuffled, transformed batches."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from cycada.training.segmentation.data import SegmentationSet
 from cycada.training.segmentation.transforms import SegTransform, resize_to_width
@@ -74,45 +73,61 @@ class EndlessBatches:
         self.workers, self.pin_memory = workers, pin_memory
         self.epoch, self.taken = 0, 0
         self._epoch_state: torch.Tensor | None = None
+        self._order: _PassOrder | None = None
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+        self._ready: list[dict[str, torch.Tensor]] = []
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        while True:
+        while not self._ready:
             if self._batches is None:
-                self._start_pass(skip=0)
+                self._start_pass(skip=0, tail_drawn=False)
             try:
-                batch = next(self._batches)
+                self._ready.append(next(self._batches))
             except StopIteration:
                 self._batches = None
                 self.epoch += 1
-                continue
-            self.taken += 1
-            return batch
+        self.taken += 1
+        return self._ready.pop()
 
     def place(self) -> dict[str, object]:
         """Where the stream stands, for a resume state (after at least one batch)."""
-        return {"epoch": self.epoch, "taken": self.taken, "generator": self._epoch_state}
+        if self._order is None:
+            raise RuntimeError("a stream has no place before its first batch")
+        return {
+            "epoch": self.epoch,
+            "taken": self.taken,
+            "generator": self._epoch_state,
+            "tail_drawn": self._order.tail_drawn,
+        }
 
     def resume_at(self, place: dict[str, object]) -> None:
-        """Continue from ``place``: the same pass, order and crops, less the batches taken."""
-        self.epoch = int(place["epoch"])
-        self.generator.set_state(place["generator"])
-        self._start_pass(skip=int(place["taken"]))
+        """Continue from ``place``: the same pass, order and crops, less the batches taken.
 
-    def _start_pass(self, skip: int) -> None:
+        The pass's random draws are made here, from the state recorded before them (its first
+        batch is fetched now); the caller then returns the generator to the resume state's, so
+        streams and other users sharing it draw on from where the stopped run left it.
+        """
+        self.generator.set_state(place["generator"])
+        self.epoch = int(place["epoch"])
+        self._start_pass(skip=int(place["taken"]), tail_drawn=bool(place["tail_drawn"]))
+        try:
+            self._ready.append(next(self._batches))
+        except StopIteration:  # stopped right at the end of a pass
+            self._batches = None
+            self.epoch += 1
+
+    def _start_pass(self, skip: int, tail_drawn: bool) -> None:
         self._epoch_state = self.generator.get_state()
         self.dataset.epoch = self.epoch
-        # what DataLoader(shuffle=True, generator=...) builds, so the draws are the same
-        sampler: Sampler[int] = RandomSampler(self.dataset, generator=self.generator)
-        if skip:
-            sampler = _SkipFirst(sampler, skip * self.batch_size)
+        self._order = _PassOrder(len(self.dataset), self.generator, skip * self.batch_size)
+        self._order.tail_drawn = tail_drawn
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
+            sampler=self._order,
             drop_last=True,
             generator=self.generator,
             num_workers=self.workers,
@@ -121,14 +136,41 @@ class EndlessBatches:
         self._batches, self.taken = iter(loader), skip
 
 
-class _SkipFirst(Sampler[int]):
-    """Another sampler's indices less the first ``count`` (its random draws unchanged)."""
+def stream_places(streams: dict[str, EndlessBatches]) -> dict[str, dict[str, object]]:
+    """Every stream's place, for a stage's resume state (``resume_streams`` reads it back)."""
+    return {name: stream.place() for name, stream in streams.items()}
 
-    def __init__(self, inner: Sampler[int], count: int):
-        self.inner, self.count = inner, count
+
+def resume_streams(
+    generator: torch.Generator, streams: dict[str, EndlessBatches], places: dict | None
+) -> None:
+    """Put each stream back at its recorded place, then ``generator`` back at the resume
+    state's (restored before this call): where the stopped run's next draw came from."""
+    if not places:
+        return  # an older resume state: the streams start new passes
+    now = generator.get_state()
+    for name, stream in streams.items():
+        stream.resume_at(places[name])
+    generator.set_state(now)
+
+
+class _PassOrder(Sampler[int]):
+    """One pass's shuffled indices, drawn as ``RandomSampler`` draws them (a permutation, then a
+    second one for its empty remainder when the pass runs out), less the first ``skip`` indices.
+
+    ``tail_drawn``: that second draw was already made before a resume state was saved (a loader
+    with workers fetches ahead), so the resumed pass must not make it again.
+    """
+
+    def __init__(self, count: int, generator: torch.Generator, skip: int):
+        self.count, self.generator, self.skip, self.tail_drawn = count, generator, skip, False
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.inner), self.count, None)
+        order = torch.randperm(self.count, generator=self.generator).tolist()
+        yield from order[self.skip :]
+        if not self.tail_drawn:
+            torch.randperm(self.count, generator=self.generator)
+            self.tail_drawn = True
 
     def __len__(self) -> int:
-        return max(len(self.inner) - self.count, 0)  # type: ignore[arg-type]
+        return self.count - self.skip

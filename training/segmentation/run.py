@@ -186,7 +186,7 @@ class _RankResume:
     def restore(self):
         start, extra = self.inner.restore()
         self.inner.generator.manual_seed(self.run.data_seed(self.stage, start))
-        extra.pop("batches", None)  # rank 0's place in its batch order, not this rank's
+        extra.pop("streams", None)  # rank 0's place in its batch order, not this rank's
         return start, extra
 
     def save(self, next_epoch, extra=None) -> None:

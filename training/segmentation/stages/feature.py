@@ -20,7 +20,12 @@ from cycada.training.core.feature_gate import FeatureGate
 from cycada.training.core.losses import FeatureGANLoss, TaskLoss, domain_accuracy
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
 from cycada.training.segmentation.data import SegmentationSet
-from cycada.training.segmentation.loaders import endless_batches, train_transform
+from cycada.training.segmentation.loaders import (
+    endless_batches,
+    resume_streams,
+    stream_places,
+    train_transform,
+)
 from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 
@@ -52,6 +57,10 @@ def train_feature(
     transform = train_transform(run, "feature", cfg.crop, True, source, run.target_train)
     sources = endless_batches(run, source, transform, 1, generator)
     targets = endless_batches(run, run.target_train, transform, 1, generator)
+    streams = {"source": sources, "target": targets}
+    if start:
+        run.log.info(f"feature: resuming at iteration {start}/{cfg.iterations}")
+        resume_streams(generator, streams, extra.get("streams"))
     gan_loss, task_loss = FeatureGANLoss(), TaskLoss()
     gate = FeatureGate(cfg.gate_threshold, cfg.gate_window, min_steps=cfg.gate_window)
     # a 'pass' for the stop rule: the target set once, and at least one full gate window
@@ -95,7 +104,9 @@ def train_feature(
             bar.set_postfix(d_acc=f"{gate.mean_accuracy:.2f}", updates=updates_total)
             run.log.scalars("feature", values, iteration + 1)
         if (iteration + 1) % run.config.checkpoint_every == 0:
-            resume.save(iteration + 1, {"updates_total": updates_total})
+            resume.save(
+                iteration + 1, {"updates_total": updates_total, "streams": stream_places(streams)}
+            )
         if (iteration + 1) % epoch_length == 0:
             if updates_this_pass == 0:
                 stop_reason = "no_suitable_discriminator"

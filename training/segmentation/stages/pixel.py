@@ -16,7 +16,12 @@ from cycada.atomic import write_json_atomic
 from cycada.training.core.pixel_adaptation import PixelAdaptation, linear_decay, write_samples
 from cycada.training.core.visuals import write_png
 from cycada.training.segmentation.data import SegmentationSet, load_segmentation
-from cycada.training.segmentation.loaders import endless_batches, train_transform
+from cycada.training.segmentation.loaders import (
+    endless_batches,
+    resume_streams,
+    stream_places,
+    train_transform,
+)
 from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 from cycada.training.segmentation.transforms import resize_to_width
@@ -37,9 +42,11 @@ def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     resume = run.stage_resume(
         "pixel", pixel.networks(), {"gen": pixel.opt_gen, "disc": pixel.opt_disc}, generator
     )
-    start, _ = resume.restore()
+    start, extra = resume.restore()
+    streams = {"source": sources, "target": targets}
     if start:
         run.log.info(f"pixel: resuming at step {start}/{total}")
+        resume_streams(generator, streams, extra.get("streams"))
     if run.cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     bar = run.log.progress(total, "pixel", initial=start)
@@ -58,7 +65,7 @@ def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
         if (step + 1) % cfg.sample_every == 0 or step + 1 == total:
             write_samples(run.out_dir, pixel, x_src[:2], x_tgt[:2], step + 1, scale=1)
         if (step + 1) % run.config.checkpoint_every == 0:
-            resume.save(step + 1)
+            resume.save(step + 1, {"streams": stream_places(streams)})
     bar.close()
     resume.finish()
     if run.cuda:

@@ -8,7 +8,12 @@ import torch
 from cycada.training.core.losses import TaskLoss
 from cycada.training.segmentation.config import SegSupervisedConfig
 from cycada.training.segmentation.data import SegmentationSet
-from cycada.training.segmentation.loaders import endless_batches, train_transform
+from cycada.training.segmentation.loaders import (
+    endless_batches,
+    resume_streams,
+    stream_places,
+    train_transform,
+)
 from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 
@@ -35,8 +40,7 @@ def train_segmenter(
     batches = endless_batches(run, dataset, transform, cfg.batch_size, generator)
     if start:
         run.log.info(f"{stage}: resuming at iteration {start}/{cfg.iterations}")
-        if "batches" in extra:  # older resume states lack it: a new pass then
-            batches.resume_at(extra["batches"])
+        resume_streams(generator, {"images": batches}, extra.get("streams"))
     task_loss = TaskLoss()
     bar = run.log.progress(cfg.iterations, stage, initial=start)
     model.train()
@@ -61,7 +65,7 @@ def train_segmenter(
                 iteration + 1,
             )
         if (iteration + 1) % run.config.checkpoint_every == 0:
-            resume.save(iteration + 1, {"batches": batches.place()})
+            resume.save(iteration + 1, {"streams": stream_places({"images": batches})})
     bar.close()
     resume.finish()
     model.eval()
