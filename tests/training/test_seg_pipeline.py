@@ -106,7 +106,8 @@ def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
 ):
     """Stopped mid-pass right after its resume state at step 4, a stage resumes there and ends
     with exactly the weights of a run that never stopped: the same order and crops, no image
-    seen twice or skipped (a resume once began a new pass, with the first pass's crops)."""
+    seen twice or skipped (a resume once began a new pass, with the first pass's crops), the
+    pixel stage's pool of earlier translations and the feature gate's window kept."""
     from safetensors.torch import load_file
 
     from cycada.training.core.resume import StageResume
@@ -118,7 +119,8 @@ def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
         "source.iterations=8",
         "pixel.max_steps=8",
         "feature.iterations=8",
-        "feature.gate_window=20",  # no 'no suitable discriminator' stop inside 8 iterations
+        "pixel.pool_size=2",  # full before the stop: its images and draws must survive it
+        "feature.gate_window=3",  # the gate's window and the stop rule's count span the stop
         "target.iterations=1",
     )
     run_seg(config, tmp_path / "straight", quiet=True)

@@ -31,3 +31,10 @@ class ImagePool:
             else:
                 out.append(image)
         return torch.cat(out, dim=0)
+
+    def state(self) -> torch.Tensor:
+        """The held images as one tensor (empty before the first query), for a resume state."""
+        return torch.cat(self.images) if self.images else torch.empty(0)
+
+    def load(self, state: torch.Tensor) -> None:
+        self.images = [image.unsqueeze(0) for image in state]

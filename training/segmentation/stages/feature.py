@@ -58,14 +58,15 @@ def train_feature(
     sources = endless_batches(run, source, transform, 1, generator)
     targets = endless_batches(run, run.target_train, transform, 1, generator)
     streams = {"source": sources, "target": targets}
-    if start:
-        run.log.info(f"feature: resuming at iteration {start}/{cfg.iterations}")
-        resume_streams(generator, streams, extra.get("streams"))
     gan_loss, task_loss = FeatureGANLoss(), TaskLoss()
     gate = FeatureGate(cfg.gate_threshold, cfg.gate_window, min_steps=cfg.gate_window)
     # a 'pass' for the stop rule: the target set once, and at least one full gate window
     epoch_length = max(len(run.target_train), cfg.gate_window)
-    updates_this_pass, stop_reason = 0, "max_iterations"
+    updates_this_pass, stop_reason = int(extra.get("updates_this_pass", 0)), "max_iterations"
+    if start:
+        run.log.info(f"feature: resuming at iteration {start}/{cfg.iterations}")
+        resume_streams(generator, streams, extra.get("streams"))
+        gate.accuracies.extend(extra.get("gate_accuracies", []))
     bar = run.log.progress(cfg.iterations, "feature", initial=start)
     task_tgt.train()
     freeze_batch_norm(task_tgt)
@@ -104,9 +105,13 @@ def train_feature(
             bar.set_postfix(d_acc=f"{gate.mean_accuracy:.2f}", updates=updates_total)
             run.log.scalars("feature", values, iteration + 1)
         if (iteration + 1) % run.config.checkpoint_every == 0:
-            resume.save(
-                iteration + 1, {"updates_total": updates_total, "streams": stream_places(streams)}
-            )
+            state = {
+                "updates_total": updates_total,
+                "updates_this_pass": updates_this_pass,
+                "gate_accuracies": list(gate.accuracies),
+                "streams": stream_places(streams),
+            }
+            resume.save(iteration + 1, state)
         if (iteration + 1) % epoch_length == 0:
             if updates_this_pass == 0:
                 stop_reason = "no_suitable_discriminator"

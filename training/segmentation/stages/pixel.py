@@ -47,6 +47,9 @@ def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
     if start:
         run.log.info(f"pixel: resuming at step {start}/{total}")
         resume_streams(generator, streams, extra.get("streams"))
+        for name, pool in (("source", pixel.pool_src), ("target", pixel.pool_tgt)):
+            if name in extra.get("pools", {}):  # older resume states: an empty pool
+                pool.load(extra["pools"][name].to(run.device))
     if run.cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     bar = run.log.progress(total, "pixel", initial=start)
@@ -65,7 +68,8 @@ def train_pixel(run: SegRun, task_src: Segmenter) -> PixelAdaptation:
         if (step + 1) % cfg.sample_every == 0 or step + 1 == total:
             write_samples(run.out_dir, pixel, x_src[:2], x_tgt[:2], step + 1, scale=1)
         if (step + 1) % run.config.checkpoint_every == 0:
-            resume.save(step + 1, {"streams": stream_places(streams)})
+            pools = {"source": pixel.pool_src.state(), "target": pixel.pool_tgt.state()}
+            resume.save(step + 1, {"streams": stream_places(streams), "pools": pools})
     bar.close()
     resume.finish()
     if run.cuda:
