@@ -99,12 +99,21 @@ def test_full_seg_run(tmp_path, scenes):
 
 
 @pytest.mark.parametrize(
-    "stage, workers", [("source", 0), ("source", 2), ("pixel", 0), ("pixel", 2), ("feature", 0)]
+    "stage, workers, stop",
+    [
+        ("source", 0, 4),
+        ("source", 2, 4),
+        ("source", 0, 6),  # 3 batches a pass: the stop falls on the end of the second pass
+        ("pixel", 0, 4),
+        ("pixel", 2, 4),
+        ("pixel", 0, 6),
+        ("feature", 0, 4),
+    ],
 )
 def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
-    tmp_path, scenes, monkeypatch, stage, workers
+    tmp_path, scenes, monkeypatch, stage, workers, stop
 ):
-    """Stopped mid-pass right after its resume state at step 4, a stage resumes there and ends
+    """Stopped right after its resume state at step ``stop``, a stage resumes there and ends
     with exactly the weights of a run that never stopped: the same order and crops, no image
     seen twice or skipped (a resume once began a new pass, with the first pass's crops), the
     pixel stage's pool of earlier translations and the feature gate's window kept."""
@@ -129,7 +138,7 @@ def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
 
     def save_then_stop(self, next_epoch, extra=None):
         save(self, next_epoch, extra)
-        if self.path.name.startswith(stage) and next_epoch == 4:
+        if self.path.name.startswith(stage) and next_epoch == stop:
             raise KeyboardInterrupt  # as Ctrl-C right after the resume state is written
 
     monkeypatch.setattr(StageResume, "save", save_then_stop)
@@ -138,7 +147,10 @@ def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
     monkeypatch.setattr(StageResume, "save", save)
     run_seg(config, tmp_path / "stopped", quiet=True)
     log = (tmp_path / "stopped" / "log.txt").read_text()
-    assert f"{stage}: resuming at iteration 4/8" in log or f"{stage}: resuming at step 4/8" in log
+    assert (
+        f"{stage}: resuming at iteration {stop}/8" in log
+        or f"{stage}: resuming at step {stop}/8" in log
+    )
 
     straight, resumed = (
         load_file(tmp_path / name / "checkpoints" / f"{stage}.safetensors")

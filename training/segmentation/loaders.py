@@ -76,6 +76,8 @@ class EndlessBatches:
         self._order: _PassOrder | None = None
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
         self._ready: list[dict[str, torch.Tensor]] = []
+        # resumed right at the end of a pass whose last draw the stopped run had not yet made
+        self._tail_owed = False
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
@@ -83,6 +85,9 @@ class EndlessBatches:
     def __next__(self) -> dict[str, torch.Tensor]:
         while not self._ready:
             if self._batches is None:
+                if self._tail_owed:
+                    torch.randperm(len(self.dataset), generator=self.generator)
+                    self._tail_owed = False
                 self._start_pass(skip=0, tail_drawn=False)
             try:
                 self._ready.append(next(self._batches))
@@ -118,6 +123,7 @@ class EndlessBatches:
         except StopIteration:  # stopped right at the end of a pass
             self._batches = None
             self.epoch += 1
+            self._tail_owed = not place["tail_drawn"]
 
     def _start_pass(self, skip: int, tail_drawn: bool) -> None:
         self._epoch_state = self.generator.get_state()
