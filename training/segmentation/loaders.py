@@ -75,7 +75,7 @@ class EndlessBatches:
         self._epoch_state: torch.Tensor | None = None
         self._order: _PassOrder | None = None
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
-        self._ready: list[dict[str, torch.Tensor]] = []
+        self._ready: dict[str, torch.Tensor] | None = None  # a batch fetched by resume_at
         # resumed right at the end of a pass whose last draw the stopped run had not yet made
         self._tail_owed = False
 
@@ -83,19 +83,20 @@ class EndlessBatches:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        while not self._ready:
+        while self._ready is None:
             if self._batches is None:
                 if self._tail_owed:
                     torch.randperm(len(self.dataset), generator=self.generator)
                     self._tail_owed = False
                 self._start_pass(skip=0, tail_drawn=False)
             try:
-                self._ready.append(next(self._batches))
+                self._ready = next(self._batches)
             except StopIteration:
                 self._batches = None
                 self.epoch += 1
+        batch, self._ready = self._ready, None
         self.taken += 1
-        return self._ready.pop()
+        return batch
 
     def place(self) -> dict[str, object]:
         """Where the stream stands, for a resume state (after at least one batch)."""
@@ -119,7 +120,7 @@ class EndlessBatches:
         self.epoch = int(place["epoch"])
         self._start_pass(skip=int(place["taken"]), tail_drawn=bool(place["tail_drawn"]))
         try:
-            self._ready.append(next(self._batches))
+            self._ready = next(self._batches)
         except StopIteration:  # stopped right at the end of a pass
             self._batches = None
             self.epoch += 1
@@ -128,8 +129,9 @@ class EndlessBatches:
     def _start_pass(self, skip: int, tail_drawn: bool) -> None:
         self._epoch_state = self.generator.get_state()
         self.dataset.epoch = self.epoch
-        self._order = _PassOrder(len(self.dataset), self.generator, skip * self.batch_size)
-        self._order.tail_drawn = tail_drawn
+        self._order = _PassOrder(
+            len(self.dataset), self.generator, skip * self.batch_size, tail_drawn
+        )
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -168,8 +170,8 @@ class _PassOrder(Sampler[int]):
     with workers fetches ahead), so the resumed pass must not make it again.
     """
 
-    def __init__(self, count: int, generator: torch.Generator, skip: int):
-        self.count, self.generator, self.skip, self.tail_drawn = count, generator, skip, False
+    def __init__(self, count: int, generator: torch.Generator, skip: int, tail_drawn: bool):
+        self.count, self.generator, self.skip, self.tail_drawn = count, generator, skip, tail_drawn
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.count, generator=self.generator).tolist()
