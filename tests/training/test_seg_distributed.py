@@ -83,3 +83,77 @@ def test_torchrun_runs_every_stage_with_identical_replicas(tmp_path):
     assert log.count("mIoU") == 3  # evaluated once per stage, by rank 0 only
     for stage in ("source", "pixel", "target", "feature"):
         assert (tmp_path / "run" / "checkpoints" / f"{stage}.safetensors").exists()
+
+
+def _stop_and_resume_worker(rank: int, port: int, root: str, out: str, stage: str) -> None:
+    """One of two data-parallel processes: a run straight through, then one stopped on every
+    rank right after its resume state at step 4 of ``stage``, then that run resumed."""
+    from cycada.training.segmentation.config import resolve_seg_config
+    from cycada.training.segmentation.pipeline import run_seg
+    from cycada.training.segmentation.run import _RankResume
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    sets = [
+        *TINY_SEG,
+        "checkpoint_every=2",
+        "source.iterations=8",
+        "pixel.max_steps=8",
+        "feature.iterations=8",
+        "pixel.pool_size=2",
+        "feature.gate_window=3",
+        "target.iterations=1",
+    ]
+    config = resolve_seg_config("quick", sets=sets, overrides={"data": {"data_root": root}})
+    run_seg(config, Path(out) / "straight", quiet=True)
+    save = _RankResume.save
+
+    def save_then_stop(self, next_epoch, extra=None):
+        save(self, next_epoch, extra)
+        if self.stage == stage and next_epoch == 4:
+            raise KeyboardInterrupt  # every rank, right after the resume state is written
+
+    _RankResume.save = save_then_stop
+    try:
+        run_seg(config, Path(out) / "stopped", quiet=True)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run did not stop")
+    _RankResume.save = save
+    run_seg(config, Path(out) / "stopped", quiet=True)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["source", "pixel"])
+def test_data_parallel_stage_resumes_with_every_ranks_batches(tmp_path, stage):
+    """Resumed under data parallelism, a stage ends with the weights of a run that never
+    stopped: rank 1 resumes its own batch order and image pools, not a new order (as it once
+    did, being given only rank 0's place)."""
+    from safetensors.torch import load_file
+
+    from cycada.serving.server import free_port
+
+    root = write_tiny_domains(tmp_path / "data")
+    mp.spawn(
+        _stop_and_resume_worker,
+        args=(free_port(), str(root), str(tmp_path), stage),
+        nprocs=2,
+        join=True,
+    )
+    log = (tmp_path / "stopped" / "log.txt").read_text()
+    assert f"{stage}: resuming at" in log and "draws a new one" not in log
+    straight, resumed = (
+        load_file(tmp_path / name / "checkpoints" / f"{stage}.safetensors")
+        for name in ("straight", "stopped")
+    )
+    differing = [key for key in straight if not straight[key].equal(resumed[key])]
+    assert not differing, f"{len(differing)} of {len(straight)} tensors differ: {differing[:3]}"
+    assert not list((tmp_path / "stopped" / "checkpoints").glob("*.resume*"))

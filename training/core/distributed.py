@@ -6,8 +6,9 @@ Every process builds the same networks (same seed), draws its own random batches
 seed is offset by the rank), and averages gradients with all-reduce before each optimizer step,
 so the replicas stay identical; the effective batch is ``batch_size x world size``. Rank 0 alone
 writes checkpoints, resume states, logs, evaluations and the translated data set; the others
-wait at a barrier and then check that their weights equal what rank 0 saved. NCCL on GPUs,
-gloo on CPUs (which is how the tests run it).
+wait at a barrier and then check that their weights equal what rank 0 saved (beside a resume
+state each also writes what only it has: its place in its batch order, its random states,
+pools and batch-norm statistics). NCCL on GPUs, gloo on CPUs (which is how the tests run it).
 """
 
 from __future__ import annotations

@@ -52,7 +52,10 @@ class StagedPipeline:
         first = min(self.plan.index(s) for s in self.requested)
         for stage in self.plan[first:]:
             store.checkpoint_path(stage).unlink(missing_ok=True)
-            store.resume_path(stage).unlink(missing_ok=True)
+            resume = store.resume_path(stage)
+            resume.unlink(missing_ok=True)
+            for rank_file in resume.parent.glob(f"{stage}.resume.rank*.pt"):  # data parallel
+                rank_file.unlink(missing_ok=True)
         return self.plan[first:]
 
     def _must_run(self, stage: str, finished: bool, log: RunLog) -> bool:

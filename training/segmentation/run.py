@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from cycada import configs
+from cycada.checkpoint import load_state, save_state
 from cycada.training.core.device import resolve_device
 from cycada.training.core.distributed import init_distributed, same_weights
 from cycada.training.core.run_log import RunLog
@@ -177,22 +178,90 @@ class SegRun(StageStore):
 
 
 class _RankResume:
-    """A stage's resume file under data parallelism: rank 0 writes it; every rank restores it
-    and then re-seeds its batch order by rank, so processes keep drawing different batches."""
+    """A stage's resume state under data parallelism.
+
+    Rank 0 writes the stage's resume file (weights, optimisers and its own place in its batch
+    order); every other rank writes beside it what only it has: its shuffling generator, its
+    global random state, its batch-norm statistics, its batch streams' places and its image
+    pools, in a file named by the step (``<stage>.resume.rank<R>.step<N>.pt``). The ranks
+    write first and rank 0 last, so a resume file always has its ranks' files of the same
+    step; older steps' files go once the new resume file exists. A resumed run therefore
+    draws on every rank the batches the uninterrupted run would have drawn. Without a rank's
+    file for the resumed step (a resume file of an older cycada, or one written by another
+    number of processes) that rank re-seeds its batch order by rank and step, as before.
+    """
 
     def __init__(self, inner, run: SegRun, stage: str):
         self.inner, self.run, self.stage = inner, run, stage
+        self.rank, self.world_size = run.dist.rank, run.dist.world_size
+
+    def rank_path(self, step: int) -> Path:
+        return self.inner.path.with_name(f"{self.stage}.resume.rank{self.rank}.step{step}.pt")
 
     def restore(self):
         start, extra = self.inner.restore()
+        if not start:
+            return start, extra
+        if self.rank == 0 and extra.get("world_size") == self.world_size:
+            return start, extra
+        path = self.rank_path(start)
+        if self.rank != 0 and path.exists():
+            state = load_state(path)
+            if state.get("world_size") == self.world_size and state.get("step") == start:
+                self.inner.generator.set_state(state["generator"])
+                torch.set_rng_state(state["torch_rng"])
+                self._load_buffers(state["buffers"])
+                extra.update(state["extra"])
+                return start, extra
+        self.run.log.info(
+            f"{self.stage}: rank {self.rank} has no batch order of its own to resume at step "
+            f"{start}; it draws a new one"
+        )
         self.inner.generator.manual_seed(self.run.data_seed(self.stage, start))
         extra.pop("streams", None)  # rank 0's place in its batch order, not this rank's
         return start, extra
 
     def save(self, next_epoch, extra=None) -> None:
-        if self.run.dist.is_main:
-            self.inner.save(next_epoch, extra)
+        extra = dict(extra or {})
+        if self.rank != 0:
+            own = {key: extra[key] for key in ("streams", "pools") if key in extra}
+            state = {
+                "step": next_epoch,
+                "world_size": self.world_size,
+                "generator": self.inner.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "buffers": self._buffers(),
+                "extra": own,
+            }
+            save_state(self.rank_path(next_epoch), state)
+        self.run.dist.barrier()  # every rank's file exists before the resume file names its step
+        if self.rank == 0:
+            self.inner.save(next_epoch, {**extra, "world_size": self.world_size})
+        self.run.dist.barrier()
+        if self.rank != 0:
+            self._remove_rank_files(keep=self.rank_path(next_epoch))
 
     def finish(self) -> None:
-        if self.run.dist.is_main:
+        if self.rank == 0:
             self.inner.finish()
+        else:
+            self._remove_rank_files()
+
+    def _buffers(self) -> dict[str, dict[str, torch.Tensor]]:
+        """This rank's batch-norm statistics (gathered from its own batches; the weights are
+        rank 0's, which every rank shares)."""
+        return {
+            name: {key: buffer.detach().cpu() for key, buffer in module.named_buffers()}
+            for name, module in self.inner.modules.items()
+        }
+
+    def _load_buffers(self, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+        for name, module in self.inner.modules.items():
+            for key, buffer in module.named_buffers():
+                buffer.copy_(saved[name][key])
+
+    def _remove_rank_files(self, keep: Path | None = None) -> None:
+        pattern = f"{self.stage}.resume.rank{self.rank}.step*.pt"
+        for path in self.inner.path.parent.glob(pattern):
+            if path != keep:
+                path.unlink(missing_ok=True)
