@@ -6,15 +6,17 @@
 The command (everything after ``--``; its ``--out`` is added) runs once uninterrupted into
 ``OUT/uninterrupted``, then again into ``OUT/killed``, where it is killed with SIGKILL up to
 ``--kills`` times (each time once it has saved something new, plus a random delay) and
-restarted each time with the same arguments. After every kill each checkpoint in the run folder
-must read back whole; at the end both runs' ``metrics.json`` are compared. Writes
-``kill_resume.json``.
+restarted each time with the same arguments. The kill takes the command's whole process
+group (its loader workers; under ``torchrun`` every rank), as a power cut would. After every
+kill each checkpoint in the run folder must read back whole; at the end both runs'
+``metrics.json`` are compared. Writes ``kill_resume.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import subprocess
@@ -32,7 +34,7 @@ def check_checkpoints(run_dir: Path) -> list[str]:
     for path in sorted((run_dir / "checkpoints").glob("*.safetensors")):
         read_header(path)
         checked.append(path.name)
-    for path in sorted((run_dir / "checkpoints").glob("*.resume.pt")):
+    for path in sorted((run_dir / "checkpoints").glob("*.resume*.pt")):  # with ranks' files
         load_state(path)
         checked.append(path.name)
     return checked
@@ -72,6 +74,7 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
             [*command, "--out", str(killed_dir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the kill takes every process
         )
         started = time.monotonic()
         while process.poll() is None and _progress(killed_dir) <= before:
@@ -81,7 +84,8 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
             process.wait(timeout=extra)
             finished = True  # it completed before the kill: resume has nothing left to do
         except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
+            # the whole group, as a power cut would: loader workers, torchrun's ranks
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             finished = False
         checked = check_checkpoints(killed_dir) if killed_dir.exists() else []
