@@ -6,15 +6,16 @@
 The command (everything after ``--``; its ``--out`` is added) runs once uninterrupted into
 ``OUT/uninterrupted``, then again into ``OUT/killed``, where it is killed with SIGKILL up to
 ``--kills`` times (each time once it has saved something new, plus a random delay) and
-restarted each time with the same arguments. The kill takes the command's whole process
-group (its loader workers; under ``torchrun`` every rank), as a power cut would. After every
-kill each checkpoint in the run folder must read back whole; at the end both runs'
+restarted each time with the same arguments. The kill takes every process of the command
+(its loader workers; under ``torchrun`` every rank), as a power cut would. After every kill
+each checkpoint in the run folder must read back whole; at the end both runs'
 ``metrics.json`` are compared. Writes ``kill_resume.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,6 +39,36 @@ def check_checkpoints(run_dir: Path) -> list[str]:
         load_state(path)
         checked.append(path.name)
     return checked
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren...), read from /proc.
+
+    A process group is not enough: torchrun starts each rank in a session of its own."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+        children.setdefault(parent, []).append(int(entry.name))
+    found, waiting = [], [pid]
+    while waiting:
+        for child in children.get(waiting.pop(), []):
+            found.append(child)
+            waiting.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it. Killing ``pid`` alone would leave torchrun's
+    ranks running, each in a session of its own, beside the restarted command."""
+    for target in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
 
 
 def _run(command: list[str], out: Path) -> tuple[int, float]:
@@ -74,7 +105,6 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
             [*command, "--out", str(killed_dir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: the kill takes every process
         )
         started = time.monotonic()
         while process.poll() is None and _progress(killed_dir) <= before:
@@ -84,8 +114,7 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
             process.wait(timeout=extra)
             finished = True  # it completed before the kill: resume has nothing left to do
         except subprocess.TimeoutExpired:
-            # the whole group, as a power cut would: loader workers, torchrun's ranks
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_tree(process.pid)  # every process of the command, as a power cut would
             process.wait()
             finished = False
         checked = check_checkpoints(killed_dir) if killed_dir.exists() else []

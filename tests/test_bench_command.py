@@ -75,3 +75,42 @@ def test_building_the_command_line_does_not_import_torch():
     probe += "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_kill_resume_kills_processes_in_sessions_of_their_own(tmp_path):
+    """torchrun starts each rank in a new session: the kill must take them too, or they train
+    on beside the restarted command (as they once did)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from cycada.benchmarks.kill_resume import descendants, kill_tree
+
+    pid_file = tmp_path / "rank.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "rank = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(rank.pid))\n"
+        "time.sleep(60)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank = int(pid_file.read_text())
+    assert descendants(launcher.pid) == [rank]
+    kill_tree(launcher.pid)
+    assert launcher.wait(timeout=10) == -9
+    stat = Path(f"/proc/{rank}/stat")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:  # gone, or dead and not yet reaped by its new parent (a zombie, state Z)
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"process {rank} outlived the kill")
