@@ -85,10 +85,25 @@ def test_torchrun_runs_every_stage_with_identical_replicas(tmp_path):
         assert (tmp_path / "run" / "checkpoints" / f"{stage}.safetensors").exists()
 
 
+def _resume_config(root: str):
+    from cycada.training.segmentation.config import resolve_seg_config
+
+    sets = [
+        *TINY_SEG,
+        "checkpoint_every=2",
+        "source.iterations=8",
+        "pixel.max_steps=8",
+        "feature.iterations=8",
+        "pixel.pool_size=2",
+        "feature.gate_window=3",
+        "target.iterations=1",
+    ]
+    return resolve_seg_config("quick", sets=sets, overrides={"data": {"data_root": root}})
+
+
 def _stop_and_resume_worker(rank: int, port: int, root: str, out: str, stage: str) -> None:
     """One of two data-parallel processes: a run straight through, then one stopped on every
     rank right after its resume state at step 4 of ``stage``, then that run resumed."""
-    from cycada.training.segmentation.config import resolve_seg_config
     from cycada.training.segmentation.pipeline import run_seg
     from cycada.training.segmentation.run import _RankResume
 
@@ -100,17 +115,7 @@ def _stop_and_resume_worker(rank: int, port: int, root: str, out: str, stage: st
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    sets = [
-        *TINY_SEG,
-        "checkpoint_every=2",
-        "source.iterations=8",
-        "pixel.max_steps=8",
-        "feature.iterations=8",
-        "pixel.pool_size=2",
-        "feature.gate_window=3",
-        "target.iterations=1",
-    ]
-    config = resolve_seg_config("quick", sets=sets, overrides={"data": {"data_root": root}})
+    config = _resume_config(root)
     run_seg(config, Path(out) / "straight", quiet=True)
     save = _RankResume.save
 
@@ -126,6 +131,10 @@ def _stop_and_resume_worker(rank: int, port: int, root: str, out: str, stage: st
         pass
     else:
         raise AssertionError("the run did not stop")
+    dist.barrier()
+    if rank == 0:  # a copy to resume later with one process
+        shutil.copytree(Path(out) / "stopped", Path(out) / "stopped-alone")
+    dist.barrier()
     _RankResume.save = save
     run_seg(config, Path(out) / "stopped", quiet=True)
     dist.destroy_process_group()
@@ -157,3 +166,12 @@ def test_data_parallel_stage_resumes_with_every_ranks_batches(tmp_path, stage):
     differing = [key for key in straight if not straight[key].equal(resumed[key])]
     assert not differing, f"{len(differing)} of {len(straight)} tensors differ: {differing[:3]}"
     assert not list((tmp_path / "stopped" / "checkpoints").glob("*.resume*"))
+
+    # the same stopped run resumed by one process: rank 0's place, and no rank file left behind
+    from cycada.training.segmentation.pipeline import run_seg
+
+    alone = tmp_path / "stopped-alone"
+    assert (alone / "checkpoints" / f"{stage}.resume.rank1.step4.pt").exists()
+    run_seg(_resume_config(str(root)), alone, quiet=True)
+    assert f"{stage}: resuming at" in (alone / "log.txt").read_text()
+    assert not list((alone / "checkpoints").glob("*.resume*"))

@@ -73,4 +73,9 @@ class StageResume:
         )
 
     def finish(self) -> None:
+        """The stage is done: its resume file goes, with the files data-parallel ranks wrote
+        beside it (``<stage>.resume.rank<R>.step<N>.pt``), whatever number of processes ran."""
         self.path.unlink(missing_ok=True)
+        stage = self.path.name.removesuffix(".resume.pt")
+        for rank_file in self.path.parent.glob(f"{stage}.resume.rank*.pt"):
+            rank_file.unlink(missing_ok=True)
