@@ -62,7 +62,8 @@ def test_documented_command_parses(document, command, monkeypatch):
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     argv = shlex.split(command)
-    argv = argv[argv.index("cycada.cli") + 1 :] if "cycada.cli" in argv else argv[1:]
+    # torchrun ... -m cycada.cli ARGS, unless it is itself the argument of a cycada command
+    argv = argv[1:] if argv[0] == "cycada" else argv[argv.index("cycada.cli") + 1 :]
     errors = io.StringIO()
     with pytest.raises(_Parsed), contextlib.redirect_stderr(errors):
         try:
