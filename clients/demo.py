@@ -46,13 +46,21 @@ def stage_lines(metrics: dict) -> list[str]:
     for stage, values in metrics["stages"].items():
         if "target" in values:
             labelled = values["target"]
-            lines.append(f"{stage}: mIoU {labelled['miou']:.1%} on {labelled['dataset']}")
+            line = f"{stage}: mIoU {labelled['miou']:.1%} on {labelled['dataset']}"
         elif "label_free" in values:
             signals = values["label_free"]
-            lines.append(
+            line = (
                 f"{stage}: mean confidence {signals['mean_confidence']:.1%}, class-share "
                 f"distance to the source labels {signals['class_share_distance']:.1%}"
             )
+        else:
+            continue
+        updates = values.get("generator_updates")
+        if updates == 0:  # the gate never opened: the adapted model is the target stage's
+            line += " (f_T not updated: D_feat never passed the gate; the target stage's model)"
+        elif updates is not None:
+            line += f" (f_T updated on {updates} iterations)"
+        lines.append(line)
     return lines
 
 

@@ -70,7 +70,9 @@ def train_feature(
     bar = run.log.progress(cfg.iterations, "feature", initial=start)
     task_tgt.train()
     freeze_batch_norm(task_tgt)
+    completed = start
     for iteration in range(start, cfg.iterations):
+        completed = iteration + 1
         batch_src, batch_tgt = next(sources), next(targets)
         x_src, x_tgt = run.input(batch_src["image"]), run.input(batch_tgt["image"])
         labels = batch_src["label"].to(run.device)
@@ -121,4 +123,9 @@ def train_feature(
     bar.close()
     resume.finish()
     task_tgt.eval()
+    run.log.info(
+        f"feature: f_T updated on {updates_total} of {completed} iterations (only while "
+        f"D_feat told the domains apart more than {cfg.gate_threshold:.0%} of the time over "
+        f"the last {cfg.gate_window}); stop: {stop_reason}"
+    )
     return task_tgt, {"stop_reason": stop_reason, "generator_updates": updates_total}
