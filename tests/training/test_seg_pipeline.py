@@ -161,6 +161,19 @@ def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
     assert not differing, f"{len(differing)} of {len(straight)} tensors differ: {differing[:3]}"
 
 
+def test_feature_discriminator_takes_its_own_rate(tmp_path, scenes, monkeypatch):
+    """``feature.disc_lr`` sets D_feat's rate alone (0: f_T's, as in the paper)."""
+    from cycada.checkpoint import load_state
+    from cycada.training.core.resume import StageResume
+
+    monkeypatch.setattr(StageResume, "finish", lambda self: None)  # keep the last state
+    config = tiny(scenes, "checkpoint_every=1", "feature.lr=0.001", "feature.disc_lr=0.25")
+    run_seg(config, tmp_path, quiet=True)
+    groups = load_state(tmp_path / "checkpoints" / "feature.resume.pt")["optimizers"]
+    assert groups["disc"]["param_groups"][0]["lr"] == 0.25
+    assert groups["task"]["param_groups"][0]["lr"] == 0.001
+
+
 def test_table5_rows_share_stages_beside_the_control(tmp_path, scenes):
     from cycada.cli import main
 

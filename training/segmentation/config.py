@@ -106,6 +106,7 @@ class SegFeatureConfig:
     enabled: bool = True
     iterations: int = 20000
     lr: float = 1e-5
+    disc_lr: float = 0.0  # D_feat's learning rate; 0 = lr (the paper: one rate for both)
     momentum: float = 0.99
     weight_decay: float = 5e-4
     crop: int = 768

@@ -43,9 +43,9 @@ def train_feature(
     cfg = run.config.feature
     generator = run.generator("feature")
     disc = ScoreMapDiscriminator(run.space.num_classes, cfg.discriminator_channels).to(run.device)
-    sgd = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    opt_task = torch.optim.SGD(task_tgt.parameters(), **sgd)
-    opt_disc = torch.optim.SGD(disc.parameters(), **sgd)
+    sgd = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt_task = torch.optim.SGD(task_tgt.parameters(), lr=cfg.lr, **sgd)
+    opt_disc = torch.optim.SGD(disc.parameters(), lr=cfg.disc_lr or cfg.lr, **sgd)
     resume = run.stage_resume(
         "feature",
         {"task_tgt": task_tgt, "disc_feat": disc},
