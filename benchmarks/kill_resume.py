@@ -44,9 +44,11 @@ def check_checkpoints(run_dir: Path) -> list[str]:
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (children, grandchildren...), read from /proc.
 
-    A process group is not enough: torchrun starts each rank in a session of its own."""
+    A process group is not enough: torchrun starts each rank in a session of its own. Without
+    /proc (not Linux) there are none to find, and only ``pid`` is killed."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
         if not entry.name.isdigit():
             continue
         try:
