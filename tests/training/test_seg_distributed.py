@@ -134,9 +134,14 @@ def _stop_and_resume_worker(rank: int, port: int, root: str, out: str, stage: st
     dist.barrier()
     if rank == 0:  # a copy to resume later with one process
         shutil.copytree(Path(out) / "stopped", Path(out) / "stopped-alone")
+        # and one whose rank 1 has no file of its own, as an older cycada left it
+        shutil.copytree(Path(out) / "stopped", Path(out) / "stopped-older")
+        for rank_file in (Path(out) / "stopped-older" / "checkpoints").glob("*.rank1.*"):
+            rank_file.unlink()
     dist.barrier()
     _RankResume.save = save
     run_seg(config, Path(out) / "stopped", quiet=True)
+    run_seg(config, Path(out) / "stopped-older", quiet=True)
     dist.destroy_process_group()
 
 
@@ -158,7 +163,7 @@ def test_data_parallel_stage_resumes_with_every_ranks_batches(tmp_path, stage):
         join=True,
     )
     log = (tmp_path / "stopped" / "log.txt").read_text()
-    assert f"{stage}: resuming at" in log and "draws a new one" not in log
+    assert f"{stage}: resuming at" in log and "draw new ones" not in log
     straight, resumed = (
         load_file(tmp_path / name / "checkpoints" / f"{stage}.safetensors")
         for name in ("straight", "stopped")
@@ -166,6 +171,8 @@ def test_data_parallel_stage_resumes_with_every_ranks_batches(tmp_path, stage):
     differing = [key for key in straight if not straight[key].equal(resumed[key])]
     assert not differing, f"{len(differing)} of {len(straight)} tensors differ: {differing[:3]}"
     assert not list((tmp_path / "stopped" / "checkpoints").glob("*.resume*"))
+    older = (tmp_path / "stopped-older" / "log.txt").read_text()
+    assert "1 of 2 processes have no batch order of their own to resume at step 4" in older
 
     # the same stopped run resumed by one process: rank 0's place, and no rank file left behind
     from cycada.training.segmentation.pipeline import run_seg

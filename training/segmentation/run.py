@@ -202,24 +202,35 @@ class _RankResume:
         start, extra = self.inner.restore()
         if not start:
             return start, extra
-        if self.rank == 0 and extra.get("world_size") == self.world_size:
-            return start, extra
-        path = self.rank_path(start)
-        if self.rank != 0 and path.exists():
-            state = load_state(path)
-            if state.get("world_size") == self.world_size and state.get("step") == start:
-                self.inner.generator.set_state(state["generator"])
-                torch.set_rng_state(state["torch_rng"])
-                self._load_buffers(state["buffers"])
-                extra.update(state["extra"])
-                return start, extra
-        self.run.log.info(
-            f"{self.stage}: rank {self.rank} has no batch order of its own to resume at step "
-            f"{start}; it draws a new one"
-        )
-        self.inner.generator.manual_seed(self.run.data_seed(self.stage, start))
-        extra.pop("streams", None)  # rank 0's place in its batch order, not this rank's
+        own = self._restore_own(start, extra)
+        # one line in log.txt (rank 0's) for every rank that cannot resume its own order
+        without = round((1.0 - self.run.dist.mean(float(own))) * self.world_size)
+        if without:
+            self.run.log.info(
+                f"{self.stage}: {without} of {self.world_size} processes have no batch order of "
+                f"their own to resume at step {start} (a resume state of an older cycada or of "
+                "another number of processes); they draw new ones"
+            )
+        if not own:
+            self.inner.generator.manual_seed(self.run.data_seed(self.stage, start))
+            extra.pop("streams", None)  # rank 0's place in its batch order, not this rank's
         return start, extra
+
+    def _restore_own(self, start: int, extra: dict[str, Any]) -> bool:
+        """Restore this rank's own state for step ``start``; False where it has none."""
+        if self.rank == 0:
+            return extra.get("world_size") == self.world_size
+        path = self.rank_path(start)
+        if not path.exists():
+            return False
+        state = load_state(path)
+        if state.get("world_size") != self.world_size or state.get("step") != start:
+            return False
+        self.inner.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self._load_buffers(state["buffers"])
+        extra.update(state["extra"])
+        return True
 
     def save(self, next_epoch, extra=None) -> None:
         extra = dict(extra or {})
