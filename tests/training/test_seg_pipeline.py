@@ -162,7 +162,8 @@ def test_interrupted_stage_resumes_with_the_batches_of_an_uninterrupted_run(
 
 
 def test_feature_discriminator_takes_its_own_rate(tmp_path, scenes, monkeypatch):
-    """``feature.disc_lr`` sets D_feat's rate alone (0: f_T's, as in the paper)."""
+    """``feature.disc_lr`` sets D_feat's rate alone (0: f_T's, as in the paper); ``--restart``
+    drops the stage's resume states, ranks' files included."""
     from cycada.checkpoint import load_state
     from cycada.training.core.resume import StageResume
 
@@ -172,6 +173,11 @@ def test_feature_discriminator_takes_its_own_rate(tmp_path, scenes, monkeypatch)
     groups = load_state(tmp_path / "checkpoints" / "feature.resume.pt")["optimizers"]
     assert groups["disc"]["param_groups"][0]["lr"] == 0.25
     assert groups["task"]["param_groups"][0]["lr"] == 0.001
+    # --restart drops a stage's resume states, data-parallel ranks' files included
+    stale = tmp_path / "checkpoints" / "feature.resume.rank1.step3.pt"
+    stale.write_bytes(b"from an earlier torchrun")
+    run_seg(config, tmp_path, stages=["feature"], restart=True, quiet=True)
+    assert not stale.exists()
 
 
 def test_table5_rows_share_stages_beside_the_control(tmp_path, scenes):
