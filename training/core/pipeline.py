@@ -10,6 +10,7 @@ from typing import Any
 
 from cycada.atomic import write_json_atomic
 from cycada.errors import CheckpointError, ConfigError
+from cycada.training.core.resume import remove_resume_files
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
 
@@ -52,10 +53,7 @@ class StagedPipeline:
         first = min(self.plan.index(s) for s in self.requested)
         for stage in self.plan[first:]:
             store.checkpoint_path(stage).unlink(missing_ok=True)
-            resume = store.resume_path(stage)
-            resume.unlink(missing_ok=True)
-            for rank_file in resume.parent.glob(f"{stage}.resume.rank*.pt"):  # data parallel
-                rank_file.unlink(missing_ok=True)
+            remove_resume_files(store.resume_path(stage))
         return self.plan[first:]
 
     def _must_run(self, stage: str, finished: bool, log: RunLog) -> bool:

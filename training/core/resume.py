@@ -73,9 +73,13 @@ class StageResume:
         )
 
     def finish(self) -> None:
-        """The stage is done: its resume file goes, with the files data-parallel ranks wrote
-        beside it (``<stage>.resume.rank<R>.step<N>.pt``), whatever number of processes ran."""
-        self.path.unlink(missing_ok=True)
-        stage = self.path.name.removesuffix(".resume.pt")
-        for rank_file in self.path.parent.glob(f"{stage}.resume.rank*.pt"):
-            rank_file.unlink(missing_ok=True)
+        remove_resume_files(self.path)
+
+
+def remove_resume_files(path: Path) -> None:
+    """Remove a stage's resume file ``<stage>.resume.pt`` and the files data-parallel ranks
+    wrote beside it (``<stage>.resume.rank<R>.step<N>.pt``), whatever number of processes ran."""
+    path.unlink(missing_ok=True)
+    stage = path.name.removesuffix(".resume.pt")
+    for rank_file in path.parent.glob(f"{stage}.resume.rank*.pt"):
+        rank_file.unlink(missing_ok=True)

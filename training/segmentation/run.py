@@ -254,9 +254,7 @@ class _RankResume:
 
     def finish(self) -> None:
         if self.rank == 0:
-            self.inner.finish()
-        else:
-            self._remove_rank_files()
+            self.inner.finish()  # every rank's files with its own
 
     def _buffers(self) -> dict[str, dict[str, torch.Tensor]]:
         """This rank's batch-norm statistics (gathered from its own batches; the weights are
@@ -271,7 +269,7 @@ class _RankResume:
             for key, buffer in module.named_buffers():
                 buffer.copy_(saved[name][key])
 
-    def _remove_rank_files(self, keep: Path | None = None) -> None:
+    def _remove_rank_files(self, keep: Path) -> None:
         pattern = f"{self.stage}.resume.rank{self.rank}.step*.pt"
         for path in self.inner.path.parent.glob(pattern):
             if path != keep:
