@@ -15,12 +15,41 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(directory: bool = False) -> int:
+    """The mode a plain ``open`` or ``mkdir`` would give (0644 / 0755 under the usual umask).
+    Temporary files and folders are created 0600 / 0700; what is published (a checkpoint, a
+    model version a server running as another user reads) gets this mode before its rename."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new entry in ``path`` durable (a crash cannot undo it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it."""
+    """Yield a temporary path beside ``path``; on success it gets the umask's mode, is fsynced
+    and renamed onto it, and the rename is fsynced."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, ordinary_mode())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -28,9 +57,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        fsync_directory(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Rename the finished folder ``staging`` to ``target`` so that a reader (a polling server)
+    sees all of it or none: every file and folder inside gets the umask's mode and is fsynced
+    first, then the rename, then the parent folder. ``target`` must not exist."""
+    file_mode, folder_mode = ordinary_mode(), ordinary_mode(directory=True)
+    for folder, _, files in os.walk(staging):
+        for name in files:
+            path = os.path.join(folder, name)
+            executable = os.stat(path).st_mode & 0o111  # a program stays one (0755)
+            os.chmod(path, folder_mode if executable else file_mode)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(folder, folder_mode)
+        fsync_directory(folder)
+    os.rename(staging, target)
+    fsync_directory(target.parent)
 
 
 def write_atomic(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cycada.errors import ConfigError, ExportError
 from cycada.export.repository import INSTANCES
+from cycada.export.runtime import CONTAINER_PYTHON, parse_pythons
 from cycada.sizes import image_size
 
 
@@ -85,6 +86,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="trace every graph again, even when the same weights were exported before "
         "(graphs are cached under $CYCADA_CACHE_DIR/onnx, default ~/.cache/cycada)",
     )
+    parser.add_argument(
+        "--runtime-python",
+        type=parse_pythons,
+        metavar="X.Y,...",
+        help="Python versions of the Triton backend stubs the models carry their packages for "
+        f"(default: {CONTAINER_PYTHON}, NVIDIA's 24.10 container's, and this machine's)",
+    )
     parser.add_argument("--data-root", type=Path, help="real images for parity (../shared/data)")
     parser.set_defaults(handler=run)
 
@@ -116,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         compile_autotune=args.compile_autotune,
         cache=not args.no_cache,
         instances=args.instances,
+        runtime_pythons=args.runtime_python,
     )
     report = export_run(
         args.run_dir, args.repository, options, log=logging.getLogger("cycada.export").info

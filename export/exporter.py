@@ -26,6 +26,7 @@ from cycada.export.repository import (
     write_model,
 )
 from cycada.export.run_models import Endpoint, load_run_endpoints
+from cycada.export.runtime import RuntimeBuilder, default_pythons
 
 
 @dataclass
@@ -45,6 +46,9 @@ class ExportOptions:
     compile_autotune: bool = False  # Inductor's max_autotune
     cache: bool = True  # reuse graphs exported before from the same weights (export.graph_cache)
     instances: int = INSTANCES  # Triton instances per model (repository.INSTANCES says why 2)
+    # Python versions of the backend stubs the models carry packages for (export.runtime);
+    # None: NVIDIA's 24.10 container's and this machine's
+    runtime_pythons: list[str] | None = None
 
 
 @dataclass
@@ -198,6 +202,7 @@ def _export_one(
     endpoint: Endpoint,
     repository: Path,
     options: ExportOptions,
+    runtime: RuntimeBuilder,
     report: ExportReport,
     log: Callable[[str], None],
 ) -> None:
@@ -222,7 +227,7 @@ def _export_one(
     fill = _export_endpoint(endpoint, options, report, log)
     native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
     report.versions[endpoint.name] = write_model(
-        repository, spec, fill, info, keep=0, native=native, instances=options.instances
+        repository, spec, fill, info, runtime, keep=0, native=native, instances=options.instances
     )
     if endpoint.kind == "segment":
         encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
@@ -233,6 +238,7 @@ def _export_one(
             encoded,
             functools.partial(_link_files, segment_dir),
             info,
+            runtime,
             keep=0,
             native=native,
             instances=options.instances,
@@ -251,11 +257,13 @@ def export_run(
     endpoints = load_run_endpoints(run_dir)
     report = ExportReport()
     with exclusive(repository, log):
+        runtime = None
         try:
             if options.onnx and options.fp16 and options.cache:
                 graph_cache.start_half_precision_helper(run_dir, options.simplify)
+            runtime = RuntimeBuilder(options.runtime_pythons or default_pythons(), log)
             for endpoint in endpoints:
-                _export_one(endpoint, repository, options, report, log)
+                _export_one(endpoint, repository, options, runtime, report, log)
         except BaseException as exc:
             # all or nothing: the versions this export already added go again
             for version_dir in report.versions.values():
@@ -267,6 +275,8 @@ def export_run(
             raise
         finally:
             graph_cache.stop_helper()
+            if runtime is not None:
+                runtime.close()
         for version_dir in report.versions.values():  # older versions go only after success
             prune(version_dir.parent, options.keep)
     report.seconds = time.perf_counter() - start

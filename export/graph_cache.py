@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cycada.atomic import atomic_path
+from cycada.cache import cache_root
 
 MAX_BYTES = 4 * 1024**3
 # a process tracing graphs ahead of the exporter (see start_half_precision_helper)
@@ -35,11 +36,8 @@ _helper: subprocess.Popen | None = None
 
 def cache_dir() -> Path | None:
     """The graph cache folder, or None when caching is off."""
-    root = os.environ.get("CYCADA_CACHE_DIR", "")
-    if root.lower() in ("off", "0", "none"):
-        return None
-    base = Path(root) if root else Path.home() / ".cache" / "cycada"
-    return base / "onnx"
+    root = cache_root()
+    return None if root is None else root / "onnx"
 
 
 def _sources(network: nn.Module) -> list[str]:

@@ -8,10 +8,15 @@ Layout of one model::
       configs/tensorrt.pbtxt    native TensorRT plan
       3/ model.onnx model.fp16.onnx [model.plan] model.py endpoint.json
 
-A profile is picked at server start with ``--model-config-name``; a model without that config
-file falls back to its ``config.pbtxt`` (the encoded-frame endpoint is Python in every profile).
-Exporting again writes version N+1 (atomically: a hidden folder renamed into place) and
-deletes all but the newest ``keep`` versions; the server loads the newest two.
+A profile is picked at server start with ``--model-config-name``. A native profile's config is
+written only when the new version has its file (``model.onnx``, ``model.plan``); without it the
+model falls back to ``config.pbtxt``, so every profile loads every model. The encoded-frame
+endpoint is Python in every profile. Each model folder also carries its runtime (code and
+packages for the Python-backend stub, :mod:`cycada.export.runtime`).
+
+Exporting again writes version N+1: a hidden folder, fsynced with ordinary modes, renamed into
+place (a polling server never sees half of it), then the configs when they changed; all but the
+newest ``keep`` versions are deleted; the server loads the newest two.
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cycada.atomic import write_text_atomic
+from cycada.atomic import publish_folder, write_text_atomic
+from cycada.export.runtime import RUNTIME_FOLDER, RuntimeBuilder, model_py, referenced_runtimes
 
 PROFILES = ("default", "onnxruntime", "tensorrt")
 SERVED_VERSIONS = 2
@@ -194,10 +199,18 @@ def validate_config(text: str, where: str) -> None:
         raise ValueError(f"{where}: not a valid Triton model config ({exc})") from exc
 
 
-MODEL_PY = '''"""Triton Python-backend entry point; the tested code lives in cycada.serving."""
+PROFILE_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 
-from cycada.serving.python_model import {handler} as TritonPythonModel  # noqa: F401
-'''
+
+def config_path(model_dir: Path, profile: str) -> Path:
+    return model_dir / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
+
+
+def profiles_served(spec: ModelSpec, version_dir: Path) -> list[str]:
+    """The profiles that can load this version natively (Python-backend models: all)."""
+    if spec.kind == "encoded":
+        return list(PROFILES)
+    return ["default", *(p for p, name in PROFILE_FILES.items() if (version_dir / name).exists())]
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -211,31 +224,40 @@ def write_model(
     spec: ModelSpec,
     fill_version: Callable[[Path], None],
     info: dict,
+    runtime: RuntimeBuilder,
     keep: int = 3,
     native: NativeProfile | None = None,
     instances: int = INSTANCES,
 ) -> Path:
-    """Write configs and a new version folder (filled by ``fill_version``); prune old versions."""
+    """Write a new version folder (filled by ``fill_version``), its runtime and the configs;
+    prune old versions."""
     model_dir = repository / spec.name
-    texts = {}
-    for profile in PROFILES:
-        if profile != "default" and spec.kind == "encoded":
-            continue  # falls back to config.pbtxt (Python) in every profile
-        path = model_dir / ("config.pbtxt" if profile == "default" else f"configs/{profile}.pbtxt")
-        texts[path] = config_text(spec, profile, native, instances)
-        validate_config(texts[path], str(path))
     version = (versions(model_dir) or [0])[-1] + 1
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=model_dir))
     try:
         fill_version(staging)
-        (staging / "model.py").write_text(MODEL_PY.format(handler=spec.python_handler))
-        (staging / "endpoint.json").write_text(json.dumps({**info, "version": version}, indent=2))
-        os.replace(staging, model_dir / str(version))
+        texts = {
+            config_path(model_dir, profile): config_text(spec, profile, native, instances)
+            for profile in profiles_served(spec, staging)
+        }
+        for path, text in texts.items():
+            validate_config(text, str(path))
+        carried = runtime.install(model_dir, spec.kind)
+        (staging / "model.py").write_text(model_py(spec.python_handler, carried))
+        info = {**info, "version": version, "runtime": carried}
+        (staging / "endpoint.json").write_text(json.dumps(info, indent=2))
+        publish_folder(staging, model_dir / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for path, text in texts.items():  # configs last: a failed export leaves the model as it was
-        write_text_atomic(path, text)
+    # configs last (a failed export leaves the model as it was), and only when they changed:
+    # a polling server reloads a model whose config file changed
+    for profile in PROFILES:
+        path = config_path(model_dir, profile)
+        if path not in texts:
+            path.unlink(missing_ok=True)  # falls back to config.pbtxt
+        elif not path.exists() or path.read_text() != texts[path]:
+            write_text_atomic(path, texts[path])
     prune(model_dir, keep)
     return model_dir / str(version)
 
@@ -258,6 +280,14 @@ def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[
 
 
 def prune(model_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` versions (0 keeps everything)."""
+    """Delete all but the newest ``keep`` versions (0 keeps everything), then the runtimes no
+    remaining version names."""
     for old in versions(model_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(model_dir / str(old))
+    named = referenced_runtimes(model_dir, versions(model_dir))
+    folder = model_dir / RUNTIME_FOLDER
+    if named is None or not folder.is_dir():
+        return
+    for runtime in folder.iterdir():
+        if runtime.name not in named and not runtime.name.startswith("."):
+            shutil.rmtree(runtime, ignore_errors=True)

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 LOGGER = logging.getLogger("cycada.serving")
@@ -25,6 +24,8 @@ class FrameDecoder:
     """One encoded file (uint8 row) → RGB uint8 (H, W, 3) with OpenCV; ``stack`` batches."""
 
     def decode(self, data: np.ndarray) -> Any | None:
+        import cv2  # only the encoded-frame model carries OpenCV (export.runtime)
+
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 

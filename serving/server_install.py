@@ -77,49 +77,30 @@ def _stub_for_running_python(root: Path) -> None:
     target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _onnxruntime_requirement() -> str:
-    """The same ONNX Runtime distribution and version as this environment's."""
-    from importlib import metadata
-
-    for name in ("onnxruntime-gpu", "onnxruntime"):
-        try:
-            return f"{name}=={metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "onnxruntime"
-
-
-STUB_REQUIREMENTS = [
-    "numpy<2",
-    "opencv-python-headless==4.10.0.84",
-    "safetensors",
-    "setuptools>=68",
-    "wheel",
-]
+# What NVIDIA's Triton container gives the Python-backend stub: NumPy and nothing else. The
+# models carry the rest (cycada.export.runtime), so serving here proves they serve there.
+STUB_REQUIREMENTS = ["numpy<2"]
+STUB_MARKER = ".cycada-stub"
 
 
 def install_stub_env(home: TritonHome) -> Path:
-    """A venv for the Python-backend stub: numpy<2 (its pybind11 build misreads numpy 2 arrays:
-    outputs arrive empty), ONNX Runtime, OpenCV, and this project (editable, no dependencies)."""
+    """A venv for the Python-backend stub with NumPy <2 only (the stub's pybind11 build
+    misreads NumPy 2 arrays: outputs arrive empty), as in NVIDIA's container."""
     env = home.stub_env
-    marker = env / ".cycada-ready"
-    if marker.is_file():
+    marker = env / STUB_MARKER
+    wanted = " ".join(STUB_REQUIREMENTS) + "\n"
+    if marker.is_file() and marker.read_text() == wanted:
         return env
     import venv
 
     shutil.rmtree(env, ignore_errors=True)
     venv.create(env, with_pip=True, clear=True)
     pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    project = Path(__file__).resolve().parents[1]
-    for command in (
-        [*pip, *STUB_REQUIREMENTS, _onnxruntime_requirement()],
-        [*pip, "--no-deps", "--no-build-isolation", "-e", str(project)],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise ServingError(f"could not set up the Python-backend environment {env}: {last}")
-    marker.write_text("ok\n")
+    done = subprocess.run([*pip, *STUB_REQUIREMENTS], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise ServingError(f"could not set up the Python-backend environment {env}: {last}")
+    marker.write_text(wanted)
     return env
 
 
