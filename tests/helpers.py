@@ -4,6 +4,7 @@ one another."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -121,10 +122,18 @@ def tiny_digits_config(target: str, *extra: str, **overrides):
 
 def served_copy(exported: Path, folder: Path) -> Path:
     """A module's own copy of the session's shared repository (the ``exported_repository``
-    fixture): tests add versions to it and kill servers on it."""
+    fixture): tests add versions to it and kill servers on it. The models' runtimes (code and
+    packages, hundreds of MB, never changed in place) are hard links."""
     import shutil
 
-    return Path(shutil.copytree(exported, folder / "repository"))
+    def link_runtime(source: str, target: str) -> None:
+        if "/runtime/" in source:
+            with contextlib.suppress(OSError):
+                os.link(source, target)
+                return
+        shutil.copy2(source, target)
+
+    return Path(shutil.copytree(exported, folder / "repository", copy_function=link_runtime))
 
 
 def cycada(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from cycada.export.graphs import DigitGraph, SegmentationGraph, TranslationGraph
 from cycada.export.repository import PROFILES, config_text, spec_for, versions, write_model
+from cycada.export.runtime import RuntimeBuilder
 from cycada.training.core.generators import build_generator
 from cycada.training.digits.networks import build_task_net
 from cycada.training.segmentation.networks import build_segmenter
@@ -84,31 +86,88 @@ def test_every_config_parses_as_a_triton_model_config(kind, profile):
         assert len(config.model_warmup) == 1
 
 
-def test_versions_are_added_and_pruned(tmp_path):
+@pytest.fixture(scope="module")
+def code_only():
+    """The runtime of these fake models: the cycada code, no packages (nothing serves them)."""
+    builder = RuntimeBuilder([])
+    yield builder
+    builder.close()
+
+
+def onnx_only(folder: Path) -> None:
+    (folder / "model.onnx").write_bytes(b"x")
+
+
+def test_versions_are_added_and_pruned_with_the_runtimes_no_version_names(tmp_path, code_only):
     spec = spec_for("segment", "segment", 3, 19)
     for _ in range(4):
-        write_model(tmp_path, spec, lambda d: (d / "model.onnx").write_bytes(b"x"), {}, keep=3)
-    assert versions(tmp_path / "segment") == [2, 3, 4]
-    assert (tmp_path / "segment" / "4" / "model.py").read_text().count("ImageModel") == 1
-    assert (tmp_path / "segment" / "configs" / "tensorrt.pbtxt").exists()
+        write_model(tmp_path, spec, onnx_only, {}, code_only, keep=3)
+    model = tmp_path / "segment"
+    assert versions(model) == [2, 3, 4]
+    assert (model / "4" / "model.py").read_text().count("ImageModel") == 1
+    (runtime,) = (model / "runtime").iterdir()  # one runtime: the versions share its code
+    assert (runtime / "code" / "cycada" / "serving" / "python_model.py").is_file()
+    # no plan in the version: the tensorrt profile falls back to the Python config
+    assert sorted(p.name for p in (model / "configs").iterdir()) == ["onnxruntime.pbtxt"]
+    write_model(tmp_path, spec, lambda d: (d / "model.plan").write_bytes(b"x"), {}, code_only)
+    assert sorted(p.name for p in (model / "configs").iterdir()) == ["tensorrt.pbtxt"]
+    (model / "runtime" / "0123456789abcdef").mkdir()  # an older export's, named by no version
+    write_model(tmp_path, spec, onnx_only, {}, code_only, keep=3)
+    assert [p.name for p in (model / "runtime").iterdir()] == [runtime.name]
 
 
-def test_a_failed_export_leaves_the_repository_as_it_was(tmp_path):
+def test_a_failed_export_leaves_the_repository_as_it_was(tmp_path, code_only):
     spec = spec_for("segment", "segment", 3, 19)
-    write_model(tmp_path, spec, lambda d: (d / "model.onnx").write_bytes(b"1"), {})
+    write_model(tmp_path, spec, onnx_only, {}, code_only)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
 
     def broken(folder):
         (folder / "model.onnx").write_bytes(b"half")
         raise RuntimeError("parity bound missed")
 
     with pytest.raises(RuntimeError):
-        write_model(tmp_path, spec, broken, {})
+        write_model(tmp_path, spec, broken, {}, code_only)
     assert versions(tmp_path / "segment") == [1]
-    assert sorted(p.name for p in (tmp_path / "segment").iterdir()) == [
-        "1",
-        "config.pbtxt",
-        "configs",
-    ]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_version_is_published_readable_by_others_and_fsynced_before_its_rename(
+    tmp_path, code_only, monkeypatch
+):
+    """Modes from the umask (a server running as another user reads the files; temporary files
+    are 0600), and nothing renamed into place before its files reached the disk."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(source, target):
+        events.append(("rename", str(target)))
+        return real_rename(source, target)
+
+    def replace(source, target):
+        events.append(("rename", str(target)))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    old_umask = os.umask(0o027)
+    try:
+        write_model(tmp_path, spec_for("segment", "segment", 3, 19), onnx_only, {}, code_only)
+    finally:
+        os.umask(old_umask)
+    model = tmp_path / "segment"
+    for path in [model / "1", *(model / "1").iterdir(), model / "config.pbtxt"]:
+        assert path.stat().st_mode & 0o777 == (0o750 if path.is_dir() else 0o640), path
+    published = next(i for i, e in enumerate(events) if e == ("rename", str(model / "1")))
+    synced = {path.rsplit("/", 1)[-1] for op, path in events[:published] if op == "fsync"}
+    assert {"model.onnx", "model.py", "endpoint.json"} <= synced
+    assert events[published + 1] == ("fsync", str(model))  # the rename itself made durable
+    config = next(i for i, e in enumerate(events) if e == ("rename", str(model / "config.pbtxt")))
+    assert published < config  # the configs only after the version they describe
 
 
 def test_committed_configs_are_what_export_writes():
@@ -122,8 +181,6 @@ def test_committed_configs_are_what_export_writes():
     for name, kind in kinds.items():
         spec = spec_for(name, kind, 3, 19)
         for profile in PROFILES:
-            if profile != "default" and kind == "encoded":
-                continue
             path = (
                 repo
                 / name

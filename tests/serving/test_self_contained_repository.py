@@ -1,0 +1,225 @@
+"""An exported repository serves as NVIDIA's Triton container would serve it: the tritonserver
+binary started directly, its Python-backend stub on a Python that has NumPy and nothing else
+(no cycada, ONNX Runtime or OpenCV on any path), preferably the container's Python 3.10."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from cycada.export.parity import scene_images
+from cycada.export.repository import PROFILES, config_path, versions
+from cycada.export.runtime import CONTAINER_PYTHON
+from cycada.serving.server import ServerOptions, TritonServer, free_port
+from cycada.serving.server_install import find_tritonserver
+from tests.helpers import served_copy, skip_without_tritonserver
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+skip_without_tritonserver()
+
+MODELS = ("segment", "segment_encoded", "translate_s2t", "translate_t2s")
+ONNX_TYPES = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, exported_repository):
+    return served_copy(exported_repository, tmp_path_factory.mktemp("self_contained"))
+
+
+def _python_with_libpython(python: str) -> tuple[str, Path] | None:
+    """(X.Y, LIBDIR) of an interpreter whose shared libpython the stub can link, or None."""
+    probe = (
+        "import sys, sysconfig; print('%d.%d' % sys.version_info[:2]); "
+        "print(sysconfig.get_config_var('LIBDIR')); print(sysconfig.get_config_var('LDLIBRARY'))"
+    )
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    version, libdir, library = done.stdout.split()
+    return (
+        (version, Path(libdir)) if (Path(libdir) / library).is_file() and ".so" in library else None
+    )
+
+
+@pytest.fixture(scope="module")
+def numpy_only_stub(tmp_path_factory):
+    """(backend folder, PATH, LD_LIBRARY_PATH) of a Python-backend stub whose Python has only
+    NumPy <2: NVIDIA's container's Python 3.10 when this machine has one, else this Python."""
+    candidates = [shutil.which(f"python{CONTAINER_PYTHON}")]
+    candidates += sorted(
+        glob.glob(os.path.expanduser(f"~/.pyenv/versions/{CONTAINER_PYTHON}*/bin/python3"))
+    )
+    candidates.append(getattr(sys, "_base_executable", sys.executable))
+    found = next(filter(None, (_python_with_libpython(c) for c in candidates if c)), None)
+    if found is None:
+        pytest.skip("no Python with a shared libpython for the backend stub")
+    version, libdir = found
+    python = next(c for c in candidates if c and _python_with_libpython(c) == found)
+    folder = tmp_path_factory.mktemp("numpy_only_stub")
+    subprocess.run([python, "-m", "venv", str(folder / "env")], check=True)
+    pip = [str(folder / "env/bin/python"), "-m", "pip", "install", "-q", "numpy<2"]
+    subprocess.run(pip, check=True, capture_output=True)
+    home = find_tritonserver()
+    backend = folder / "backends" / "python"
+    backend.mkdir(parents=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(home.backends / "python" / name, backend / name)
+    stub = home.root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    shutil.copy2(stub, backend / stub.name)
+    path = f"{folder / 'env/bin'}:/usr/bin:/bin"
+    check = subprocess.run(
+        ["python", "-c", "import cycada"],
+        env={"PATH": path},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode != 0 and "No module named 'cycada'" in check.stderr
+    return version, folder / "backends", path, f"{home.libraries}:{libdir}"
+
+
+class DirectServer:
+    """tritonserver started by hand (no cycada), as a container's entry point starts it."""
+
+    def __init__(self, repository: Path, stub, *extra: str):
+        _, backends, path, libraries = stub
+        self.http, self.grpc = free_port(), free_port()
+        home = find_tritonserver()
+        command = [
+            str(home.binary),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            f"--http-port={self.http}",
+            f"--grpc-port={self.grpc}",
+            f"--metrics-port={free_port()}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            *extra,
+        ]
+        self.log = repository.parent / f"direct-{self.grpc}.log"
+        env = {"PATH": path, "LD_LIBRARY_PATH": libraries, "HOME": str(repository.parent)}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repository.parent
+            )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                url = f"http://127.0.0.1:{self.http}/v2/health/ready"
+                if urllib.request.urlopen(url, timeout=2).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("not ready in 180 s: " + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def _infer(url: str, model: str, array: np.ndarray, name: str = "images") -> dict:
+    client = grpcclient.InferenceServerClient(url)
+    tensor = grpcclient.InferInput(name, list(array.shape), "UINT8")
+    tensor.set_data_from_numpy(array)
+    result = client.infer(model, [tensor])
+    outputs = result.get_response().outputs
+    return {output.name: result.as_numpy(output.name) for output in outputs}
+
+
+def _answers(url: str) -> dict:
+    image = scene_images(count=1, width=160)[0]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return {
+        "segment": _infer(url, "segment", image[None]),
+        "segment_encoded": _infer(url, "segment_encoded", png.reshape(1, -1), "frames"),
+        "translate_s2t": _infer(url, "translate_s2t", image[None]),
+        "translate_t2s": _infer(url, "translate_t2s", image[None]),
+    }
+
+
+def test_every_model_serves_on_a_numpy_only_stub_as_under_cycada_serve(repository, numpy_only_stub):
+    direct = DirectServer(repository, numpy_only_stub)
+    try:
+        bare = _answers(f"127.0.0.1:{direct.grpc}")
+    finally:
+        direct.stop()
+    with TritonServer(ServerOptions.on_free_ports(repository)) as served:
+        ours = _answers(served.grpc_url)
+    for model in MODELS:
+        assert bare[model].keys() == ours[model].keys() and bare[model], model
+        for name, array in ours[model].items():
+            np.testing.assert_array_equal(bare[model][name], array, err_msg=f"{model} {name}")
+    info = json.loads((repository / "segment" / "1" / "endpoint.json").read_text())
+    assert info["runtime"]["cycada"] and numpy_only_stub[0] in info["runtime"]["python"]
+
+
+def test_the_native_profiles_load_what_they_can_here(repository, numpy_only_stub):
+    """tensorrt without plans: every model falls back to its Python config and loads;
+    onnxruntime: the encoded-frame model (Python in every profile) loads and answers (the
+    native onnxruntime backend exists only in NVIDIA's container)."""
+    direct = DirectServer(repository, numpy_only_stub, "--model-config-name=tensorrt")
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{direct.grpc}")
+        assert all(client.is_model_ready(model) for model in MODELS)
+    finally:
+        direct.stop()
+    only = ["--model-control-mode=explicit", "--load-model=segment_encoded"]
+    direct = DirectServer(repository, numpy_only_stub, "--model-config-name=onnxruntime", *only)
+    try:
+        image = scene_images(count=1, width=96)[0]
+        ok, jpeg = cv2.imencode(".jpg", image)
+        url = f"127.0.0.1:{direct.grpc}"
+        labels = _infer(url, "segment_encoded", jpeg.reshape(1, -1), "frames")["labels"]
+        assert labels.shape == (1, *image.shape[:2])
+    finally:
+        direct.stop()
+
+
+def test_every_model_has_a_config_that_loads_in_every_profile(repository):
+    """Model x profile: the config Triton picks (configs/P.pbtxt, else config.pbtxt) parses, and
+    what it names is in every served version: a Python model's runtime for the exported
+    Pythons; a native model's file, with the graph's inputs and outputs as the config says."""
+    for model in MODELS:
+        model_dir = repository / model
+        for profile in PROFILES:
+            path = config_path(model_dir, profile)
+            path = path if path.exists() else config_path(model_dir, "default")
+            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+            for version in versions(model_dir):
+                folder = model_dir / str(version)
+                if config.backend == "python":
+                    runtime = json.loads((folder / "endpoint.json").read_text())["runtime"]
+                    assert (folder / "model.py").is_file(), (model, profile)
+                    for python in runtime["python"]:
+                        packages = model_dir / runtime["folder"] / f"py{python.replace('.', '')}"
+                        assert (packages / "onnxruntime").is_dir(), (model, profile, python)
+                        assert (packages / "cv2").is_dir() == (model == "segment_encoded")
+                elif config.backend == "onnxruntime":
+                    graph = onnx.load(str(folder / config.default_model_filename))
+                    for wanted, actual in ((config.input, graph.graph.input),
+                                           (config.output, graph.graph.output)):  # fmt: skip
+                        assert [t.name for t in wanted] == [t.name for t in actual]
+                        types = [ONNX_TYPES[t.type.tensor_type.elem_type] for t in actual]
+                        names = [model_config_pb2.DataType.Name(t.data_type) for t in wanted]
+                        assert names == types, (model, profile)
+                else:
+                    assert config.platform == "tensorrt_plan"
+                    assert (folder / config.default_model_filename).is_file()
