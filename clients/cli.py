@@ -20,6 +20,13 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         default=["127.0.0.1:8001"],
         help="gRPC address(es) of the server; several (comma-separated) are used round-robin",
     )
+    parser.add_argument(
+        "--model-version",
+        default="",
+        metavar="N",
+        help="the model version to use on every server (default: the newest ready one, so a "
+        "new export is picked up as soon as it is served)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument(
         "--retry-window",
@@ -251,6 +258,7 @@ def run_video(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         resume=args.resume,
         realtime=args.realtime,
+        model_version=args.model_version,
     )
     segment_video(args.source, args.out, options)
     return 0
@@ -272,6 +280,7 @@ def run_translate(args: argparse.Namespace) -> int:
         retry_window=args.retry_window,
         security=security_from_args(args),
         progress=not args.no_progress,
+        model_version=args.model_version,
     )
     for name in summary.non_images[:10]:
         print(f"skipped non-image file: {name}")

@@ -142,6 +142,7 @@ def translate_dir(
     progress: bool = True,
     retry_window: float = 60.0,
     security: GrpcSecurity | None = None,
+    model_version: str = "",
 ) -> TranslateSummary:
     if not src.is_dir():
         raise DataError(f"SRC {src} is not a folder")
@@ -151,7 +152,14 @@ def translate_dir(
         raise DataError(f"DST {dst} must not be SRC or inside it")
     summary = TranslateSummary()
     work = _to_translate(src, dst, labels, link_labels, shard, summary)
-    client = ModelClient(urls, model, timeout=timeout, retry_window=retry_window, security=security)
+    client = ModelClient(
+        urls,
+        model,
+        version=model_version,
+        timeout=timeout,
+        retry_window=retry_window,
+        security=security,
+    )
     bar = None
     if progress:
         from tqdm import tqdm

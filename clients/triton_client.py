@@ -1,7 +1,9 @@
 """gRPC client of the served models: readiness, metadata checks, retries, ordered pipelining.
 
-* Connects to one or several server URLs (used round-robin, so work spreads over replicas) and
-  waits until each is ready and serves the model.
+* Connects to one or several server URLs (replicas, used round-robin so work spreads over
+  them) and waits until one is ready and serves the model. A replica that fails a request is
+  left out for a while (its requests go to the others at once) and tried again later, so a
+  replica lost for good costs no request and one that comes back is used again.
 * Reads the model's metadata and checks every input's name, dtype and shape before sending.
 * Waits out a lost or restarting server (UNAVAILABLE) for ``retry_window`` seconds with
   jittered exponential backoff, moving to the next URL; DEADLINE_EXCEEDED is retried once;
@@ -35,6 +37,54 @@ LATENCY_WINDOW = 100_000  # request latencies kept for percentiles
 MAX_BACKOFF = 2.0  # seconds between retries, at most
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 UNLOADING = ("has no available versions", "Request for unknown model")  # Triton's words
+
+
+REPLICA_PAUSE = 1.0  # seconds a replica that failed is left out, doubling up to MAX_REPLICA_PAUSE
+MAX_REPLICA_PAUSE = 30.0
+
+
+class Outputs(dict):
+    """A response's output arrays by name; ``version`` is the model version that answered."""
+
+    version: str = ""
+
+
+class Replicas:
+    """Round-robin over the servers that answer; one that failed sits out a pause that doubles
+    while it keeps failing, then is tried again (thread-safe)."""
+
+    def __init__(self, count: int, clock: Callable[[], float] = time.monotonic):
+        self.count, self.clock = count, clock
+        self._lock = threading.Lock()
+        self._next = itertools.count()
+        self._out_until = [0.0] * count
+        self._pause = [0.0] * count
+
+    def pick(self) -> int:
+        """The next replica that is not sitting out; when all are, the one back soonest."""
+        with self._lock:
+            now = self.clock()
+            start = next(self._next)
+            for step in range(self.count):
+                index = (start + step) % self.count
+                if self._out_until[index] <= now:
+                    return index
+            return min(range(self.count), key=self._out_until.__getitem__)
+
+    def failed(self, index: int) -> None:
+        with self._lock:
+            pause = min(MAX_REPLICA_PAUSE, max(REPLICA_PAUSE, 2 * self._pause[index]))
+            self._pause[index] = pause
+            self._out_until[index] = self.clock() + pause
+
+    def answered(self, index: int) -> None:
+        with self._lock:
+            self._pause[index] = self._out_until[index] = 0.0
+
+    def any_up(self) -> bool:
+        with self._lock:
+            now = self.clock()
+            return any(until <= now for until in self._out_until)
 
 
 class RequestRefused(ServingError, InputError):
@@ -86,14 +136,14 @@ class ModelClient:
         self.model, self.version, self.timeout = model, version, timeout
         self.retry_window, self.backoff, self.compression = retry_window, backoff, compression
         self._clients = [self.security.client(url) for url in self.urls]
-        self._next = itertools.count()
+        self.replicas = Replicas(len(self._clients))
         self.shared_memory = shared_memory
         self.regions = SharedMemoryRegions(self.headers)
         self._cancelled = threading.Event()
         # the most recent requests only: a camera stream runs for days
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
-        self.wait_ready(timeout)
-        self.signature = ModelSignature.from_server(self._clients[0], model, version, self.headers)
+        ready = self.wait_ready(timeout)
+        self.signature = ModelSignature.from_server(ready, model, version, self.headers)
         self.inputs, self.outputs = self.signature.inputs, self.signature.outputs
         self.max_batch_size = self.signature.max_batch_size
 
@@ -102,29 +152,51 @@ class ModelClient:
         self.signature.check(inputs)
 
     # -- connection and metadata -------------------------------------------------------------
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float):
+        """The client of the first server that is ready and serves the model (at the pinned
+        version); the others are used once they answer. A version the server does not have is
+        the caller's mistake, reported at once."""
         from tritonclient.utils import InferenceServerException
 
         deadline = time.monotonic() + timeout
-        for url, client in zip(self.urls, self._clients):
-            last = "no answer"
-            while True:
+        last = {url: "no answer" for url in self.urls}
+        while True:
+            for url, client in zip(self.urls, self._clients):
                 try:
-                    if client.is_server_ready(
-                        headers=self.headers, client_timeout=2
-                    ) and client.is_model_ready(
+                    if not client.is_server_ready(headers=self.headers, client_timeout=2):
+                        last[url] = "server not ready"
+                    elif client.is_model_ready(
                         self.model, self.version, headers=self.headers, client_timeout=2
                     ):
-                        break
-                    last = f"model '{self.model}' is not ready"
+                        return client
+                    else:
+                        last[url] = self._not_ready(client)
                 except InferenceServerException as exc:
-                    last = exc.message() or str(exc)
-                if time.monotonic() > deadline:
-                    raise ServingError(
-                        f"server {url} is not ready with model '{self.model}' after "
-                        f"{timeout:.0f} s ({last})"
-                    )
-                time.sleep(0.2)
+                    last[url] = exc.message() or str(exc)
+            if time.monotonic() > deadline:
+                reasons = "; ".join(f"{url}: {why}" for url, why in last.items())
+                raise ServingError(
+                    f"no server is ready with model '{self.model}' after {timeout:.0f} s "
+                    f"({reasons})"
+                )
+            time.sleep(0.2)
+
+    def _not_ready(self, client) -> str:
+        """Why the model is not ready on a ready server; a missing version raises."""
+        from tritonclient.utils import InferenceServerException
+
+        if not self.version:
+            return f"model '{self.model}' is not ready"
+        try:
+            served = client.get_model_metadata(self.model, headers=self.headers).versions
+        except InferenceServerException:
+            return f"model '{self.model}' is not ready"
+        if served and self.version not in served:
+            raise ConfigError(
+                f"--model-version {self.version}: the server serves '{self.model}' version(s) "
+                f"{', '.join(served)}"
+            )
+        return f"model '{self.model}' version {self.version} is not ready"
 
     # -- requests -----------------------------------------------------------------------------
     def _input(self, client, name: str, array: np.ndarray):
@@ -144,7 +216,8 @@ class ModelClient:
 
         attempt, first_failure, timeout, deadline_retried = 0, None, self.timeout, False
         while True:
-            client = self._clients[next(self._next) % len(self._clients)]
+            replica = self.replicas.pick()
+            client = self._clients[replica]
             try:
                 tensors = [self._input(client, n, a) for n, a in inputs.items()]
                 wanted = [self.grpc.InferRequestedOutput(name) for name in outputs]
@@ -159,7 +232,10 @@ class ModelClient:
                     compression_algorithm=self.compression,
                 )
                 self.latencies_ms.append((time.perf_counter() - started) * 1000)
-                return {name: result.as_numpy(name) for name in outputs}
+                self.replicas.answered(replica)
+                answer = Outputs((name, result.as_numpy(name)) for name in outputs)
+                answer.version = result.get_response().model_version
+                return answer
             except InferenceServerException as exc:
                 message = exc.message() or str(exc)
                 status = str(exc.status() or "")
@@ -178,6 +254,10 @@ class ModelClient:
                         f"request to '{self.model}' failed after {attempt + 1} attempt(s) in "
                         f"{now - first_failure:.0f} s: {message}"
                     ) from None
+                self.replicas.failed(replica)
+                if self.replicas.any_up():  # another replica answers: send it there at once
+                    attempt += 1
+                    continue
                 pause = min(MAX_BACKOFF, self.backoff * 2**attempt)
                 # jitter, so clients do not stampede; cancel() ends the wait at once
                 if self._cancelled.wait(random.uniform(0.5, 1.0) * pause):

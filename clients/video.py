@@ -59,6 +59,7 @@ class VideoOptions:
     security: GrpcSecurity | None = None  # TLS and auth header for a non-loopback server
     resume: bool = False  # continue OUT (and its labels and CSV) from its last frame
     realtime: bool = False  # read a file at its frame rate, as a live camera delivers it
+    model_version: str = ""  # pin the segmenting model's version (default: the newest ready)
 
 
 @dataclass
@@ -235,8 +236,8 @@ class _Writer:
             mode = "a" if append else "w"
             self.csv_file = open(options.csv_path, mode, newline="")  # noqa: SIM115 (closed in close)
             self.csv = csv.writer(self.csv_file)
-            if not append:
-                self.csv.writerow(["frame", *self.space.classes])
+            if not append:  # the version that answered each frame: updates show up here
+                self.csv.writerow(["frame", "model_version", *self.space.classes])
         if options.labels_dir is not None:
             options.labels_dir.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -244,9 +245,9 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            for index, composed in _queued(self.queue):
+            for index, version, composed in _queued(self.queue):
                 overlay, shares = composed.result()
-                self._encode(index, overlay, shares)
+                self._encode(index, version, overlay, shares)
         except BaseException as exc:  # reported by the next put() and by close()
             if isinstance(exc, OSError):
                 exc = DataError(f"cannot write the output of segment-video: {exc}")
@@ -293,10 +294,10 @@ class _Writer:
                 shares = counts / full.size
         return overlay, shares
 
-    def _encode(self, index: int, overlay: np.ndarray, shares) -> None:
+    def _encode(self, index: int, version: str, overlay: np.ndarray, shares) -> None:
         self._write_frame(overlay)
         if self.csv is not None:
-            self.csv.writerow([index, *(f"{share:.5f}" for share in shares)])
+            self.csv.writerow([index, version, *(f"{share:.5f}" for share in shares)])
         self.last_index = index
 
     def copy_from(self, previous: Path) -> int:
@@ -327,11 +328,11 @@ class _Writer:
         full (a deferred Ctrl-C raises there)."""
         if self.error is not None:  # stop sending frames as soon as writing fails
             raise self.error
-        index = item[0]
-        composed = self.pool.submit(self._compose, *item)
+        index, frame, labels, translated, version = item
+        composed = self.pool.submit(self._compose, index, frame, labels, translated)
         while self.thread.is_alive():
             try:
-                self.queue.put((index, composed), timeout=POLL_SECONDS)
+                self.queue.put((index, version, composed), timeout=POLL_SECONDS)
                 return
             except queue.Full:
                 try:
@@ -399,7 +400,7 @@ def _connect(options: VideoOptions) -> tuple[ModelClient, ModelClient | None]:
         shared_memory=options.shared_memory and not options.encoded,
         security=options.security,
     )
-    client = ModelClient(options.urls, model, **connect)
+    client = ModelClient(options.urls, model, version=options.model_version, **connect)
     translator = None
     if options.translate_model:
         translator = ModelClient(
@@ -501,13 +502,14 @@ def _frame_requests(
     def work(item):
         index, frame = item
         request, small = _model_input(frame, options)
-        labels = client.request(request, ["labels"])["labels"][0]
+        answer = client.request(request, ["labels"])
+        labels = answer["labels"][0]
         translated = None
         if translator is not None:
             rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
             translated = translator.request({"images": rgb[None]}, ["translated"])
             translated = translated["translated"][0]
-        return labels, translated
+        return labels, translated, answer.version
 
     return work
 
@@ -558,9 +560,9 @@ def _segment_video(
     work = _frame_requests(client, translator, options)
     results = ordered_map(_polled(frames, check), work, options.window, poll=check)
     try:
-        for (index, frame), (labels, translated) in results:
+        for (index, frame), (labels, translated, version) in results:
             check()
-            writer.put((index, frame, labels, translated), check)
+            writer.put((index, frame, labels, translated, version), check)
             if bar is not None:
                 bar.update()
     except KeyboardInterrupt:

@@ -36,6 +36,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address of the HTTP endpoint: /v2/health/live and /v2/health/ready for probes "
+        "(inference there needs the secret; default loopback)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the Prometheus metrics (/metrics: counters and latencies, no image "
+        "data; default loopback)",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="look for new versions (a new cycada export) every SECONDS and load them while the "
+        "serving version answers; 0 loads only what is there at start (default 5)",
+    )
+    parser.add_argument(
         "--profile",
         choices=("default", "onnxruntime", "tensorrt"),
         default="default",
@@ -101,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.restart_pause < 0:
         raise ConfigError(f"--restart-pause {args.restart_pause:g}: expected seconds, 0 or more")
+    if args.poll < 0:
+        raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
     secret = ""
     if args.auth_secret_file:
         try:
@@ -126,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         auth_secret=secret,
         insecure=args.insecure,
+        http_host=args.http_host,
+        metrics_host=args.metrics_host,
+        poll_seconds=args.poll,
     )
     server = TritonServer(options)
     if args.insecure and not is_loopback(args.host):
@@ -135,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    for name, host, what in (
+        ("--http-host", args.http_host, "health probes and, with the secret, inference over "
+         "plain HTTP"),
+        ("--metrics-host", args.metrics_host, "Prometheus metrics (no image data)"),
+    ):  # fmt: skip
+        if not is_loopback(host):
+            print(f"warning: {name} {host}: {what} reachable from the network", file=sys.stderr)
     stopping = []
 
     def request_stop(signum, frame):  # SIGTERM behaves like Ctrl-C

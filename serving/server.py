@@ -70,6 +70,14 @@ class ServerOptions:
     tls_key: Path | None = None
     auth_secret: str = ""  # required in the cycada-auth header on inference and control calls
     insecure: bool = False  # a non-loopback host without TLS and secret, on purpose
+    # HTTP (health probes; inference only with the secret) and Prometheus metrics (no image
+    # data): loopback unless a kubelet or Prometheus must reach them
+    http_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
+    # seconds between looks at the repository for new versions and changed configs (Triton's
+    # poll mode: loaded beside the serving version, which answers until the new one is ready);
+    # 0 loads what is there at start only
+    poll_seconds: float = 5.0
 
     @classmethod
     def on_free_ports(cls, repository: Path, **options: Any) -> ServerOptions:
@@ -90,14 +98,23 @@ class ServerOptions:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
-        if is_loopback(self.host) or self.insecure:
+        if self.insecure:
             return
-        if not (self.tls_cert and self.auth_secret):
+        if not is_loopback(self.host) and not (self.tls_cert and self.auth_secret):
             raise ConfigError(
                 f"--host {self.host} is reachable from the network: give --tls-cert, --tls-key "
                 "and --auth-secret-file (clients: --ssl --auth-header cycada-auth=SECRET), or "
                 "--insecure to serve without them"
             )
+        if not is_loopback(self.http_host) and not self.auth_secret:
+            raise ConfigError(
+                f"--http-host {self.http_host} is reachable from the network, and inference over "
+                "HTTP with it: give --auth-secret-file (probes need no secret), or --insecure"
+            )
+
+    def exposed(self) -> bool:
+        """Whether gRPC or HTTP (both carry inference) is reachable from the network."""
+        return not (is_loopback(self.host) and is_loopback(self.http_host))
 
     def default_log_file(self) -> Path:
         """Beside the repository, one per port: the repository may be read-only or shared."""
@@ -128,14 +145,12 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.profile not in PROFILES:
         raise ConfigError(f"unknown profile '{options.profile}' (valid: {', '.join(PROFILES)})")
     options.check()
-    # HTTP (no TLS in Triton) and metrics stay on loopback when gRPC faces the network
-    local = options.host if is_loopback(options.host) else "127.0.0.1"
     command = [
         str(home.binary),
         f"--model-repository={options.repository.resolve()}",
         f"--grpc-address={options.host}",
-        f"--http-address={local}",
-        f"--metrics-address={local}",
+        f"--http-address={options.http_host}",
+        f"--metrics-address={options.metrics_host}",
         f"--grpc-port={options.grpc_port}",
         f"--http-port={options.http_port}",
         f"--metrics-port={options.metrics_port}",
@@ -152,6 +167,9 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.models:
         command.append("--model-control-mode=explicit")
         command += [f"--load-model={name}" for name in options.models]
+    elif options.poll_seconds > 0:
+        polls = max(1, round(options.poll_seconds))
+        command += ["--model-control-mode=poll", f"--repository-poll-secs={polls}"]
     if options.tls_cert:
         command += [
             "--grpc-use-ssl=true",
@@ -160,7 +178,7 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
         ]
     restricted = RESTRICTED
     secret = options.auth_secret
-    if not secret and not is_loopback(options.host):
+    if not secret and options.exposed():
         # --insecure: inference stays open, but loading models and registering shared memory
         # need a secret nobody was given
         restricted, secret = "shared-memory,model-repository", uuid.uuid4().hex
@@ -243,7 +261,9 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        host = self.options.host if is_loopback(self.options.host) else "127.0.0.1"
+        """Where this machine reaches the HTTP endpoint (health, readiness)."""
+        host = self.options.http_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
         return f"http://{host}:{self.options.http_port}"
 
     def start(self, timeout: float = 120.0) -> TritonServer:

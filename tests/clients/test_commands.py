@@ -74,7 +74,8 @@ def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip,
     assert frame_count(out) == total
     rows = list(csv.reader(shares.open()))[1:]
     assert [int(row[0]) for row in rows] == list(range(total))
-    assert abs(sum(float(v) for v in rows[0][1:]) - 1.0) < 1e-3
+    assert {row[1] for row in rows} == {"1"}  # the version that answered
+    assert abs(sum(float(v) for v in rows[0][2:]) - 1.0) < 1e-3
     assert f"{total} frames written" in done.stderr  # the summary, a log line
     if encoded:
         return
@@ -321,10 +322,10 @@ def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch,
     clip = write_clip(tmp_path / "long.mp4", 300, 128, 64, seed=3)
     original = video_module._Writer._encode
 
-    def disk_full(self, index, overlay, shares):
+    def disk_full(self, index, version, overlay, shares):
         if self.written >= 5:
             raise OSError(28, "No space left on device")
-        original(self, index, overlay, shares)
+        original(self, index, version, overlay, shares)
 
     monkeypatch.setattr(video_module._Writer, "_encode", disk_full)
     options = video_module.VideoOptions(urls=[server.grpc_url], width=128, progress=False)
