@@ -141,6 +141,13 @@ def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, 
     return env
 
 
+def polls(options: ServerOptions) -> int:
+    """Seconds between Triton's looks at the repository; 0 when it does not poll."""
+    if options.models or options.poll_seconds <= 0:
+        return 0  # serving named models: explicit model control
+    return max(1, round(options.poll_seconds))
+
+
 def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.profile not in PROFILES:
         raise ConfigError(f"unknown profile '{options.profile}' (valid: {', '.join(PROFILES)})")
@@ -156,7 +163,10 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
         f"--metrics-port={options.metrics_port}",
         f"--id={options.server_id}",
         "--exit-on-error=true",
-        "--strict-readiness=true",
+        # polling: a new version that fails to load must not make the server unready (and a
+        # kubelet take it out of service) while its serving versions answer; per model,
+        # /v2/models/NAME/ready says more
+        f"--strict-readiness={'false' if polls(options) else 'true'}",
         f"--backend-config=python,shm-default-byte-size={options.shm_bytes}",
         f"--backend-config=python,shm-growth-byte-size={options.shm_bytes}",
     ]
@@ -167,9 +177,8 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if options.models:
         command.append("--model-control-mode=explicit")
         command += [f"--load-model={name}" for name in options.models]
-    elif options.poll_seconds > 0:
-        polls = max(1, round(options.poll_seconds))
-        command += ["--model-control-mode=poll", f"--repository-poll-secs={polls}"]
+    elif polls(options):
+        command += ["--model-control-mode=poll", f"--repository-poll-secs={polls(options)}"]
     if options.tls_cert:
         command += [
             "--grpc-use-ssl=true",

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,40 @@ def as_an_older_cycada_wrote_it(path, change=None) -> None:
     meta["fingerprint"] = "0123456789abcdef"
     metadata.update(config=json.dumps(config), meta=json.dumps(meta))
     save_file(load_file(str(path)), str(path), metadata=metadata)
+
+
+def serve_process(repository, *extra):
+    """`cycada serve` of the segment model on free ports; returns (process, gRPC port) once
+    it prints 'serving:'."""
+    from cycada.serving.server import free_port
+
+    grpc_port = free_port()
+    command = [
+        sys.executable, "-m", "cycada.cli", "serve", str(repository),
+        "--grpc-port", str(grpc_port), "--http-port", str(free_port()),
+        "--metrics-port", str(free_port()), "--model", "segment", *extra,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("serving:") or not line:
+            break
+    return process, grpc_port
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def tritonserver_of(serve_pid: int, timeout: float = 60.0) -> int:
+    """The tritonserver that `cycada serve` runs now (waits through a restart)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in children_of(serve_pid):
+            with contextlib.suppress(OSError):
+                if "tritonserver" in Path(f"/proc/{pid}/cmdline").read_text():
+                    return pid
+        time.sleep(0.05)
+    raise AssertionError("cycada serve runs no tritonserver")

@@ -32,9 +32,11 @@ from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.digits.pipeline import run_digits
 from tests.helpers import (
+    serve_process,
     served_copy,
     skip_without_tritonserver,
     tiny_digits_config,
+    tritonserver_of,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -286,43 +288,9 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
     assert stubs.stdout.strip() == "", "stub processes outlived the server"
 
 
-def _serve(repository, *extra):
-    """`cycada serve` on free ports; returns (process, gRPC port) once it prints 'serving:'."""
-    grpc_port = free_port()
-    command = [
-        sys.executable, "-m", "cycada.cli", "serve", str(repository),
-        "--grpc-port", str(grpc_port), "--http-port", str(free_port()),
-        "--metrics-port", str(free_port()), "--model", "segment", *extra,
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("serving:") or not line:
-            break
-    return process, grpc_port
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def _tritonserver_of(serve_pid: int, timeout: float = 60.0) -> int:
-    """The tritonserver that `cycada serve` runs now (waits through a restart)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in _children(serve_pid):
-            with contextlib.suppress(OSError):
-                if "tritonserver" in Path(f"/proc/{pid}/cmdline").read_text():
-                    return pid
-        time.sleep(0.05)
-    raise AssertionError("cycada serve runs no tritonserver")
-
-
 def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp_path):
     repository = shutil.copytree(repository, tmp_path / "repo")
-    process, grpc_port = _serve(repository)
+    process, grpc_port = serve_process(repository)
     url = f"127.0.0.1:{grpc_port}"
     bench = bench_input("segment", 16, 16)
     loads = []  # the bench's closed loop runs across the kill and waits the restart out
@@ -330,7 +298,7 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
         target=lambda: loads.append(run_load(url, "segment", bench.array, 2, 12.0, 1.0))
     )
     try:
-        first = _tritonserver_of(process.pid)
+        first = tritonserver_of(process.pid)
         load.start()
         time.sleep(4)
         os.kill(first, signal.SIGKILL)
@@ -342,7 +310,7 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
                 assert "restarting it in 1 s on the same ports" in line
             restarted += [line] if "tritonserver restarted" in line else []
         assert restarted, "no restart logged"
-        assert _tritonserver_of(process.pid) != first
+        assert tritonserver_of(process.pid) != first
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         tensor = grpcclient.InferInput("images", [1, 16, 16, 3], "UINT8")
         tensor.set_data_from_numpy(np.zeros((1, 16, 16, 3), np.uint8))
@@ -366,16 +334,16 @@ def test_no_restart_exits_with_the_error_and_kill_9_of_serve_leaves_no_orphans(
     repository, tmp_path
 ):
     repository = shutil.copytree(repository, tmp_path / "repo")
-    process, _ = _serve(repository, "--no-restart")
+    process, _ = serve_process(repository, "--no-restart")
     try:
-        os.kill(_tritonserver_of(process.pid), signal.SIGKILL)
+        os.kill(tritonserver_of(process.pid), signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
         assert process.returncode == 1 and "stopped by itself with code -9" in output
     finally:
         if process.poll() is None:
             process.kill()
-    process, _ = _serve(repository)
-    server = _tritonserver_of(process.pid)
+    process, _ = serve_process(repository)
+    server = tritonserver_of(process.pid)
     process.kill()  # kill -9 of `cycada serve` itself: the server must not keep the ports
     process.wait()
     deadline = time.monotonic() + 30
@@ -408,7 +376,7 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
 
     repository = shutil.copytree(repository, tmp_path / "repo")
     clip = write_clip(tmp_path / "clip.mp4", 200, 96, 48, seed=4)
-    process, grpc_port = _serve(repository, "--restart-pause", "0.25")  # 0.25, 0.5, ... 4 s
+    process, grpc_port = serve_process(repository, "--restart-pause", "0.25")  # 0.25, 0.5, ... 4 s
     try:
 
         def segment(name, kills=0):
@@ -425,11 +393,11 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
             killed = []
             for _ in range(kills):  # each time: a new server, 10 more frames done, kill it
                 deadline = time.monotonic() + 120
-                server = _tritonserver_of(process.pid)
+                server = tritonserver_of(process.pid)
                 while server in killed:
                     assert time.monotonic() < deadline, "no restarted server"
                     time.sleep(0.05)
-                    server = _tritonserver_of(process.pid)
+                    server = tritonserver_of(process.pid)
                 done = len(list(labels.glob("*.png")))
                 while len(list(labels.glob("*.png"))) < done + 10:
                     assert video.poll() is None, "the video ended before the last kill"
