@@ -44,8 +44,11 @@ from cycada.atomic import publish_folder
 from cycada.cache import cache_root
 from cycada.errors import ConfigError, ExportError
 
-# NVIDIA's tritonserver:24.10-py3 image (Triton 2.51, the release of the embedded server) runs
-# its Python backend on Ubuntu 22.04's Python 3.10 and glibc 2.35
+# NVIDIA's Triton image of the embedded server's release (Triton 2.51 is the 24.10 container):
+# the reference deployment (deploy/). It runs the Python backend on Ubuntu 22.04's Python 3.10
+# and glibc 2.35.
+EMBEDDED_TRITON = "2.51.0"
+CONTAINER_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 CONTAINER_PYTHON = "3.10"
 CONTAINER_GLIBC = 35
 RUNTIME_FOLDER = "runtime"

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,71 @@ def tritonserver_of(serve_pid: int, timeout: float = 60.0) -> int:
                     return pid
         time.sleep(0.05)
     raise AssertionError("cycada serve runs no tritonserver")
+
+
+@dataclass(frozen=True)
+class StubEnvironment:
+    """What a tritonserver started by hand needs for its Python backend: the backends folder
+    (with the stub of the Python below), PATH (that Python's environment first) and
+    LD_LIBRARY_PATH (the server's libraries and that Python's libpython)."""
+
+    backends: Path
+    path: str
+    libraries: str
+
+    @classmethod
+    def embedded(cls) -> StubEnvironment:
+        """The embedded server's own: its NumPy-only stub environment, this Python."""
+        import sysconfig
+
+        from cycada.serving.server_install import find_tritonserver
+
+        home = find_tritonserver()
+        path = f"{home.stub_env / 'bin'}:/usr/bin:/bin"
+        return cls(home.backends, path, f"{home.libraries}:{sysconfig.get_config_var('LIBDIR')}")
+
+
+class DirectServer:
+    """tritonserver started by hand (no cycada), as a container's entry point starts it, with
+    ``extra`` arguments; ready (HTTP /v2/health/ready) when constructed."""
+
+    def __init__(self, repository: Path, stub: StubEnvironment, *extra: str, ports=None):
+        import urllib.request
+
+        from cycada.serving.server import free_port
+        from cycada.serving.server_install import find_tritonserver
+
+        self.http, self.grpc, self.metrics = ports or (free_port(), free_port(), free_port())
+        command = [
+            str(find_tritonserver().binary),
+            f"--model-repository={repository}",
+            f"--backend-directory={stub.backends}",
+            f"--http-port={self.http}",
+            f"--grpc-port={self.grpc}",
+            f"--metrics-port={self.metrics}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            *extra,
+        ]
+        self.log = repository.parent / f"direct-{self.grpc}.log"
+        env = {"PATH": stub.path, "LD_LIBRARY_PATH": stub.libraries, "HOME": str(repository.parent)}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repository.parent
+            )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                url = f"http://127.0.0.1:{self.http}/v2/health/ready"
+                if urllib.request.urlopen(url, timeout=2).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise AssertionError("not ready in 180 s: " + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)

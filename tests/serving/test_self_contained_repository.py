@@ -10,8 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -25,9 +23,14 @@ from tritonclient.grpc import model_config_pb2
 from cycada.export.parity import scene_images
 from cycada.export.repository import PROFILES, config_path, versions
 from cycada.export.runtime import CONTAINER_PYTHON
-from cycada.serving.server import ServerOptions, TritonServer, free_port
+from cycada.serving.server import ServerOptions, TritonServer
 from cycada.serving.server_install import find_tritonserver
-from tests.helpers import served_copy, skip_without_tritonserver
+from tests.helpers import (
+    DirectServer,
+    StubEnvironment,
+    served_copy,
+    skip_without_tritonserver,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -59,8 +62,8 @@ def _python_with_libpython(python: str) -> tuple[str, Path] | None:
 
 @pytest.fixture(scope="module")
 def numpy_only_stub(tmp_path_factory):
-    """(backend folder, PATH, LD_LIBRARY_PATH) of a Python-backend stub whose Python has only
-    NumPy <2: NVIDIA's container's Python 3.10 when this machine has one, else this Python."""
+    """(Python version, StubEnvironment) of a Python-backend stub whose Python has only NumPy
+    <2: NVIDIA's container's Python 3.10 when this machine has one, else this Python."""
     candidates = [shutil.which(f"python{CONTAINER_PYTHON}")]
     candidates += sorted(
         glob.glob(os.path.expanduser(f"~/.pyenv/versions/{CONTAINER_PYTHON}*/bin/python3"))
@@ -91,48 +94,7 @@ def numpy_only_stub(tmp_path_factory):
         text=True,
     )
     assert check.returncode != 0 and "No module named 'cycada'" in check.stderr
-    return version, folder / "backends", path, f"{home.libraries}:{libdir}"
-
-
-class DirectServer:
-    """tritonserver started by hand (no cycada), as a container's entry point starts it."""
-
-    def __init__(self, repository: Path, stub, *extra: str):
-        _, backends, path, libraries = stub
-        self.http, self.grpc = free_port(), free_port()
-        home = find_tritonserver()
-        command = [
-            str(home.binary),
-            f"--model-repository={repository}",
-            f"--backend-directory={backends}",
-            f"--http-port={self.http}",
-            f"--grpc-port={self.grpc}",
-            f"--metrics-port={free_port()}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
-            *extra,
-        ]
-        self.log = repository.parent / f"direct-{self.grpc}.log"
-        env = {"PATH": path, "LD_LIBRARY_PATH": libraries, "HOME": str(repository.parent)}
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repository.parent
-            )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                url = f"http://127.0.0.1:{self.http}/v2/health/ready"
-                if urllib.request.urlopen(url, timeout=2).status == 200:
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError("not ready in 180 s: " + self.log.read_text()[-3000:])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
+    return version, StubEnvironment(folder / "backends", path, f"{home.libraries}:{libdir}")
 
 
 def _infer(url: str, model: str, array: np.ndarray, name: str = "images") -> dict:
@@ -156,7 +118,7 @@ def _answers(url: str) -> dict:
 
 
 def test_every_model_serves_on_a_numpy_only_stub_as_under_cycada_serve(repository, numpy_only_stub):
-    direct = DirectServer(repository, numpy_only_stub)
+    direct = DirectServer(repository, numpy_only_stub[1])
     try:
         bare = _answers(f"127.0.0.1:{direct.grpc}")
     finally:
@@ -175,14 +137,14 @@ def test_the_native_profiles_load_what_they_can_here(repository, numpy_only_stub
     """tensorrt without plans: every model falls back to its Python config and loads;
     onnxruntime: the encoded-frame model (Python in every profile) loads and answers (the
     native onnxruntime backend exists only in NVIDIA's container)."""
-    direct = DirectServer(repository, numpy_only_stub, "--model-config-name=tensorrt")
+    direct = DirectServer(repository, numpy_only_stub[1], "--model-config-name=tensorrt")
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{direct.grpc}")
         assert all(client.is_model_ready(model) for model in MODELS)
     finally:
         direct.stop()
     only = ["--model-control-mode=explicit", "--load-model=segment_encoded"]
-    direct = DirectServer(repository, numpy_only_stub, "--model-config-name=onnxruntime", *only)
+    direct = DirectServer(repository, numpy_only_stub[1], "--model-config-name=onnxruntime", *only)
     try:
         image = scene_images(count=1, width=96)[0]
         ok, jpeg = cv2.imencode(".jpg", image)

@@ -1,0 +1,162 @@
+"""deploy/: the Dockerfiles pass hadolint, the manifests validate against the Kubernetes schemas
+(offline), and the image, ports, probe and metrics paths they name are the ones the server
+really uses. No image can be pulled or built here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from cycada.export.runtime import CONTAINER_IMAGE, EMBEDDED_TRITON
+from cycada.serving.server import ServerOptions
+from tests.helpers import REPO, DirectServer, StubEnvironment, served_copy
+
+DEPLOY = REPO / "deploy"
+KUBERNETES = "1.30.0"
+
+
+def _documents(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if doc]
+
+
+def _kind(name: str, kind: str) -> dict:
+    return next(doc for doc in _documents(name) if doc["kind"] == kind)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "client.Dockerfile"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run([str(hadolint), str(DEPLOY / dockerfile)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["triton.yaml", "translate-job.yaml"])
+def test_manifests_validate_against_the_kubernetes_schemas(name):
+    for document in _documents(name):
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+
+
+def test_the_kserve_service_names_the_triton_runtime_with_a_valid_container():
+    """KServe's schema is not bundled: its Triton predictor's container part (args,
+    resources) is checked as a Kubernetes container, the rest field by field."""
+    service = _documents("kserve.yaml")[0]
+    assert (service["apiVersion"], service["kind"]) == (
+        "serving.kserve.io/v1beta1",
+        "InferenceService",
+    )
+    triton = dict(service["spec"]["predictor"]["triton"])
+    assert triton.pop("runtimeVersion") == CONTAINER_IMAGE.rsplit(":", 1)[1]
+    assert re.fullmatch(r"(s3|gs|pvc)://\S+", triton.pop("storageUri"))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kserve-predictor"},
+        "spec": {"containers": [{"name": "kserve-container", "image": CONTAINER_IMAGE, **triton}]},
+    }
+    kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+    assert service["spec"]["predictor"]["minReplicas"] >= 2
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return dict(arg[2:].split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
+
+
+def test_the_image_and_manifests_agree_with_the_server_they_name():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert f"FROM {CONTAINER_IMAGE}\n" in dockerfile
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()}
+    defaults = ServerOptions(Path("."))
+    assert exposed == {defaults.http_port, defaults.grpc_port, defaults.metrics_port}
+    deployment = _kind("triton.yaml", "Deployment")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == CONTAINER_IMAGE
+    flags = _flags(container["args"])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {
+        "http": int(flags["http-port"]),
+        "grpc": int(flags["grpc-port"]),
+        "metrics": int(flags["metrics-port"]),
+    }
+    assert flags["model-config-name"] in ("onnxruntime", "tensorrt")
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert flags["model-repository"] == mounts["models"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert deployment["spec"]["replicas"] >= 2
+    for probe, path in (
+        ("livenessProbe", "/v2/health/live"),
+        ("readinessProbe", "/v2/health/ready"),
+    ):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    service = _kind("triton.yaml", "Service")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    claim = pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert _kind("triton.yaml", "PersistentVolumeClaim")["metadata"]["name"] == claim
+
+
+def test_the_translation_job_runs_one_shard_per_index_against_the_service():
+    job = _kind("translate-job.yaml", "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    words = shlex.split(container["args"][0])
+    assert words[:3] == ["exec", "cycada", "translate-dir"]
+    shard = words[words.index("--shard") + 1]
+    assert shard == f"${{JOB_COMPLETION_INDEX}}/{job['spec']['completions']}"
+    service = _kind("triton.yaml", "Service")
+    grpc = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert words[words.index("--url") + 1] == f"{service['metadata']['name']}:{grpc}"
+    from cycada.cli import build_parser
+
+    command = [w.replace("${JOB_COMPLETION_INDEX}", "3") for w in words[2:]]
+    build_parser().parse_args(command)  # today's command line takes it
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_the_probe_and_metrics_paths_answer_on_the_real_server(tmp_path, exported_repository):
+    """The Deployment's own server arguments (the repository and ports swapped for this
+    machine's; the native profile exists only in NVIDIA's container) on the embedded
+    tritonserver: the probes' paths answer 200 and the scraped path serves Triton's metrics."""
+    from tests.helpers import skip_without_tritonserver
+
+    skip_without_tritonserver()
+    repository = served_copy(exported_repository, tmp_path)
+    (container,) = _kind("triton.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
+    kept = [
+        arg
+        for arg in container["args"][1:]
+        if not arg.startswith(("--model-repository", "--model-config-name", "--http-port",
+                               "--grpc-port", "--metrics-port"))
+    ]  # fmt: skip
+    server = DirectServer(
+        repository, StubEnvironment.embedded(), *kept, "--model-control-mode=explicit",
+        "--load-model=segment",
+    )  # fmt: skip
+    try:
+        for probe in ("livenessProbe", "readinessProbe"):
+            path = container[probe]["httpGet"]["path"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.http}{path}") as answer:
+                assert answer.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/v2") as answer:
+            assert yaml.safe_load(answer.read())["version"] == EMBEDDED_TRITON
+        scraped = _kind("triton.yaml", "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        url = f"http://127.0.0.1:{server.metrics}{scraped['prometheus.io/path']}"
+        with urllib.request.urlopen(url) as answer:
+            assert (
+                'nv_inference_request_success{model="segment",version="1"}'
+                in answer.read().decode()
+            )
+    finally:
+        server.stop()
