@@ -28,6 +28,10 @@ BENCHMARKS = {
     ),
     "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),
     "kill-resume": ("cycada.benchmarks.kill_resume", "kill -9 training, resume, compare"),
+    "deploy": (
+        "cycada.benchmarks.deploy",
+        "a model update under load, two replicas against one, failover when one dies",
+    ),
 }
 
 

@@ -73,6 +73,7 @@ class VideoSummary:
     output: str = ""
     stopped: str = ""  # why it ended early, if it did
     client_cpu_s: float = 0.0  # CPU time of this process (decode, resize, encode, gRPC)
+    longest_gap_s: float = 0.0  # the longest wait between two frames written (a stall)
 
     @property
     def fps(self) -> float:
@@ -227,6 +228,8 @@ class _Writer:
         self.queue: queue.Queue = queue.Queue(maxsize=2 * options.window)
         self.written = 0
         self.last_index = -1  # source frame number of the last frame encoded
+        self.last_written: float | None = None  # perf_counter of the last frame written
+        self.longest_gap = 0.0
         self.error: BaseException | None = None
         self.video: cv2.VideoWriter | None = None
         self.csv_file = self.csv = None
@@ -296,6 +299,10 @@ class _Writer:
 
     def _encode(self, index: int, version: str, overlay: np.ndarray, shares) -> None:
         self._write_frame(overlay)
+        now = time.perf_counter()
+        if self.last_written is not None:
+            self.longest_gap = max(self.longest_gap, now - self.last_written)
+        self.last_written = now
         if self.csv is not None:
             self.csv.writerow([index, version, *(f"{share:.5f}" for share in shares)])
         self.last_index = index
@@ -452,6 +459,7 @@ def _count(
     summary.corrupt_frames = counts["corrupt"]
     summary.seconds = time.perf_counter() - started
     summary.client_cpu_s = time.process_time() - cpu_started
+    summary.longest_gap_s = writer.longest_gap
     latencies = client.latencies_ms
     if latencies:
         summary.p50_ms = float(np.percentile(latencies, 50))
