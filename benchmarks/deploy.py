@@ -172,6 +172,7 @@ def measure_failover(
             )
             if timer is not None:
                 timer.join()
+                result[name]["killed_replica_exit_code"] = servers[1].process.wait(10)
         finally:
             for server in servers:
                 server.stop()

@@ -274,9 +274,18 @@ def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[
             log(f"another export into {repository} is running: waiting for it")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            remove_leftovers(repository)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_leftovers(repository: Path) -> None:
+    """The hidden staging folders of an export that died (kill -9, power loss): with the lock
+    held, no export is writing them. A server never loaded them (not a version number)."""
+    for staging in [*repository.glob("*/.*.partial"), *repository.glob(f"*/{RUNTIME_FOLDER}/.*")]:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def prune(model_dir: Path, keep: int) -> None:

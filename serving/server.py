@@ -232,6 +232,23 @@ def _child_setup(cpus: set[int] | None):
     return setup
 
 
+def _check_carries_its_runtime(model: Path) -> None:
+    """A Python-backend version must carry its code and packages (export.runtime): one written
+    by a cycada before that imports cycada from the server's Python, which has only NumPy."""
+    for version in sorted(p for p in model.iterdir() if p.is_dir() and p.name.isdigit()):
+        entry = version / "model.py"
+        try:
+            text = entry.read_text() if entry.exists() else ""
+        except OSError as exc:
+            raise DataError(f"{entry} cannot be read by the server: {exc.strerror}") from None
+        if text and "_RUNTIME" not in text:
+            raise DataError(
+                f"model '{model.name}' version {version.name} was exported by an older cycada "
+                "and needs cycada beside the server; export the run again (a version now "
+                "carries its code and packages)"
+            )
+
+
 class TritonServer:
     """A running server; use as a context manager or call :meth:`start` and :meth:`stop`."""
 
@@ -259,6 +276,7 @@ class TritonServer:
                     "export a run into it first: cycada export RUN_DIR --repository "
                     f"{repository}"
                 )
+            _check_carries_its_runtime(model)
         options.check()
         self.log_file = options.log_file or options.default_log_file()
         self.process: subprocess.Popen | None = None

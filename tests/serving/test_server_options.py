@@ -47,3 +47,32 @@ def test_wheel_members_outside_the_install_folder_are_refused(tmp_path, name):
         _unpack_server(home, wheel)
     assert not list(tmp_path.rglob("escaped*")) and not home.exists()
     assert not list(home.parent.glob(".tritonserver.*"))  # the staging folder is gone too
+
+
+def test_a_version_exported_before_models_carried_their_runtime_is_refused_with_the_fix(tmp_path):
+    """It would import cycada from the server's Python, which has only NumPy (NVIDIA's
+    container, the embedded server's stub): one line saying to export again, not a load error."""
+    from cycada.errors import DataError
+    from cycada.serving.server import ServerOptions, TritonServer
+    from cycada.serving.server_install import TritonHome
+
+    version = tmp_path / "repo" / "segment" / "1"
+    version.mkdir(parents=True)
+    (version.parent / "config.pbtxt").write_text('name: "segment"\nbackend: "python"\n')
+    (version / "model.py").write_text(
+        "from cycada.serving.python_model import ImageModel as TritonPythonModel\n"
+    )
+    home = TritonHome(tmp_path / "triton", embedded=True)
+    with pytest.raises(DataError, match="version 1 was exported by an older cycada"):
+        TritonServer(ServerOptions(tmp_path / "repo"), home=home)
+
+
+def test_http_off_loopback_needs_the_secret_or_insecure(tmp_path):
+    from cycada.errors import ConfigError
+    from cycada.serving.server import ServerOptions
+
+    with pytest.raises(ConfigError, match="--http-host 0.0.0.0 is reachable"):
+        ServerOptions(tmp_path, http_host="0.0.0.0").check()
+    ServerOptions(tmp_path, http_host="0.0.0.0", auth_secret="s").check()
+    ServerOptions(tmp_path, http_host="0.0.0.0", insecure=True).check()
+    ServerOptions(tmp_path, metrics_host="0.0.0.0").check()  # metrics carry no image data

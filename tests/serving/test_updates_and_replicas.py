@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from cycada.benchmarks.served import random_run
 from cycada.clients.video import VideoOptions, segment_video
 from cycada.export.exporter import ExportOptions, export_run
+from cycada.export.repository import versions
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.segmentation.scene_writer import write_clip
 from tests.helpers import (
@@ -168,3 +169,41 @@ def test_a_replica_killed_for_good_costs_no_frame_and_one_that_comes_back_is_use
             back.stop()
         _stop(first)
         _stop(second)
+
+
+def test_an_export_killed_half_way_leaves_the_served_version_answering(
+    exported_repository, tmp_path
+):
+    """kill -9 of `cycada export` into a served repository while it writes: the server keeps
+    answering with version 1 and never sees the half-written version; the next export
+    removes what the dead one left and lands whole as version 2."""
+    repository = served_copy(exported_repository, tmp_path)
+    run = random_run("fastscnn", tmp_path / "run", generators="resnet6")
+    with TritonServer(ServerOptions.on_free_ports(repository, poll_seconds=1)) as server:
+        export = subprocess.Popen(
+            [sys.executable, "-m", "cycada.cli", "export", str(run), "--repository",
+             str(repository)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not list(repository.glob("*/.*.partial")):
+            assert export.poll() is None and time.monotonic() < deadline, "no export under way"
+            time.sleep(0.01)
+        os.kill(export.pid, signal.SIGKILL)
+        export.wait()
+        time.sleep(3)  # several polls of the repository
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert client.is_server_ready() and client.is_model_ready("segment", "1")
+        frame = np.zeros((1, 48, 96, 3), np.uint8)
+        tensor = grpcclient.InferInput("images", list(frame.shape), "UINT8")
+        tensor.set_data_from_numpy(frame)
+        assert client.infer("segment", [tensor]).get_response().model_version == "1"
+        assert list(repository.glob("*/.*.partial")), "the dead export left nothing to clean"
+        done = cycada("export", str(run), "--repository", str(repository))
+        assert done.returncode == 0, done.stderr
+        assert not list(repository.glob("*/.*.partial"))
+        assert not list(repository.glob("*/runtime/.*"))
+        for model in ("segment", "segment_encoded", "translate_s2t", "translate_t2s"):
+            assert versions(repository / model) == [1, 2], model
+        _wait_ready(server.grpc_url, "segment", "2")
+        assert client.infer("segment", [tensor]).get_response().model_version == "2"
