@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from cycada.bench_results import write_results
 from cycada.errors import ConfigError
+from cycada.export.repository import copy_version
 from cycada.sizes import image_size
 
 # name: (instances, max_queue_delay_microseconds); None keeps the exported value
@@ -73,7 +73,7 @@ def variant_repository(source: Path, model: str, scratch: Path, instances, delay
     if not versions:
         raise ConfigError(f"--repository: {source / model} has no numbered version folder")
     target = scratch / model
-    shutil.copytree(versions[-1], target / versions[-1].name, symlinks=True)
+    copy_version(versions[-1], target)
     config = (source / model / "config.pbtxt").read_text()
     (target / "config.pbtxt").write_text(variant_config(config, instances, delay_us))
     return scratch

@@ -122,6 +122,7 @@ def run_rate(
     warmup_s: float,
     outputs: tuple[str, ...],
     retry_window: float = 60.0,
+    version: str = "",
 ) -> LoadResult:
     """Open loop: one request every 1/rate s, sent late (never skipped) when the client is
     behind. Latency runs from the *scheduled* send time, so time spent waiting for a free
@@ -141,7 +142,7 @@ def run_rate(
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        error = infer_waiting(client, model, [tensor], wanted, retry_window)
+        error = infer_waiting(client, model, [tensor], wanted, retry_window, version=version)
         with lock:
             records.append((scheduled, time.perf_counter(), error))
 
@@ -181,6 +182,7 @@ def served_rows(
     warmup_s: float,
     outputs: tuple[str, ...],
     retry_window: float = 60.0,
+    version: str = "",
 ) -> list[dict]:
     rows = []
     runs = [("concurrency", c) for c in concurrency] + [("rate", r) for r in rates]
@@ -197,10 +199,11 @@ def served_rows(
                 input_name=bench.name,
                 outputs=outputs,
                 retry_window=retry_window,
+                version=version,
             )
         else:
             load = run_rate(
-                url, model, bench, float(value), seconds, warmup_s, outputs, retry_window
+                url, model, bench, float(value), seconds, warmup_s, outputs, retry_window, version
             )
         server = _server_us(before, _server_stats(url, model, retry_window))
         row = {
@@ -405,7 +408,10 @@ def run_bench(
     in_process: bool = True,
     compile_: bool = False,
     retry_window: float = 60.0,
+    version: str = "",
 ) -> dict:
+    """The served sweep and the in-process engines, on ``version`` of the model (default:
+    the newest ready when served, the newest on disk in process)."""
     model_dir = repository / model
     versions = (
         sorted(int(p.name) for p in model_dir.glob("[0-9]*") if p.is_dir())
@@ -414,6 +420,11 @@ def run_bench(
     )
     if in_process and not versions:
         raise DataError(f"{model_dir} has no exported version (cycada export first)")
+    if in_process and version and int(version) not in versions:
+        raise DataError(
+            f"--model-version {version}: {model_dir} holds version(s) "
+            f"{', '.join(map(str, versions))}"
+        )
     bench = bench_input(model, *size)
     outputs = ("translated",) if model.startswith("translate") else ("labels",)
     result = {
@@ -434,15 +445,24 @@ def run_bench(
             )
             with TritonServer(options) as server:
                 result["served"] = served_rows(
-                    server.grpc_url, model, bench, concurrency, rates, seconds, warmup_s, outputs
+                    server.grpc_url,
+                    model,
+                    bench,
+                    concurrency,
+                    rates,
+                    seconds,
+                    warmup_s,
+                    outputs,
+                    version=version,
                 )
                 result["server_memory_mb"] = server.memory_mb()
         else:
             result["served"] = served_rows(
-                url, model, bench, concurrency, rates, seconds, warmup_s, outputs, retry_window
-            )
+                url, model, bench, concurrency, rates, seconds, warmup_s, outputs, retry_window,
+                version,
+            )  # fmt: skip
     if in_process:
-        folder = model_dir / str(versions[-1])
+        folder = model_dir / (version or str(versions[-1]))
         result["in_process"] = in_process_rows(folder, bench, seconds, compile_)
     write_outputs(out, result)
     return result

@@ -188,6 +188,9 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--model", default="segment")
     bench.add_argument("--url", help="a running server (default: start one on REPOSITORY)")
     bench.add_argument(
+        "--model-version", default="", metavar="N", help="the version to measure (default newest)"
+    )
+    bench.add_argument(
         "--retry-window",
         type=float,
         default=60.0,
@@ -226,6 +229,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         not args.no_in_process,
         args.compile,
         args.retry_window,
+        args.model_version,
     )
     print((args.out / "bench.md").read_text())
     print(f"bench: results in {args.out}/bench.{{json,csv,md,png}}")

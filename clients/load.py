@@ -60,14 +60,19 @@ class LoadResult:
 MAX_ERROR_MESSAGES = 5
 
 
-def infer_waiting(client, model, tensors, wanted, retry_window: float, timeout: float = 60) -> str:
-    """One request with a lost server waited out; '' on success, else the error's first line."""
+def infer_waiting(
+    client, model, tensors, wanted, retry_window: float, timeout: float = 60, version: str = ""
+) -> str:
+    """One request (to ``version``, default the newest ready) with a lost server waited out;
+    '' on success, else the error's first line."""
     from cycada.clients.triton_client import retryable
 
     first_failure, pause = None, 0.1
     while True:
         try:
-            client.infer(model, tensors, outputs=wanted, client_timeout=timeout)
+            client.infer(
+                model, tensors, model_version=version, outputs=wanted, client_timeout=timeout
+            )
             return ""
         except Exception as exc:
             now = time.monotonic()
@@ -84,7 +89,7 @@ def keep_message(messages: list[str], message: str) -> None:
 
 
 def _worker(
-    url, model, input_name, array, outputs, threads, warmup_s, seconds, retry_window, queue
+    url, model, input_name, array, outputs, threads, warmup_s, seconds, retry_window, version, queue
 ) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -104,7 +109,7 @@ def _worker(
             sent = time.perf_counter()
             if sent >= stop:
                 return
-            error = infer_waiting(client, model, [tensor], wanted, retry_window)
+            error = infer_waiting(client, model, [tensor], wanted, retry_window, version=version)
             done = time.perf_counter()
             if sent >= start and done <= stop:
                 with lock:
@@ -133,8 +138,10 @@ def run_load(
     outputs: tuple[str, ...] = ("labels",),
     threads_per_process: int = 4,
     retry_window: float = 60.0,
+    version: str = "",
 ) -> LoadResult:
-    """Keep ``concurrency`` requests in flight for ``seconds`` (after ``warmup_s``)."""
+    """Keep ``concurrency`` requests in flight for ``seconds`` (after ``warmup_s``), to the
+    model's ``version`` (default: the newest ready)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     processes = []
@@ -152,6 +159,7 @@ def run_load(
             warmup_s,
             seconds,
             retry_window,
+            version,
             queue,
         )
         process = context.Process(target=_worker, args=args, daemon=True)

@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cycada.atomic import publish_folder, write_text_atomic
-from cycada.export.runtime import RUNTIME_FOLDER, RuntimeBuilder, model_py, referenced_runtimes
+from cycada.export.runtime import (
+    RUNTIME_FOLDER,
+    RuntimeBuilder,
+    link_tree,
+    model_py,
+    referenced_runtimes,
+)
 
 PROFILES = ("default", "onnxruntime", "tensorrt")
 SERVED_VERSIONS = 2
@@ -278,6 +284,19 @@ def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def copy_version(version_dir: Path, model_dir: Path) -> Path:
+    """``version_dir`` into ``model_dir`` with the runtime it names (hard links where possible):
+    what a repository of that one version needs."""
+    target = model_dir / version_dir.name
+    shutil.copytree(version_dir, target, symlinks=True)
+    named = referenced_runtimes(version_dir.parent, [int(version_dir.name)])
+    for name in named or []:
+        source = version_dir.parent / RUNTIME_FOLDER / name
+        if source.is_dir() and not (model_dir / RUNTIME_FOLDER / name).exists():
+            link_tree(source, model_dir / RUNTIME_FOLDER / name)
+    return target
 
 
 def remove_leftovers(repository: Path) -> None:

@@ -111,7 +111,9 @@ def _copy_or_link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` as a copy of ``source`` whose files are hard links where the file system
+    allows (runtimes are never changed in place)."""
     for folder, _, files in os.walk(source):
         for name in files:
             path = Path(folder) / name
@@ -293,10 +295,10 @@ class RuntimeBuilder:
         key = digest.hexdigest()[:16]
 
         def fill(staging: Path) -> None:
-            _link_tree(self.code, staging / "code")
+            link_tree(self.code, staging / "code")
             for python, chosen in packages.items():
                 for package in chosen:
-                    _link_tree(package.folder, staging / _tag(python))
+                    link_tree(package.folder, staging / _tag(python))
 
         _fill_once(model_dir / RUNTIME_FOLDER / key, fill)
         return {
@@ -319,6 +321,10 @@ import sys
 
 _RUNTIME = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "{folder}")
 _PACKAGES = os.path.join(_RUNTIME, "py%d%d" % sys.version_info[:2])
+if not os.path.isdir(_RUNTIME):
+    raise ImportError(
+        "%s is missing: copy the whole model folder (its runtime/ with its versions)" % _RUNTIME
+    )
 if not os.path.isdir(_PACKAGES):
     raise ImportError(
         "this model carries packages for Python {pythons}; the backend stub runs Python %d.%d: "

@@ -110,6 +110,29 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
     )
     parser.set_defaults(handler=run)
+    check = commands.add_parser(
+        "deploy-check",
+        help="check that a model repository serves where manifests deploy it",
+        description="For each tritonserver the manifests run (Kubernetes Deployments, Jobs, "
+        "Pods; KServe InferenceServices with the Triton runtime), or the embedded server "
+        "without manifests: every model loads in the profile named (--model-config-name), "
+        "Python-backend versions carry their runtime for the image's Python, the models named "
+        "(--load-model) exist, and every file is readable by the server's user. Exit 2 naming "
+        "every problem.",
+        epilog="example:\n  cycada deploy-check model_repository deploy/kubernetes/triton.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("repository", type=Path, metavar="REPOSITORY")
+    check.add_argument("manifests", type=Path, nargs="*", metavar="MANIFEST")
+    check.set_defaults(handler=run_deploy_check)
+
+
+def run_deploy_check(args: argparse.Namespace) -> int:
+    from cycada.serving.deploy_check import deploy_check
+
+    for line in deploy_check(args.repository, args.manifests):
+        print(line)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cycada.export.runtime import CONTAINER_IMAGE, EMBEDDED_TRITON
+from cycada.export.runtime import CONTAINER_IMAGE, EMBEDDED_TRITON, default_pythons
 from cycada.serving.server import ServerOptions
 from tests.helpers import REPO, DirectServer, StubEnvironment, served_copy
 
@@ -160,3 +160,48 @@ def test_the_probe_and_metrics_paths_answer_on_the_real_server(tmp_path, exporte
             )
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_deploy_check_passes_the_manifests_and_names_what_would_not_serve(
+    tmp_path, exported_repository
+):
+    from tests.helpers import cycada
+
+    repository = served_copy(exported_repository, tmp_path)
+    manifests = [str(DEPLOY / "kubernetes" / name) for name in ("triton.yaml", "kserve.yaml")]
+    done = cycada("deploy-check", str(repository), *manifests)
+    assert done.returncode == 0, done.stderr
+    assert "Python 3.10: segment (onnxruntime), segment_encoded (python)" in done.stdout
+
+    def check(**change):
+        deployment = _kind("triton.yaml", "Deployment")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        container["args"] = [*change.get("replace", container["args"]), *change.get("args", [])]
+        container["image"] = change.get("image", container["image"])
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_text(yaml.safe_dump(deployment))
+        return cycada("deploy-check", str(repository), str(manifest))
+
+    def failure(**change) -> str:
+        done = check(**change)
+        assert done.returncode == 2 and done.stdout == ""
+        (line,) = done.stderr.strip().splitlines()  # one line naming every problem
+        return line
+
+    line = failure(
+        args=["--model-control-mode=explicit", "--load-model=segment", "--load-model=nope"]
+    )
+    assert "names model 'nope', not in" in line
+    line = failure(image="nvcr.io/nvidia/tritonserver:25.01-py3")
+    carried = ", ".join(default_pythons())
+    assert f"carries packages for Python {carried}, the server there runs 3.12" in line
+    (repository / "segment" / "1" / "model.onnx").chmod(0o600)
+    assert "not readable by other users" in failure()
+    (repository / "segment" / "1" / "model.onnx").chmod(0o644)
+    # the tensorrt profile without plans: every model falls back to its Python config
+    done = check(
+        replace=["tritonserver", "--model-repository=/models", "--model-config-name=tensorrt"]
+    )
+    assert done.returncode == 0, done.stderr
+    assert "profile tensorrt, Python 3.10: segment (python)" in done.stdout

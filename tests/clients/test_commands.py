@@ -533,7 +533,7 @@ def test_client_checks_metadata_before_sending(server):
             client.check({"frames": np.zeros((1, 8), np.uint8)})
         with pytest.raises(DataError, match="over the model's max_batch_size"):
             client.check({"images": np.zeros((9, 8, 8, 3), np.uint8)})
-    with pytest.raises(ServingError, match="is not ready with model 'nope'"):
+    with pytest.raises(ServingError, match="no server is ready with model 'nope'"):
         ModelClient(server.grpc_url, "nope", timeout=1)
 
 
