@@ -107,6 +107,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"{RestartPolicy.max_pause:g} s (default {RestartPolicy.first_pause:g})",
     )
     parser.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=RestartPolicy.hang_seconds,
+        metavar="SECONDS",
+        help="restart a server whose process lives but has not answered /v2/health/live for "
+        f"SECONDS (default {RestartPolicy.hang_seconds:g})",
+    )
+    parser.add_argument(
         "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
     )
     parser.set_defaults(handler=run)
@@ -144,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.restart_pause < 0:
         raise ConfigError(f"--restart-pause {args.restart_pause:g}: expected seconds, 0 or more")
+    if args.hang_timeout <= 0:
+        raise ConfigError(f"--hang-timeout {args.hang_timeout:g}: expected seconds, more than 0")
     if args.poll < 0:
         raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
     secret = ""
@@ -222,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
             enabled=not args.no_restart,
             max_per_minute=args.max_restarts,
             first_pause=args.restart_pause,
+            hang_seconds=args.hang_timeout,
         )
         supervise(server, policy, args.ready_timeout, lambda line: print(line, flush=True))
     except KeyboardInterrupt:

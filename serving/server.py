@@ -368,6 +368,10 @@ class TritonServer:
         status, body = self._get("/v2/repository/index")
         return [] if status != 200 else json.loads(body or b"[]")
 
+    def live(self) -> bool:
+        """Whether the server answers its liveness endpoint within 2 s."""
+        return self._get("/v2/health/live")[0] == 200
+
     def memory_mb(self) -> float:
         """Resident memory of the server and its backend stubs (its process group), in MB."""
         if self.process is None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -170,8 +172,7 @@ def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(
 
 
 def test_a_second_export_is_version_2_and_both_are_served(tmp_path, seg_run, repository):
-    repo = tmp_path / "repo"
-    shutil.copytree(repository, repo)
+    repo = served_copy(repository, tmp_path)
     export_run(seg_run, repo, ExportOptions(fp16=False), log=lambda _: None)
     assert (repo / "segment" / "2" / "model.onnx").exists()
     with TritonServer(options(repo)) as running:
@@ -195,8 +196,7 @@ def test_cpus_pin_the_server_and_its_backend_stubs(repository):
 
 
 def test_a_model_that_fails_to_load_stops_the_server_with_its_error(tmp_path, repository):
-    repo = tmp_path / "repo"
-    shutil.copytree(repository, repo)
+    repo = served_copy(repository, tmp_path)
     (repo / "segment" / "1" / "model.onnx").write_bytes(b"not an onnx file")
     server = TritonServer(options(repo))
     with pytest.raises(ServingError, match="failed to load 'segment'"):
@@ -246,7 +246,7 @@ def test_digits_run_serves_class_ids_and_probabilities(tmp_path, tmp_path_factor
 
 
 def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, tmp_path):
-    repository = shutil.copytree(repository, tmp_path / "repo")  # its own path: stubs show it
+    repository = served_copy(repository, tmp_path)  # its own path: stubs show it
     grpc_port = free_port()
     command = [
         sys.executable,
@@ -289,7 +289,7 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
 
 
 def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp_path):
-    repository = shutil.copytree(repository, tmp_path / "repo")
+    repository = served_copy(repository, tmp_path)
     process, grpc_port = serve_process(repository)
     url = f"127.0.0.1:{grpc_port}"
     bench = bench_input("segment", 16, 16)
@@ -325,20 +325,88 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
         if process.poll() is None:
             process.kill()
             process.wait()
-    log = next((tmp_path / "logs").glob("tritonserver-repo-*.log")).read_text()
+    log = next((tmp_path / "logs").glob("tritonserver-repository-*.log")).read_text()
     assert log.count("--- cycada: tritonserver") == 2  # appended, not truncated, at the restart
     assert not list(repository.glob("*.log"))  # nothing written inside the repository
+
+
+def _line_reader(process: subprocess.Popen) -> queue.Queue:
+    """The process's output lines, read on a thread (a test waits for one with a deadline)."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: queue.Queue, text: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            line = lines.get(timeout=0.2)
+            if text in line:
+                return line
+    raise AssertionError(f"no line with {text!r} within {timeout:.0f} s")
+
+
+def test_a_restart_on_a_held_port_is_tried_again_and_a_hung_server_is_restarted(
+    repository, tmp_path
+):
+    """kill -9 of tritonserver, then another process holds its gRPC port for 3 s: the restarts
+    that fail count against the budget and are tried again until one comes up. Then SIGSTOP of
+    the new server (alive, not answering): restarted after --hang-timeout."""
+    repository = served_copy(repository, tmp_path)
+    process, grpc_port = serve_process(repository, "--restart-pause", "0.5", "--hang-timeout", "3")
+    lines = _line_reader(process)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        first = tritonserver_of(process.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:  # the port is free once the dead server's socket is gone: take it
+            try:
+                holder.bind(("127.0.0.1", grpc_port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed server kept its port"
+                time.sleep(0.005)
+        holder.listen()
+        assert "restart failed" in _wait_for_line(lines, "restart failed")
+        time.sleep(3)
+        holder.close()
+        _wait_for_line(lines, "tritonserver restarted")
+        second = tritonserver_of(process.pid)
+        assert second != first
+        os.kill(second, signal.SIGSTOP)  # a hang: the process lives, nothing answers
+        hung = _wait_for_line(lines, "tritonserver hung")
+        assert "not answering /v2/health/live for 3 s" in hung
+        _wait_for_line(lines, "tritonserver restarted")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        tensor = grpcclient.InferInput("images", [1, 16, 16, 3], "UINT8")
+        tensor.set_data_from_numpy(np.zeros((1, 16, 16, 3), np.uint8))
+        assert client.infer("segment", [tensor]).as_numpy("labels").shape == (1, 16, 16)
+        assert not Path(f"/proc/{second}").exists()  # the hung server is gone, not left stopped
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        holder.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_no_restart_exits_with_the_error_and_kill_9_of_serve_leaves_no_orphans(
     repository, tmp_path
 ):
-    repository = shutil.copytree(repository, tmp_path / "repo")
+    repository = served_copy(repository, tmp_path)
     process, _ = serve_process(repository, "--no-restart")
     try:
         os.kill(tritonserver_of(process.pid), signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
-        assert process.returncode == 1 and "stopped by itself with code -9" in output
+        assert process.returncode == 1 and "tritonserver exited with code -9" in output
     finally:
         if process.poll() is None:
             process.kill()
@@ -374,7 +442,7 @@ def test_segment_video_survives_five_server_kills_with_every_frame_once(reposito
     uninterrupted run, frame for frame."""
     from cycada.training.segmentation.scene_writer import write_clip
 
-    repository = shutil.copytree(repository, tmp_path / "repo")
+    repository = served_copy(repository, tmp_path)
     clip = write_clip(tmp_path / "clip.mp4", 200, 96, 48, seed=4)
     process, grpc_port = serve_process(repository, "--restart-pause", "0.25")  # 0.25, 0.5, ... 4 s
     try:
