@@ -29,7 +29,7 @@ import numpy as np
 from cycada.atomic import write_json_atomic
 from cycada.clients.interrupt import POLL_SECONDS, DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, ordered_map
-from cycada.errors import DataError, ServingError
+from cycada.errors import DataError, OutputError, ServingError
 from cycada.grpc_security import GrpcSecurity
 from cycada.training.segmentation.label_spaces import LABEL_SPACES
 
@@ -253,7 +253,7 @@ class _Writer:
                 self._encode(index, version, overlay, shares)
         except BaseException as exc:  # reported by the next put() and by close()
             if isinstance(exc, OSError):
-                exc = DataError(f"cannot write the output of segment-video: {exc}")
+                exc = OutputError(f"cannot write the output of segment-video: {exc}")
             self.error = exc
             item = None
             while item is not _END:  # drain, so the producer never blocks on a dead writer
@@ -291,7 +291,7 @@ class _Writer:
             if self.options.labels_dir is not None:
                 path = self.options.labels_dir / f"{index:06d}.png"
                 if not cv2.imwrite(str(path), full):  # OpenCV reports a failed write as False
-                    raise DataError(f"cannot write label image {path}")
+                    raise OutputError(f"cannot write label image {path}")
             if self.csv is not None:
                 counts = class_counts(full)[: len(self.space.classes)]
                 shares = counts / full.size
@@ -327,8 +327,25 @@ class _Writer:
             self.video = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
             if not self.video.isOpened():
                 raise DataError(f"cannot write video {self.path} (OpenCV has no MP4 encoder)")
-        self.video.write(frame)
+        if self.video.write(frame) is False:  # OpenCV reports a failed write only this way
+            raise OutputError(
+                f"cannot write video {self.path}: the encoder failed at frame {self.written + 1} "
+                "(a full disk or a file size limit)"
+            )
         self.written += 1
+
+    def _frames_missing(self) -> str:
+        """The encoder writes the MP4's index when released and reports no failure there (a
+        full disk, a file size limit): read the frame count back."""
+        capture = cv2.VideoCapture(str(self.path))
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        capture.release()
+        if count == self.written:
+            return ""
+        return (
+            f"cannot write video {self.path}: it holds {count} of the {self.written} frames "
+            "written (a full disk or a file size limit)"
+        )
 
     def put(self, item, check: Callable[[], None]) -> None:
         """Queue one frame for composing and encoding; ``check()`` runs while the queue is
@@ -358,6 +375,10 @@ class _Writer:
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.video is not None:
             self.video.release()
+            missing = self._frames_missing()
+            if missing:  # an unplayable file is never published (_publish sees nothing written)
+                self.written = 0
+                self.error = self.error or OutputError(missing)
         if self.csv_file is not None:
             self.csv_file.close()
         if self.error is not None:
@@ -576,7 +597,7 @@ def _segment_video(
     except KeyboardInterrupt:
         summary.stopped = "interrupted (Ctrl-C)"
         raise
-    except (ServingError, DataError) as exc:
+    except (ServingError, DataError, OutputError) as exc:
         summary.stopped = str(exc)
         raise
     finally:

@@ -39,6 +39,10 @@ class CheckpointError(InputError):
     """A checkpoint is missing, truncated or does not match the requested network."""
 
 
+class OutputError(FailureError):
+    """An output could not be written: a full disk, a file size limit, a failing encoder."""
+
+
 class ExportError(FailureError):
     """Export failed: a parity bound was missed, an engine could not be built, a write failed."""
 

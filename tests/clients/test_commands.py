@@ -316,7 +316,7 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
 def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch, caplog):
     """A disk that fills up after 5 frames: reported then, not after the whole video is sent."""
     from cycada.clients import video as video_module
-    from cycada.errors import DataError
+    from cycada.errors import OutputError
     from cycada.training.segmentation.scene_writer import write_clip
 
     clip = write_clip(tmp_path / "long.mp4", 300, 128, 64, seed=3)
@@ -330,12 +330,41 @@ def test_a_failing_writer_stops_the_video_at_once(server, tmp_path, monkeypatch,
     monkeypatch.setattr(video_module._Writer, "_encode", disk_full)
     options = video_module.VideoOptions(urls=[server.grpc_url], width=128, progress=False)
     caplog.set_level(logging.INFO, logger="cycada")
-    with pytest.raises(DataError, match="No space left on device"):
+    with pytest.raises(OutputError, match="No space left on device"):
         video_module.segment_video(str(clip), tmp_path / "out.mp4", options)
     assert frame_count(tmp_path / "out.mp4") == 5  # what was written stays playable
     line = caplog.text
     read = int(line.split(" read,")[0].rsplit("(", 1)[1])
     assert read < 100 and "stopped: cannot write" in line  # not the whole video sent first
+
+
+@pytest.mark.parametrize("width,limit", [(128, 12_000), (320, 60_000)])
+def test_a_video_the_encoder_cannot_write_fails_the_command_with_one_line(
+    server, tmp_path, width, limit
+):
+    """A real write failure: a file size limit (RLIMIT_FSIZE) that the MP4 outgrows, at the
+    index written on release (small frames, buffered) or mid-video (OpenCV's write returns
+    False). The command fails, exit 1, one line; no unplayable file is left as the output."""
+    import resource
+
+    from cycada.training.segmentation.scene_writer import write_clip
+
+    clip = write_clip(tmp_path / "long.mp4", 120, width, width // 2, seed=3)
+
+    def file_size_limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    out = tmp_path / "out.mp4"
+    done = subprocess.run(
+        [sys.executable, "-m", "cycada.cli", "segment-video", str(clip), "--out", str(out),
+         "--url", server.grpc_url, "--width", str(width), "--no-progress"],
+        capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cycada: error: cannot write video"), last
+    assert not out.exists() or frame_count(out) > 0
 
 
 class _SixFrames:  # a capture of frames 0-5, frame 2 undecodable
