@@ -93,6 +93,15 @@ def exif_orientation(data: bytes) -> int:
     return 1
 
 
+DEVICE_FAULTS = ("out of memory", "cuda", "cudnn", "nvjpeg_status_allocator", "device-side")
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether an error comes from the GPU (memory, driver, CUDA) rather than the data."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(sign in text for sign in DEVICE_FAULTS)
+
+
 class CudaFrameDecoder(FrameDecoder):
     """nvJPEG through torchvision on the engine's GPU; PNG, and JPEGs whose EXIF asks for a
     rotation, through OpenCV (which applies it), so both paths give the same RGB image;
@@ -114,11 +123,16 @@ class CudaFrameDecoder(FrameDecoder):
             try:
                 raw = self.torch.from_numpy(np.ascontiguousarray(data))
                 image = self.decode_jpeg(raw, mode=self.rgb_mode, device=self.device)
-            except RuntimeError:
-                return None
+            except RuntimeError as exc:
+                if is_device_fault(exc):
+                    raise  # the server's fault (INTERNAL), never the client's bad input
+                return self._opencv(data)  # nvJPEG refuses some valid files: OpenCV decides
             if image.shape[0] == 1:  # a decoder that kept one channel: as the CPU path does
                 image = image.expand(3, -1, -1)
             return image.permute(1, 2, 0)
+        return self._opencv(data)
+
+    def _opencv(self, data: np.ndarray):
         image = super().decode(data)
         return None if image is None else self.torch.from_numpy(image).to(self.device)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cycada.serving.batching import (
+    MAX_FRAME_BYTES,
     MAX_PIXELS,
     MAX_REQUEST_PIXELS,
     Checked,
@@ -68,6 +69,7 @@ class _Model(abc.ABC):
         self.max_batch = max(1, int(config.get("max_batch_size", 1)))
         self.max_pixels = int(parameters.get("max_pixels", MAX_PIXELS))
         self.max_request_pixels = int(parameters.get("max_request_pixels", MAX_REQUEST_PIXELS))
+        self.max_frame_bytes = int(parameters.get("max_frame_bytes", MAX_FRAME_BYTES))
         self.allow_truncated = parameters.get("allow_truncated_frames", "").lower() == "true"
         if not parameters.get("intra_op_threads"):
             parameters["intra_op_threads"] = str(default_threads(config))
@@ -143,4 +145,5 @@ class EncodedFrameModel(_Model):
             self.engine.decoder(),
             self.max_request_pixels,
             self.allow_truncated,
+            self.max_frame_bytes,
         )

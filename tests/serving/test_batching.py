@@ -179,3 +179,52 @@ def test_gpu_decoder_agrees_with_the_cpu_path_on_grey_and_rotated_jpegs():
     assert expected.shape == (40, 24, 3)  # OpenCV applies the rotation
     np.testing.assert_array_equal(decoder.decode(rotated).numpy(), expected)
     assert calls == ["RGB"]  # the rotated JPEG did not go to the stand-in
+
+
+def test_padding_is_trimmed_in_one_pass_and_long_rows_are_refused_before_any_work():
+    """A small JPEG followed by megabytes of zeros (gzip makes it tiny on the wire) held an
+    instance for 33 s when numpy's trim_zeros walked the padding; over the limit, a row is
+    refused from its length alone."""
+    from cycada.serving.batching import trimmed_length
+
+    jpeg = _jpeg(16, 16)
+    row = np.zeros((1, 20 * 1024 * 1024), np.uint8)
+    row[0, : len(jpeg)] = jpeg
+    assert trimmed_length(row[0]) == len(jpeg) and trimmed_length(np.zeros(5, np.uint8)) == 0
+    assert decode_frames(row).images.shape == (1, 16, 16, 3)
+
+    class Untouched:
+        def decode(self, data):
+            raise AssertionError("a refused row must not be decoded")
+
+    checked = decode_frames(row, decoder=Untouched(), max_frame_bytes=1024 * 1024)
+    assert "over the limit of 1048576" in checked.error and checked.bad_input
+
+
+def test_a_jpeg_of_fill_bytes_is_refused_without_scanning_them_all():
+    """0xFF fill bytes before a marker are legal and skipped one at a time: the header scan
+    stops after its first megabyte instead of walking 20 MB in Python."""
+    data = b"\xff\xd8" + b"\xff" * (20 * 1024 * 1024) + b"\xc0\x00\x11\x08\x00\x10\x00\x10"
+    assert encoded_size(data) is None
+
+
+def test_a_gpu_decoder_fault_is_internal_and_a_file_nvjpeg_refuses_goes_to_opencv():
+    import torch
+
+    from cycada.serving.engines import CudaFrameDecoder
+
+    def failing(message):
+        def decode_jpeg(raw, mode=None, device=None):
+            raise RuntimeError(message)
+
+        return decode_jpeg
+
+    jpeg = _jpeg(24, 40)[None]
+    out_of_memory = CudaFrameDecoder("cpu", decode_jpeg=failing("CUDA error: out of memory"))
+    checked = decode_frames(jpeg, decoder=out_of_memory)
+    assert "decoder failed: CUDA error: out of memory" in checked.error
+    assert not checked.bad_input  # INTERNAL: the client may retry; its JPEG was fine
+    refused = CudaFrameDecoder("cpu", decode_jpeg=failing("Unsupported JPEG marker"))
+    checked = decode_frames(jpeg, decoder=refused)
+    assert checked.error is None and tuple(checked.images.shape) == (1, 24, 40, 3)
+    assert isinstance(checked.images, torch.Tensor)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -169,6 +170,34 @@ def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"  # bad input, not a fault
     good = infer(server, "segment", np.zeros((1, 16, 16, 3), np.uint8))
     assert good.as_numpy("labels").shape == (1, 16, 16)
+
+
+def test_frames_padded_with_megabytes_of_zeros_do_not_hold_the_server(server):
+    """Two rows of a small JPEG followed by 20 MB of zeros at once (each held an instance for
+    about 30 s while the padding was trimmed in Python), then a plain request: all answered
+    within seconds. A row over the byte limit is refused as the caller's mistake."""
+    image = scene_images(count=1, width=96)[0]
+    ok, jpeg = cv2.imencode(".jpg", image)
+    padded = np.zeros((1, 20 * 1024 * 1024), np.uint8)
+    padded[0, : jpeg.size] = jpeg.ravel()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def send(row, timeout=15.0):
+        tensor = grpcclient.InferInput("frames", list(row.shape), "UINT8")
+        tensor.set_data_from_numpy(row)
+        return client.infer("segment_encoded", [tensor], client_timeout=timeout)
+
+    with ThreadPoolExecutor(2) as pool:
+        padded_answers = [pool.submit(send, padded) for _ in range(2)]
+        plain = send(jpeg.reshape(1, -1))
+        for answer in padded_answers:
+            labels = answer.result().as_numpy("labels")
+            np.testing.assert_array_equal(labels, plain.as_numpy("labels"))
+    too_long = np.zeros((1, 25 * 1024 * 1024), np.uint8)
+    too_long[0, : jpeg.size] = jpeg.ravel()
+    with pytest.raises(InferenceServerException, match="over the limit") as refused:
+        send(too_long)
+    assert "INVALID_ARG" in str(refused.value.status())
 
 
 def test_a_second_export_is_version_2_and_both_are_served(tmp_path, seg_run, repository):
