@@ -185,6 +185,9 @@ def config_text(
         )
     if not is_native:
         parameters = {"handler": spec.python_handler, **spec.parameters}
+        if spec.kind != "classify":  # the pixels one engine run may hold: the largest export
+            largest = max(height * width for height, width in native.shapes)
+            parameters["max_batch_pixels"] = str(native.max_batch * largest)
         text += "".join(
             f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
             for key, value in parameters.items()

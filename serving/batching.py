@@ -15,6 +15,8 @@ import numpy as np
 
 MAX_PIXELS = 4096 * 4096  # per image: larger requests are refused, not run
 MAX_REQUEST_PIXELS = 4 * MAX_PIXELS  # per request (batch x height x width)
+# per batch the engine runs (the export sets it from its largest size: 8 x 1024x2048)
+MAX_BATCH_PIXELS = MAX_PIXELS
 # bytes of one encoded frame's row (a 4096x4096 JPEG at quality 95 is about 8 MB); longer rows
 # are refused before any per-byte work
 MAX_FRAME_BYTES = 24 * 1024 * 1024
@@ -200,8 +202,13 @@ def run_grouped(
     checked: Sequence[Checked],
     run: Callable[[np.ndarray], Sequence[np.ndarray]],
     max_batch: int,
+    max_batch_pixels: int = MAX_BATCH_PIXELS,
 ) -> list[list[np.ndarray] | Failure]:
-    """Run valid requests stacked by image size (chunks of ``max_batch`` images).
+    """Run valid requests stacked by image size, in chunks of at most ``max_batch`` images and
+    ``max_batch_pixels`` pixels: the engine's memory grows with what it runs at once (float
+    scores per class and pixel), and Triton's batcher joins requests that are each within
+    their own limits. Requests stay whole in a chunk, so a failure stays with the requests of
+    its chunk; one request over the budget alone runs in parts and its outputs are joined.
 
     Returns, per request, its outputs (split back to its own batch) or why it has none.
     """
@@ -210,18 +217,40 @@ def run_grouped(
     for index, item in enumerate(checked):
         if item.images is not None:
             groups.setdefault(tuple(item.images.shape[1:]), []).append(index)
-    for indices in groups.values():
+    for shape, indices in groups.items():
+        per_chunk = max(1, min(max_batch, max_batch_pixels // max(1, shape[0] * shape[1])))
         chunk: list[int] = []
         count = 0
-        for index in [*indices, None]:
-            size = checked[index].images.shape[0] if index is not None else 0
-            if chunk and (index is None or count + size > max_batch):
+        for index in indices:
+            size = checked[index].images.shape[0]
+            if chunk and count + size > per_chunk:
                 _run_chunk(checked, chunk, run, results)
                 chunk, count = [], 0
-            if index is not None:
-                chunk.append(index)
-                count += size
+            if size > per_chunk:
+                _run_in_parts(checked[index].images, index, per_chunk, run, results)
+                continue
+            chunk.append(index)
+            count += size
+        if chunk:
+            _run_chunk(checked, chunk, run, results)
     return results
+
+
+def _failure(exc: Exception) -> Failure:
+    """An inference failure fails the requests it ran for, not the server (INTERNAL)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Failure(f"inference failed: {first}", bad_input=False)
+
+
+def _run_in_parts(images, index: int, per_chunk: int, run, results) -> None:
+    parts = []
+    try:
+        for start in range(0, images.shape[0], per_chunk):
+            parts.append(run(images[start : start + per_chunk]))
+    except Exception as exc:
+        results[index] = _failure(exc)
+        return
+    results[index] = [_concatenate([part[k] for part in parts]) for k in range(len(parts[0]))]
 
 
 def _concatenate(arrays: list) -> Any:
@@ -238,10 +267,9 @@ def _run_chunk(checked, chunk, run, results) -> None:
     batch = _concatenate([checked[i].images for i in chunk])
     try:
         outputs = run(batch)
-    except Exception as exc:  # an inference failure fails these requests, not the server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:
         for index in chunk:
-            results[index] = Failure(f"inference failed: {first}", bad_input=False)
+            results[index] = _failure(exc)
         return
     start = 0
     for index in chunk:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cycada.serving.batching import (
+    MAX_BATCH_PIXELS,
     MAX_FRAME_BYTES,
     MAX_PIXELS,
     MAX_REQUEST_PIXELS,
@@ -70,6 +71,7 @@ class _Model(abc.ABC):
         self.max_pixels = int(parameters.get("max_pixels", MAX_PIXELS))
         self.max_request_pixels = int(parameters.get("max_request_pixels", MAX_REQUEST_PIXELS))
         self.max_frame_bytes = int(parameters.get("max_frame_bytes", MAX_FRAME_BYTES))
+        self.max_batch_pixels = int(parameters.get("max_batch_pixels", MAX_BATCH_PIXELS))
         self.allow_truncated = parameters.get("allow_truncated_frames", "").lower() == "true"
         if not parameters.get("intra_op_threads"):
             parameters["intra_op_threads"] = str(default_threads(config))
@@ -98,7 +100,12 @@ class _Model(abc.ABC):
         # compute and copy back only what someone asked for (all outputs when none named)
         wanted = [set(r.requested_output_names()) or set(self.output_names) for r in requests]
         names = [name for name in self.output_names if any(name in w for w in wanted)]
-        results = run_grouped(checked, lambda batch: self.engine.run(batch, names), self.max_batch)
+        results = run_grouped(
+            checked,
+            lambda batch: self.engine.run(batch, names),
+            self.max_batch,
+            self.max_batch_pixels,
+        )
         responses = []
         for result, asked in zip(results, wanted):
             if isinstance(result, Failure):

@@ -228,3 +228,20 @@ def test_a_gpu_decoder_fault_is_internal_and_a_file_nvjpeg_refuses_goes_to_openc
     checked = decode_frames(jpeg, decoder=refused)
     assert checked.error is None and tuple(checked.images.shape) == (1, 24, 40, 3)
     assert isinstance(checked.images, torch.Tensor)
+
+
+def test_a_batch_holds_no_more_pixels_than_the_budget_and_a_big_request_runs_in_parts():
+    """Triton's batcher joins requests each within the per-request limit; the engine must not
+    run their sum at once (float scores per class and pixel): chunks respect the budget,
+    requests stay whole in a chunk, and one request over it alone runs in parts."""
+    calls = []
+
+    def run(batch):
+        calls.append(batch.shape[0])
+        return [batch[:, 0, 0, 0].copy()]
+
+    checked = [Checked(np.full((2, 4, 4, 3), v, np.uint8)) for v in (1, 2, 3)]
+    checked.append(Checked(np.full((5, 4, 4, 3), 4, np.uint8)))
+    results = run_grouped(checked, run, max_batch=8, max_batch_pixels=4 * 16)  # 4 images
+    assert calls == [4, 2, 4, 1]  # [1, 2] [3] then request 4 alone in parts of 4 and 1
+    assert [list(r[0]) for r in results] == [[1, 1], [2, 2], [3, 3], [4] * 5]
