@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cycada.errors import DataError
+from cycada.errors import DataError, ServingError
 
 NUMPY_OF = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64}
 
@@ -28,8 +28,14 @@ class ModelSignature:
 
     @classmethod
     def from_server(cls, client, model: str, version: str, headers) -> ModelSignature:
-        metadata = client.get_model_metadata(model, version, headers=headers, as_json=True)
-        config = client.get_model_config(model, version, headers=headers, as_json=True)["config"]
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            metadata = client.get_model_metadata(model, version, headers=headers, as_json=True)
+            config = client.get_model_config(model, version, headers=headers, as_json=True)
+        except InferenceServerException as exc:  # e.g. a missing or wrong secret
+            raise ServingError(f"cannot read model '{model}': {exc.message() or exc}") from None
+        config = config["config"]
 
         def specs(items) -> dict[str, TensorSpec]:
             return {

@@ -30,12 +30,29 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_auth_header(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` (or ``KEY: VALUE``) → (lower-case key, value)."""
+    """``KEY=VALUE`` (or ``KEY: VALUE``) → (lower-case key, value). The error never repeats
+    the text: it may hold the secret."""
     separator = "=" if "=" in text else ":"
     key, _, value = text.partition(separator)
     if not key.strip() or not value.strip():
-        raise ConfigError(f"--auth-header '{text}': expected KEY=VALUE, e.g. {AUTH_HEADER}=SECRET")
+        raise ConfigError(
+            f"--auth-header: expected KEY=VALUE, e.g. {AUTH_HEADER}=SECRET (the value given is "
+            "not shown); --auth-secret-file FILE keeps the secret out of the command line"
+        )
     return key.strip().lower(), value.strip()
+
+
+def read_secret(path: Path, option: str = "--auth-secret-file") -> str:
+    """The secret a file holds (one line, surrounding space dropped); errors name the file,
+    never its content."""
+    try:
+        secret = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a text file"
+        raise ConfigError(f"{option} {path}: cannot be read ({reason})") from None
+    if not secret:
+        raise ConfigError(f"{option} {path} is empty")
+    return secret
 
 
 @dataclass(frozen=True)
@@ -77,13 +94,24 @@ def add_client_security(parser: argparse.ArgumentParser, for_status: bool = Fals
     parser.add_argument(
         "--root-cert", type=Path, help=f"PEM root certificate to trust (self-signed){what}"
     )
-    parser.add_argument(
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument(
         "--auth-header",
         metavar="KEY=VALUE",
-        help=f"header sent with every call, e.g. {AUTH_HEADER}=SECRET{what}",
+        help=f"header sent with every call, e.g. {AUTH_HEADER}=SECRET (visible to ps: prefer "
+        f"--auth-secret-file){what}",
     )
+    if not for_status:  # `cycada serve` has its own --auth-secret-file, used by --status too
+        secret.add_argument(
+            "--auth-secret-file",
+            type=Path,
+            metavar="FILE",
+            help=f"file holding the server's secret, sent as the {AUTH_HEADER} header",
+        )
 
 
 def security_from_args(args: argparse.Namespace) -> GrpcSecurity:
     header = parse_auth_header(args.auth_header) if args.auth_header else None
+    if getattr(args, "auth_secret_file", None):
+        header = (AUTH_HEADER, read_secret(args.auth_secret_file))
     return GrpcSecurity(ssl=args.ssl, root_cert=args.root_cert, auth_header=header)

@@ -13,6 +13,7 @@ from cycada.grpc_security import (
     GrpcSecurity,
     add_client_security,
     is_loopback,
+    read_secret,
     security_from_args,
 )
 from cycada.serving.supervisor import RestartPolicy
@@ -156,14 +157,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--hang-timeout {args.hang_timeout:g}: expected seconds, more than 0")
     if args.poll < 0:
         raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
-    secret = ""
-    if args.auth_secret_file:
-        try:
-            secret = args.auth_secret_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--auth-secret-file {args.auth_secret_file}: {exc}") from None
-        if not secret:
-            raise ConfigError(f"--auth-secret-file {args.auth_secret_file} is empty")
+    secret = read_secret(args.auth_secret_file) if args.auth_secret_file else ""
     from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
     from cycada.serving.supervisor import supervise
 

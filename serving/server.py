@@ -31,7 +31,10 @@ from cycada.grpc_security import AUTH_HEADER, is_loopback
 from cycada.serving.server_install import TritonHome, find_tritonserver
 
 PROFILES = ("default", "onnxruntime", "tensorrt")
-RESTRICTED = "inference,shared-memory,model-repository"  # the calls the secret guards
+# with a secret, every API but health and metadata needs it; served --insecure (no secret
+# given), inference and what clients read before it stay open, the admin APIs locked
+RESTRICTED = "inference,shared-memory,model-repository,model-config,statistics,trace,logging"
+ADMIN = "shared-memory,model-repository,trace,logging"
 
 
 _GIVEN_PORTS: set[int] = set()
@@ -190,7 +193,7 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
     if not secret and options.exposed():
         # --insecure: inference stays open, but loading models and registering shared memory
         # need a secret nobody was given
-        restricted, secret = "shared-memory,model-repository", uuid.uuid4().hex
+        restricted, secret = ADMIN, uuid.uuid4().hex
     if secret:
         command += [
             f"--grpc-restricted-protocol={restricted}:{AUTH_HEADER}={secret}",

@@ -543,6 +543,8 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 def test_tls_and_secret_refuse_a_request_missing_either(repository, tmp_path):
     from cycada.clients.triton_client import ModelClient
     from cycada.grpc_security import GrpcSecurity
+    from cycada.training.segmentation.scene_writer import write_clip
+    from tests.helpers import cycada
 
     cert, key = _self_signed(tmp_path)
     secured = options(
@@ -569,11 +571,29 @@ def test_tls_and_secret_refuse_a_request_missing_either(repository, tmp_path):
         with ModelClient(running.grpc_url, "segment", security=security) as client:
             assert client.request({"images": image}, ["labels"])["labels"].shape == (1, 16, 16)
         wrong = GrpcSecurity(ssl=True, root_cert=cert, auth_header=("cycada-auth", "guess"))
-        with ModelClient(running.grpc_url, "segment", security=wrong) as client:
-            started = time.monotonic()
-            with pytest.raises(ServingError, match="restricted"):
-                client.request({"images": image}, ["labels"])
-            assert time.monotonic() - started < 5  # refused at once, not retried for a minute
+        with pytest.raises(ServingError, match="restricted"):  # its model config is guarded
+            ModelClient(running.grpc_url, "segment", security=wrong)
+        # every API but health and metadata needs the secret
+        assert tls.is_server_live() and tls.get_model_metadata("segment").name == "segment"
+        for call in (
+            lambda **h: tls.get_inference_statistics("segment", **h),
+            lambda **h: tls.get_model_config("segment", **h),
+            lambda **h: tls.get_log_settings(**h),
+            lambda **h: tls.get_trace_settings(**h),
+        ):
+            with pytest.raises(InferenceServerException, match="cycada-auth"):
+                call()
+            call(headers=header)
+        # the command line takes the secret from a file, and never shows one it cannot parse
+        secret_file = tmp_path / "secret.txt"
+        secret_file.write_text("s3cret\n")
+        clip = write_clip(tmp_path / "clip.mp4", 6, 32, 16)
+        common = ["segment-video", str(clip), "--out", str(tmp_path / "o.mp4"), "--url",
+                  running.grpc_url, "--ssl", "--root-cert", str(cert), "--no-progress"]  # fmt: skip
+        done = cycada(*common, "--auth-secret-file", str(secret_file))
+        assert done.returncode == 0, done.stderr
+        done = cycada(*common, "--auth-header", "cycada-auth s3cret")
+        assert done.returncode == 2 and "s3cret" not in done.stderr + done.stdout
 
 
 def test_a_network_host_needs_tls_and_a_secret_or_insecure(repository):
@@ -586,7 +606,8 @@ def test_a_network_host_needs_tls_and_a_secret_or_insecure(repository):
     insecure = options(repository, host="0.0.0.0", insecure=True)
     command = " ".join(server_command(TritonServer(insecure).home, insecure))
     assert "--grpc-address=0.0.0.0" in command and "--http-address=127.0.0.1" in command
-    assert "--grpc-restricted-protocol=shared-memory,model-repository:cycada-auth=" in command
+    admin = "shared-memory,model-repository,trace,logging"  # inference open, admin locked
+    assert f"--grpc-restricted-protocol={admin}:cycada-auth=" in command
 
 
 def test_doctor_reports_the_machine_and_the_engine_of_each_model(repository, capsys):
