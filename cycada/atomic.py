@@ -33,6 +33,16 @@ def ordinary_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a written file to the disk through a read-only handle: the file may be read-only
+    (a copied 0444 label), and fsync needs no write access."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_directory(path: str | os.PathLike[str]) -> None:
     """Make a rename or a new entry in ``path`` durable (a crash cannot undo it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -54,8 +64,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(tmp)
         os.replace(tmp, target)
         fsync_directory(target.parent)
     finally:
@@ -73,8 +82,7 @@ def publish_folder(staging: Path, target: Path) -> None:
             path = os.path.join(folder, name)
             executable = os.stat(path).st_mode & 0o111  # a program stays one (0755)
             os.chmod(path, folder_mode if executable else file_mode)
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(path)
         os.chmod(folder, folder_mode)
         fsync_directory(folder)
     os.rename(staging, target)

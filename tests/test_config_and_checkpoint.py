@@ -239,3 +239,39 @@ def test_resume_state_of_an_older_version_is_taken_only_when_its_config_still_ma
         resume(lambda fingerprint, recorded: False).restore()
     with pytest.raises(CheckpointError, match="different config"):
         resume(None).restore()
+
+
+def test_a_read_only_file_is_copied_into_place_by_a_user_who_cannot_write_it():
+    """translate-dir --labels copies label files that may be read-only (0444): the copy is
+    fsynced through a read-only handle, not reopened for writing. Run as an unprivileged user
+    in a forked child (root may write anything)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from cycada.clients.translate_dir import _place_label
+
+    folder = Path(tempfile.mkdtemp(prefix="cycada-readonly-", dir="/tmp"))
+    try:
+        folder.chmod(0o777)
+        source = folder / "label.png"
+        source.write_bytes(b"label bytes" * 10)
+        source.chmod(0o444)
+        target = folder / "labels" / "label.png"
+        pid = os.fork()
+        if pid == 0:  # the child: drop root, copy, report by exit code
+            code = 1
+            try:
+                if os.getuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                _place_label(source, target, link=False)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert target.read_bytes() == source.read_bytes()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
