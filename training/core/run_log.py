@@ -2,15 +2,64 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from cycada.errors import ConfigError
+
 LOGGER = logging.getLogger("cycada.training")
+
+
+LOCK_FILE = ".run.lock"
+# folders this process holds, with how many of its runs use each: runs one after another in
+# one process (a resumed stage, an ablation's rows, a test) share the lock; other processes
+# are refused
+_HELD: dict[Path, list] = {}
+
+
+class RunFolderLock:
+    """An OS lock on a run folder held while this process trains into it: a second training
+    into the same folder is refused in one line instead of overwriting the first one's files.
+    The kernel drops the lock with the process, so a run killed with -9 leaves none behind."""
+
+    def __init__(self, out_dir: Path):
+        self.key = out_dir.resolve()
+        held = _HELD.get(self.key)
+        if held is not None:
+            held[1] += 1
+            return
+        handle = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (the lock is the open handle)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"--out {out_dir}: another training is writing into it (pid {holder}); wait "
+                "for it to finish, or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD[self.key] = [handle, 1]
+
+    def release(self) -> None:
+        held = _HELD.get(self.key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            held[0].close()  # closing the handle drops the lock
+            del _HELD[self.key]
 
 
 class RunLog:
@@ -22,6 +71,7 @@ class RunLog:
         self.out_dir = out_dir
         self.quiet = quiet
         self.write = write  # False on data-parallel ranks other than 0
+        self.lock = RunFolderLock(out_dir) if write else None  # the writer owns the folder
         self.writer = None  # created at the first scalar: a run refused for bad input writes none
         self.started = time.monotonic()
 
@@ -64,3 +114,6 @@ class RunLog:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
