@@ -34,10 +34,13 @@ from cycada.clients.load import run_load
 from cycada.sizes import image_size
 
 
-def random_run(model: str, folder: Path, generators: str = "", seed: int = 0) -> Path:
-    """A run folder with an untrained segmenter, and untrained generators when ``generators``
-    names one (resnet6, resnet9): enough for speed tests and for serving tests. The same seed
-    gives the same weights (so their exported graphs come from the graph cache)."""
+def random_run(
+    model: str, folder: Path, generators: str = "", seed: int = 0, label_space: str = "cityscapes19"
+) -> Path:
+    """A run folder with an untrained segmenter (of ``label_space``'s classes), and untrained
+    generators when ``generators`` names one (resnet6, resnet9): enough for speed tests and for
+    serving tests. The same seed gives the same weights (so their exported graphs come from
+    the graph cache)."""
     import torch
 
     from cycada.checkpoint import save_modules
@@ -45,7 +48,7 @@ def random_run(model: str, folder: Path, generators: str = "", seed: int = 0) ->
     from cycada.training.segmentation.label_spaces import LABEL_SPACES
     from cycada.training.segmentation.networks import build_segmenter
 
-    space = LABEL_SPACES["cityscapes19"]
+    space = LABEL_SPACES[label_space]
     torch.manual_seed(seed)
     network = build_segmenter(model, space.num_classes)
     meta = {"stage": "source", "task": "seg", "model": model, "class_names": list(space.classes)}

@@ -25,6 +25,7 @@ class ModelSignature:
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     max_batch_size: int  # 0 = the model does not batch
+    class_names: tuple[str, ...] = ()  # a segmenter's classes in id order (config parameter)
 
     @classmethod
     def from_server(cls, client, model: str, version: str, headers) -> ModelSignature:
@@ -36,6 +37,7 @@ class ModelSignature:
         except InferenceServerException as exc:  # e.g. a missing or wrong secret
             raise ServingError(f"cannot read model '{model}': {exc.message() or exc}") from None
         config = config["config"]
+        names = config.get("parameters", {}).get("class_names", {}).get("string_value", "")
 
         def specs(items) -> dict[str, TensorSpec]:
             return {
@@ -50,6 +52,7 @@ class ModelSignature:
             specs(metadata["inputs"]),
             specs(metadata["outputs"]),
             int(config.get("max_batch_size", 0)),
+            tuple(name for name in names.split(",") if name),
         )
 
     def check(self, inputs: dict[str, np.ndarray]) -> None:

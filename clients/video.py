@@ -31,7 +31,7 @@ from cycada.clients.interrupt import POLL_SECONDS, DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.errors import DataError, OutputError, ServingError
 from cycada.grpc_security import GrpcSecurity
-from cycada.training.segmentation.label_spaces import LABEL_SPACES
+from cycada.training.segmentation.label_spaces import CITYSCAPES19, LabelSpace, space_of
 
 LOGGER = logging.getLogger("cycada.clients")
 
@@ -219,9 +219,9 @@ class _Writer:
     filling memory.
     """
 
-    def __init__(self, path: Path, fps: float, options: VideoOptions):
+    def __init__(self, path: Path, fps: float, options: VideoOptions, space: LabelSpace):
         self.path, self.fps, self.options = path, fps, options
-        self.space = LABEL_SPACES["cityscapes19"]
+        self.space = space  # the served model's classes: names, colours, CSV columns
         self.lut = palette_lut(self.space.palette)
         self.legends: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self.pool = ThreadPoolExecutor(compose_workers(), thread_name_prefix="compose")
@@ -574,7 +574,9 @@ def _segment_video(
         args=(capture, frames, stop, counts, start, fps if options.realtime else 0.0),
         daemon=True,
     )
-    writer = _Writer(partial, fps, options)
+    # a repository exported before models named their classes: Cityscapes' 19
+    names = client.signature.class_names or CITYSCAPES19.classes
+    writer = _Writer(partial, fps, options, space_of(names))
     if previous is not None:
         copied = writer.copy_from(previous)
         LOGGER.info(f"segment-video: resuming after frame {start - 1} ({copied} frames kept)")

@@ -206,7 +206,10 @@ def _export_one(
     report: ExportReport,
     log: Callable[[str], None],
 ) -> None:
-    spec = spec_for(endpoint.name, endpoint.kind, endpoint.in_channels, len(endpoint.class_names))
+    names = endpoint.class_names if endpoint.kind == "segment" else ()
+    spec = spec_for(
+        endpoint.name, endpoint.kind, endpoint.in_channels, len(endpoint.class_names), names
+    )
     info = {
         "endpoint": endpoint.name,
         "kind": endpoint.kind,
@@ -230,7 +233,7 @@ def _export_one(
         repository, spec, fill, info, runtime, keep=0, native=native, instances=options.instances
     )
     if endpoint.kind == "segment":
-        encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names))
+        encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names), names)
         info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
         segment_dir = report.versions[endpoint.name]
         report.versions["segment_encoded"] = write_model(

@@ -26,7 +26,7 @@ import fcntl
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +78,19 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
 
 
-def spec_for(name: str, kind: str, in_channels: int, num_classes: int) -> ModelSpec:
+def spec_for(
+    name: str, kind: str, in_channels: int, num_classes: int, class_names: Sequence[str] = ()
+) -> ModelSpec:
+    """``class_names`` (a segmenter's, in id order) go into the config as the parameter
+    ``class_names`` (comma-separated), so clients name, colour and count what the model
+    answers without knowing how it was trained."""
     image = ("images", "TYPE_UINT8", [-1, -1, in_channels])
+    names = {"class_names": ",".join(class_names)} if class_names else {}
+    if any("," in name for name in class_names):
+        raise ValueError(f"class names must not contain commas: {list(class_names)}")
     if kind == "segment":
         outputs = [("labels", "TYPE_UINT8", [-1, -1]), ("confidence", "TYPE_UINT8", [-1, -1])]
-        return ModelSpec(name, kind, [image], outputs, "ImageModel")
+        return ModelSpec(name, kind, [image], outputs, "ImageModel", names)
     if kind == "translate":
         outputs = [("translated", "TYPE_UINT8", [-1, -1, in_channels])]
         return ModelSpec(name, kind, [image], outputs, "ImageModel")
@@ -93,7 +101,7 @@ def spec_for(name: str, kind: str, in_channels: int, num_classes: int) -> ModelS
         outputs = [("labels", "TYPE_UINT8", [-1, -1]), ("confidence", "TYPE_UINT8", [-1, -1])]
         frames = [("frames", "TYPE_UINT8", [-1])]  # one frame's bytes per row, ragged
         return ModelSpec(
-            name, kind, frames, outputs, "EncodedFrameModel", {"segment_model": "segment"}
+            name, kind, frames, outputs, "EncodedFrameModel", {"segment_model": "segment", **names}
         )
     raise ValueError(f"unknown endpoint kind '{kind}'")
 
@@ -183,15 +191,17 @@ def config_text(
             f'value: "{native.trt_cache}/{spec.name}" }}\n'
             "} ] } }\n"
         )
-    if not is_native:
+    if is_native:  # backends ignore parameters they do not know; clients read the classes
+        parameters = {k: v for k, v in spec.parameters.items() if k == "class_names"}
+    else:
         parameters = {"handler": spec.python_handler, **spec.parameters}
         if spec.kind != "classify":  # the pixels one engine run may hold: the largest export
             largest = max(height * width for height, width in native.shapes)
             parameters["max_batch_pixels"] = str(native.max_batch * largest)
-        text += "".join(
-            f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-            for key, value in parameters.items()
-        )
+    text += "".join(
+        f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+        for key, value in parameters.items()
+    )
     return text + _warmup(spec, profile, native)
 
 

@@ -637,3 +637,28 @@ def test_overlay_colours_and_class_counts_match_the_plain_numpy_definitions():
     np.testing.assert_array_equal(
         class_counts(labels), np.bincount(labels.reshape(-1), minlength=256)
     )
+
+
+def test_the_overlay_and_csv_follow_the_served_models_classes(tmp_path):
+    """A segmenter of SYNTHIA's 13 classes: segment-video names, colours and counts its 13
+    classes (CSV columns, legend), read from the served model's config, not Cityscapes' 19."""
+    from cycada.benchmarks.served import random_run
+    from cycada.export.exporter import ExportOptions, export_run
+    from cycada.training.segmentation.label_spaces import SYNTHIA13
+    from cycada.training.segmentation.scene_writer import write_clip
+
+    run = random_run("fastscnn", tmp_path / "run", label_space="synthia13")
+    repository = tmp_path / "repository"
+    export_run(run, repository, ExportOptions(fp16=False), log=lambda _: None)
+    clip = write_clip(tmp_path / "clip.mp4", 6, 96, 48)
+    shares = tmp_path / "shares.csv"
+    with TritonServer(ServerOptions.on_free_ports(repository, models=["segment"])) as server:
+        done = cycada(
+            "segment-video", str(clip), "--out", str(tmp_path / "out.mp4"), "--url",
+            server.grpc_url, "--width", "96", "--csv", str(shares), "--no-progress",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header, *rows = list(csv.reader(shares.open()))
+    assert header == ["frame", "model_version", *SYNTHIA13.classes]
+    assert len(rows) == 6 and all(len(row) == 2 + 13 for row in rows)
+    assert all(abs(sum(float(v) for v in row[2:]) - 1.0) < 1e-3 for row in rows)

@@ -178,8 +178,11 @@ def test_committed_configs_are_what_export_writes():
         "translate_s2t": "translate",
         "translate_t2s": "translate",
     }
+    from cycada.training.segmentation.label_spaces import CITYSCAPES19
+
     for name, kind in kinds.items():
-        spec = spec_for(name, kind, 3, 19)
+        names = CITYSCAPES19.classes if kind in ("segment", "encoded") else ()
+        spec = spec_for(name, kind, 3, 19, names)
         for profile in PROFILES:
             path = (
                 repo

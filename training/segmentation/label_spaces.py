@@ -53,6 +53,24 @@ SYNTHIA13 = LabelSpace(
 
 LABEL_SPACES = {space.name: space for space in (CITYSCAPES19, SYNTHIA13)}
 
+
+def space_of(classes: tuple[str, ...] | list[str]) -> LabelSpace:
+    """The label space whose classes these are, or one of these classes with colours of its
+    own (a ``folder:`` mapping's): evenly spread hues, bright and dark in turn."""
+    classes = tuple(classes)
+    for space in LABEL_SPACES.values():
+        if space.classes == classes:
+            return space
+    import colorsys
+
+    palette = []
+    for index in range(len(classes)):
+        hue = (index * 0.618033988749895) % 1.0  # the golden ratio: neighbours far apart
+        red, green, blue = colorsys.hsv_to_rgb(hue, 0.75, 0.95 if index % 2 == 0 else 0.6)
+        palette.append((round(red * 255), round(green * 255), round(blue * 255)))
+    return LabelSpace("served", classes, tuple(palette))
+
+
 # Cityscapes label id → train id (GTA5 labels use the same ids). Ids 0..33 and 255/-1 are known.
 CITYSCAPES_ID_TO_TRAIN = {
     7: 0,
