@@ -73,7 +73,7 @@ def test_an_export_into_a_served_repository_is_served_without_a_restart(reposito
     order, no failed request, and both versions answered; then a version that cannot load
     never replaces the serving one, and a version that does not exist is the caller's error."""
     run = random_run("fastscnn", tmp_path / "run", generators="resnet6")  # the seeded weights
-    clip = write_clip(tmp_path / "clip.mp4", 240, 96, 48, fps=10.0, seed=5)
+    clip = write_clip(tmp_path / "clip.mp4", 200, 96, 48, fps=10.0, seed=5)
     options = ServerOptions.on_free_ports(repository, poll_seconds=1)
     with TritonServer(options) as server:
         video = VideoOptions(
@@ -88,9 +88,9 @@ def test_an_export_into_a_served_repository_is_served_without_a_restart(reposito
         _wait_ready(server.grpc_url, "segment", "2")
         assert playing.is_alive(), "the clip ended before the new version served"
         playing.join(timeout=120)
-        assert summaries and summaries[0].frames_written == 240
+        assert summaries and summaries[0].frames_written == 200
         rows = _versions_by_frame(tmp_path / "frames.csv")
-        assert [frame for frame, _ in rows] == list(range(240))
+        assert [frame for frame, _ in rows] == list(range(200))
         assert {version for _, version in rows} == {"1", "2"}
         assert rows[-1][1] == "2"
         assert _failed_requests(server.grpc_url, "segment") == 0
