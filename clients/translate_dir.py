@@ -10,6 +10,7 @@ and non-image files are reported and counted, never copied.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -19,11 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cycada.atomic import atomic_path
+from cycada.atomic import atomic_path, remove_stale_temporaries
 from cycada.clients.interrupt import DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, RequestRefused, ordered_map
 from cycada.errors import DataError
 from cycada.grpc_security import GrpcSecurity
+
+LOGGER = logging.getLogger("cycada.clients")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -151,6 +154,9 @@ def translate_dir(
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise DataError(f"DST {dst} must not be SRC or inside it")
     summary = TranslateSummary()
+    removed = remove_stale_temporaries(dst)  # half-written files of a killed earlier run
+    if removed:
+        LOGGER.info(f"translate-dir: removed {removed} half-written file(s) a killed run left")
     work = _to_translate(src, dst, labels, link_labels, shard, summary)
     client = ModelClient(
         urls,

@@ -103,3 +103,30 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     """Write JSON keeping the insertion order of keys (stage order, class order)."""
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = 600.0) -> int:
+    """Temporary files of :func:`atomic_path` (``.NAME.XXXX.tmp``) that a killed writer left
+    under ``folder``: a write takes far less than ``older_than_s``, so an older one belongs to
+    no living writer (another process may be writing a newer one right now). Returns how many
+    were removed."""
+    import time
+
+    removed, now = 0, time.time()
+    for path in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
+        with contextlib.suppress(OSError):
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,7 @@ def _export_one(
     runtime: RuntimeBuilder,
     report: ExportReport,
     log: Callable[[str], None],
+    export: dict,
 ) -> None:
     names = endpoint.class_names if endpoint.kind == "segment" else ()
     spec = spec_for(
@@ -226,6 +228,7 @@ def _export_one(
         "fp16": options.fp16 and options.onnx,
         "tensorrt": options.tensorrt,
         "compiled": options.compile,
+        "export": export,  # which export wrote it, and every model it writes
     }
     fill = _export_endpoint(endpoint, options, report, log)
     native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
@@ -265,8 +268,11 @@ def export_run(
             if options.onnx and options.fp16 and options.cache:
                 graph_cache.start_half_precision_helper(run_dir, options.simplify)
             runtime = RuntimeBuilder(options.runtime_pythons or default_pythons(), log)
+            names = [e.name for e in endpoints]
+            names += ["segment_encoded"] if any(e.kind == "segment" for e in endpoints) else []
+            export = {"id": uuid.uuid4().hex[:12], "models": names}
             for endpoint in endpoints:
-                _export_one(endpoint, repository, options, runtime, report, log)
+                _export_one(endpoint, repository, options, runtime, report, log, export)
         except BaseException as exc:
             # all or nothing: the versions this export already added go again
             for version_dir in report.versions.values():

@@ -294,6 +294,7 @@ def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             remove_leftovers(repository)
+            repair_incomplete_export(repository, log)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -318,6 +319,40 @@ def remove_leftovers(repository: Path) -> None:
     for staging in [*repository.glob("*/.*.partial"), *repository.glob(f"*/{RUNTIME_FOLDER}/.*")]:
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_record(version_dir: Path) -> dict | None:
+    """Which export wrote a version: {"id", "models"} from its endpoint.json (None before
+    exports recorded it)."""
+    try:
+        record = json.loads((version_dir / "endpoint.json").read_text()).get("export")
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "id" in record else None
+
+
+def repair_incomplete_export(repository: Path, log: Callable[[str], None] = print) -> None:
+    """The versions of an export that died between models (kill -9 after some models had
+    their new version) are removed: every model is back at the export before, and the next
+    one numbers them alike. An export is incomplete when a model it wrote lacks a version of
+    it (models an export did not write keep their own)."""
+    models = [p for p in repository.iterdir() if p.is_dir() and (p / "config.pbtxt").exists()]
+    ids = {
+        model.name: {(_export_record(model / str(v)) or {}).get("id") for v in versions(model)}
+        for model in models
+    }
+    for model in models:
+        numbers = versions(model)
+        record = _export_record(model / str(numbers[-1])) if numbers else None
+        if record is None:
+            continue
+        missing = [name for name in record["models"] if record["id"] not in ids.get(name, ())]
+        if missing:
+            log(
+                f"{model.name} version {numbers[-1]}: its export stopped before "
+                f"{', '.join(missing)}; removed so every model is at the same export"
+            )
+            shutil.rmtree(model / str(numbers[-1]))
 
 
 def prune(model_dir: Path, keep: int) -> None:

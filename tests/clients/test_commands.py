@@ -662,3 +662,21 @@ def test_the_overlay_and_csv_follow_the_served_models_classes(tmp_path):
     assert header == ["frame", "model_version", *SYNTHIA13.classes]
     assert len(rows) == 6 and all(len(row) == 2 + 13 for row in rows)
     assert all(abs(sum(float(v) for v in row[2:]) - 1.0) < 1e-3 for row in rows)
+
+
+def test_translate_dir_removes_what_a_killed_run_half_wrote(server, tmp_path):
+    """kill -9 while an image is written leaves its hidden temporary; the next run removes
+    those old enough to be no living writer's (a shard running beside it keeps its own)."""
+    from cycada.clients.translate_dir import translate_dir
+
+    src = tmp_path / "synth"
+    write_scene_dataset(src, 2, "game", "gta5", 64, 32)
+    dst = tmp_path / "real"
+    (dst / "city").mkdir(parents=True)
+    stale, fresh = dst / "city" / ".00000.png.x1y2.tmp", dst / ".00001.png.z3w4.tmp"
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"half a PNG")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    summary = translate_dir(src / "images", dst, [server.grpc_url], progress=False)
+    assert summary.failed == [] and not stale.exists() and fresh.exists()

@@ -254,3 +254,27 @@ def test_the_instance_count_is_the_exports_choice():
             config_text(spec, profile, instances=1), model_config_pb2.ModelConfig()
         )
         assert [group.count for group in config.instance_group] == [1]
+
+
+def test_an_export_that_died_between_models_is_removed_by_the_next(tmp_path, code_only):
+    """Export "b" wrote segment's version 2 and died before translate_s2t's: the next export
+    (under the repository lock) removes it, so every model is at export "a" again. A later
+    export of fewer models (segment alone) is whole and stays."""
+    from cycada.export.repository import exclusive
+
+    def export(name: str, id_: str, models: list[str]) -> None:
+        spec = spec_for(name, "segment" if name == "segment" else "translate", 3, 19)
+        info = {"export": {"id": id_, "models": models}}
+        write_model(tmp_path, spec, onnx_only, info, code_only)
+
+    both = ["segment", "translate_s2t"]
+    export("segment", "a", both)
+    export("translate_s2t", "a", both)
+    export("segment", "b", both)  # ... killed here
+    with exclusive(tmp_path, log=lambda _: None):
+        pass
+    assert versions(tmp_path / "segment") == [1] and versions(tmp_path / "translate_s2t") == [1]
+    export("segment", "c", ["segment"])
+    with exclusive(tmp_path, log=lambda _: None):
+        pass
+    assert versions(tmp_path / "segment") == [1, 2]

@@ -198,3 +198,36 @@ def test_target_fps_on_the_command_line():
     for bad in ("0", "-1", "fast"):
         with pytest.raises(argparse.ArgumentTypeError):
             _frame_rate(bad)
+
+
+def test_an_extraction_killed_with_9_leaves_nothing_behind_the_next_run(tmp_path):
+    """kill -9 during frame extraction leaves its hidden partial folder; the next extraction
+    (any process) removes it when its process is gone, and a living one's stays."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_video(tmp_path / "long.avi", moving_frames(400))
+    root = tmp_path / "target_frames"
+    video = str(tmp_path / "long.avi")
+    code = (
+        "from pathlib import Path; from cycada.training.segmentation.videos import "
+        f"FrameSampling, extract_frames; extract_frames({video!r}, Path({str(root)!r}), "
+        "FrameSampling(fps=float('inf'), dedup=0), log=print, quiet=True)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".target_frames.partial-*/**/*.jpg")):
+        assert child.poll() is None and time.monotonic() < deadline, "no extraction under way"
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    (left,) = tmp_path.glob(".target_frames.partial-*")
+    living = tmp_path / f".target_frames.partial-{os.getpid()}-other"
+    living.mkdir()  # not a pid: never taken for a dead extraction's
+    index = extract_frames(
+        str(tmp_path / "long.avi"), root, FrameSampling(fps=5.0), log=print, quiet=True
+    )
+    assert not left.exists() and living.exists() and index.frames

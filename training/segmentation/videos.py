@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.atomic import process_alive, write_json_atomic, write_text_atomic
 from cycada.errors import DataError
 
 VIDEO_SUFFIXES = (
@@ -312,6 +312,10 @@ def extract_frames(
                 return index
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable manifest: extract again below
+    for stale in root.parent.glob(f".{root.name}.partial-*"):  # left by a killed extraction
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
