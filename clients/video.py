@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import os
 import queue
@@ -26,9 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cycada.atomic import write_json_atomic
 from cycada.clients.interrupt import POLL_SECONDS, DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, ordered_map
+from cycada.clients.video_output import PART_SECONDS, DurableOutput, Progress
 from cycada.errors import DataError, OutputError, ServingError
 from cycada.grpc_security import GrpcSecurity
 from cycada.training.segmentation.label_spaces import CITYSCAPES19, LabelSpace, space_of
@@ -60,6 +59,7 @@ class VideoOptions:
     resume: bool = False  # continue OUT (and its labels and CSV) from its last frame
     realtime: bool = False  # read a file at its frame rate, as a live camera delivers it
     model_version: str = ""  # pin the segmenting model's version (default: the newest ready)
+    part_seconds: float = PART_SECONDS  # the work a kill -9 can lose (clients.video_output)
 
 
 @dataclass
@@ -219,28 +219,37 @@ class _Writer:
     filling memory.
     """
 
-    def __init__(self, path: Path, fps: float, options: VideoOptions, space: LabelSpace):
-        self.path, self.fps, self.options = path, fps, options
+    def __init__(
+        self, output: DurableOutput, options: VideoOptions, space: LabelSpace, kept: Progress
+    ):
+        """``kept``: what an earlier run made durable (nothing on a fresh start)."""
+        self.output, self.options = output, options
         self.space = space  # the served model's classes: names, colours, CSV columns
         self.lut = palette_lut(self.space.palette)
         self.legends: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self.pool = ThreadPoolExecutor(compose_workers(), thread_name_prefix="compose")
         self.queue: queue.Queue = queue.Queue(maxsize=2 * options.window)
-        self.written = 0
-        self.last_index = -1  # source frame number of the last frame encoded
+        self.written = kept.frames_written
+        self.last_index = kept.last_frame  # source frame number of the last frame encoded
         self.last_written: float | None = None  # perf_counter of the last frame written
         self.longest_gap = 0.0
         self.error: BaseException | None = None
-        self.video: cv2.VideoWriter | None = None
         self.csv_file = self.csv = None
+        resuming = bool(kept.parts) or kept.csv_bytes is not None
         if options.csv_path is not None:
             options.csv_path.parent.mkdir(parents=True, exist_ok=True)
-            append = options.resume and options.csv_path.exists()
+            append = resuming and options.csv_path.exists()
+            if append and kept.csv_bytes is not None:  # rows after the durable point go
+                os.truncate(options.csv_path, kept.csv_bytes)
             mode = "a" if append else "w"
             self.csv_file = open(options.csv_path, mode, newline="")  # noqa: SIM115 (closed in close)
             self.csv = csv.writer(self.csv_file)
             if not append:  # the version that answered each frame: updates show up here
                 self.csv.writerow(["frame", "model_version", *self.space.classes])
+        if options.labels_dir is not None and resuming:  # label images after it go too
+            for png in options.labels_dir.glob("[0-9]*.png"):
+                if png.stem.isdigit() and int(png.stem) > kept.last_frame:
+                    png.unlink()
         if options.labels_dir is not None:
             options.labels_dir.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -306,46 +315,12 @@ class _Writer:
         if self.csv is not None:
             self.csv.writerow([index, version, *(f"{share:.5f}" for share in shares)])
         self.last_index = index
-
-    def copy_from(self, previous: Path) -> int:
-        """The frames of an earlier partial output, first (a resume): returns how many."""
-        capture = cv2.VideoCapture(str(previous))
-        copied = 0
-        while capture.grab():
-            ok, frame = capture.retrieve()
-            if not ok:
-                break
-            self._write_frame(frame)
-            copied += 1
-        capture.release()
-        return copied
+        if self.output.due():  # every few seconds: what was written becomes durable
+            self.output.seal(index, self.csv_file)
 
     def _write_frame(self, frame: np.ndarray) -> None:
-        if self.video is None:
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            size = (frame.shape[1], frame.shape[0])
-            self.video = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
-            if not self.video.isOpened():
-                raise DataError(f"cannot write video {self.path} (OpenCV has no MP4 encoder)")
-        if self.video.write(frame) is False:  # OpenCV reports a failed write only this way
-            raise OutputError(
-                f"cannot write video {self.path}: the encoder failed at frame {self.written + 1} "
-                "(a full disk or a file size limit)"
-            )
+        self.output.write(frame)
         self.written += 1
-
-    def _frames_missing(self) -> str:
-        """The encoder writes the MP4's index when released and reports no failure there (a
-        full disk, a file size limit): read the frame count back."""
-        capture = cv2.VideoCapture(str(self.path))
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-        capture.release()
-        if count == self.written:
-            return ""
-        return (
-            f"cannot write video {self.path}: it holds {count} of the {self.written} frames "
-            "written (a full disk or a file size limit)"
-        )
 
     def put(self, item, check: Callable[[], None]) -> None:
         """Queue one frame for composing and encoding; ``check()`` runs while the queue is
@@ -373,12 +348,12 @@ class _Writer:
             self.queue.put(_END)
             self.thread.join()
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.video is not None:
-            self.video.release()
-            missing = self._frames_missing()
-            if missing:  # an unplayable file is never published (_publish sees nothing written)
-                self.written = 0
-                self.error = self.error or OutputError(missing)
+        try:  # what was written so far, whole: even after a failure, it is kept
+            self.output.seal(self.last_index, self.csv_file)
+        except OutputError as exc:  # the part could not be finished: only sealed parts stay
+            self.output.abandon()
+            self.written = self.output.progress.frames_written
+            self.error = self.error or exc
         if self.csv_file is not None:
             self.csv_file.close()
         if self.error is not None:
@@ -400,24 +375,6 @@ def _model_input(frame_bgr: np.ndarray, options: VideoOptions) -> tuple[dict, np
     return {"images": cv2.cvtColor(small, cv2.COLOR_BGR2RGB)[None]}, small
 
 
-def _resume_point(source: str, out: Path, progress_file: Path) -> tuple[int, Path | None]:
-    """(first source frame to send, earlier output to keep) for ``--resume``."""
-    if not out.exists():
-        return 0, None  # nothing to resume: start from the beginning
-    try:
-        progress = json.loads(progress_file.read_text())
-    except (OSError, ValueError):
-        raise DataError(
-            f"--resume: {out} has no readable progress record ({progress_file.name}); "
-            "remove it or run without --resume"
-        ) from None
-    if progress.get("source") != str(source):
-        raise DataError(f"--resume: {out} was made from {progress.get('source')}, not {source}")
-    kept = out.with_name(f".{out.stem}.resumed.mp4")
-    os.replace(out, kept)  # copied into the new output; removed when that is in place
-    return int(progress["last_frame"]) + 1, kept
-
-
 def _connect(options: VideoOptions) -> tuple[ModelClient, ModelClient | None]:
     """The segmenting model's client and, with ``translate_model``, the translator's."""
     model = "segment_encoded" if options.encoded and options.model == "segment" else options.model
@@ -435,35 +392,6 @@ def _connect(options: VideoOptions) -> tuple[ModelClient, ModelClient | None]:
             options.urls, options.translate_model, **{**connect, "shared_memory": False}
         )
     return client, translator
-
-
-def _publish(
-    source: str,
-    out: Path,
-    partial: Path,
-    progress_file: Path,
-    previous: Path | None,
-    writer: _Writer,
-    start: int,
-) -> bool:
-    """Put what was written in place of ``out`` and record the last frame (for ``--resume``);
-    with nothing new written, the earlier output stays. False when no output exists."""
-    written = bool(writer.written and partial.exists())
-    if written:
-        os.replace(partial, out)
-        last = writer.last_index if writer.last_index >= 0 else start - 1
-        write_json_atomic(
-            progress_file,
-            {"source": str(source), "frames_written": writer.written, "last_frame": last},
-        )
-    else:
-        partial.unlink(missing_ok=True)
-    if previous is not None:
-        if out.exists():
-            previous.unlink(missing_ok=True)
-        else:  # nothing new was written: the earlier output goes back in place
-            os.replace(previous, out)
-    return written
 
 
 def _count(
@@ -558,14 +486,18 @@ def _segment_video(
     capture = open_source(source)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    client, translator = _connect(options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial.mp4")
-    progress_file = out.with_name(f".{out.stem}.progress.json")
-    start, previous = 0, None
-    if options.resume:
-        start, previous = _resume_point(source, out, progress_file)
+    output = DurableOutput(out, source, fps, options)
+    kept = output.start(options.resume)
     summary = VideoSummary(output=str(out))
+    if kept.complete:
+        summary.frames_written = kept.frames_written
+        LOGGER.info(
+            f"segment-video: {out} is complete ({kept.frames_written} frames): nothing to do"
+        )
+        return summary
+    start = kept.last_frame + 1
+    client, translator = _connect(options)
     counts = {"read": 0, "corrupt": 0}
     frames: queue.Queue = queue.Queue(maxsize=2 * options.window)
     stop = threading.Event()
@@ -576,10 +508,11 @@ def _segment_video(
     )
     # a repository exported before models named their classes: Cityscapes' 19
     names = client.signature.class_names or CITYSCAPES19.classes
-    writer = _Writer(partial, fps, options, space_of(names))
-    if previous is not None:
-        copied = writer.copy_from(previous)
-        LOGGER.info(f"segment-video: resuming after frame {start - 1} ({copied} frames kept)")
+    writer = _Writer(output, options, space_of(names), kept)
+    if start:
+        LOGGER.info(
+            f"segment-video: resuming after frame {start - 1} ({kept.frames_written} frames kept)"
+        )
     bar = _progress_bar(options, total, start)
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
@@ -590,12 +523,14 @@ def _segment_video(
             interrupt.cancel_on_interrupt(model.cancel)
     work = _frame_requests(client, translator, options)
     results = ordered_map(_polled(frames, check), work, options.window, poll=check)
+    read_to_the_end = False
     try:
         for (index, frame), (labels, translated, version) in results:
             check()
             writer.put((index, frame, labels, translated, version), check)
             if bar is not None:
                 bar.update()
+        read_to_the_end = True
     except KeyboardInterrupt:
         summary.stopped = "interrupted (Ctrl-C)"
         raise
@@ -615,7 +550,8 @@ def _segment_video(
             if bar is not None:
                 bar.close()
             _count(summary, writer, counts, client, started, cpu_started)
-            if not _publish(source, out, partial, progress_file, previous, writer, start):
+            complete = read_to_the_end and writer.error is None
+            if not output.finish(complete):
                 summary.output = "(nothing written)"
             client.close()
             if translator is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -680,3 +681,80 @@ def test_translate_dir_removes_what_a_killed_run_half_wrote(server, tmp_path):
     os.utime(stale, (hour_ago, hour_ago))
     summary = translate_dir(src / "images", dst, [server.grpc_url], progress=False)
     assert summary.failed == [] and not stale.exists() and fresh.exists()
+
+
+def test_segment_video_killed_with_9_resumes_from_its_last_durable_frame(server, tmp_path):
+    """kill -9 of segment-video (a live-paced clip) twice, Ctrl-C once, each time resumed:
+    every frame once, in order, in the CSV, label images and MP4, with the labels of an
+    uninterrupted run; a resumed run killed again leaves the output before it as it was; a
+    resume with other options is refused."""
+    from cycada.training.segmentation.scene_writer import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", 300, 96, 48, fps=25.0, seed=8)
+    out, labels, shares = tmp_path / "out.mp4", tmp_path / "labels", tmp_path / "shares.csv"
+    record = tmp_path / ".out.progress.json"
+    common = ["segment-video", str(clip), "--out", str(out), "--url", server.grpc_url,
+              "--width", "96", "--labels-dir", str(labels), "--csv", str(shares),
+              "--no-progress"]  # fmt: skip
+
+    def durable() -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(record.read_text())["frames_written"]
+        return 0
+
+    def run_until_durable(more_than: int, *extra: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cycada.cli", *common, "--realtime", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while durable() <= more_than:
+            assert process.poll() is None and time.monotonic() < deadline, "nothing sealed"
+            time.sleep(0.05)
+        time.sleep(1.0)  # and some frames of the next part, which the kill loses
+        return process
+
+    first = run_until_durable(0)
+    first.kill()
+    first.wait()
+    assert not out.exists()  # nothing joined: the parts and the record hold the work
+    second = run_until_durable(durable(), "--resume")
+    second.send_signal(signal.SIGINT)  # a graceful stop: the parts are joined into OUT
+    second.communicate(timeout=60)
+    assert second.returncode == 130
+    joined = frame_count(out)
+    assert joined == durable() > 0
+    third = run_until_durable(durable(), "--resume")
+    third.kill()
+    third.wait()
+    assert frame_count(out) == joined  # the killed resume left the output before it
+    finished = subprocess.run(
+        [sys.executable, "-m", "cycada.cli", *common, "--resume"], capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    assert f"resuming after frame {durable_before(finished.stderr)}" in finished.stderr
+    rows = list(csv.reader(shares.open()))
+    assert [int(row[0]) for row in rows[1:]] == list(range(300))  # once, in order
+    assert frame_count(out) == 300 and len(list(labels.glob("*.png"))) == 300
+    assert not (tmp_path / ".out.parts").exists()
+    plain = tmp_path / "plain"
+    done = cycada(
+        "segment-video", str(clip), "--out", str(tmp_path / "plain.mp4"), "--url",
+        server.grpc_url, "--width", "96", "--labels-dir", str(plain), "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for png in sorted(plain.glob("*.png")):
+        np.testing.assert_array_equal(
+            cv2.imread(str(labels / png.name), cv2.IMREAD_UNCHANGED),
+            cv2.imread(str(png), cv2.IMREAD_UNCHANGED),
+        )
+    other = ["128" if word == "96" else word for word in common]  # --width 128
+    refused = cycada(*other, "--resume")
+    assert refused.returncode == 2 and "width 96 (now 128)" in refused.stderr
+
+
+def durable_before(log: str) -> str:
+    """The frame a resumed run says it resumes after (from its log line)."""
+    return log.split("resuming after frame ", 1)[1].split(" ", 1)[0]
