@@ -28,6 +28,14 @@ BENCHMARKS = {
     ),
     "soak": ("cycada.benchmarks.soak", "saturating load for minutes: errors, drift, memory"),
     "kill-resume": ("cycada.benchmarks.kill_resume", "kill -9 training, resume, compare"),
+    "restart-storm": (
+        "cycada.benchmarks.restart_storm",
+        "cycada serve with its server killed every few seconds, its port held at times",
+    ),
+    "video-resume": (
+        "cycada.benchmarks.video_resume",
+        "segment-video killed with -9 at random moments and resumed, against one run",
+    ),
     "deploy": (
         "cycada.benchmarks.deploy",
         "a model update under load, two replicas against one, failover when one dies",

@@ -1,0 +1,130 @@
+"""`cycada serve` under a restart storm: its tritonserver killed every few seconds, the port
+held by another process during some restarts.
+
+    cycada bench restart-storm --repository model_repository --seconds 60 --every 5
+
+Starts ``cycada serve`` (the segment model) and, every ``--every`` seconds for ``--seconds``,
+kills its tritonserver with SIGKILL; every ``--hold-every``-th time another process binds the
+gRPC port for ``--hold`` seconds first. For each kill: seconds until the server answered
+``/v2/health/ready`` again, or that ``cycada serve`` stopped, with its last line (its budget,
+``--max-restarts`` a minute, spent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cycada.bench_results import write_results
+from cycada.serving.server import free_port
+
+
+def _ready(http_port: int) -> bool:
+    with contextlib.suppress(OSError):
+        url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    return False
+
+
+def _tritonserver(serve_pid: int) -> int | None:
+    children = Path(f"/proc/{serve_pid}/task/{serve_pid}/children")
+    for pid in children.read_text().split() if children.exists() else []:
+        with contextlib.suppress(OSError):
+            if "tritonserver" in Path(f"/proc/{pid}/cmdline").read_text():
+                return int(pid)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cycada bench restart-storm",
+        description=__doc__.splitlines()[0],
+        epilog="example:\n  cycada bench restart-storm --repository model_repository",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between kills")
+    parser.add_argument("--hold-every", type=int, default=3, help="hold the port every Nth kill")
+    parser.add_argument("--hold", type=float, default=2.0, help="seconds the port is held")
+    parser.add_argument("--max-restarts", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-restart-storm"))
+    args = parser.parse_args(argv)
+    grpc_port, http_port = free_port(), free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "cycada.cli", "serve", str(args.repository), "--model",
+         "segment", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+         "--metrics-port", str(free_port()), "--max-restarts", str(args.max_restarts)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    kills: list[dict] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not _ready(http_port):
+            if serve.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("cycada serve did not start")
+            time.sleep(0.2)
+        storm_end = time.monotonic() + args.seconds
+        while time.monotonic() < storm_end and serve.poll() is None:
+            server = _tritonserver(serve.pid)
+            if server is None:
+                time.sleep(0.1)
+                continue
+            held = (len(kills) + 1) % args.hold_every == 0
+            holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            killed_at = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+            if held:  # take the port as soon as the dead server's socket is gone
+                while time.monotonic() - killed_at < 5:
+                    try:
+                        holder.bind(("127.0.0.1", grpc_port))
+                        holder.listen()
+                        break
+                    except OSError:
+                        time.sleep(0.005)
+            back = None
+            while serve.poll() is None and time.monotonic() - killed_at < 120:
+                if held and time.monotonic() - killed_at >= args.hold:
+                    holder.close()
+                if _ready(http_port) and _tritonserver(serve.pid) not in (None, server):
+                    back = time.monotonic() - killed_at
+                    break
+                time.sleep(0.05)
+            holder.close()
+            kills.append({"port_held": held, "back_after_s": round(back, 2) if back else None})
+            wait = args.every - (time.monotonic() - killed_at)
+            if wait > 0 and serve.poll() is None:
+                time.sleep(wait)
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=60)
+    lines = [line for line in output.splitlines() if line.strip()]
+    stopped = (
+        serve.returncode not in (0, None) and bool(kills) and kills[-1]["back_after_s"] is None
+    )
+    result = {
+        "kills": len(kills),
+        "every_s": args.every,
+        "max_restarts_per_minute": args.max_restarts,
+        "back_every_time": all(k["back_after_s"] is not None for k in kills),
+        "longest_back_s": max((k["back_after_s"] or 0 for k in kills), default=0),
+        "restart_failures_logged": sum("restart failed" in line for line in lines),
+        "serve_stopped": stopped,
+        "serve_exit_code": serve.returncode,
+        "serve_last_line": lines[-1] if lines else "",
+        "per_kill": kills,
+    }
+    write_results(args.out, "restart_storm", result)
+    print(json.dumps(result))
+    return 0
