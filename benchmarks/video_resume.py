@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     clip = args.clip
-    if clip is None:
+    if clip is None:  # written once: a later run reuses it
         from cycada.training.segmentation.scene_writer import write_clip
 
-        clip = write_clip(args.out / "clip.mp4", args.frames, args.width, args.width // 2)
+        clip = args.out / "clip.mp4"
+        if frames_in(clip) != args.frames:
+            write_clip(clip, args.frames, args.width, args.width // 2)
     total = frames_in(clip)
     options = ServerOptions.on_free_ports(args.repository, models=["segment"])
     rng = random.Random(args.seed)

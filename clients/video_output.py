@@ -1,6 +1,6 @@
 """segment-video's output, durable while it is written, so a killed run resumes where it stopped.
 
-Frames go into parts (``.OUT.parts/part-000000.mp4``, ...). Every few seconds the part being
+Frames go into parts (``.OUT.parts/part-000000.mp4``, ...). Every second the part being
 written is sealed: its MP4 index written and its frame count read back, the CSV flushed to the
 disk, and the progress record (``.OUT.progress.json``) replaced atomically: the parts, the frames
 they hold, the last source frame, the CSV's length and the options that shape the output. A
@@ -27,7 +27,7 @@ import numpy as np
 from cycada.atomic import atomic_path, fsync_file, write_json_atomic
 from cycada.errors import DataError, OutputError
 
-PART_SECONDS = 3.0  # how much work a kill -9 can lose
+PART_SECONDS = 1.0  # how much work a kill -9 can lose
 
 
 def output_shape(options: Any) -> dict[str, Any]:
