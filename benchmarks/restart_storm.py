@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -67,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     kills: list[dict] = []
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(serve.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 300
-        while not _ready(http_port):
+        while not any(line.startswith("serving:") for line in lines):  # its start is done
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("cycada serve did not start")
             time.sleep(0.2)
@@ -108,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
-        output, _ = serve.communicate(timeout=60)
-    lines = [line for line in output.splitlines() if line.strip()]
+        serve.wait(timeout=60)
+        reader.join(timeout=10)
+    lines = [line.rstrip() for line in lines if line.strip()]
     stopped = (
         serve.returncode not in (0, None) and bool(kills) and kills[-1]["back_after_s"] is None
     )

@@ -37,6 +37,9 @@ RESTRICTED = "inference,shared-memory,model-repository,model-config,statistics,t
 ADMIN = "shared-memory,model-repository,trace,logging"
 
 
+# error lines every start prints on a machine without a GPU: never the reason it failed
+NO_GPU_NOISE = ("CudaDriverHelper", "Failed to initialize NVML", "DCGM")
+
 _GIVEN_PORTS: set[int] = set()
 
 
@@ -363,7 +366,8 @@ class TritonServer:
         picked = [
             line.strip()
             for line in lines
-            if line.startswith("E") or "failed to load" in line or "Error" in line
+            if (line.startswith("E") or "failed to load" in line or "Error" in line)
+            and not any(noise in line for noise in NO_GPU_NOISE)
         ]
         return " | ".join(dict.fromkeys(picked))[-2000:]
 
