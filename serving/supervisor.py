@@ -13,6 +13,7 @@ lines. Clients that wait out a restart (``--retry-window``) resend what was in f
 from __future__ import annotations
 
 import collections
+import contextlib
 import subprocess
 import time
 from collections.abc import Callable
@@ -40,11 +41,8 @@ def wait_for_failure(server: TritonServer, hang_seconds: float) -> str:
     which the process is killed."""
     silent_since = None
     while True:
-        try:
-            code = server.process.wait(timeout=PROBE_SECONDS)
-            return f"exited with code {code}"
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return f"exited with code {server.process.wait(timeout=PROBE_SECONDS)}"
         if server.live():
             silent_since = None
             continue

@@ -260,7 +260,7 @@ def test_an_export_that_died_between_models_is_removed_by_the_next(tmp_path, cod
     """Export "b" wrote segment's version 2 and died before translate_s2t's: the next export
     (under the repository lock) removes it, so every model is at export "a" again. A later
     export of fewer models (segment alone) is whole and stays."""
-    from cycada.export.repository import exclusive
+    from cycada.export.repository import repair_incomplete_export
 
     def export(name: str, id_: str, models: list[str]) -> None:
         spec = spec_for(name, "segment" if name == "segment" else "translate", 3, 19)
@@ -271,10 +271,8 @@ def test_an_export_that_died_between_models_is_removed_by_the_next(tmp_path, cod
     export("segment", "a", both)
     export("translate_s2t", "a", both)
     export("segment", "b", both)  # ... killed here
-    with exclusive(tmp_path, log=lambda _: None):
-        pass
+    repair_incomplete_export(tmp_path, log=lambda _: None)  # what the next export does first
     assert versions(tmp_path / "segment") == [1] and versions(tmp_path / "translate_s2t") == [1]
     export("segment", "c", ["segment"])
-    with exclusive(tmp_path, log=lambda _: None):
-        pass
+    repair_incomplete_export(tmp_path, log=lambda _: None)
     assert versions(tmp_path / "segment") == [1, 2]
