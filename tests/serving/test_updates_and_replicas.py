@@ -84,7 +84,7 @@ def test_an_export_into_a_served_repository_is_served_without_a_restart(reposito
             target=lambda: summaries.append(segment_video(str(clip), tmp_path / "o.mp4", video))
         )
         playing.start()
-        export_run(run, repository, ExportOptions(), log=lambda _: None)
+        export_run(run, repository, ExportOptions(fp16=False), log=lambda _: None)
         _wait_ready(server.grpc_url, "segment", "2")
         assert playing.is_alive(), "the clip ended before the new version served"
         playing.join(timeout=120)
@@ -192,7 +192,7 @@ def test_an_export_killed_half_way_leaves_the_served_version_answering(
     with TritonServer(ServerOptions.on_free_ports(repository, poll_seconds=1)) as server:
         export = subprocess.Popen(
             [sys.executable, "-m", "cycada.cli", "export", str(run), "--repository",
-             str(repository)],
+             str(repository), "--no-fp16"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 120
@@ -209,7 +209,7 @@ def test_an_export_killed_half_way_leaves_the_served_version_answering(
         tensor.set_data_from_numpy(frame)
         assert client.infer("segment", [tensor]).get_response().model_version == "1"
         assert list(repository.glob("*/.*.partial")), "the dead export left nothing to clean"
-        done = cycada("export", str(run), "--repository", str(repository))
+        done = cycada("export", str(run), "--repository", str(repository), "--no-fp16")
         assert done.returncode == 0, done.stderr
         assert not list(repository.glob("*/.*.partial"))
         assert not list(repository.glob("*/runtime/.*"))
