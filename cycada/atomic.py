@@ -106,7 +106,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def remove_stale_temporaries(folder: Path, older_than_s: float = 600.0) -> int:
-    """Temporary files of :func:`atomic_path` (``.NAME.XXXX.tmp``) that a killed writer left
+    """Temporary files of :func:`atomic_path` (``.NAME.<random>.tmp``) that a killed writer left
     under ``folder``: a write takes far less than ``older_than_s``, so an older one belongs to
     no living writer (another process may be writing a newer one right now). Returns how many
     were removed."""
