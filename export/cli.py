@@ -34,6 +34,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of a training run")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--check", action="store_true", help="print the parity table")
+    parser.add_argument(
+        "--stage",
+        choices=("source", "target", "feature", "joint"),
+        help="export this stage's task model (default: the stage the run's verdict ships, "
+        "metrics.json 'verdict')",
+    )
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX variant")
     parser.add_argument("--simplify", action="store_true", help="extra ONNX optimizer pass")
     parser.add_argument(
@@ -125,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         instances=args.instances,
         runtime_pythons=args.runtime_python,
+        stage=args.stage,
     )
     report = export_run(
         args.run_dir, args.repository, options, log=logging.getLogger("cycada.export").info

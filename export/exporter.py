@@ -50,6 +50,7 @@ class ExportOptions:
     # Python versions of the backend stubs the models carry packages for (export.runtime);
     # None: NVIDIA's 24.10 container's and this machine's
     runtime_pythons: list[str] | None = None
+    stage: str | None = None  # the task model's stage; None: the run's verdict
 
 
 @dataclass
@@ -218,6 +219,7 @@ def _export_one(
         "run": str(Path(endpoint.meta.get("checkpoint", ".")).resolve().parents[1]),
         "checkpoint": endpoint.meta.get("checkpoint"),
         "stage": endpoint.meta.get("stage"),
+        "stage_choice": endpoint.meta.get("stage_choice"),
         "model": endpoint.meta.get("model"),
         "class_names": endpoint.class_names,
         "in_channels": endpoint.in_channels,
@@ -230,6 +232,8 @@ def _export_one(
         "compiled": options.compile,
         "export": export,  # which export wrote it, and every model it writes
     }
+    if endpoint.kind == "segment":  # what the served signals are compared with
+        info["baseline"] = endpoint.meta.get("baseline")
     fill = _export_endpoint(endpoint, options, report, log)
     native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
     report.versions[endpoint.name] = write_model(
@@ -260,13 +264,20 @@ def export_run(
     """Export every endpoint of ``run_dir`` into ``repository`` as a new version of each model."""
     options = options or ExportOptions()
     start = time.perf_counter()
-    endpoints = load_run_endpoints(run_dir)
+    endpoints = load_run_endpoints(run_dir, options.stage)
+    task = endpoints[0]
+    log(f"{task.name}: the {task.meta['stage']} stage's model, {task.meta['stage_choice']}")
+    if task.kind == "segment" and task.meta.get("baseline") is None:
+        log(
+            f"{task.name}: the run recorded no label-free signals for this stage: the served "
+            "model has no baseline for `cycada monitor` (train with this cycada to record one)"
+        )
     report = ExportReport()
     with exclusive(repository, log):
         runtime = None
         try:
             if options.onnx and options.fp16 and options.cache:
-                graph_cache.start_half_precision_helper(run_dir, options.simplify)
+                graph_cache.start_half_precision_helper(run_dir, options.simplify, options.stage)
             runtime = RuntimeBuilder(options.runtime_pythons or default_pythons(), log)
             names = [e.name for e in endpoints]
             names += ["segment_encoded"] if any(e.kind == "segment" for e in endpoints) else []

@@ -110,7 +110,7 @@ def _prune(folder: Path) -> None:
             graph.unlink(missing_ok=True)
 
 
-def start_half_precision_helper(run_dir: Path, simplify: bool) -> None:
+def start_half_precision_helper(run_dir: Path, simplify: bool, stage: str | None = None) -> None:
     """Trace the run's fp16 graphs into the cache in a second process while this one exports
     and checks the fp32 graphs: a trace is single-threaded Python, so on two or more cores the
     two run side by side. The exporter then takes each fp16 graph from the cache (waiting for
@@ -121,8 +121,9 @@ def start_half_precision_helper(run_dir: Path, simplify: bool) -> None:
     if os.environ.get("CYCADA_EXPORT_HELPER", "1") == "0" or _helper is not None:
         return
     command = [sys.executable, "-m", "cycada.export.graph_cache", str(run_dir)]
+    options = [*(["--simplify"] if simplify else []), *([f"--stage={stage}"] if stage else [])]
     _helper = subprocess.Popen(
-        [*command, *(["--simplify"] if simplify else [])],
+        [*command, *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "CYCADA_CACHE_DIR": str(cache_dir().parent)},
@@ -139,12 +140,12 @@ def stop_helper() -> None:
         _helper = None
 
 
-def _trace_half_graphs(run_dir: str, simplify: bool) -> None:
+def _trace_half_graphs(run_dir: str, simplify: bool, stage: str | None) -> None:
     from cycada.export.onnx_export import export_onnx
     from cycada.export.run_models import load_run_endpoints
 
     with tempfile.TemporaryDirectory() as scratch:
-        for position, endpoint in enumerate(load_run_endpoints(Path(run_dir))):
+        for position, endpoint in enumerate(load_run_endpoints(Path(run_dir), stage)):
             try:
                 path = Path(scratch) / f"{position}.onnx"
                 export_onnx(endpoint, path, half=True, simplify=simplify, cache=True)
@@ -153,4 +154,5 @@ def _trace_half_graphs(run_dir: str, simplify: bool) -> None:
 
 
 if __name__ == "__main__":  # the helper process: python -m cycada.export.graph_cache RUN_DIR
-    _trace_half_graphs(sys.argv[1], "--simplify" in sys.argv[2:])
+    stages = [a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--stage=")]
+    _trace_half_graphs(sys.argv[1], "--simplify" in sys.argv[2:], (stages or [None])[0])

@@ -1,12 +1,15 @@
 """The networks of a finished training run, rebuilt from its checkpoints, as serving endpoints.
 
 A run folder (``--out`` of ``cycada train``) holds ``checkpoints/<stage>.safetensors``. Export
-takes the adapted task model of the latest finished stage (feature, joint, target, then source)
-and, when the pixel stage finished, both generators.
+takes the task model of the stage the run's verdict ships (``metrics.json`` ``verdict``; without
+one, the latest finished of feature, joint, target, source; ``--stage`` overrides) and, when the
+pixel stage finished, both generators. A segmenter carries its stage's label-free signals as the
+served model's baseline (``cycada.signals``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,21 +106,63 @@ def _generator_endpoints(pixel_path: Path, channels: int) -> list[Endpoint]:
     return endpoints
 
 
-def load_run_endpoints(run_dir: Path) -> list[Endpoint]:
-    """Every endpoint a run can serve; errors name what is missing."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist (expected the --out of a run)")
-    finished = [stage for stage in TASK_STAGES if _checkpoint(run_dir, stage).exists()]
+def _run_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a run without readable metrics still exports its latest stage
+
+
+def choose_stage(run_dir: Path, stage: str | None = None) -> tuple[str, str]:
+    """(stage, why): ``stage`` when given, else the run's verdict, else the latest finished."""
+    finished = [s for s in TASK_STAGES if _checkpoint(run_dir, s).exists()]
+    if stage is not None:
+        if stage not in finished:
+            raise CheckpointError(
+                f"--stage {stage}: {run_dir} has no finished task model of that stage "
+                f"(finished: {', '.join(finished) or 'none'})"
+            )
+        return stage, "chosen with --stage"
     if not finished:
         raise CheckpointError(
             f"{run_dir} has no finished task model (expected checkpoints/"
             f"{{{','.join(TASK_STAGES)}}}.safetensors)"
         )
-    task_path = _checkpoint(run_dir, finished[0])
+    verdict = _run_metrics(run_dir).get("verdict") or {}
+    if verdict.get("stage") in finished:
+        return verdict["stage"], f"the run's verdict ({verdict['by']}: {verdict['reason']})"
+    return finished[0], "the latest finished stage (the run records no verdict)"
+
+
+def baseline_of(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    """The stage's label-free signals in metrics.json, as the served model's baseline."""
+    signals = _run_metrics(run_dir).get("stages", {}).get(stage, {}).get("label_free")
+    if not signals:
+        return None
+    keys = ("dataset", "frames", "mean_confidence", "low_confidence_share")
+    return {
+        "stage": stage,
+        **{key: signals[key] for key in keys},
+        "class_shares": signals["class_shares"],
+        "source_class_shares": signals["source_class_shares"],
+    }
+
+
+def load_run_endpoints(run_dir: Path, stage: str | None = None) -> list[Endpoint]:
+    """Every endpoint a run can serve (the task model of ``choose_stage``); errors name what is
+    missing."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist (expected the --out of a run)")
+    chosen, why = choose_stage(run_dir, stage)
+    task_path = _checkpoint(run_dir, chosen)
     _, meta = read_header(task_path)
     if meta.get("task") not in ("seg", "digits"):
         raise CheckpointError(f"{task_path}: unknown task '{meta.get('task')}' in its metadata")
-    task = _task_endpoint(task_path, finished[0], meta)
+    task = _task_endpoint(task_path, chosen, meta)
+    task.meta["stage_choice"] = why
+    if meta["task"] == "seg":
+        task.meta["baseline"] = baseline_of(run_dir, chosen)
     endpoints = [task]
     pixel_path = _checkpoint(run_dir, "pixel")
     if pixel_path.exists():

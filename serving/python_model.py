@@ -31,6 +31,7 @@ from cycada.serving.batching import (
     run_grouped,
 )
 from cycada.serving.engines import Engine, select_engine
+from cycada.serving.served_signals import ServedSignals
 
 
 def _pb_utils():
@@ -81,6 +82,17 @@ class _Model(abc.ABC):
             args.get("model_instance_kind", "CPU"),
             int(args.get("model_instance_device_id", 0)),
         )
+        self.signals: ServedSignals | None = None
+        segments = {"labels", "confidence"} <= set(self.output_names)
+        if segments and parameters.get("served_signals", "true").lower() != "false":
+            info = json.loads((folder / "endpoint.json").read_text())
+            self.signals = ServedSignals(
+                _pb_utils(),
+                args["model_name"],
+                args["model_version"],
+                list(info.get("class_names", [])),
+                info.get("baseline"),
+            )
 
     @abc.abstractmethod
     def _read(self, request) -> Checked:
@@ -99,13 +111,16 @@ class _Model(abc.ABC):
         checked = [self._read_safely(request) for request in requests]
         # compute and copy back only what someone asked for (all outputs when none named)
         wanted = [set(r.requested_output_names()) or set(self.output_names) for r in requests]
-        names = [name for name in self.output_names if any(name in w for w in wanted)]
+        needed = {"labels", "confidence"} if self.signals is not None else set()
+        names = [n for n in self.output_names if n in needed or any(n in w for w in wanted)]
         results = run_grouped(
             checked,
             lambda batch: self.engine.run(batch, names),
             self.max_batch,
             self.max_batch_pixels,
         )
+        if self.signals is not None:
+            self._count(checked, results, names)
         responses = []
         for result, asked in zip(results, wanted):
             if isinstance(result, Failure):
@@ -125,7 +140,22 @@ class _Model(abc.ABC):
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
+    def _count(self, checked: list[Checked], results: list, names: list[str]) -> None:
+        """The served signals of the requests that got outputs (never fails a response)."""
+        labels, confidence = names.index("labels"), names.index("confidence")
+        served = [
+            (item.images, result[labels], result[confidence])
+            for item, result in zip(checked, results)
+            if not isinstance(result, Failure)
+        ]
+        try:
+            self.signals.observe(served)
+        except Exception as exc:  # a metric that cannot be sent costs the metric, not the frame
+            _pb_utils().Logger.log_warn(f"served signals not counted: {exc}")
+
     def finalize(self) -> None:
+        if self.signals is not None:
+            self.signals.close()
         self.engine = None
 
 

@@ -26,6 +26,7 @@ from cycada.plots import curves_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.core.transforms import fit_images
+from cycada.training.core.verdict import StageEvidence, stage_verdict, verdict_line
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.run import DigitsRun
 from cycada.training.digits.stages.feature import train_feature
@@ -35,6 +36,26 @@ from cycada.training.digits.stages.source import train_source
 from cycada.training.digits.stages.target import train_target, translated_source
 
 ALL_STAGES = ("source", "pixel", "target", "feature", "joint")
+
+
+def digits_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage to ship from metrics.json's stage entries (training.core.verdict)."""
+    evidence = []
+    for stage in ("source", "target", "feature", "joint"):  # the stages with a task model
+        entry = stages.get(stage)
+        if entry is None:
+            continue
+        signals = entry.get("target_label_free", {})
+        evidence.append(
+            StageEvidence(
+                stage,
+                entry["target"]["accuracy"] if "target" in entry else None,
+                signals.get("mean_confidence"),
+                signals.get("class_shares"),
+                signals.get("source_class_shares"),
+            )
+        )
+    return stage_verdict(evidence, "accuracy") if evidence else None
 
 
 def stage_plan(config: DigitsRunConfig) -> list[str]:
@@ -127,6 +148,10 @@ class DigitsPipeline(StagedPipeline):
                 key: signals[key]
                 for key in ("mean_confidence", "class_share_distance", "agreement_with_previous")
             }
+        verdict = digits_verdict(stages)
+        if verdict is not None:
+            final["ship"] = verdict["stage"]
+        self.metrics["verdict"] = verdict
         self.metrics["final"] = final
         self._write_metrics()
         line = f"{stage}: source {results['source']['dataset']} {results['source']['accuracy']:.2%}"
@@ -140,6 +165,8 @@ class DigitsPipeline(StagedPipeline):
                 f"{signals['class_share_distance']:.1%}"
             )
         self.run.log.info(line)
+        if verdict is not None:
+            self.run.log.info(verdict_line(verdict))
 
     def _record_reused(self, stage: str, started: float, model: nn.Module, pixel=None) -> None:
         """Stages reused from a checkpoint or the stage cache still get their metrics."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from cycada import configs
 from cycada.errors import ConfigError, DataError
+from cycada.signals import LOW_CONFIDENCE, class_share_distance
 from cycada.training.core.device import resolve_device
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
@@ -228,8 +229,8 @@ class DigitsRun(StageStore):
             "dataset": f"{domain.data.name}/{domain.data.split} (held out, no labels)",
             "images": len(labels),
             "mean_confidence": float(top.mean()),
-            "low_confidence_share": float((top < 0.5).float().mean()),
-            "class_share_distance": float(0.5 * np.abs(shares - source).sum()),
+            "low_confidence_share": float((top < LOW_CONFIDENCE).float().mean()),
+            "class_share_distance": class_share_distance(shares, source),
             "agreement_with_previous": agreement,
             "previous_stage": previous[0] if previous is not None else None,
             "class_shares": dict(zip(self.class_names, map(float, shares))),

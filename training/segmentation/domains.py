@@ -8,6 +8,9 @@
   ``folder:IMAGES``) there is then no labelled evaluation at all;
 - held-out target: for an unlabelled target, every 10th image (up to
   ``data.label_free_frames``) stays out of training; the label-free signals are measured there.
+  With a labelled evaluation set they are measured on its images instead (labels unused), so
+  every run has them: export records them as the served model's baseline, and the stage
+  verdict compares stages by them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ class SegRunData:
     target_train: SegmentationSet
     target_holdout: SegmentationSet | None  # unlabelled target images kept out of training
     evaluation: SegmentationSet | None  # the labelled evaluation set, when there is one
+    signal_evaluation: SegmentationSet | None = None  # its images the signals are measured on
+
+    @property
+    def signal_set(self) -> SegmentationSet | None:
+        """Where the label-free signals are measured: the held-out target frames, else up to
+        ``count`` evenly spaced images of the labelled evaluation set."""
+        return self.target_holdout or self.signal_evaluation
 
     def describe_evaluation(self) -> dict[str, str | None]:
         """What metrics.json, the tables and the log say about how the run was evaluated."""
@@ -162,9 +172,19 @@ def load_run_data(
     holdout = None
     if is_unlabelled_domain(data.target):
         target, holdout = split_holdout(target, data.label_free_frames)
-    return SegRunData(
+    run_data = SegRunData(
         cap(source, data.max_samples),
         cap(target, data.max_samples),
         holdout,
         cap(evaluation, eval_max_samples) if evaluation is not None else None,
     )
+    if holdout is None and run_data.evaluation is not None and data.label_free_frames > 0:
+        run_data.signal_evaluation = thin(run_data.evaluation, data.label_free_frames)
+    return run_data
+
+
+def thin(dataset: SegmentationSet, count: int) -> SegmentationSet:
+    """At most ``count`` evenly spaced items of ``dataset``."""
+    if len(dataset) <= count:
+        return dataset
+    return subset(dataset, list(np.linspace(0, len(dataset) - 1, count).round().astype(int)))

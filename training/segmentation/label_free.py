@@ -1,6 +1,7 @@
-"""Label-free signals of a segmenter on held-out target frames, for targets without labels.
+"""Label-free signals of a segmenter, per stage, on target images none of them trained on.
 
-Per stage, on the held-out target images (none of them trained on):
+Measured on the held-out target frames of an unlabelled target, else on the labelled evaluation
+set's images with the labels unused (``SegRunData.signal_set``). Per stage:
 
 - ``mean_confidence``: mean over pixels of the top softmax probability, and
   ``low_confidence_share``: the share of pixels whose top probability is below 0.5;
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cycada.errors import DataError
+from cycada.signals import LOW_CONFIDENCE, SignalCounts, class_share_distance
 from cycada.training.core.visuals import panel, write_png
 from cycada.training.segmentation.data import SegmentationSet, read_image
 from cycada.training.segmentation.label_spaces import IGNORE
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from cycada.training.segmentation.run import SegRun
 
 SOURCE_LABEL_SAMPLE = 200  # source labels read for the class shares (evenly spaced)
-LOW_CONFIDENCE = 0.5
+__all__ = ["LOW_CONFIDENCE", "label_free_signals", "label_free_table", "label_free_csv"]
 
 
 def class_shares_of_labels(dataset: SegmentationSet, num_classes: int) -> np.ndarray:
@@ -69,9 +71,11 @@ def label_free_signals(
     ``previous``: (stage name, model) for the agreement; ``compare``: models drawn in the panels
     between the frame and this model (e.g. source only).
     """
-    dataset = run.target_holdout
+    dataset = run.signal_set
     if dataset is None:
-        raise DataError("label-free signals need held-out target frames (an unlabelled target)")
+        raise DataError(
+            "label-free signals need held-out target frames or a labelled evaluation set"
+        )
     names = run.space.classes
     num_classes = len(names)
     was_training = model.training
@@ -80,17 +84,14 @@ def label_free_signals(
         other.eval()
     if previous is not None:
         previous[1].eval()
-    counts = np.zeros(num_classes, np.float64)
-    confidence_sum, low, pixels, agree = 0.0, 0, 0, 0
+    counts = SignalCounts(num_classes)
+    agree = 0
     agree_compare = dict.fromkeys(compare or {}, 0)
     folder = run.out_dir / "eval" / stage / "label_free_panels"
     for index, item in enumerate(dataset.items):
         image = read_image(item.image)
         labels, top = _frame_outputs(run, model, image)
-        counts += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
-        confidence_sum += float(top.sum(dtype=np.float64))
-        low += int((top < LOW_CONFIDENCE).sum())
-        pixels += labels.size
+        counts.add_probabilities(labels, top)
         if previous is not None:
             agree += int((_frame_outputs(run, previous[1], image)[0] == labels).sum())
         others = {name: _frame_outputs(run, m, image)[0] for name, m in (compare or {}).items()}
@@ -101,14 +102,14 @@ def label_free_signals(
             columns.append(run.space.colorize(labels))
             write_png(folder / f"{item.image.parent.name}_{item.image.stem}.png", panel(columns))
     model.train(was_training)
-    shares = counts / max(counts.sum(), 1.0)
+    shares, pixels = counts.class_shares, counts.pixels
     source = run.evaluator.source_class_shares()
     signals: dict[str, Any] = {
         "dataset": dataset.name,
         "frames": len(dataset),
-        "mean_confidence": confidence_sum / max(pixels, 1),
-        "low_confidence_share": low / max(pixels, 1),
-        "class_share_distance": float(0.5 * np.abs(shares - source).sum()),
+        "mean_confidence": counts.mean_confidence,
+        "low_confidence_share": counts.low_confidence_share,
+        "class_share_distance": class_share_distance(shares, source),
         "agreement_with_previous": agree / max(pixels, 1) if previous is not None else None,
         "previous_stage": previous[0] if previous is not None else None,
         **{

@@ -24,6 +24,7 @@ from cycada.checkpoint import read_header
 from cycada.plots import curves_figure, per_class_iou_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
+from cycada.training.core.verdict import StageEvidence, stage_verdict, verdict_line
 from cycada.training.segmentation.config import SEG_STAGES, SegDataConfig, SegRunConfig
 from cycada.training.segmentation.label_free import (
     label_free_csv,
@@ -42,6 +43,27 @@ from cycada.training.segmentation.stages.pixel import (
 from cycada.training.segmentation.stages.supervised import train_segmenter
 
 ROW_NAMES = {"source": "Source only", "target": "CyCADA pixel-only", "feature": "CyCADA"}
+TASK_MODEL_STAGES = ("source", "target", "feature")  # the stages whose task model can ship
+
+
+def seg_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage to ship from metrics.json's stage entries (training.core.verdict)."""
+    evidence = []
+    for stage in TASK_MODEL_STAGES:
+        entry = stages.get(stage)
+        if entry is None or not ("target" in entry or "label_free" in entry):
+            continue
+        signals = entry.get("label_free", {})
+        evidence.append(
+            StageEvidence(
+                stage,
+                entry["target"]["miou"] if "target" in entry else None,
+                signals.get("mean_confidence"),
+                signals.get("class_shares"),
+                signals.get("source_class_shares"),
+            )
+        )
+    return stage_verdict(evidence, "mIoU") if evidence else None
 
 
 def stage_plan(config: SegRunConfig) -> list[str]:
@@ -140,12 +162,12 @@ class SegPipeline(StagedPipeline):
                 f"{stage}: {metrics['dataset']} mIoU {metrics['miou']:.2%}, fwIoU "
                 f"{metrics['fwiou']:.2%}, pixel accuracy {metrics['pixel_accuracy']:.2%}"
             )
-        if self.run.target_holdout is not None:
+        if self.run.signal_set is not None:
             signals = label_free_signals(self.run, model, stage, previous, compare)
             entry["label_free"] = signals
             agreement = signals["agreement_with_previous"]
             self.run.log.info(
-                f"{stage}: label-free on {signals['frames']} held-out target frames: mean "
+                f"{stage}: label-free on {signals['frames']} frames of {signals['dataset']}: mean "
                 f"confidence {signals['mean_confidence']:.1%}, class-share distance to source "
                 f"labels {signals['class_share_distance']:.1%}"
                 + (
@@ -183,6 +205,12 @@ class SegPipeline(StagedPipeline):
                     "agreement_with_previous",
                 )
             }
+        verdict = seg_verdict(stages)
+        if verdict is not None:
+            final["ship"] = verdict["stage"]
+            if verdict != self.metrics.get("verdict"):
+                self.run.log.info(verdict_line(verdict))
+            self.metrics["verdict"] = verdict
         self.metrics["final"] = final
         self._write_metrics()
         tables = self.out_dir / "tables"
@@ -194,7 +222,10 @@ class SegPipeline(StagedPipeline):
                 f"{ROW_NAMES.get(s, s)} ({s})": stages[s][key] for s in stages if key in stages[s]
             }
             if rows:
-                write_text_atomic(tables / f"{name}.md", markdown(rows))
+                text = markdown(rows)
+                if verdict is not None:
+                    text += f"\n{verdict_line(verdict)}\n"
+                write_text_atomic(tables / f"{name}.md", text)
                 write_text_atomic(tables / f"{name}.csv", comma_separated(rows))
         ious = {
             ROW_NAMES.get(s, s): {k: (math.nan if v is None else v) for k, v in iou.items()}
@@ -215,7 +246,7 @@ class SegPipeline(StagedPipeline):
         labelled = self.run.evaluation is None or (
             entry.get("target", {}).get("dataset") == self.metrics["evaluation"]["labelled"]
         )
-        return labelled and (self.run.target_holdout is None or "label_free" in entry)
+        return labelled and (self.run.signal_set is None or "label_free" in entry)
 
     def _load_task_tgt(self, stage: str):
         model = self.run.new_segmenter(backbone=False)

@@ -74,6 +74,7 @@ class SegRun(StageStore):
         self.source_train = run_data.source_train
         self.target_train = run_data.target_train
         self.target_holdout = run_data.target_holdout
+        self.signal_set = run_data.signal_set  # where the label-free signals are measured
         self.evaluation = run_data.evaluation
         self.evaluation_kind = run_data.describe_evaluation()
         self.evaluator = SegEvaluator(self)
