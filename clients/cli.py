@@ -84,6 +84,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     video.add_argument("--no-progress", action="store_true")
     video.set_defaults(handler=run_video)
 
+    _register_monitor(commands)
+
     translate = commands.add_parser(
         "translate-dir",
         help="translate a folder tree of images into the other domain's style",
@@ -128,6 +130,47 @@ def _numbers(kind):
         return values
 
     return parse
+
+
+def _register_monitor(commands: argparse._SubParsersAction) -> None:
+    monitor = commands.add_parser(
+        "monitor",
+        help="watch served models for a domain shift against their export's baseline",
+        description="Each served segmentation model and version against the label-free "
+        "signals its export recorded, over the last --window frames it served: frames, mean "
+        "confidence, low-confidence share, distance of the class mix; a shift is flagged with "
+        "its evidence. Reads the servers' metrics ports; replicas' counts add up. --once: exit "
+        "1 when a shift is flagged, 0 when not.",
+        epilog="example:\n  cycada monitor 127.0.0.1:8002 --once",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    monitor.add_argument(
+        "url", nargs="+", metavar="URL", help="metrics address(es): host:port or http://.../metrics"
+    )
+    monitor.add_argument(
+        "--window", type=int, default=250, help="frames judged (default 250: 10 s at 25 fps)"
+    )
+    monitor.add_argument(
+        "--min-frames", type=_at_least_one, default=50, help="fewer frames are not judged"
+    )
+    monitor.add_argument("--interval", type=float, default=2.0, help="seconds between readings")
+    monitor.add_argument("--once", action="store_true", help="print the state once and exit")
+    monitor.add_argument(
+        "--over",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --once: judge only the frames served in the next S seconds (default: every "
+        "frame since the version loaded)",
+    )
+    monitor.add_argument("--json", action="store_true", help="JSON (one line per reading live)")
+    monitor.set_defaults(handler=_run_monitor)
+
+
+def _run_monitor(args: argparse.Namespace) -> int:
+    from cycada.clients.monitor import run_monitor
+
+    return run_monitor(args)
 
 
 def register_demo(commands: argparse._SubParsersAction) -> None:
