@@ -81,6 +81,27 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read a file at its own frame rate, as a live camera delivers it (for load tests)",
     )
+    video.add_argument(
+        "--collect",
+        type=Path,
+        metavar="DIR",
+        help="keep the frames the model is unsure of in DIR (JPEGs and collected.csv), to adapt "
+        "again with --target folder:DIR",
+    )
+    video.add_argument(
+        "--collect-below",
+        type=float,
+        default=0.6,
+        metavar="P",
+        help="with --collect: keep frames whose mean confidence is below P (0..1, default 0.6)",
+    )
+    video.add_argument(
+        "--collect-rate",
+        type=float,
+        default=1.0,
+        metavar="FPS",
+        help="with --collect: at most FPS frames kept per second of footage (default 1)",
+    )
     video.add_argument("--no-progress", action="store_true")
     video.set_defaults(handler=run_video)
 
@@ -280,8 +301,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_video(args: argparse.Namespace) -> int:
+    from cycada.clients.collect import CollectOptions
     from cycada.clients.video import VideoOptions, segment_video
 
+    collect = None
+    if args.collect is not None:
+        collect = CollectOptions(args.collect, args.collect_below, args.collect_rate)
     if not 0.0 <= args.alpha <= 1.0:
         from cycada.errors import DataError
 
@@ -306,6 +331,7 @@ def run_video(args: argparse.Namespace) -> int:
         resume=args.resume,
         realtime=args.realtime,
         model_version=args.model_version,
+        collect=collect,
     )
     segment_video(args.source, args.out, options)
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cycada.clients.collect import CollectOptions, Collector
 from cycada.clients.interrupt import POLL_SECONDS, DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, ordered_map
 from cycada.clients.video_output import PART_SECONDS, DurableOutput, Progress
@@ -60,6 +61,7 @@ class VideoOptions:
     realtime: bool = False  # read a file at its frame rate, as a live camera delivers it
     model_version: str = ""  # pin the segmenting model's version (default: the newest ready)
     part_seconds: float = PART_SECONDS  # the work a kill -9 can lose (clients.video_output)
+    collect: CollectOptions | None = None  # keep the frames the model is unsure of
 
 
 @dataclass
@@ -74,6 +76,7 @@ class VideoSummary:
     stopped: str = ""  # why it ended early, if it did
     client_cpu_s: float = 0.0  # CPU time of this process (decode, resize, encode, gRPC)
     longest_gap_s: float = 0.0  # the longest wait between two frames written (a stall)
+    collected: str = ""  # what --collect kept
 
     @property
     def fps(self) -> float:
@@ -87,6 +90,7 @@ class VideoSummary:
             f"{1000 * self.client_cpu_s / max(1, self.frames_written):.1f} ms/frame → "
             f"{self.output}"
         )
+        text += f"; {self.collected}" if self.collected else ""
         return f"{text}; stopped: {self.stopped}" if self.stopped else text
 
 
@@ -456,17 +460,20 @@ def _frame_requests(
     """The work of one frame on the request threads (frames overlap in the window): its
     labels and, with a translator, its translation."""
 
+    outputs = ["labels", "confidence"] if options.collect is not None else ["labels"]
+
     def work(item):
         index, frame = item
         request, small = _model_input(frame, options)
-        answer = client.request(request, ["labels"])
+        answer = client.request(request, outputs)
         labels = answer["labels"][0]
+        confidence = answer["confidence"][0] if options.collect is not None else None
         translated = None
         if translator is not None:
             rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
             translated = translator.request({"images": rgb[None]}, ["translated"])
             translated = translated["translated"][0]
-        return labels, translated, answer.version
+        return labels, confidence, translated, answer.version
 
     return work
 
@@ -513,6 +520,7 @@ def _segment_video(
         LOGGER.info(
             f"segment-video: resuming after frame {start - 1} ({kept.frames_written} frames kept)"
         )
+    collector = Collector(options.collect, source, fps) if options.collect is not None else None
     bar = _progress_bar(options, total, start)
     started, cpu_started = time.perf_counter(), time.process_time()
     reader.start()
@@ -525,9 +533,11 @@ def _segment_video(
     results = ordered_map(_polled(frames, check), work, options.window, poll=check)
     read_to_the_end = False
     try:
-        for (index, frame), (labels, translated, version) in results:
+        for (index, frame), (labels, confidence, translated, version) in results:
             check()
             writer.put((index, frame, labels, translated, version), check)
+            if collector is not None:
+                collector.offer(index, frame, confidence, version)
             if bar is not None:
                 bar.update()
         read_to_the_end = True
@@ -550,6 +560,7 @@ def _segment_video(
             if bar is not None:
                 bar.close()
             _count(summary, writer, counts, client, started, cpu_started)
+            summary.collected = collector.line() if collector is not None else ""
             complete = read_to_the_end and writer.error is None
             if not output.finish(complete):
                 summary.output = "(nothing written)"

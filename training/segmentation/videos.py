@@ -145,9 +145,16 @@ def _probe(path: Path) -> tuple[float, int]:
         capture.release()
 
 
-def _thumbnail(frame: np.ndarray) -> np.ndarray:
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    """The small grey image of a BGR frame that the near-duplicate test compares."""
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     return cv2.resize(grey, THUMBNAIL, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def near_duplicate(thumb: np.ndarray, last: np.ndarray | None, threshold: float) -> bool:
+    """True when ``thumb`` differs from the last kept frame's by less than ``threshold`` grey
+    levels on average (0 turns the test off)."""
+    return last is not None and float(np.abs(thumb - last).mean()) < threshold
 
 
 def _resize(frame: np.ndarray, width: int) -> np.ndarray:
@@ -172,7 +179,7 @@ def _prepare(frame: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     ok, data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise DataError("cannot encode a frame as JPEG")
-    return _thumbnail(small), data
+    return thumbnail(small), data
 
 
 def _write_file(path: Path, data: np.ndarray) -> None:
@@ -259,7 +266,7 @@ class _Extractor:
             try:
                 thumb, data = work.result()
                 self.on_frame()
-                if last is not None and float(np.abs(thumb - last).mean()) < self.sampling.dedup:
+                if near_duplicate(thumb, last, self.sampling.dedup):
                     report.duplicates += 1
                     continue
                 last = thumb
