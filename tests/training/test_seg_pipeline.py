@@ -283,6 +283,9 @@ def test_video_target_without_labels_runs_every_stage_with_label_free_signals(
         assert len(list((tmp_path / "eval" / name / "label_free_panels").glob("*.png"))) == 2
     assert metrics["stages"]["feature"]["label_free"]["previous_stage"] == "target"
     assert metrics["final"]["evaluation"] == "label-free"
+    verdict = metrics["verdict"]  # the stage to ship, judged by the signals alone
+    assert verdict["by"] == "label-free" and metrics["final"]["ship"] == verdict["stage"]
+    assert f"ship: {verdict['stage']} (label-free: " in (tmp_path / "log.txt").read_text()
     rows = (tmp_path / "target_frames" / "index.csv").read_text().splitlines()
     assert len(rows) == 31 and rows[0] == "frame,video,frame_number,time_s"
     assert "label-free signals on 3 held-out frames" in (tmp_path / "log.txt").read_text()
@@ -296,6 +299,8 @@ def test_video_target_without_labels_runs_every_stage_with_label_free_signals(
     for stage in again["stages"].values():
         assert stage["target"]["dataset"] == "cityscapes/val" and "label_free" in stage
     assert again["final"]["evaluation"] == "labelled"
+    best = max(again["stages"], key=lambda name: again["stages"][name]["target"]["miou"])
+    assert again["verdict"]["by"] == "labelled" and again["verdict"]["stage"] == best
     assert (tmp_path / "log.txt").read_text().count("finished output found") >= 4
     assert (tmp_path / "tables" / "table.md").exists()
 
