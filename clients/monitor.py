@@ -58,26 +58,34 @@ def parse_samples(text: str) -> Iterable[tuple[str, dict[str, str], float]]:
 
 @dataclass
 class Reading:
-    """One scrape of every server: counts and baselines per (model, version)."""
+    """One scrape of every server: the counts of each series (one per backend stub, labels
+    model, version and stub) and the baseline and classes of each model version."""
 
-    counts: dict[Key, SignalCounts] = field(default_factory=dict)
+    series: dict[Key, dict[str, SignalCounts]] = field(default_factory=dict)
     classes: dict[Key, list[str]] = field(default_factory=dict)
     baselines: dict[Key, Baseline] = field(default_factory=dict)
 
+    def total(self, key: Key) -> SignalCounts:
+        """The counts of every stub of ``key`` added up."""
+        total = SignalCounts(len(self.classes[key]))
+        for counts in self.series[key].values():
+            total = total.plus(counts)
+        return total
 
-def _fields(name: str) -> str | None:
-    return {
-        signals.FRAMES: "frames",
-        signals.PIXELS: "pixels",
-        signals.CONFIDENCE_SUM: "confidence_sum",
-        signals.LOW_PIXELS: "low_pixels",
-    }.get(name)
+
+_COUNTERS = {
+    signals.FRAMES: "frames",
+    signals.PIXELS: "pixels",
+    signals.CONFIDENCE_SUM: "confidence_sum",
+    signals.LOW_PIXELS: "low_pixels",
+}
 
 
 def read_servers(urls: list[str], fetch: Callable[[str], str]) -> Reading:
-    """Sum the counters of every server in ``urls``; errors name the URL."""
-    raw: dict[Key, dict[str, float]] = {}
-    per_class: dict[Key, dict[str, float]] = {}
+    """Every server's series (a stub of one server is told from another's by its URL); errors
+    name the URL."""
+    raw: dict[Key, dict[str, dict[str, float]]] = {}
+    per_class: dict[Key, dict[str, dict[str, float]]] = {}
     baseline: dict[Key, dict[str, Any]] = {}
     seen = False
     for url in urls:
@@ -86,12 +94,11 @@ def read_servers(urls: list[str], fetch: Callable[[str], str]) -> Reading:
                 continue
             seen = True
             key = (labels.get("model", ""), labels.get("version", ""))
-            if _fields(name):
-                row = raw.setdefault(key, {})
-                row[_fields(name)] = row.get(_fields(name), 0.0) + value
+            stub = f"{url} {labels.get('stub', '')}"
+            if name in _COUNTERS:
+                raw.setdefault(key, {}).setdefault(stub, {})[_COUNTERS[name]] = value
             elif name == signals.CLASS_PIXELS:
-                row = per_class.setdefault(key, {})
-                row[labels["class"]] = row.get(labels["class"], 0.0) + value
+                per_class.setdefault(key, {}).setdefault(stub, {})[labels["class"]] = value
             elif name == signals.BASELINE_CLASS:
                 shares = baseline.setdefault(key, {}).setdefault("class_shares", {})
                 shares[labels["class"]] = value
@@ -107,20 +114,40 @@ def read_servers(urls: list[str], fetch: Callable[[str], str]) -> Reading:
             "repository exported by this cycada, at its metrics port, e.g. 127.0.0.1:8002)"
         )
     reading = Reading()
-    for key, row in raw.items():
-        classes = list(baseline.get(key, {}).get("class_shares", {})) or list(per_class.get(key))
-        pixels = per_class.get(key, {})
-        counts = SignalCounts(len(classes))
-        counts.frames = int(row.get("frames", 0))
-        counts.pixels = int(row.get("pixels", 0))
-        counts.confidence_sum = row.get("confidence_sum", 0.0)
-        counts.low_pixels = int(row.get("low_pixels", 0))
-        counts.class_pixels[:] = [int(pixels.get(name, 0)) for name in classes]
-        reading.counts[key], reading.classes[key] = counts, classes
+    for key, stubs in raw.items():
+        classes = list(baseline.get(key, {}).get("class_shares", {}))
+        for pixels in per_class.get(key, {}).values():
+            classes += [name for name in pixels if name not in classes]
+        reading.classes[key] = classes
+        reading.series[key] = {}
+        for stub, row in stubs.items():
+            pixels = per_class.get(key, {}).get(stub, {})
+            counts = SignalCounts(len(classes))
+            counts.frames = int(row.get("frames", 0))
+            counts.pixels = int(row.get("pixels", 0))
+            counts.confidence_sum = row.get("confidence_sum", 0.0)
+            counts.low_pixels = int(row.get("low_pixels", 0))
+            counts.class_pixels[:] = [int(pixels.get(name, 0)) for name in classes]
+            reading.series[key][stub] = counts
         record = baseline.get(key, {})
         if {"mean_confidence", "low_confidence_share", "class_shares", "frames"} <= set(record):
             reading.baselines[key] = Baseline.from_record(record)
     return reading
+
+
+def increase(now: Reading, then: Reading | None, key: Key) -> SignalCounts:
+    """The counts of ``key`` between two readings, series by series as Prometheus'
+    ``increase`` takes them: a stub that is new, or restarted (its counts went down), counts
+    from zero."""
+    total = SignalCounts(len(now.classes[key]))
+    before = then.series.get(key, {}) if then is not None else {}
+    for stub, counts in now.series[key].items():
+        earlier = before.get(stub)
+        same = earlier is not None and earlier.classes == counts.classes
+        if same and earlier.frames <= counts.frames:
+            counts = counts.minus(earlier)
+        total = total.plus(counts)
+    return total
 
 
 def fetch_text(url: str, timeout: float = 5.0) -> str:
@@ -177,9 +204,8 @@ class Monitor:
     def states(self) -> list[ModelState]:
         now = self.history[-1]
         states = []
-        for key in sorted(now.counts):
-            counts = now.counts[key]
-            window = counts.minus(self._start_of_window(key, counts))
+        for key in sorted(now.series):
+            window = self._window(key)
             baseline = now.baselines.get(key)
             report = None
             if baseline is not None:
@@ -187,16 +213,16 @@ class Monitor:
             states.append(ModelState(*key, baseline, report))
         return states
 
-    def _start_of_window(self, key: Key, now: SignalCounts) -> SignalCounts:
-        """The latest earlier reading at least ``window`` frames back; with none, the first
-        reading (the whole history is then the window), or nothing when there is only one."""
-        readings = [r.counts[key] for r in list(self.history)[:-1] if key in r.counts]
-        for counts in reversed(readings):
-            if counts.frames <= now.frames and now.frames - counts.frames >= self.window:
-                return counts
-        if readings and readings[0].frames <= now.frames:
-            return readings[0]
-        return SignalCounts(now.classes)
+    def _window(self, key: Key) -> SignalCounts:
+        """The frames since the latest earlier reading at least ``window`` frames back; with
+        none, since the first reading (or since the version loaded, with only one reading)."""
+        now = self.history[-1]
+        window = increase(now, None, key)
+        for then in reversed(list(self.history)[:-1]):
+            window = increase(now, then, key)
+            if window.frames >= self.window:
+                break
+        return window
 
 
 def render(states: list[ModelState], min_frames: int = ShiftRule.min_frames) -> str:

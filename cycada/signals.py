@@ -85,13 +85,17 @@ class SignalCounts:
 
     def minus(self, earlier: SignalCounts) -> SignalCounts:
         """The counts between an earlier reading and this one."""
+        return self.plus(earlier, -1)
+
+    def plus(self, other: SignalCounts, sign: int = 1) -> SignalCounts:
+        """These counts and ``other``'s added (``sign`` -1: subtracted)."""
         return SignalCounts(
             self.classes,
-            self.frames - earlier.frames,
-            self.pixels - earlier.pixels,
-            self.confidence_sum - earlier.confidence_sum,
-            self.low_pixels - earlier.low_pixels,
-            self.class_pixels - earlier.class_pixels,
+            self.frames + sign * other.frames,
+            self.pixels + sign * other.pixels,
+            self.confidence_sum + sign * other.confidence_sum,
+            self.low_pixels + sign * other.low_pixels,
+            self.class_pixels + sign * other.class_pixels,
         )
 
     @property

@@ -319,6 +319,8 @@ Python version below, under ../{folder}; the stub's own Python needs only NumPy.
 import os
 import sys
 
+# no __pycache__ beside the carried code: a polling server reloads a model whose folder changes
+sys.dont_write_bytecode = True
 _RUNTIME = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "{folder}")
 _PACKAGES = os.path.join(_RUNTIME, "py%d%d" % sys.version_info[:2])
 if not os.path.isdir(_RUNTIME):

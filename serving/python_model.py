@@ -90,6 +90,7 @@ class _Model(abc.ABC):
                 _pb_utils(),
                 args["model_name"],
                 args["model_version"],
+                args.get("model_instance_name", args["model_name"]),
                 list(info.get("class_names", [])),
                 info.get("baseline"),
             )

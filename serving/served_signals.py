@@ -3,17 +3,22 @@
 The Python backend publishes them beside Triton's own metrics (``:8002/metrics``), labelled by
 model and version (and class): counters of frames, pixels, summed confidence, low-confidence
 pixels and pixels per class (``cycada.signals`` names them), a histogram of each frame's mean
-confidence, and the baseline recorded at export as gauges. Counters add over instances and
-replicas, so Prometheus (``increase(...[5m])``) and ``cycada monitor`` compute any window from
-them. Under a native profile (onnxruntime, tensorrt) ``segment`` runs no Python and publishes
-nothing; ``segment_encoded`` stays a Python model in every profile, so clients that send
-encoded frames (``segment-video --encoded``) are counted there.
+confidence, and the baseline recorded at export as gauges. Each instance's series carry its own
+``stub`` label (instance name and process id): Triton 2.51 frees a metric when the first of the
+stubs sharing its labels lets go of it, and the other stub would then write into freed memory
+(the server aborts when a model reloads). Counters add over stubs and replicas, so Prometheus
+(``increase(...[5m])``) and ``cycada monitor`` compute any window from them.
+
+Under a native profile (onnxruntime, tensorrt) ``segment`` runs no Python and publishes nothing;
+``segment_encoded`` stays a Python model in every profile, so clients that send encoded frames
+(``segment-video --encoded``) are counted there.
 
 Frames that are all zeros (Triton's warm-up request, a covered lens) are not counted.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -38,11 +43,12 @@ class ServedSignals:
         pb_utils: Any,
         model: str,
         version: str,
+        instance: str,
         class_names: list[str],
         baseline: dict[str, Any] | None,
     ):
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
-        labels = {"model": model, "version": version}
+        labels = {"model": model, "version": version, "stub": f"{instance}:{os.getpid()}"}
         self.classes = class_names
 
         def family(name: str, text: str, kind: Any) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -27,12 +28,12 @@ from tests.helpers import cycada, data_path, served_copy, skip_without_tritonser
 CLIP = data_path("videos", "highway_day_960x540.mp4")
 
 
-def _metrics_text(frames: int, confidence_sum: float, version: str = "1") -> str:
-    labels = f'model="segment",version="{version}"'
+def _metrics_text(frames: int, confidence_sum: float, stub: str = "segment_0_0:7") -> str:
+    labels = f'model="segment",version="1",stub="{stub}"'
     return "\n".join(
         [
             "# HELP nv_inference_count Number of inferences",
-            f'nv_inference_count{{model="segment",version="{version}"}} 7',
+            'nv_inference_count{model="segment",version="1"} 7',
             f"{signals.FRAMES}{{{labels}}} {frames}",
             f"{signals.PIXELS}{{{labels}}} {frames * 100}",
             f"{signals.CONFIDENCE_SUM}{{{labels}}} {confidence_sum}",
@@ -51,7 +52,7 @@ def _metrics_text(frames: int, confidence_sum: float, version: str = "1") -> str
 def test_the_monitor_sums_replicas_and_judges_only_the_recent_window():
     pages = {"a": _metrics_text(100, 9000.0), "b": _metrics_text(100, 9000.0)}
     reading = read_servers(["a", "b"], pages.__getitem__)  # two replicas add up
-    counts = reading.counts[("segment", "1")]
+    counts = reading.total(("segment", "1"))
     assert counts.frames == 200 and counts.mean_confidence == pytest.approx(0.9)
     assert reading.classes[("segment", "1")] == ["road", "traffic light"]
     monitor = Monitor(["a"], window=100, rule=ShiftRule(min_frames=50), fetch=lambda url: page)
@@ -62,6 +63,10 @@ def test_the_monitor_sums_replicas_and_judges_only_the_recent_window():
     (state,) = monitor.states()
     assert state.report.frames == 100 and state.report.mean_confidence == pytest.approx(0.5)
     assert state.report.flags and "mean confidence 50.0% against 90.0%" in state.report.flags[0]
+    page = _metrics_text(60, 60 * 100 * 0.9, stub="segment_0_0:8")  # the stub restarted
+    monitor.read()
+    (state,) = monitor.states()  # its new series counts from zero; the old one is gone
+    assert state.report.frames == 60 and state.report.mean_confidence == pytest.approx(0.9)
 
 
 def test_monitor_input_errors_are_one_line_and_exit_2(tmp_path):
@@ -120,34 +125,53 @@ def test_a_full_disk_stops_collecting_and_leaves_no_partial_file(tmp_path, caplo
     assert "collecting stopped" in caplog.text and "the segmentation goes on" in caplog.text
 
 
+def _segment(client, frames) -> signals.SignalCounts:
+    """Send ``frames`` to ``segment``; the client's own count of the signals of the answers."""
+    counts = signals.SignalCounts(19)
+    for frame in frames:
+        image = cv2.cvtColor(cv2.resize(frame, (128, 72)), cv2.COLOR_BGR2RGB)[None]
+        tensor = grpcclient.InferInput("images", list(image.shape), "UINT8")
+        tensor.set_data_from_numpy(image)
+        result = client.infer("segment", [tensor])
+        counts.add_served(result.as_numpy("labels"), result.as_numpy("confidence"))
+    return counts
+
+
+def _stubs(url: str) -> set[str]:
+    return set(read_servers([metrics_url(url)], _fetch).series[("segment", "1")])
+
+
 @pytest.mark.slow
 @pytest.mark.server
-def test_served_signals_equal_the_clients_count_of_the_same_responses(
-    tmp_path, exported_repository
-):
+def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, exported_repository):
     skip_without_tritonserver()
     repo = served_copy(exported_repository, tmp_path)
     names = json.loads((repo / "segment" / "1" / "endpoint.json").read_text())["class_names"]
-    expected = signals.SignalCounts(len(names))
-    with TritonServer(ServerOptions.on_free_ports(repo)) as server:
+    options = ServerOptions.on_free_ports(repo, poll_seconds=1.0)
+    with TritonServer(options) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        for frame in _frames(5):
-            image = cv2.cvtColor(cv2.resize(frame, (128, 72)), cv2.COLOR_BGR2RGB)[None]
-            tensor = grpcclient.InferInput("images", list(image.shape), "UINT8")
-            tensor.set_data_from_numpy(image)
-            result = client.infer("segment", [tensor])  # the warm-up's zero frame not counted
-            expected.add_served(result.as_numpy("labels"), result.as_numpy("confidence"))
+        expected = _segment(client, _frames(5))  # the warm-up's zero frame is not counted
         url = f"127.0.0.1:{server.options.metrics_port}"
         reading = read_servers([metrics_url(url)], _fetch)
-        counts, classes = reading.counts[("segment", "1")], reading.classes[("segment", "1")]
-        assert (counts.frames, counts.pixels, counts.low_pixels) == (
-            5,
-            5 * 128 * 72,
-            expected.low_pixels,
-        )
+        counts, classes = reading.total(("segment", "1")), reading.classes[("segment", "1")]
+        assert (counts.frames, counts.pixels) == (5, 5 * 128 * 72)
+        assert counts.low_pixels == expected.low_pixels
         assert counts.confidence_sum == pytest.approx(expected.confidence_sum, rel=1e-9)
         served_pixels = dict(zip(classes, counts.class_pixels.tolist()))
         assert served_pixels == dict(zip(names, expected.class_pixels.tolist()))
+        # a changed config makes the polling server load the model again beside the old one:
+        # two stubs once shared each metric and the server aborted when the old one let go
+        before = _stubs(url)
+        config = repo / "segment" / "config.pbtxt"
+        config.write_text(config.read_text() + "# reloaded\n")
+        deadline = time.monotonic() + 60
+        while _stubs(url) & before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _stubs(url) & before, "the model was not reloaded"
+        again = _segment(client, _frames(3))
+        assert server.process.poll() is None, "the server died on the reload"
+        total = read_servers([metrics_url(url)], _fetch).total(("segment", "1"))
+        assert total.frames == 3 and total.low_pixels == again.low_pixels  # new stubs from zero
         done = cycada("monitor", url, "--once")  # exported without a baseline: said, exit 0
         assert done.returncode == 0, done.stderr
         assert "no baseline (exported without label-free signals)" in done.stdout

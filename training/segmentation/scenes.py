@@ -23,7 +23,7 @@ import numpy as np
 CAMERA_HEIGHT = 1.5
 NEAR = 1.5
 FAR = 160.0
-STYLES = ("game", "camera")
+STYLES = ("game", "camera", "dusk")  # dusk: the camera at nightfall (a shifted condition)
 
 # base colours per train id (RGB): game renders saturate them, the camera style mutes them
 BASE_COLOURS = {
@@ -348,6 +348,9 @@ def _box_polygons(box: Box, world: World, camera: Camera, cam_z: float):
     return _vehicle(box, camera, x, near)
 
 
+CASTS = {"camera": (12, 8, -6), "dusk": (12, 8, -6)}  # RGB colour cast of each camera style
+
+
 def _style_colour(colour, style: str, cast: np.ndarray) -> tuple[int, int, int]:
     rgb = np.asarray(colour, np.float32)
     grey = rgb.mean()
@@ -365,8 +368,8 @@ def render_frame(
     if style not in STYLES:
         raise ValueError(f"unknown scene style '{style}' (valid: {', '.join(STYLES)})")
     camera = Camera(width, height, world.horizon)
-    antialias = style == "camera"
-    cast = np.asarray([12, 8, -6], np.float32) if style == "camera" else np.zeros(3, np.float32)
+    antialias = style != "game"
+    cast = np.asarray(CASTS.get(style, (0, 0, 0)), np.float32)
     image = np.zeros((height, width, 3), np.uint8)
     label = np.full((height, width), 10, np.uint8)
     top, bottom = (_style_colour(c, style, cast) for c in world.sky)
@@ -399,6 +402,8 @@ def render_frame(
             _fill(image, label, polygon, _style_colour(colour, style, cast), class_id, antialias)
     if style == "camera":
         image = _camera_effects(image, rng)
+    elif style == "dusk":
+        image = _dusk_effects(image, rng)
     return image, label
 
 
@@ -412,6 +417,15 @@ def _camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     radius = ((xs - width / 2) / (width / 2)) ** 2 + ((ys - height / 2) / (height / 2)) ** 2
     frame *= (1 - 0.35 * np.clip(radius, 0, 2) / 2)[..., None]
     frame += rng.normal(0, 4, frame.shape).astype(np.float32)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _dusk_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The camera at nightfall: a third of the light, a blue cast, a flat curve and more
+    sensor noise (what a model adapted to daylight footage meets at dusk)."""
+    frame = _camera_effects(image, rng).astype(np.float32)
+    frame = 18 + 0.32 * frame * np.asarray([0.8, 0.9, 1.25], np.float32)
+    frame += rng.normal(0, 7, frame.shape).astype(np.float32)
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
