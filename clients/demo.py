@@ -8,7 +8,10 @@
 5. segment the clip (or the ``--video`` footage) through gRPC into an overlay MP4;
 6. translate a folder of synthetic images into the camera style;
 7. a short latency/throughput bench;
-8. list every artifact, stop the server (and, with ``--video``, print the label-free signals of
+8-10. the loop (:mod:`cycada.clients.demo_shift`): the camera at dusk flagged by the monitor,
+   its unsure frames collected, adapted again, version 2 served without a restart, both
+   versions side by side (on the demo's own world; with ``--video`` these steps are skipped);
+11. list every artifact, stop the server (and, with ``--video``, print the label-free signals of
    source only against adapted on the footage).
 """
 
@@ -36,7 +39,7 @@ SMOKE = [  # --smoke: a minute-scale run for tests, same steps
 
 
 def _step(number: int, text: str) -> float:
-    print(f"\n[{number}/8] {text}", flush=True)
+    print(f"\n[{number}/11] {text}", flush=True)
     return time.perf_counter()
 
 
@@ -159,9 +162,16 @@ def _export(run_dir: Path, repository: Path, smoke: bool) -> None:
 
 
 def _serve_and_use(
-    out: Path, repository: Path, data: Path, source: str, size: tuple[int, int], smoke: bool
+    out: Path,
+    repository: Path,
+    data: Path,
+    source: str,
+    size: tuple[int, int],
+    smoke: bool,
+    shift_loop: bool,
 ) -> Path:
-    """Steps 4-8: the server, then segment-video, translate-dir and bench through it."""
+    """Steps 4-11: the server, then segment-video, translate-dir and bench through it; the
+    shift loop (steps 8-10) on the demo's own world."""
     from cycada.clients.bench import run_bench
     from cycada.clients.translate_dir import translate_dir
     from cycada.clients.video import VideoOptions, segment_video
@@ -196,7 +206,13 @@ def _serve_and_use(
             repository, "segment", server.grpc_url, size, [1, 2], [], seconds, 1.0, out / "bench"
         )
         print((out / "bench" / "bench.md").read_text(), flush=True)
-        _step(8, "stopping the server")
+        if shift_loop:
+            from cycada.clients.demo_shift import shift_and_adapt
+
+            shift_and_adapt(out, data, out / "run", repository, server, smoke)
+        else:
+            print("\n[8-10/11] the shift loop runs on the demo's own world (without --video)")
+        _step(11, "stopping the server")
     return overlay
 
 
@@ -207,7 +223,9 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
     clip, size, count = _write_data(data, video, smoke)
     metrics = _train(data, run_dir, video, count, smoke)
     _export(run_dir, repository, smoke)
-    overlay = _serve_and_use(out, repository, data, video or str(clip), size, smoke)
+    overlay = _serve_and_use(
+        out, repository, data, video or str(clip), size, smoke, shift_loop=video is None
+    )
     artifacts = {
         "run (checkpoints, metrics, panels)": run_dir,
         "translated source set (pixel stage)": run_dir / "translated",
@@ -218,6 +236,14 @@ def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[s
         "bench (json, csv, md, png)": out / "bench",
         "server log": out / "tritonserver.log",
     }
+    if video is None:
+        artifacts.update(
+            {
+                "dusk clip through versions 1 and 2": out / "dusk-v1.mp4",
+                "frames collected at dusk": out / "collected",
+                "run adapted to them (version 2)": out / "run-dusk",
+            }
+        )
     if video is not None:
         print(f"\nlabel-free signals on held-out frames of {video} (no labels; see the README):")
         for line in label_free_comparison(metrics):

@@ -3,6 +3,8 @@ tritonserver, a tiny training, the export, the clients); its config.yaml repeats
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import cycada, frame_count, skip_without_tritonserver
@@ -21,7 +23,24 @@ def test_demo_smoke_runs_every_step(tmp_path):
     assert len(list((out / "translated" / "images").glob("*.png"))) == 12
     assert (out / "bench" / "bench.json").exists()
     assert (out / "model_repository" / "segment" / "1" / "model.onnx").exists()
-    assert "[8/8] stopping the server" in done.stdout
+    assert "[11/11] stopping the server" in done.stdout
+    # the loop: the dusk clip through version 1 (collecting its unsure frames), a run adapted
+    # from the same source checkpoint to them, version 2 served without a restart, both judged
+    assert frame_count(out / "dusk-v1.mp4") == frame_count(out / "dusk-v2.mp4") == 40
+    collected = (out / "collected" / "collected.csv").read_text().splitlines()
+    assert len(collected) > 2 and all(row.endswith(",1") for row in collected[1:])
+    source = out / "run-dusk" / "checkpoints" / "source.safetensors"
+    assert source.read_bytes() == (out / "run" / "checkpoints" / "source.safetensors").read_bytes()
+    assert "source: finished output found" in (out / "run-dusk" / "log.txt").read_text()
+    adapted = json.loads((out / "run-dusk" / "metrics.json").read_text())
+    shipped = json.loads((out / "model_repository" / "segment" / "2" / "endpoint.json").read_text())
+    assert shipped["stage"] == adapted["verdict"]["stage"] and shipped["baseline"]["frames"] >= 1
+    assert "version 2 served without a restart" in done.stdout
+    assert "restart" not in (out / "tritonserver.log").read_text().lower()
+    table = done.stdout[done.stdout.index("on the dusk clip") :]
+    for row in ("frames judged", "mean confidence", "shift flagged", "mIoU on labelled dusk"):
+        assert row in table
+    assert "segment_encoded          2      40" in done.stdout  # version 2 judged on 40 frames
     # whether the feature stage moved f_T is said, in the output and the run's log
     feature_line = next(line for line in done.stdout.splitlines() if "  feature: " in line)
     assert "(f_T updated on" in feature_line or "(f_T not updated" in feature_line
