@@ -36,6 +36,10 @@ BENCHMARKS = {
         "cycada.benchmarks.video_resume",
         "segment-video killed with -9 at random moments and resumed, against one run",
     ),
+    "drift": (
+        "cycada.benchmarks.drift",
+        "served signals' cost, seconds to flag a dusk shift, the stage verdict against labels",
+    ),
     "deploy": (
         "cycada.benchmarks.deploy",
         "a model update under load, two replicas against one, failover when one dies",

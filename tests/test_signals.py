@@ -112,3 +112,25 @@ def test_a_run_records_the_verdict_and_export_takes_its_stage(tmp_path):
     (tmp_path / "checkpoints" / "feature.safetensors").unlink()
     with pytest.raises(CheckpointError, match="--stage feature: .* no finished task model"):
         choose_stage(tmp_path, "feature")
+
+
+def test_the_verdict_bench_sets_the_label_free_pick_beside_the_labels_pick(tmp_path):
+    from cycada.benchmarks.drift import verdict_rows
+
+    def entry(miou, confidence, car):
+        shares = {"road": 0.6, "car": car, "sky": 0.4 - car}
+        source = {"road": 0.5, "car": 0.1, "sky": 0.4}
+        signals = {"mean_confidence": confidence, "class_shares": shares}
+        return {"target": {"miou": miou}, "label_free": {**signals, "source_class_shares": source}}
+
+    stages = {
+        "source": entry(0.20, 0.70, 0.10),
+        "target": entry(0.30, 0.75, 0.12),
+        "feature": entry(0.26, 0.77, 0.01),  # erases cars: the labels and the signals agree
+    }
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"source": "gta5", "target": "camvid", "seed": 0, "stages": stages})
+    )
+    (row,) = verdict_rows([tmp_path])
+    assert (row["labels_pick"], row["label_free_pick"], row["agree"]) == ("target", "target", True)
+    assert row["miou_lost"] == 0 and row["last_stage_lost"] == pytest.approx(0.04)

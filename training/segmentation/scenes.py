@@ -421,10 +421,13 @@ def _camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _dusk_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The camera at nightfall: a third of the light, a blue cast, a flat curve and more
-    sensor noise (what a model adapted to daylight footage meets at dusk)."""
-    frame = _camera_effects(image, rng).astype(np.float32)
-    frame = 18 + 0.32 * frame * np.asarray([0.8, 0.9, 1.25], np.float32)
+    return at_dusk(_camera_effects(image, rng), rng)
+
+
+def at_dusk(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An RGB daylight frame (rendered or filmed) at nightfall: a third of the light, a blue
+    cast, a flat curve and more sensor noise: what a model adapted to daylight meets at dusk."""
+    frame = 18 + 0.32 * image.astype(np.float32) * np.asarray([0.8, 0.9, 1.25], np.float32)
     frame += rng.normal(0, 7, frame.shape).astype(np.float32)
     return np.clip(frame, 0, 255).astype(np.uint8)
 
