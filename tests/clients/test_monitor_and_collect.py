@@ -109,6 +109,14 @@ def test_collect_keeps_unsure_frames_at_the_rate_without_near_duplicates(tmp_pat
     assert len(target) == 4  # a seg run takes the folder as its target as it is
     with pytest.raises(DataError, match="--collect-below 1.5: expected a confidence in 0..1"):
         CollectOptions(folder, below=1.5)
+    with pytest.raises(DataError, match="--collect-rate 0: expected frames per second above 0"):
+        CollectOptions(folder, rate=0)
+    with pytest.raises(DataError, match="expected a folder, found a file"):
+        CollectOptions(folder / "collected.csv")
+    done = cycada("segment-video", str(CLIP), "--out", str(tmp_path / "x.mp4"), "--collect",
+                  str(folder), "--collect-below", "-0.1")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().endswith("expected a confidence in 0..1")
+    assert not (tmp_path / "x.mp4").exists()
 
 
 def test_a_full_disk_stops_collecting_and_leaves_no_partial_file(tmp_path, caplog):
