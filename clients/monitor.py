@@ -3,9 +3,10 @@ export recorded, over a sliding window of the frames it served last.
 
 It reads the servers' Prometheus endpoints (``cycada serve``'s ``--metrics-port``, 8002), sums
 the counters of replicas, and judges the window with :func:`cycada.signals.judge_window` (the
-same rule as the alert rules in ``deploy/prometheus``). ``--once`` reads once: the window is
-then every frame the version served since it loaded (``--over S`` reads twice, S seconds apart,
-and judges only the frames between); exit 1 when a shift is flagged, 0 when not.
+same rule as the alert rules in ``deploy/prometheus``). Until its readings reach back
+``--window`` frames, the window holds every frame since the version loaded. ``--once`` reads
+once (``--over S``: twice, S seconds apart, judging only the frames between); exit 1 when a
+shift is flagged, 0 when not.
 """
 
 from __future__ import annotations
@@ -214,15 +215,14 @@ class Monitor:
         return states
 
     def _window(self, key: Key) -> SignalCounts:
-        """The frames since the latest earlier reading at least ``window`` frames back; with
-        none, since the first reading (or since the version loaded, with only one reading)."""
+        """The frames since the latest earlier reading at least ``window`` frames back; until
+        the readings reach back that far, every frame since the version loaded."""
         now = self.history[-1]
-        window = increase(now, None, key)
         for then in reversed(list(self.history)[:-1]):
             window = increase(now, then, key)
             if window.frames >= self.window:
-                break
-        return window
+                return window
+        return increase(now, None, key)
 
 
 def render(states: list[ModelState], min_frames: int = ShiftRule.min_frames) -> str:
@@ -272,6 +272,7 @@ def run_monitor(args) -> int:
         if args.over > 0:
             time.sleep(args.over)
             monitor.read()
+            monitor.window = 0  # exactly the frames between the two readings
         states = monitor.states()
         _show(states, args.json, args.min_frames, live=False)
         return 1 if any(s.report and s.report.flags for s in states) else 0
