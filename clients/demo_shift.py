@@ -48,9 +48,7 @@ def _segment_and_judge(
         collect=collect,
         progress=False,
     )
-    summary = segment_video(str(clip), overlay, options)
-    if summary.collected:
-        print(f"  {summary.collected}", flush=True)
+    summary = segment_video(str(clip), overlay, options)  # its line says what was collected
     monitor.read()
     monitor.window = summary.frames_written  # exactly this clip's frames, all judged
     monitor.rule = ShiftRule(min_frames=min(ShiftRule.min_frames, summary.frames_written))

@@ -6,6 +6,9 @@ Each exported version folder has a one-line ``model.py`` that imports a class fr
 * :class:`EncodedFrameModel`: JPEG/PNG bytes in (10-20x fewer bytes per frame), decoded in the
   model (on the GPU with nvJPEG when PyTorch runs there), then the same graph.
 
+Segmentation models also count the label-free signals of what they serve as Triton metrics
+(:mod:`cycada.serving.served_signals`; config parameter ``served_signals: false`` turns it off).
+
 The engine is chosen per instance (parameter ``engine``, default ``auto``): ONNX Runtime with the
 TensorRT/CUDA providers when onnxruntime-gpu and a GPU are present; else PyTorch on CUDA (fp16,
 channels_last, optionally compiled) when a GPU is present; else ONNX Runtime on the CPU.
@@ -86,14 +89,17 @@ class _Model(abc.ABC):
         segments = {"labels", "confidence"} <= set(self.output_names)
         if segments and parameters.get("served_signals", "true").lower() != "false":
             info = json.loads((folder / "endpoint.json").read_text())
-            self.signals = ServedSignals(
-                _pb_utils(),
-                args["model_name"],
-                args["model_version"],
-                args.get("model_instance_name", args["model_name"]),
-                list(info.get("class_names", [])),
-                info.get("baseline"),
-            )
+            try:
+                self.signals = ServedSignals(
+                    _pb_utils(),
+                    args["model_name"],
+                    args["model_version"],
+                    args.get("model_instance_name", args["model_name"]),
+                    list(info.get("class_names", [])),
+                    info.get("baseline"),
+                )
+            except Exception as exc:  # a backend without custom metrics still serves
+                _pb_utils().Logger.log_warn(f"served signals off: {exc}")
 
     @abc.abstractmethod
     def _read(self, request) -> Checked:
