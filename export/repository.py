@@ -264,6 +264,10 @@ def write_model(
             validate_config(text, str(path))
         carried = runtime.install(model_dir, spec.kind)
         (staging / "model.py").write_text(model_py(spec.python_handler, carried))
+        # a file where the stub would write model.py's bytecode: Python then writes none (it
+        # cannot make the folder), so a polling server never sees the version change and load
+        # the model again (model.py's own imports write none either: dont_write_bytecode)
+        (staging / "__pycache__").touch()
         info = {**info, "version": version, "runtime": carried}
         (staging / "endpoint.json").write_text(json.dumps(info, indent=2))
         publish_folder(staging, model_dir / str(version))

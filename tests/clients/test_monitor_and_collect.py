@@ -158,8 +158,16 @@ def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, e
     options = ServerOptions.on_free_ports(repo, poll_seconds=1.0)
     with TritonServer(options) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        expected = _segment(client, _frames(5))  # the warm-up's zero frame is not counted
         url = f"127.0.0.1:{server.options.metrics_port}"
+        loaded = _stubs(url)
+        expected = _segment(client, _frames(5))  # the warm-up's zero frame is not counted
+        ok, jpeg = cv2.imencode(".jpg", _frames(1)[0])
+        tensor = grpcclient.InferInput("frames", [1, jpeg.size], "UINT8")
+        tensor.set_data_from_numpy(jpeg.reshape(1, -1))
+        client.infer("segment_encoded", [tensor])  # its first decode imports OpenCV
+        time.sleep(3)  # three polls: serving wrote nothing into the repository, nothing reloads
+        assert _stubs(url) == loaded
+        assert not [p for p in repo.rglob("__pycache__") if p.is_dir()]
         reading = read_servers([metrics_url(url)], _fetch)
         counts, classes = reading.total(("segment", "1")), reading.classes[("segment", "1")]
         assert (counts.frames, counts.pixels) == (5, 5 * 128 * 72)
@@ -171,7 +179,8 @@ def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, e
         # two stubs once shared each metric and the server aborted when the old one let go
         before = _stubs(url)
         config = repo / "segment" / "config.pbtxt"
-        config.write_text(config.read_text() + "# reloaded\n")
+        note = 'parameters { key: "note" value: { string_value: "reloaded" } }\n'
+        config.write_text(config.read_text() + note)
         deadline = time.monotonic() + 60
         while _stubs(url) & before and time.monotonic() < deadline:
             time.sleep(0.5)
