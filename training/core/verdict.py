@@ -5,8 +5,9 @@ unless its label-free signals show it got worse than the stage before it; then t
 checked the same way against its own predecessor. A stage is worse than its predecessor when
 
 - a class that the source labels and the predecessor both give at least ``min_share`` of the
-  pixels shrinks below ``shrink_fraction`` of the predecessor's share (a collapse: the feature
-  stage erasing cars), or
+  pixels shrinks below ``shrink_fraction`` of the smaller of the two shares (a collapse: the
+  feature stage erasing cars; a predecessor that painted cars over half of every dark frame
+  is measured against the source labels' share, so correcting it is no collapse), or
 - its mean confidence falls more than ``margin`` below the predecessor's (adaptation
   makes a model surer on the target, not less sure).
 
@@ -43,15 +44,14 @@ def worse_than(stage: StageEvidence, previous: StageEvidence, rule: VerdictRule)
     if stage.class_shares and previous.class_shares:
         source = stage.source_class_shares or {}
         for name, before in previous.class_shares.items():
-            now = stage.class_shares.get(name, 0.0)
+            now, labelled = stage.class_shares.get(name, 0.0), source.get(name, 0.0)
             if (
-                source.get(name, 0.0) >= rule.min_share
-                and before >= rule.min_share
-                and now < rule.shrink_fraction * before
+                min(labelled, before) >= rule.min_share
+                and now < rule.shrink_fraction * min(labelled, before)
             ):
                 return (
                     f"class '{name}' shrank from {before:.1%} of the pixels under "
-                    f"{previous.stage} to {now:.1%} (source labels {source[name]:.1%})"
+                    f"{previous.stage} to {now:.1%} (source labels {labelled:.1%})"
                 )
     confidence, before = stage.mean_confidence, previous.mean_confidence
     if confidence is not None and before is not None and confidence < before - rule.margin:
