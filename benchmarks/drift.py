@@ -74,9 +74,10 @@ def add_plain_copy(repository: Path) -> None:
     source, target = repository / "segment", repository / PLAIN
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, copy_function=os.link)
-    for config in target.glob("config*.pbtxt"):
+    for config in target.rglob("*.pbtxt"):  # a new file each: the old one is a hard link
         text = re.sub(r'^name: "segment"', f'name: "{PLAIN}"', config.read_text(), flags=re.M)
         text += 'parameters { key: "served_signals" value: { string_value: "false" } }\n'
+        config.unlink()
         config.write_text(text)
 
 
