@@ -114,3 +114,25 @@ def test_kill_resume_kills_processes_in_sessions_of_their_own(tmp_path):
         time.sleep(0.05)
     else:
         raise AssertionError(f"process {rank} outlived the kill")
+
+
+def test_the_drift_bench_copies_the_segment_model_with_its_signals_off(tmp_path):
+    """`cycada bench drift --only cost` serves a copy of `segment` with `served_signals: false`
+    beside it; the copy's configs are new files, the original's stay as they were."""
+    from cycada.benchmarks.drift import PLAIN, add_plain_copy
+
+    model = tmp_path / "segment"
+    (model / "1").mkdir(parents=True)
+    (model / "configs").mkdir()
+    (model / "1" / "model.onnx").write_bytes(b"graph")
+    original = 'name: "segment"\nbackend: "python"\n'
+    for config in (model / "config.pbtxt", model / "configs" / "onnxruntime.pbtxt"):
+        config.write_text(original)
+    add_plain_copy(tmp_path)
+    for config in (model / "config.pbtxt", model / "configs" / "onnxruntime.pbtxt"):
+        assert config.read_text() == original
+    copy = tmp_path / PLAIN
+    for config in (copy / "config.pbtxt", copy / "configs" / "onnxruntime.pbtxt"):
+        text = config.read_text()
+        assert text.startswith(f'name: "{PLAIN}"') and '"served_signals"' in text
+    assert (copy / "1" / "model.onnx").stat().st_ino == (model / "1" / "model.onnx").stat().st_ino
