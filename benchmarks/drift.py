@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", type=Path, help="a run adapted to --clip (cost, detect)")
+    parser.add_argument(
+        "--stage", help="the run's stage to serve (default: the one its verdict ships)"
+    )
     parser.add_argument("--clip", type=Path, default=None, help="a video (default: dashcam)")
     parser.add_argument("--width", type=int, default=512, help="model input width")
     parser.add_argument("--rounds", type=int, default=3, help="cost: turns per model")
@@ -252,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             run = random_run("fastscnn", args.out / "run")
         repository = args.out / "repository"
         shutil.rmtree(repository, ignore_errors=True)
-        export_run(run, repository, ExportOptions(fp16=False), log=lambda _: None)
+        options = ExportOptions(fp16=False, stage=args.stage if args.run else None)
+        export_run(run, repository, options, log=lambda _: None)
     if "cost" in parts:
         frame = _frames(clip, args.width)[0][None]
         results["cost"] = measure_cost(repository, frame, args.rounds, args.seconds)
