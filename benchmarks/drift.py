@@ -207,7 +207,8 @@ def verdict_rows(runs: list[Path]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run": str(run),
-                "shift": f"{metrics['source']} → {metrics['target']}",
+                "shift": run.name,
+                "domains": f"{metrics['source']} → {metrics['target']}",
                 "seed": metrics.get("seed"),
                 "labels_pick": labelled["stage"],
                 "label_free_pick": free["stage"],

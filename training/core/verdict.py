@@ -34,7 +34,10 @@ class StageEvidence:
 
 @dataclass(frozen=True)
 class VerdictRule:
-    min_share: float = 0.02
+    # a class counts when the source labels and the stage before both give it 5 % of the pixels:
+    # at 2 %, rare classes that one stage paints and the next drops (trucks on CamVid, which has
+    # none) rejected better stages (BENCHMARKS.md, "Which stage to ship")
+    min_share: float = 0.05
     shrink_fraction: float = 0.25
     margin: float = 0.02  # of mean confidence
 
