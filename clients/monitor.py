@@ -282,8 +282,10 @@ def run_monitor(args) -> int:
             try:
                 monitor.read()
                 states = monitor.states()
-            except ServingError as exc:  # a server restarting: say so and keep watching
-                print(str(exc), flush=True)
+            except (ServingError, InputError) as exc:
+                if not monitor.history:  # the first reading failed: the address is wrong
+                    raise
+                print(str(exc), flush=True)  # a server restarting: say so, keep watching
             else:
                 if tty:
                     print("\033[2J\033[H", end="")
