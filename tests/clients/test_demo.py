@@ -40,7 +40,8 @@ def test_demo_smoke_runs_every_step(tmp_path):
     table = done.stdout[done.stdout.index("on the dusk clip") :]
     for row in ("frames judged", "mean confidence", "shift flagged", "mIoU on labelled dusk"):
         assert row in table
-    assert "segment_encoded          2      40" in done.stdout  # version 2 judged on 40 frames
+    for version in ("1", "2"):  # each version judged on the clip's 40 frames, against its baseline
+        assert f"segment_encoded          {version}      40  " in done.stdout
     # whether the feature stage moved f_T is said, in the output and the run's log
     feature_line = next(line for line in done.stdout.splitlines() if "  feature: " in line)
     assert "(f_T updated on" in feature_line or "(f_T not updated" in feature_line
