@@ -90,7 +90,9 @@ def shift_and_adapt(
     from cycada.training.segmentation.pipeline import run_seg
     from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
-    width = 256 if smoke else 512
+    # frames at the width the runs train and measure their baselines at: another width is a
+    # shift of its own (objects twice the size the model learned)
+    width = json.loads((run_dir / "metrics.json").read_text())["protocol"]["resize_width"]
     t = _step(8, "a shifted condition: the camera at dusk, through version 1 (collecting)")
     clip = write_clip(data / "dusk.mp4", 40 if smoke else 150, 512, 256, style="dusk", seed=3)
     size = (128, 64) if smoke else (256, 128)
