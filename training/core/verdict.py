@@ -48,10 +48,8 @@ def worse_than(stage: StageEvidence, previous: StageEvidence, rule: VerdictRule)
         source = stage.source_class_shares or {}
         for name, before in previous.class_shares.items():
             now, labelled = stage.class_shares.get(name, 0.0), source.get(name, 0.0)
-            if (
-                min(labelled, before) >= rule.min_share
-                and now < rule.shrink_fraction * min(labelled, before)
-            ):
+            smaller = min(labelled, before)
+            if smaller >= rule.min_share and now < rule.shrink_fraction * smaller:
                 return (
                     f"class '{name}' shrank from {before:.1%} of the pixels under "
                     f"{previous.stage} to {now:.1%} (source labels {labelled:.1%})"
