@@ -412,20 +412,20 @@ def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
     assert not (tmp_path / "real" / "images" / "00001_huge.png").exists()
 
 
-def test_soak_thirty_seconds_no_errors_memory_sampled(repository, tmp_path):
+def test_soak_fifteen_seconds_no_errors_memory_sampled(repository, tmp_path):
     from cycada.benchmarks.soak import main as soak_main
 
     soak_main(
         [
-            "--repository", str(repository), "--minutes", "0.5", "--warmup", "5",
-            "--window", "10", "--concurrency", "4", "--size", "128x64", "--out", str(tmp_path),
+            "--repository", str(repository), "--minutes", "0.25", "--warmup", "3",
+            "--window", "5", "--concurrency", "4", "--size", "128x64", "--out", str(tmp_path),
         ]
     )  # fmt: skip
     result = json.loads((tmp_path / "soak.json").read_text())
-    assert result["requests"] > 100 and result["errors"] == 0
-    assert len(result["per_second"]) >= 25 and len(result["windows"]) >= 2
+    assert result["requests"] > 50 and result["errors"] == 0
+    assert len(result["per_second"]) >= 12 and len(result["windows"]) >= 2
     assert result["rss_after_warmup_mb"] > 100  # server and stubs, sampled every second
-    assert abs(result["rss_growth"]) < 0.25  # a leak of this size would show in 30 s
+    assert abs(result["rss_growth"]) < 0.25  # a leak of this size would show in 15 s
     assert "| window (s) | requests/s |" in (tmp_path / "soak.md").read_text()
 
 
