@@ -154,7 +154,17 @@ def _stubs(url: str) -> set[str]:
 def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, exported_repository):
     skip_without_tritonserver()
     repo = served_copy(exported_repository, tmp_path)
-    names = json.loads((repo / "segment" / "1" / "endpoint.json").read_text())["class_names"]
+    info_path = repo / "segment" / "1" / "endpoint.json"
+    info = json.loads(info_path.read_text())
+    names = info["class_names"]
+    # a baseline as export records it, of footage the seeded weights are sure of (they are not):
+    # the served signals must show the shift through the monitor (segment_encoded has none)
+    info["baseline"] = {
+        "stage": "feature", "dataset": "constructed", "frames": 10, "mean_confidence": 0.99,
+        "low_confidence_share": 0.0, "class_shares": {names[0]: 1.0}, "source_class_shares": {},
+    }  # fmt: skip
+    info_path.unlink()  # a file of its own, never the shared repository's
+    info_path.write_text(json.dumps(info))
     options = ServerOptions.on_free_ports(repo, poll_seconds=1.0)
     with TritonServer(options) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -175,6 +185,12 @@ def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, e
         assert counts.confidence_sum == pytest.approx(expected.confidence_sum, rel=1e-9)
         served_pixels = dict(zip(classes, counts.class_pixels.tolist()))
         assert served_pixels == dict(zip(names, expected.class_pixels.tolist()))
+        done = cycada("monitor", url, "--once", "--min-frames", "5", "--json")
+        assert done.returncode == 1, done.stderr  # a shift flagged: exit 1
+        states = {s["model"]: s for s in json.loads(done.stdout)["models"]}
+        assert states["segment"]["shift"] and states["segment"]["frames"] == 5
+        assert any("mean confidence" in flag for flag in states["segment"]["flags"])
+        assert states["segment_encoded"]["baseline"] is None
         # a changed config makes the polling server load the model again beside the old one:
         # two stubs once shared each metric and the server aborted when the old one let go
         before = _stubs(url)
@@ -189,8 +205,9 @@ def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, e
         assert server.process.poll() is None, "the server died on the reload"
         total = read_servers([metrics_url(url)], _fetch).total(("segment", "1"))
         assert total.frames == 3 and total.low_pixels == again.low_pixels  # new stubs from zero
-        done = cycada("monitor", url, "--once")  # exported without a baseline: said, exit 0
+        done = cycada("monitor", url, "--once")  # 3 frames since the reload: not judged
         assert done.returncode == 0, done.stderr
+        assert "too few to judge" in done.stdout
         assert "no baseline (exported without label-free signals)" in done.stdout
         done = cycada("monitor", f"127.0.0.1:{server.options.http_port}", "--once")
         assert done.returncode == 2 and "not a metrics endpoint" in done.stderr
