@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 # The main job on the embedded default: synthetic scenes → CyCADA segmentation (demo preset) →
-# export → the embedded tritonserver → segment a clip, translate a folder, bench (≈10 min).
+# export → the embedded tritonserver → segment a clip, translate a folder, bench, then the
+# drift loop at dusk: monitor, collect, adapt again, version 2 (≈5 min).
 demo: $(STAMP)
 	$(BIN)/cycada demo --out runs/demo
 
