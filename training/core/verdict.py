@@ -91,6 +91,33 @@ def stage_verdict(
     return {"stage": stage, "by": "label-free", "reason": reason, "rejected": rejected}
 
 
+def verdict_of(
+    stages: Mapping[str, Mapping[str, Any]],
+    task_stages: Sequence[str],
+    score: tuple[str, str],
+    signals_key: str,
+    metric: str,
+) -> dict[str, Any] | None:
+    """The verdict over metrics.json's stage entries: ``score`` names the labelled result
+    (entry key, metric key), ``signals_key`` the label-free signals; None before any stage."""
+    evidence = []
+    for stage in task_stages:
+        entry = stages.get(stage)
+        if entry is None or not (score[0] in entry or signals_key in entry):
+            continue
+        signals = entry.get(signals_key, {})
+        evidence.append(
+            StageEvidence(
+                stage,
+                entry[score[0]][score[1]] if score[0] in entry else None,
+                signals.get("mean_confidence"),
+                signals.get("class_shares"),
+                signals.get("source_class_shares"),
+            )
+        )
+    return stage_verdict(evidence, metric) if evidence else None
+
+
 def verdict_line(verdict: Mapping[str, Any]) -> str:
     """The log and table line: ``ship: feature (labelled: best mIoU ...)``."""
     return f"ship: {verdict['stage']} ({verdict['by']}: {verdict['reason']})"

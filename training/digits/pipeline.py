@@ -26,7 +26,7 @@ from cycada.plots import curves_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.core.transforms import fit_images
-from cycada.training.core.verdict import StageEvidence, stage_verdict, verdict_line
+from cycada.training.core.verdict import verdict_line, verdict_of
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.run import DigitsRun
 from cycada.training.digits.stages.feature import train_feature
@@ -40,22 +40,8 @@ ALL_STAGES = ("source", "pixel", "target", "feature", "joint")
 
 def digits_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
     """The stage to ship from metrics.json's stage entries (training.core.verdict)."""
-    evidence = []
-    for stage in ("source", "target", "feature", "joint"):  # the stages with a task model
-        entry = stages.get(stage)
-        if entry is None:
-            continue
-        signals = entry.get("target_label_free", {})
-        evidence.append(
-            StageEvidence(
-                stage,
-                entry["target"]["accuracy"] if "target" in entry else None,
-                signals.get("mean_confidence"),
-                signals.get("class_shares"),
-                signals.get("source_class_shares"),
-            )
-        )
-    return stage_verdict(evidence, "accuracy") if evidence else None
+    task_stages = ("source", "target", "feature", "joint")  # the stages with a task model
+    return verdict_of(stages, task_stages, ("target", "accuracy"), "target_label_free", "accuracy")
 
 
 def stage_plan(config: DigitsRunConfig) -> list[str]:

@@ -24,7 +24,7 @@ from cycada.checkpoint import read_header
 from cycada.plots import curves_figure, per_class_iou_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
-from cycada.training.core.verdict import StageEvidence, stage_verdict, verdict_line
+from cycada.training.core.verdict import verdict_line, verdict_of
 from cycada.training.segmentation.config import SEG_STAGES, SegDataConfig, SegRunConfig
 from cycada.training.segmentation.label_free import (
     label_free_csv,
@@ -48,22 +48,7 @@ TASK_MODEL_STAGES = ("source", "target", "feature")  # the stages whose task mod
 
 def seg_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
     """The stage to ship from metrics.json's stage entries (training.core.verdict)."""
-    evidence = []
-    for stage in TASK_MODEL_STAGES:
-        entry = stages.get(stage)
-        if entry is None or not ("target" in entry or "label_free" in entry):
-            continue
-        signals = entry.get("label_free", {})
-        evidence.append(
-            StageEvidence(
-                stage,
-                entry["target"]["miou"] if "target" in entry else None,
-                signals.get("mean_confidence"),
-                signals.get("class_shares"),
-                signals.get("source_class_shares"),
-            )
-        )
-    return stage_verdict(evidence, "mIoU") if evidence else None
+    return verdict_of(stages, TASK_MODEL_STAGES, ("target", "miou"), "label_free", "mIoU")
 
 
 def stage_plan(config: SegRunConfig) -> list[str]:
