@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# promtool (Debian's Prometheus 2.42) for the alert-rule tests of deploy/prometheus; where
 	# apt cannot fetch it, those tests skip and say why
 	-test -x $(BIN)/promtool || (cd $(VENV) && apt-get download -q prometheus >/dev/null 2>&1 \
-	  && dpkg-deb -x prometheus_*.deb opt/prometheus && rm -rf opt/prometheus/usr/share \
+	  && mkdir -p opt/prometheus && dpkg-deb -x prometheus_*.deb opt/prometheus \
+	  && rm -rf opt/prometheus/usr/share \
 	  && ln -sf ../opt/prometheus/usr/bin/promtool bin/promtool; rm -f prometheus_*.deb)
 	touch $(STAMP)
 
