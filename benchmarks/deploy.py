@@ -33,15 +33,16 @@ from cycada.bench_results import write_results
 from cycada.clients.video import VideoOptions, _model_input, segment_video
 from cycada.errors import DataError
 from cycada.export.exporter import ExportOptions, export_run
+from cycada.export.parity import default_data_root
 from cycada.export.repository import versions
 from cycada.serving.server import ServerOptions, TritonServer
 
 PARTS = ("update", "replicas", "failover")
 
 
-def _default_clip() -> Path:
-    root = Path(os.environ.get("CYCADA_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
-    return root / "videos" / "highway_day_960x540.mp4"
+def default_clip() -> Path:
+    """The shared data's dashcam clip (``$CYCADA_DATA``), the deployment and drift benches'."""
+    return default_data_root() / "videos" / "highway_day_960x540.mp4"
 
 
 def _failed(url: str, model: str) -> int:
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=PARTS, action="append", help="one part (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-deploy"))
     args = parser.parse_args(argv)
-    clip = args.clip or _default_clip()
+    clip = args.clip or default_clip()
     capture = cv2.VideoCapture(str(clip))
     ok, first = capture.read()
     capture.release()

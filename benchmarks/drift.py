@@ -35,10 +35,12 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from cycada.bench_results import write_results
+from cycada.benchmarks.deploy import default_clip
 from cycada.clients.load import run_load
 from cycada.clients.monitor import Monitor, metrics_url
 from cycada.errors import DataError
 from cycada.export.exporter import ExportOptions, export_run
+from cycada.export.parity import default_data_root
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.signals import ShiftRule
 from cycada.training.segmentation.pipeline import seg_verdict
@@ -46,11 +48,6 @@ from cycada.training.segmentation.scenes import at_dusk
 
 PARTS = ("cost", "detect", "verdict")
 PLAIN = "segment_plain"  # the segment model with its signals off
-
-
-def _default_clip() -> Path:
-    root = Path(os.environ.get("CYCADA_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
-    return root / "videos" / "highway_day_960x540.mp4"
 
 
 def _frames(clip: Path, width: int) -> list[np.ndarray]:
@@ -168,9 +165,7 @@ def train_shift_runs(out: Path, seeds: int, preset: str) -> list[Path]:
         root = data / style / "cityscapes"
         write_scene_dataset(root, 160, style, "cityscapes", 256, 128, labels=False)
         write_scene_dataset(root, 20, style, "cityscapes", 256, 128, split="val", seed=1)
-    shared = Path(
-        os.environ.get("CYCADA_DATA", Path(__file__).resolve().parents[2] / "shared/data")
-    )
+    shared = default_data_root()
     targets = {
         "camera": {"target": "cityscapes", "target_root": str(data / "camera")},
         "dusk": {"target": "cityscapes", "target_root": str(data / "dusk")},
@@ -244,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=PARTS, action="append", help="one part (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-drift"))
     args = parser.parse_args(argv)
-    clip = args.clip or _default_clip()
+    clip = args.clip or default_clip()
     parts = args.only or [p for p in PARTS if p != "detect" or args.run is not None]
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"clip": str(clip), "width": args.width, "cpus": os.cpu_count()}
