@@ -28,9 +28,17 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class SegmentationGraph(nn.Module):
-    """uint8 (N, H, W, 3) → labels uint8 (N, H, W), confidence uint8 (N, H, W) [, logits].
+    """uint8 (N, H, W, 3) → labels uint8 (N, H, W), confidence uint8 (N, H, W) [, scores].
 
-    Confidence is the winning class's softmax probability scaled to 0..255.
+    Confidence is the winning class's softmax probability scaled to 0..255. ``logits`` adds the
+    network's class scores at its output stride (N, K, H/s, W/s), for the parity checks.
+
+    The work after the network is most of a CPU's time at dashcam sizes, so it is arranged to
+    be cheap (the result is :class:`PlainSegmentationGraph`'s): each coarse position's scores
+    are shifted so that its best class scores 0 before upsampling (one constant per pixel moves
+    neither the argmax nor the softmax, and exp then needs no max pass at full resolution); the
+    upsampled scores are reduced with the classes last, along contiguous memory; the padding
+    is cropped from the uint8 results rather than from every class's float scores.
     """
 
     def __init__(
@@ -46,13 +54,36 @@ class SegmentationGraph(nn.Module):
         x = _pad_to_multiple(x, self.multiple)
         if self.half:
             x = x.half()
-        logits = self.segmenter(x)[:, :, :height, :width].float()
-        # the winner's softmax probability without a softmax over the class axis (which ONNX
-        # Runtime runs ~20x slower than these reductions): 1 / sum(exp(logits - max))
-        top, labels = logits.max(1)
-        confidence = torch.exp(logits - top.unsqueeze(1)).sum(1).reciprocal()
-        outputs = (labels.to(torch.uint8), confidence.mul(255.0).round().to(torch.uint8))
-        return (*outputs, logits) if self.with_logits else outputs
+        scores = self.segmenter.score_maps(x).float()
+        shifted = scores - scores.amax(1, keepdim=True)
+        full = F.interpolate(shifted, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        full = full.permute(0, 2, 3, 1)  # classes last
+        top, labels = full.max(-1)
+        # every pixel's best class is within the interpolation of zeros, so exp(top) stays far
+        # above float32's range end for any trained network; the floor only keeps 0/0 out
+        sums = torch.exp(full).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
+        confidence = torch.exp(top).div(sums).mul(255.0).round()
+        outputs = (
+            labels.to(torch.uint8)[:, :height, :width],
+            confidence.to(torch.uint8)[:, :height, :width],
+        )
+        return (*outputs, scores) if self.with_logits else outputs
+
+
+class PlainSegmentationGraph(nn.Module):
+    """The definition :class:`SegmentationGraph` computes, written plainly (full-resolution
+    scores, softmax over the classes): the reference of the export's parity checks."""
+
+    def __init__(self, segmenter: nn.Module, multiple: int):
+        super().__init__()
+        self.segmenter, self.multiple = segmenter, multiple
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _to_unit_nchw(images)
+        height, width = x.shape[-2], x.shape[-1]
+        logits = self.segmenter(_pad_to_multiple(x, self.multiple))[:, :, :height, :width]
+        confidence, labels = logits.float().softmax(1).max(1)
+        return labels.to(torch.uint8), confidence.mul(255.0).round().to(torch.uint8)
 
 
 class TranslationGraph(nn.Module):
@@ -68,8 +99,9 @@ class TranslationGraph(nn.Module):
         x = _pad_to_multiple(x, self.multiple)
         if self.half:
             x = x.half()
-        y = self.generator(x)[:, :, :height, :width].float()
-        return y.add(1.0).mul(127.5).round().clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+        y = self.generator(x).float().mul(127.5).add(127.5).round().clamp(0.0, 255.0)
+        # the padding is cropped from the uint8 image, not from the float one
+        return y.to(torch.uint8).permute(0, 2, 3, 1)[:, :height, :width]
 
 
 class DigitGraph(nn.Module):

@@ -120,9 +120,55 @@ def _export_checked(endpoint: Endpoint, path: Path, half: bool, logits: bool, si
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
         program.save(str(tmp))
-        model = _checked(onnx.load(str(tmp)), endpoint, simplify)
+        model = _checked(resize_channels_last(onnx.load(str(tmp))), endpoint, simplify)
         onnx.save(model, str(tmp))
     return path
+
+
+CHANNELS_LAST = [0, 2, 3, 1]
+
+
+def resize_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every Resize whose only reader moves the channels last rewritten to move
+    them first: Transpose → Resize (its scales or sizes permuted alike). The result is the
+    same tensor; ONNX Runtime resizes (N, H, W, C) along contiguous channels, about twice as
+    fast as (N, C, H, W) for the 19 class channels of a segmentation graph."""
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        users = readers.get(node.output[0], []) if node.output else []
+        if (
+            node.op_type != "Resize"
+            or node.output[0] in graph_outputs
+            or len(users) != 1
+            or users[0].op_type != "Transpose"
+            or list(onnx.helper.get_attribute_value(users[0].attribute[0])) != CHANNELS_LAST
+        ):
+            nodes.append(node)
+            continue
+        transpose, moved = users[0], f"{node.output[0]}_channels_last"
+        inputs = [moved, *node.input[1:]]
+        order = f"{node.output[0]}_channels_last_order"
+        nodes.append(onnx.helper.make_node("Constant", [], [order], value_ints=CHANNELS_LAST))
+        for index in (2, 3):  # scales, sizes: whichever is given follows the channels
+            if len(inputs) > index and inputs[index]:
+                permuted = f"{inputs[index]}_channels_last"
+                nodes.append(onnx.helper.make_node("Gather", [inputs[index], order], [permuted]))
+                inputs[index] = permuted
+        make = onnx.helper.make_node
+        nodes.append(make("Transpose", [node.input[0]], [moved], perm=CHANNELS_LAST))
+        resize = onnx.helper.make_node("Resize", inputs, list(transpose.output), name=node.name)
+        resize.attribute.extend(node.attribute)
+        nodes.append(resize)
+        transpose.op_type = ""  # dropped below: the Resize now writes its output
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if n.op_type)
+    return model
 
 
 def _checked(model: onnx.ModelProto, endpoint: Endpoint, simplify: bool) -> onnx.ModelProto:

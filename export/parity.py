@@ -2,6 +2,9 @@
 
 Bounds (from the export issue): fp32 label agreement >= 99.9 % and logits max |diff| <= 1e-3;
 fp16 label agreement >= 99 %; translated images within 2 grey levels on >= 99 % of pixels.
+Segmentation is checked against its plain definition (full-resolution scores, softmax;
+:class:`~cycada.export.graphs.PlainSegmentationGraph`): labels as above, and the confidence
+within 2/255 on as large a share of the pixels as the labels must agree.
 Images come from the shared real data when present (CamVid test, the Cityscapes samples,
 MNIST test), else from the synthetic scene / digit renderers.
 """
@@ -17,13 +20,14 @@ import cv2
 import numpy as np
 import torch
 
+from cycada.export.graphs import PlainSegmentationGraph
 from cycada.export.onnx_export import INPUT_NAME, serving_graph
 from cycada.export.run_models import Endpoint
 
 LABEL_AGREEMENT_FP32 = 0.999
 LOGITS_MAX_DIFF = 1e-3
 LABEL_AGREEMENT_FP16 = 0.99
-GREY_LEVELS = 2
+GREY_LEVELS = 2  # translated images and segmentation confidence (of 255)
 GREY_SHARE = 0.99
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]  # uint8 batch → outputs, in export order
@@ -113,12 +117,20 @@ def parity_images(endpoint: Endpoint, data_root: Path | None = None) -> list[np.
 
 
 def torch_runner(endpoint: Endpoint, logits: bool) -> Runner:
+    """The reference: the serving graph in PyTorch; for segmentation the plain definition's
+    labels and confidence, then (with ``logits``) the served graph's class scores."""
     graph = serving_graph(endpoint, logits=logits)
+    plain = None
+    if endpoint.kind == "segment":
+        plain = PlainSegmentationGraph(graph.segmenter, endpoint.multiple).eval()
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
-            outputs = graph(torch.from_numpy(batch))
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            images = torch.from_numpy(batch)
+            outputs = graph(images) if plain is None or logits else ()
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            if plain is not None:
+                outputs = (*plain(images), *outputs[2:])
         return [output.numpy() for output in outputs]
 
     return run
@@ -151,17 +163,18 @@ def compare(
     output, used for the logits bound (the served graph has none).
     """
     with_logits = logits_candidate is not None
-    agree = total = 0
+    agree = total = close_confidence = 0
     max_diff = 0.0
     for batch in images:
         expected, got = reference(batch), candidate(batch)
         if endpoint.kind == "translate":
-            close = np.abs(expected[0].astype(np.int16) - got[0].astype(np.int16)) <= GREY_LEVELS
-            agree += int(close.sum())
-            total += close.size
+            agree += _within_grey_levels(expected[0], got[0])
+            total += expected[0].size
             continue
         agree += int((expected[0] == got[0]).sum())
         total += expected[0].size
+        if endpoint.kind == "segment":
+            close_confidence += _within_grey_levels(expected[1], got[1])
         if with_logits:
             got_logits = logits_candidate(batch)[-1]
             max_diff = max(max_diff, float(np.abs(expected[-1] - got_logits).max()))
@@ -171,8 +184,16 @@ def compare(
         return [ParityRow(name, variant, metric, agree / total, GREY_SHARE, True)]
     bound = LABEL_AGREEMENT_FP16 if half else LABEL_AGREEMENT_FP32
     rows = [ParityRow(name, variant, "label agreement", agree / total, bound, True)]
+    if endpoint.kind == "segment":
+        metric = f"confidence within {GREY_LEVELS}/255"
+        rows.append(ParityRow(name, variant, metric, close_confidence / total, bound, True))
     if with_logits:
         rows.append(
             ParityRow(name, variant, "logits max abs diff", max_diff, LOGITS_MAX_DIFF, False)
         )
     return rows
+
+
+def _within_grey_levels(expected: np.ndarray, got: np.ndarray) -> int:
+    """How many uint8 values of ``got`` are within GREY_LEVELS of ``expected``'s."""
+    return int((np.abs(expected.astype(np.int16) - got.astype(np.int16)) <= GREY_LEVELS).sum())

@@ -26,8 +26,12 @@ def run_dir(tmp_path_factory):
 
 def test_export_writes_checked_graphs_and_a_passing_table(run_dir, tmp_path):
     report = export_run(run_dir, tmp_path, ExportOptions(fp16=False, simplify=True), print)
-    assert [row.variant for row in report.rows] == ["onnx-fp32", "onnx-fp32"]
-    assert all(row.ok for row in report.rows)
+    assert [row.metric for row in report.rows] == [
+        "label agreement",
+        "confidence within 2/255",
+        "logits max abs diff",
+    ]
+    assert all(row.variant == "onnx-fp32" and row.ok for row in report.rows)
     assert "| segment | onnx-fp32 | label agreement |" in report.table()
     model = onnx.load(str(tmp_path / "segment" / "1" / "model.onnx"))
     assert model.opset_import[0].version >= 17
