@@ -1,10 +1,13 @@
-"""Inference speed of the segmenters on this machine, every engine in one process: PyTorch eager,
-an AOTInductor package, ONNX Runtime (CPU or CUDA), TensorRT.
+"""Inference speed of the segmenters on this machine, every engine in one process: the bare
+network (class scores at its own resolution) against the full serving graph (uint8 frame in,
+labels and confidence out), for PyTorch eager, AOTInductor packages, ONNX Runtime (CPU or CUDA),
+TensorRT and OpenVINO (fp32, bf16).
 
-    cycada bench segmenters --models fastscnn,drn26 --size 512x256
+    cycada bench segmenters --models fastscnn --device cpu --size 960x540
 
 Every engine runs the same network on the same input in one process (median of ``--repeat``
-timed runs after warm-up), so the ratio between them is meaningful on a shared machine.
+timed runs after warm-up), so the ratio between them is meaningful on a shared machine; the
+graph/network ratio says what the work after the network costs.
 """
 
 from __future__ import annotations
@@ -16,12 +19,41 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 
 from cycada.bench_results import write_results
+from cycada.export.graphs import SegmentationGraph
+from cycada.export.run_models import Endpoint
 from cycada.sizes import image_size
 from cycada.training.segmentation.networks import build_segmenter
+
+PARTS = ("network", "graph")
+
+
+class ScoreMaps(nn.Module):
+    """The bare network: class scores at its output stride (what the graph adds work after)."""
+
+    def __init__(self, segmenter: nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.score_maps(x)
+
+
+def _parts(model: nn.Module, shape: tuple, half: bool, device) -> dict[str, tuple]:
+    """part → (module, input): the network on the padded float frame, the serving graph on the
+    uint8 frame itself."""
+    batch, height, width = shape
+    stride = model.output_stride
+    padded = (-(-height // stride) * stride, -(-width // stride) * stride)
+    x = torch.zeros(batch, 3, *padded, device=device)
+    frame = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, device=device)
+    if half:
+        x = x.half().to(memory_format=torch.channels_last)
+    graph = SegmentationGraph(model, stride, half=half).eval()
+    return {"network": (ScoreMaps(model).eval(), x), "graph": (graph, frame)}
 
 
 def _median_ms(run, repeat: int) -> float:
@@ -39,20 +71,20 @@ def _median_ms(run, repeat: int) -> float:
 COMPILED_ENGINES = {"aoti": {}, "aoti-autotune": {"max_autotune": True}}
 
 
-def _compiled_ms(name, shape, device, configs, repeat, threads) -> float | str:
-    """(In a child process.) Median ms of an AOTInductor package of the segmenter, fp16 on a
-    GPU; the reason as a string when it cannot be built."""
+def _compiled_ms(name, shape, device, configs, repeat, threads, part) -> float | str:
+    """(In a child process.) Median ms of an AOTInductor package of one part, fp16 on a GPU;
+    the reason as a string when it cannot be built."""
     torch.set_num_threads(threads)
     target = torch.device(device)
     half = target.type == "cuda"
     model = build_segmenter(name, 19).eval().to(target)
-    x = torch.zeros(*shape[:1], 3, *shape[1:], device=target)
     if half:
-        model, x = model.half(), x.half()
+        model = model.half()
         torch.backends.cudnn.benchmark = True
+    module, x = _parts(model, shape, half, target)[part]
     with tempfile.TemporaryDirectory() as folder:
         try:
-            program = torch.export.export(model, (x,))
+            program = torch.export.export(module, (x,))
             package = torch._inductor.aoti_compile_and_package(
                 program, package_path=str(Path(folder) / "model.pt2"), inductor_configs=configs
             )
@@ -85,44 +117,76 @@ def _in_child(function, job: tuple) -> float | str:
             return "crashed (the process died while compiling, loading or running it)"
 
 
+ONNX_ENGINES = {  # engine → (runtime, ONNX Runtime provider or OpenVINO precision)
+    "onnxruntime": ("onnxruntime", None),  # CUDA on a GPU, else CPU
+    "tensorrt": ("onnxruntime", "TensorrtExecutionProvider"),
+    "openvino": ("openvino", "f32"),
+    "openvino-bf16": ("openvino", "bf16"),
+}
+
+
+def _onnx_files(model: nn.Module, shape: tuple, folder: Path) -> dict[str, Path]:
+    """The parts as ONNX (fp32): the network traced at this shape, the graph exported as
+    `cycada export` does (channels-last Resize for ONNX Runtime, the plain one for OpenVINO)."""
+    from cycada.export.onnx_export import export_onnx
+
+    network, x = _parts(model, shape, False, "cpu")["network"]
+    files = {"network": folder / "network.onnx"}
+    torch.onnx.export(
+        network, (x,), str(files["network"]), opset_version=17, input_names=["images"],
+        output_names=["scores"], dynamo=False,
+    )  # fmt: skip
+    endpoint = Endpoint("segment", "segment", model, model.output_stride, 3)
+    for part, channels_last in (("graph", True), ("graph-plain", False)):
+        files[part] = export_onnx(
+            endpoint, folder / f"{part}.onnx", cache=False, channels_last=channels_last
+        )
+    return files
+
+
 def _onnx_ms(
-    name: str, state: dict, shape: tuple, gpu: bool, wanted: tuple, threads: int, repeat: int
-) -> dict[str, float | str]:
-    """Median ms of ONNX Runtime's providers (``onnxruntime``: CUDA on a GPU, else CPU;
-    ``tensorrt``) on the fp32 ONNX graph of the segmenter with these weights."""
+    model: nn.Module, shape: tuple, gpu: bool, wanted: tuple, threads: int, repeat: int
+) -> dict[str, dict[str, float | str]]:
+    """engine → part → median ms (or why not) of the ONNX engines on the parts' fp32 graphs."""
+    timings: dict[str, dict[str, float | str]] = {}
+    inputs = {part: x.cpu().numpy() for part, (_, x) in _parts(model, shape, False, "cpu").items()}
+    with tempfile.TemporaryDirectory() as folder:
+        files = _onnx_files(model.float().cpu(), shape, Path(folder))
+        for engine in wanted:
+            engines = _serving_engines(files, engine, gpu, threads)
+            if isinstance(engines, str):
+                timings[engine] = {part: engines for part in PARTS}
+                continue
+            timings[engine] = {
+                part: _median_ms(lambda e=e, x=inputs[part]: e.run(x, e.outputs), repeat)
+                for part, e in engines.items()
+            }
+    return timings
+
+
+def _serving_engines(files: dict, engine: str, gpu: bool, threads: int) -> dict | str:
+    """part → the serving engine (as the Python backend runs it) of one ONNX engine, or why it
+    is not available here."""
+    from cycada.serving.engines import OnnxEngine, OpenVinoEngine
+
+    runtime, setting = ONNX_ENGINES[engine]
+    if runtime == "openvino":
+        from cycada.export import openvino_export
+
+        if not openvino_export.available():
+            return "not available (pip install cycada[cpu] brings OpenVINO)"
+        if engine not in openvino_export.precisions():
+            return f"not available (this CPU does not compute in {setting})"
+        return {
+            "network": OpenVinoEngine(files["network"], setting, threads),
+            "graph": OpenVinoEngine(files["graph-plain"], setting, threads),
+        }
     from cycada.deps import onnxruntime
 
-    ort = onnxruntime()
-    batch, height, width = shape
-    timings: dict[str, float | str] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"{name}.onnx"
-        cpu_model = build_segmenter(name, 19).eval()
-        cpu_model.load_state_dict(state)
-        torch.onnx.export(
-            cpu_model,
-            (torch.zeros(batch, 3, height, width),),
-            str(path),
-            opset_version=17,
-            input_names=["images"],
-            output_names=["scores"],
-            dynamo=False,
-        )
-        available = ort.get_available_providers()
-        feed = {"images": np.zeros((batch, 3, height, width), np.float32)}
-        for engine in wanted:
-            provider = {
-                "onnxruntime": "CUDAExecutionProvider" if gpu else "CPUExecutionProvider",
-                "tensorrt": "TensorrtExecutionProvider",
-            }[engine]
-            if provider not in available:
-                timings[engine] = f"not available ({provider} missing)"
-                continue
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(path), options, providers=[provider])
-            timings[engine] = _median_ms(lambda s=session: s.run(None, feed), repeat)
-    return timings
+    provider = setting or ("CUDAExecutionProvider" if gpu else "CPUExecutionProvider")
+    if provider not in onnxruntime().get_available_providers():
+        return f"not available ({provider} missing)"
+    return {part: OnnxEngine(files[part], [provider], threads) for part in PARTS}
 
 
 def bench(
@@ -135,21 +199,20 @@ def bench(
     device: str = "cpu",
     engines: tuple[str, ...] = ("eager", "onnxruntime"),
 ) -> dict:
-    """Median ms per batch of every engine asked for and available here, same input, one
-    process (the compiled ones in a child process each): ``eager`` PyTorch (fp16 channels-last
-    on CUDA), ``aoti`` and ``aoti-autotune`` (an AOTInductor package compiled now, as `cycada
-    export --compile` does, without and with Inductor's max_autotune), ``onnxruntime`` (CUDA
-    provider on a GPU, else CPU), ``tensorrt`` (ONNX Runtime's TensorRT provider, when
-    installed)."""
+    """Median ms per batch of the network and of the serving graph, for every engine asked for
+    and available here, one process (the compiled ones in a child process each): ``eager``
+    PyTorch (fp16 channels-last on CUDA), ``aoti`` and ``aoti-autotune`` (an AOTInductor
+    package compiled now, as `cycada export --compile` does, without and with Inductor's
+    max_autotune), ``onnxruntime`` (CUDA provider on a GPU, else CPU), ``tensorrt`` (ONNX
+    Runtime's TensorRT provider, when installed), ``openvino`` and ``openvino-bf16`` (CPU)."""
     torch.set_num_threads(threads)
     target = torch.device(device)
     half = target.type == "cuda"
     model = build_segmenter(name, 19).eval().to(target)
-    x = torch.zeros(batch, 3, height, width, device=target)
     if half:  # as the serving engine runs it: fp16, NHWC, cuDNN autotuned
         model = model.half().to(memory_format=torch.channels_last)
-        x = x.half().to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    shape = (batch, height, width)
 
     def timed(run) -> float:
         def once():
@@ -159,33 +222,47 @@ def bench(
 
         return _median_ms(once, repeat)
 
-    timings: dict[str, float | str] = {}
-    with torch.inference_mode():
-        if "eager" in engines:
-            timings["eager"] = timed(lambda: model(x))
-            print(json.dumps({"engine": "eager", "ms": timings["eager"]}), flush=True)
+    timings: dict[str, dict[str, float | str]] = {}
+    if "eager" in engines:
+        with torch.inference_mode():
+            parts = _parts(model, shape, half, target)
+            timings["eager"] = {
+                part: timed(lambda m=m, x=x: m(x)) for part, (m, x) in parts.items()
+            }
+        print(json.dumps({"engine": "eager", "ms": timings["eager"]}), flush=True)
     for engine, configs in COMPILED_ENGINES.items():
         if engine in engines:
             started = time.perf_counter()
-            job = (name, (batch, height, width), device, configs, repeat, threads)
-            timings[engine] = _in_child(_compiled_ms, job)
+            timings[engine] = {
+                part: _in_child(_compiled_ms, (name, shape, device, configs, repeat, threads, part))
+                for part in PARTS
+            }
             seconds = round(time.perf_counter() - started, 1)
             row = {"engine": engine, "ms": timings[engine], "compile_and_time_s": seconds}
             print(json.dumps(row), flush=True)
-    wanted = tuple(e for e in ("onnxruntime", "tensorrt") if e in engines)
+    wanted = tuple(e for e in ONNX_ENGINES if e in engines)
     if wanted:
-        state = {k: v.float().cpu() for k, v in model.state_dict().items()}
-        timings.update(_onnx_ms(name, state, (batch, height, width), half, wanted, threads, repeat))
-    measured = {k: v for k, v in timings.items() if isinstance(v, float)}
+        timings.update(_onnx_ms(model, shape, half, wanted, threads, repeat))
+    ms = {
+        engine: {part: round(v, 2) if isinstance(v, float) else v for part, v in parts.items()}
+        for engine, parts in timings.items()
+    }
+    ratios = {
+        engine: round(parts["graph"] / parts["network"], 2)
+        for engine, parts in timings.items()
+        if all(isinstance(parts[p], float) for p in PARTS)
+    }
+    graphs = {e: p["graph"] for e, p in timings.items() if isinstance(p["graph"], float)}
     return {
         "model": name,
         "device": torch.cuda.get_device_name(target) if half else "cpu",
-        "input": f"{batch}x3x{height}x{width}" + (" fp16" if half else ""),
+        "input": f"{batch}x{height}x{width}x3 uint8" + (" fp16" if half else ""),
         "threads": threads,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "ms": {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
-        "fps": {k: round(1000 * batch / v, 1) for k, v in measured.items()},
-        "fastest": min(measured, key=measured.get) if measured else None,
+        "ms": ms,
+        "graph_over_network": ratios,
+        "graph_fps": {k: round(1000 * batch / v, 1) for k, v in graphs.items()},
+        "fastest_graph": min(graphs, key=graphs.get) if graphs else None,
     }
 
 
@@ -199,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
         "--engines",
-        default="eager,aoti,onnxruntime,tensorrt",
+        default="eager,aoti,onnxruntime,tensorrt,openvino,openvino-bf16",
         help="comma-separated: eager, aoti, aoti-autotune (Inductor's max_autotune), "
-        "onnxruntime, tensorrt (those missing are reported)",
+        "onnxruntime, tensorrt, openvino, openvino-bf16 (those missing are reported)",
     )
     parser.add_argument("--out", type=Path, help="write segmenters.json here")
     args = parser.parse_args(argv)

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import torch
 from safetensors.torch import save_file
 
 from cycada.errors import ExportError
-from cycada.export import graph_cache, parity
-from cycada.export.onnx_export import OPSET, export_onnx, export_served
+from cycada.export import compiled, graph_cache, openvino_export, parity
+from cycada.export.onnx_export import OPSET, export_onnx, export_served, output_names
 from cycada.export.repository import (
     INSTANCES,
     NativeProfile,
@@ -28,6 +29,7 @@ from cycada.export.repository import (
 )
 from cycada.export.run_models import Endpoint, load_run_endpoints
 from cycada.export.runtime import RuntimeBuilder, default_pythons
+from cycada.serving.engines import OPENVINO_FILE
 
 
 @dataclass
@@ -51,6 +53,11 @@ class ExportOptions:
     # None: NVIDIA's 24.10 container's and this machine's
     runtime_pythons: list[str] | None = None
     stage: str | None = None  # the task model's stage; None: the run's verdict
+    # on a host without CUDA: also convert for OpenVINO (when installed), time every CPU engine
+    # on a frame of the run's size and record the fastest whose labels agree (engine_choice.json)
+    cpu_engines: bool = field(
+        default_factory=lambda: os.environ.get("CYCADA_EXPORT_CPU_ENGINES", "1") != "0"
+    )
 
 
 @dataclass
@@ -119,11 +126,10 @@ def _compiled_package(
     served: Path,
     images: list,
     log: Callable[[str], None],
-) -> list[parity.ParityRow]:
-    """An AOTInductor package checked against the ONNX graph; on a CPU the faster engine of
-    the two is recorded as the model's default."""
-    from cycada.export import compiled
-
+) -> tuple[list[parity.ParityRow], dict[str, float], torch.device]:
+    """An AOTInductor package checked against the ONNX graph, its parity rows and the timings
+    of the engines it competes with: on a CPU the package, on a GPU eager and the package with
+    and without CUDA graphs (on a dashcam-sized frame)."""
     device = compiled.compile_device(options.compile_device)
     half = device.type == "cuda"  # what the PyTorch engine serves there (parameter precision)
     log(f"{endpoint.name}: AOTInductor package for {device.type} (compiling)")
@@ -131,30 +137,82 @@ def _compiled_package(
         endpoint, version_dir, device, half, options.compile_size, options.compile_autotune
     )
     package = compiled.package_runner(version_dir, device, half)
-    onnx_graph = parity.onnx_runner(served)
     rows = parity.compare(
         endpoint,
         f"aoti-{device.type}-{'fp16' if half else 'fp32'}",
-        onnx_graph,  # against the ONNX graph the other engines run
+        parity.onnx_runner(served),  # against the ONNX graph the other engines run
         package,
         images,
         True,
     )
     if device.type == "cpu":
-        timings = {
-            "pytorch": compiled.median_ms(package, images[0]),
-            "onnxruntime": compiled.median_ms(onnx_graph, images[0]),
-        }
-    else:  # the package and eager, with and without CUDA graphs, on a dashcam-sized frame
-        frame = images[0]
-        if endpoint.kind != "classify":
-            height, width = compiled.TIMING_SIZE
-            frame = cv2.resize(frame[0], (width, height), interpolation=cv2.INTER_LINEAR)[None]
-        timings = compiled.time_cuda_engines(endpoint, version_dir, device, half, frame)
+        return (
+            rows,
+            {"pytorch": compiled.median_ms(package, _timing_frame(endpoint, images))},
+            device,
+        )
+    frame = images[0]
+    if endpoint.kind != "classify":
+        height, width = compiled.TIMING_SIZE
+        frame = cv2.resize(frame[0], (width, height), interpolation=cv2.INTER_LINEAR)[None]
+    return rows, compiled.time_cuda_engines(endpoint, version_dir, device, half, frame), device
+
+
+def _timing_frame(endpoint: Endpoint, images: list):
+    """The first parity image at the run's own width (what its clients send), as a batch."""
+    frame = images[0]
+    width = endpoint.meta.get("resize_width")
+    if endpoint.kind == "classify" or not width or frame.shape[2] == width:
+        return frame
+    height = max(1, round(frame.shape[1] * int(width) / frame.shape[2]))
+    return cv2.resize(frame[0], (int(width), height), interpolation=cv2.INTER_AREA)[None]
+
+
+def _openvino_variants(
+    endpoint: Endpoint,
+    options: ExportOptions,
+    version_dir: Path,
+    images: list,
+    reference: Callable,
+    log: Callable[[str], None],
+) -> tuple[list[parity.ParityRow], dict[str, float]]:
+    """OpenVINO's conversion, its parity rows and timings (fp32, bf16 where the CPU has it).
+    A precision whose labels miss the bound is left out of the choice, not fatal: ONNX Runtime
+    serves then."""
+    from cycada.export import openvino_export
+    from cycada.serving.engines import OpenVinoEngine
+
+    log(f"{endpoint.name}: OpenVINO conversion")
+    path = openvino_export.export_openvino(endpoint, version_dir, options.cache)
+    names = output_names(endpoint)
+    frame = _timing_frame(endpoint, images)
+    rows, timings = [], {}
+    for name, precision in openvino_export.precisions().items():
+        engine = OpenVinoEngine(path, precision)
+        runner = functools.partial(_run_engine, engine, names)
+        checked = parity.compare(endpoint, name, reference, runner, images, precision != "f32")
+        if all(row.ok for row in checked):
+            rows += checked
+            timings[name] = compiled.median_ms(runner, frame)
+        else:
+            log(f"{endpoint.name}: {name} left out (parity)\n{parity.table(checked)}")
+    return rows, timings
+
+
+def _run_engine(engine, names: list[str], batch):
+    return engine.run(batch, names)
+
+
+def _record_choice(
+    endpoint: Endpoint,
+    version_dir: Path,
+    timings: dict[str, float],
+    device,
+    log: Callable[[str], None],
+) -> None:
     fastest = compiled.record_engine_choice(version_dir, timings, device)
     shown = ", ".join(f"{name} {ms:.2f} ms" for name, ms in timings.items())
     log(f"{endpoint.name}: fastest engine here {fastest} ({shown})")
-    return rows
 
 
 def _export_endpoint(
@@ -174,8 +232,24 @@ def _export_endpoint(
         images = parity.parity_images(endpoint, options.data_root)
         reference = parity.torch_runner(endpoint, logits=endpoint.kind != "translate")
         served, rows = _onnx_variants(endpoint, options, version_dir, images, reference, log)
+        timings: dict[str, float] = {}
+        device = torch.device("cpu")
         if options.compile:
-            rows += _compiled_package(endpoint, options, version_dir, served, images, log)
+            package_rows, timings, device = _compiled_package(
+                endpoint, options, version_dir, served, images, log
+            )
+            rows += package_rows
+        on_cpu = device.type == "cpu" and not torch.cuda.is_available()
+        if on_cpu and options.cpu_engines and openvino_export.available():
+            openvino_rows, openvino_timings = _openvino_variants(
+                endpoint, options, version_dir, images, reference, log
+            )
+            rows, timings = rows + openvino_rows, {**timings, **openvino_timings}
+        if on_cpu and timings:  # something to choose between: ONNX Runtime on the same frame
+            frame = _timing_frame(endpoint, images)
+            timings["onnxruntime"] = compiled.median_ms(parity.onnx_runner(served), frame)
+        if timings:
+            _record_choice(endpoint, version_dir, timings, device, log)
         if options.tensorrt:
             from cycada.export import tensorrt_build
 
@@ -192,6 +266,7 @@ def _export_endpoint(
 def _link_files(source: Path, target: Path) -> None:
     """The encoded-frame model runs the segment model's files (hard links when possible)."""
     names = ("model.onnx", "model.fp16.onnx", "model.plan", "network.safetensors", "model.pt2")
+    names += (OPENVINO_FILE, OPENVINO_FILE.replace(".xml", ".bin"))
     for name in (*names, "compiled.json", "engine_choice.json"):
         if (source / name).exists():
             try:

@@ -42,11 +42,19 @@ class SegmentationGraph(nn.Module):
     """
 
     def __init__(
-        self, segmenter: nn.Module, multiple: int, half: bool = False, logits: bool = False
+        self,
+        segmenter: nn.Module,
+        multiple: int,
+        half: bool = False,
+        logits: bool = False,
+        classes_last: bool = True,
     ):
         super().__init__()
         self.segmenter, self.multiple = segmenter, multiple
         self.half, self.with_logits = half, logits
+        # ONNX Runtime reduces along contiguous classes fastest; OpenVINO in its own blocked
+        # layout, where moving the classes last is a full-resolution copy
+        self.class_axis = -1 if classes_last else 1
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = _to_unit_nchw(images)
@@ -57,11 +65,12 @@ class SegmentationGraph(nn.Module):
         scores = self.segmenter.score_maps(x).float()
         shifted = scores - scores.amax(1, keepdim=True)
         full = F.interpolate(shifted, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        full = full.permute(0, 2, 3, 1)  # classes last
-        top, labels = full.max(-1)
+        if self.class_axis == -1:
+            full = full.permute(0, 2, 3, 1)
+        top, labels = full.max(self.class_axis)
         # every pixel's best class is within the interpolation of zeros, so exp(top) stays far
         # above float32's range end for any trained network; the floor only keeps 0/0 out
-        sums = torch.exp(full).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
+        sums = torch.exp(full).sum(self.class_axis).clamp_min(torch.finfo(torch.float32).tiny)
         confidence = torch.exp(top).div(sums).mul(255.0).round()
         outputs = (
             labels.to(torch.uint8)[:, :height, :width],

@@ -35,13 +35,17 @@ OUTPUT_NAMES = {
 }
 
 
-def serving_graph(endpoint: Endpoint, half: bool = False, logits: bool = False) -> nn.Module:
-    """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks)."""
+def serving_graph(
+    endpoint: Endpoint, half: bool = False, logits: bool = False, channels_last: bool = True
+) -> nn.Module:
+    """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks;
+    ``channels_last`` reduces a segmentation's classes along contiguous memory)."""
     network = copy.deepcopy(endpoint.network).eval()
     if half:
         network = network.half()
     if endpoint.kind == "segment":
-        return SegmentationGraph(network, endpoint.multiple, half, logits).eval()
+        graph = SegmentationGraph(network, endpoint.multiple, half, logits, channels_last)
+        return graph.eval()
     if endpoint.kind == "translate":
         return TranslationGraph(network, endpoint.multiple, half).eval()
     return DigitGraph(network, half, logits).eval()
@@ -65,12 +69,15 @@ def export_onnx(
     logits: bool = False,
     simplify: bool = False,
     cache: bool = True,
+    channels_last: bool = True,
 ) -> Path:
     """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it.
 
     ``simplify`` runs onnxscript's optimizer once more (constant folding, dead-code removal,
     function inlining) on top of the one the exporter applies. With ``cache``, a graph exported
     before from the same weights, code and options is copied instead (:mod:`.graph_cache`).
+    ``channels_last`` lays a segmentation's classes last and applies
+    :func:`resize_channels_last` (ONNX Runtime's faster layout; OpenVINO is faster without).
     """
     key = graph_cache.graph_key(
         endpoint.network,
@@ -84,18 +91,21 @@ def export_onnx(
             "opset": OPSET,
             "max_side": MAX_SIDE,
             "outputs": tuple(output_names(endpoint, logits)),
+            "channels_last": channels_last,
         },
     )
     if cache and graph_cache.fetch(key, path, wait=half):
         return path
-    _export_checked(endpoint, path, half, logits, simplify)
+    _export_checked(endpoint, path, half, logits, simplify, channels_last)
     if cache:
         graph_cache.store(key, path)
     return path
 
 
-def _export_checked(endpoint: Endpoint, path: Path, half: bool, logits: bool, simplify: bool):
-    graph = serving_graph(endpoint, half, logits)
+def _export_checked(
+    endpoint: Endpoint, path: Path, half: bool, logits: bool, simplify: bool, channels_last: bool
+):
+    graph = serving_graph(endpoint, half, logits, channels_last)
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = torch.export.Dim("height", min=1, max=MAX_SIDE)
     width = torch.export.Dim("width", min=1, max=MAX_SIDE)
@@ -120,7 +130,10 @@ def _export_checked(endpoint: Endpoint, path: Path, half: bool, logits: bool, si
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
         program.save(str(tmp))
-        model = _checked(resize_channels_last(onnx.load(str(tmp))), endpoint, simplify)
+        model = onnx.load(str(tmp))
+        model = _checked(
+            resize_channels_last(model) if channels_last else model, endpoint, simplify
+        )
         onnx.save(model, str(tmp))
     return path
 

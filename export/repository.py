@@ -1,4 +1,4 @@
-"""The Triton model repository: one model per endpoint, three deployment profiles, versions.
+"""The Triton model repository: one model per endpoint, four deployment profiles, versions.
 
 Layout of one model::
 
@@ -6,10 +6,13 @@ Layout of one model::
       config.pbtxt              default profile: Python backend running ONNX Runtime
       configs/onnxruntime.pbtxt native onnxruntime backend, TensorRT accelerator in FP16
       configs/tensorrt.pbtxt    native TensorRT plan
-      3/ model.onnx model.fp16.onnx [model.plan] model.py endpoint.json
+      configs/openvino.pbtxt    native OpenVINO on the CPU (its conversion of the graph)
+      3/ model.onnx model.fp16.onnx [model.plan] [model.openvino.xml/.bin] model.py
+         endpoint.json [engine_choice.json]
 
 A profile is picked at server start with ``--model-config-name``. A native profile's config is
-written only when the new version has its file (``model.onnx``, ``model.plan``); without it the
+written only when the new version has its file (``model.onnx``, ``model.plan``,
+``model.openvino.xml``); without it the
 model falls back to ``config.pbtxt``, so every profile loads every model. The encoded-frame
 endpoint is Python in every profile. Each model folder also carries its runtime (code and
 packages for the Python-backend stub, :mod:`cycada.export.runtime`).
@@ -38,8 +41,9 @@ from cycada.export.runtime import (
     model_py,
     referenced_runtimes,
 )
+from cycada.serving.engines import OPENVINO_FILE
 
-PROFILES = ("default", "onnxruntime", "tensorrt")
+PROFILES = ("default", "onnxruntime", "tensorrt", "openvino")
 SERVED_VERSIONS = 2
 WARMUP_SHAPE = (256, 512)  # height, width of the warm-up request of image endpoints
 MAX_BATCH = {"segment": 8, "translate": 8, "classify": 256, "encoded": 8}
@@ -159,6 +163,8 @@ def config_text(
         lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
     elif profile == "tensorrt":
         lines += ['platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
+    elif profile == "openvino":
+        lines += ['backend: "openvino"', f'default_model_filename: "{OPENVINO_FILE}"']
     else:
         raise ValueError(f"unknown profile '{profile}' (valid: {', '.join(PROFILES)})")
     max_batch = MAX_BATCH[spec.kind]
@@ -176,7 +182,7 @@ def config_text(
         f"default_queue_policy {{ max_queue_size: {MAX_QUEUE} }} }}\n"
     )
     is_native = profile != "default" and spec.kind != "encoded"
-    kind = "KIND_GPU" if is_native else "KIND_CPU"
+    kind = "KIND_GPU" if is_native and profile != "openvino" else "KIND_CPU"
     text += f"instance_group [ {{ kind: {kind} count: {instances} }} ]\n"
     text += f"version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}\n"
     if is_native and profile == "onnxruntime":
@@ -218,7 +224,7 @@ def validate_config(text: str, where: str) -> None:
         raise ValueError(f"{where}: not a valid Triton model config ({exc})") from exc
 
 
-PROFILE_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+PROFILE_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": OPENVINO_FILE}
 
 
 def config_path(model_dir: Path, profile: str) -> Path:
@@ -262,7 +268,7 @@ def write_model(
         }
         for path, text in texts.items():
             validate_config(text, str(path))
-        carried = runtime.install(model_dir, spec.kind)
+        carried = runtime.install(model_dir, spec.kind, staging)
         (staging / "model.py").write_text(model_py(spec.python_handler, carried))
         # a file where the stub would write model.py's bytecode: Python then writes none (it
         # cannot make the folder), so a polling server never sees the version change and load

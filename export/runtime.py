@@ -273,12 +273,15 @@ class RuntimeBuilder:
         return Package(name, version, tag, folder)
 
     # -- one model ------------------------------------------------------------------------------
-    def install(self, model_dir: Path, kind: str) -> dict:
+    def install(self, model_dir: Path, kind: str, version_dir: Path | None = None) -> dict:
         """The runtime of a model of ``kind`` in ``model_dir/runtime/<key>`` (kept when already
-        there); returns what endpoint.json records of it."""
+        there); returns what endpoint.json records of it. OpenVINO is carried when the
+        version's measured engine choice (in ``version_dir``) is one of its engines."""
         names = [dist[0] for dist in [onnxruntime_distribution()] if dist]
         if kind == "encoded":
             names.append(DECODER)
+        if _measured_engine(version_dir).startswith("openvino"):
+            names.append("openvino")
         packages = {
             python: [self.package(name, python) for name in names] for python in self.pythons
         }
@@ -308,6 +311,14 @@ class RuntimeBuilder:
             "python": described,
             "stub_needs": "NumPy (<2 for Triton 2.51's stub)",
         }
+
+
+def _measured_engine(version_dir: Path | None) -> str:
+    """The engine the export measured fastest for a version ('' when it measured none)."""
+    choice = version_dir / "engine_choice.json" if version_dir else None
+    if choice is None or not choice.exists():
+        return ""
+    return json.loads(choice.read_text()).get("default_engine", "")
 
 
 MODEL_PY = '''"""Triton Python-backend entry point of a cycada model version.

@@ -16,6 +16,7 @@ from cycada.grpc_security import (
     read_secret,
     security_from_args,
 )
+from cycada.serving.server import PROFILES
 from cycada.serving.supervisor import RestartPolicy
 
 
@@ -58,10 +59,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--profile",
-        choices=("default", "onnxruntime", "tensorrt"),
+        choices=PROFILES,
         default="default",
-        help="default: Python backend + ONNX Runtime; onnxruntime/tensorrt: native backends "
-        "(NVIDIA's Triton container)",
+        help="default: Python backend (the export's fastest engine); onnxruntime, tensorrt, "
+        "openvino: native backends (NVIDIA's Triton container)",
     )
     parser.add_argument("--model", action="append", default=[], help="serve only these models")
     parser.add_argument(

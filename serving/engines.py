@@ -1,8 +1,9 @@
-"""Inference engines of the Python-backend models: ONNX Runtime, or PyTorch on CUDA.
+"""Inference engines of the Python-backend models: ONNX Runtime, OpenVINO (CPU), or PyTorch.
 
-Both run the same uint8-in/uint8-out graph (the ONNX file, or the network weights wrapped in
-:mod:`cycada.export.graphs`). The PyTorch engine moves tensors through DLPack, never through the
-stub's numpy bridge, so it also works where the stub's build misreads numpy 2 arrays.
+All run the same uint8-in/uint8-out graph (the ONNX file, its OpenVINO conversion, or the
+network weights wrapped in :mod:`cycada.export.graphs`). The PyTorch engine moves tensors
+through DLPack, never through the stub's numpy bridge, so it also works where the stub's build
+misreads numpy 2 arrays.
 """
 
 from __future__ import annotations
@@ -68,6 +69,37 @@ class OnnxEngine(Engine):
 
     def run(self, batch: np.ndarray, output_names: list[str]) -> list:
         values = dict(zip(self.outputs, self.session.run(None, {"images": batch})))
+        return [values[name] for name in output_names]
+
+
+OPENVINO_FILE = "model.openvino.xml"  # with model.openvino.bin beside it
+# engine names of engine_choice.json → OpenVINO's inference precision on the CPU
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
+
+
+class OpenVinoEngine(Engine):
+    """OpenVINO's CPU runtime on the export's conversion of the graph (``model.openvino.xml``);
+    ``precision`` f32, or bf16 where the CPU computes in it (the export checks its labels)."""
+
+    def __init__(self, path: Path, precision: str = "f32", threads: int = 0):
+        import threading
+
+        import openvino
+
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = openvino.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one request object: one inference at a time
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self.name = f"openvino (CPU {precision}, {path.name})"
+
+    def run(self, batch: np.ndarray, output_names: list[str]) -> list:
+        with self.lock:
+            results = self.request.infer({0: batch}, share_outputs=False)
+            values = dict(zip(self.outputs, results.values()))
         return [values[name] for name in output_names]
 
 
@@ -257,11 +289,14 @@ def _torch_cuda() -> bool:
 
 
 def engine_choice(choice: str, has_onnx: bool, providers: list[str], cuda: bool) -> tuple[str, str]:
-    """(engine, how) this instance would use: ``onnxruntime`` with its execution provider, or
-    ``pytorch`` on a device. ``choice`` is the model parameter ``engine`` (auto, onnxruntime,
-    pytorch); shared by :func:`select_engine` and ``cycada doctor``."""
+    """(engine, how) this instance would use: ``onnxruntime`` with its execution provider,
+    ``openvino[-bf16]`` on the CPU, or ``pytorch`` on a device. ``choice`` is the model parameter
+    ``engine`` (auto, onnxruntime, openvino, openvino-bf16, pytorch); shared by
+    :func:`select_engine` and ``cycada doctor``."""
     if not has_onnx:
         choice = "pytorch"  # a weights-only export
+    if choice in OPENVINO_PRECISIONS and not cuda:
+        return choice, "CPU"
     if choice in ("auto", "onnxruntime"):
         for provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
             if provider in providers:
@@ -315,6 +350,8 @@ def select_engine(
         return OnnxEngine(path, [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"])
     if engine == "onnxruntime":
         return OnnxEngine(folder / "model.onnx", ["CPUExecutionProvider"], threads)
+    if engine in OPENVINO_PRECISIONS:
+        return OpenVinoEngine(folder / OPENVINO_FILE, OPENVINO_PRECISIONS[engine], threads)
     device = f"cuda:{device_id}" if how == "cuda" else "cpu"
     half = device != "cpu" and parameters.get("precision", "fp16") == "fp16"
     graphs = parameters.get("cuda_graphs", "").lower() == "true"

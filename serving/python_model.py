@@ -85,6 +85,8 @@ class _Model(abc.ABC):
             args.get("model_instance_kind", "CPU"),
             int(args.get("model_instance_device_id", 0)),
         )
+        where = f"{args['model_name']} version {args['model_version']}"
+        _pb_utils().Logger.log_info(f"{where}: {self.engine.name}")
         self.signals: ServedSignals | None = None
         segments = {"labels", "confidence"} <= set(self.output_names)
         if segments and parameters.get("served_signals", "true").lower() != "false":

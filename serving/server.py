@@ -30,7 +30,7 @@ from cycada.errors import ConfigError, DataError, ServingError
 from cycada.grpc_security import AUTH_HEADER, is_loopback
 from cycada.serving.server_install import TritonHome, find_tritonserver
 
-PROFILES = ("default", "onnxruntime", "tensorrt")
+PROFILES = ("default", "onnxruntime", "tensorrt", "openvino")
 # with a secret, every API but health and metadata needs it; served --insecure (no secret
 # given), inference and what clients read before it stay open, the admin APIs locked
 RESTRICTED = "inference,shared-memory,model-repository,model-config,statistics,trace,logging"

@@ -71,9 +71,16 @@ def test_every_config_parses_as_a_triton_model_config(kind, profile):
     assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert [group.count for group in config.instance_group] == [2]
     native = profile != "default" and kind != "encoded"
-    assert config.backend == (
-        "python" if not native else ("onnxruntime" if profile == "onnxruntime" else "")
-    )
+    backends = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": ""}
+    assert config.backend == (backends[profile] if native else "python")
+    on_gpu = native and profile != "openvino"
+    assert [g.kind for g in config.instance_group] == [
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+        if on_gpu
+        else model_config_pb2.ModelInstanceGroup.KIND_CPU
+    ]
+    if profile == "openvino" and native:
+        assert config.default_model_filename == "model.openvino.xml"
     if profile == "tensorrt" and native:
         assert config.platform == "tensorrt_plan"
     if profile == "onnxruntime" and native:

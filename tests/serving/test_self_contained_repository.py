@@ -173,6 +173,10 @@ def test_every_model_has_a_config_that_loads_in_every_profile(repository):
                     for python in runtime["python"]:
                         packages = model_dir / runtime["folder"] / f"py{python.replace('.', '')}"
                         assert (packages / "onnxruntime").is_dir(), (model, profile, python)
+                        chosen = folder / "engine_choice.json"
+                        engine = json.loads(chosen.read_text()) if chosen.exists() else {}
+                        openvino = engine.get("default_engine", "").startswith("openvino")
+                        assert (packages / "openvino").is_dir() == openvino, (model, python)
                         assert (packages / "cv2").is_dir() == (model == "segment_encoded")
                 elif config.backend == "onnxruntime":
                     graph = onnx.load(str(folder / config.default_model_filename))
@@ -182,6 +186,9 @@ def test_every_model_has_a_config_that_loads_in_every_profile(repository):
                         types = [ONNX_TYPES[t.type.tensor_type.elem_type] for t in actual]
                         names = [model_config_pb2.DataType.Name(t.data_type) for t in wanted]
                         assert names == types, (model, profile)
+                elif config.backend == "openvino":  # the conversion: graph and weights
+                    assert (folder / config.default_model_filename).is_file()
+                    assert (folder / "model.openvino.bin").is_file()
                 else:
                     assert config.platform == "tensorrt_plan"
                     assert (folder / config.default_model_filename).is_file()
