@@ -66,6 +66,15 @@ def machine_report() -> list[tuple[str, str]]:
     )
     providers = _onnxruntime_providers()
     lines.append(("onnxruntime providers", ", ".join(providers) or "onnxruntime not installed"))
+    openvino = importlib.util.find_spec("openvino") is not None
+    lines.append(
+        (
+            "openvino",
+            "importable (exports on a CPU time it beside ONNX Runtime)"
+            if openvino
+            else "not installed (pip install 'cycada[cpu]': the CPU engine exports may choose)",
+        )
+    )
     trt = importlib.util.find_spec("tensorrt") is not None
     lines.append(
         ("tensorrt", "importable" if trt else "not installed (the tensorrt profile needs it)")

@@ -38,6 +38,7 @@ skip_without_tritonserver()
 
 MODELS = ("segment", "segment_encoded", "translate_s2t", "translate_t2s")
 ONNX_TYPES = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+OPENVINO_TYPES = {"u8": "TYPE_UINT8", "f32": "TYPE_FP32"}
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +136,8 @@ def test_every_model_serves_on_a_numpy_only_stub_as_under_cycada_serve(repositor
 
 def test_the_native_profiles_load_what_they_can_here(repository, numpy_only_stub):
     """tensorrt without plans: every model falls back to its Python config and loads;
-    onnxruntime: the encoded-frame model (Python in every profile) loads and answers (the
-    native onnxruntime backend exists only in NVIDIA's container)."""
+    onnxruntime and openvino: the encoded-frame model (Python in every profile) loads and
+    answers (the native backends exist only in NVIDIA's container)."""
     direct = DirectServer(repository, numpy_only_stub[1], "--model-config-name=tensorrt")
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{direct.grpc}")
@@ -144,15 +145,18 @@ def test_the_native_profiles_load_what_they_can_here(repository, numpy_only_stub
     finally:
         direct.stop()
     only = ["--model-control-mode=explicit", "--load-model=segment_encoded"]
-    direct = DirectServer(repository, numpy_only_stub[1], "--model-config-name=onnxruntime", *only)
-    try:
-        image = scene_images(count=1, width=96)[0]
-        ok, jpeg = cv2.imencode(".jpg", image)
-        url = f"127.0.0.1:{direct.grpc}"
-        labels = _infer(url, "segment_encoded", jpeg.reshape(1, -1), "frames")["labels"]
-        assert labels.shape == (1, *image.shape[:2])
-    finally:
-        direct.stop()
+    for profile in ("onnxruntime", "openvino"):
+        direct = DirectServer(
+            repository, numpy_only_stub[1], f"--model-config-name={profile}", *only
+        )
+        try:
+            image = scene_images(count=1, width=96)[0]
+            ok, jpeg = cv2.imencode(".jpg", image)
+            url = f"127.0.0.1:{direct.grpc}"
+            labels = _infer(url, "segment_encoded", jpeg.reshape(1, -1), "frames")["labels"]
+            assert labels.shape == (1, *image.shape[:2]), profile
+        finally:
+            direct.stop()
 
 
 def test_every_model_has_a_config_that_loads_in_every_profile(repository):
@@ -186,9 +190,16 @@ def test_every_model_has_a_config_that_loads_in_every_profile(repository):
                         types = [ONNX_TYPES[t.type.tensor_type.elem_type] for t in actual]
                         names = [model_config_pb2.DataType.Name(t.data_type) for t in wanted]
                         assert names == types, (model, profile)
-                elif config.backend == "openvino":  # the conversion: graph and weights
-                    assert (folder / config.default_model_filename).is_file()
-                    assert (folder / "model.openvino.bin").is_file()
+                elif config.backend == "openvino":  # the conversion, as the config says
+                    import openvino
+
+                    graph = openvino.Core().read_model(str(folder / config.default_model_filename))
+                    for wanted, actual in ((config.input, graph.inputs),
+                                           (config.output, graph.outputs)):  # fmt: skip
+                        assert [t.name for t in wanted] == [t.get_any_name() for t in actual]
+                        types = [t.get_element_type().get_type_name() for t in actual]
+                        names = [model_config_pb2.DataType.Name(t.data_type) for t in wanted]
+                        assert names == [OPENVINO_TYPES[t] for t in types], (model, profile)
                 else:
                     assert config.platform == "tensorrt_plan"
                     assert (folder / config.default_model_filename).is_file()
