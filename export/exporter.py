@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from cycada.errors import ExportError
 from cycada.export import compiled, graph_cache, openvino_export, parity
-from cycada.export.onnx_export import OPSET, export_onnx, export_served, output_names
+from cycada.export.onnx_export import OPSET, export_onnx, export_served
 from cycada.export.repository import (
     INSTANCES,
     NativeProfile,
@@ -176,31 +176,29 @@ def _openvino_variants(
     reference: Callable,
     log: Callable[[str], None],
 ) -> tuple[list[parity.ParityRow], dict[str, float]]:
-    """OpenVINO's conversion, its parity rows and timings (fp32, bf16 where the CPU has it).
-    A precision whose labels miss the bound is left out of the choice, not fatal: ONNX Runtime
-    serves then."""
-    from cycada.export import openvino_export
-    from cycada.serving.engines import OpenVinoEngine
+    """OpenVINO's conversion, its parity rows and timings (fp32, bf16 where the CPU has it),
+    worked out in a child process (:func:`.openvino_export.convert_check_and_time` says why).
+    A precision that misses a bound is left out of the choice, not fatal: ONNX Runtime serves
+    then."""
+    import concurrent.futures
+    import dataclasses
+    import multiprocessing
 
     log(f"{endpoint.name}: OpenVINO conversion")
-    path = openvino_export.export_openvino(endpoint, version_dir, options.cache)
-    names = output_names(endpoint)
-    frame = _timing_frame(endpoint, images)
-    rows, timings = [], {}
-    for name, precision in openvino_export.precisions().items():
-        engine = OpenVinoEngine(path, precision)
-        runner = functools.partial(_run_engine, engine, names)
-        checked = parity.compare(endpoint, name, reference, runner, images, precision != "f32")
-        if all(row.ok for row in checked):
-            rows += checked
-            timings[name] = compiled.median_ms(runner, frame)
-        else:
-            log(f"{endpoint.name}: {name} left out (parity)\n{parity.table(checked)}")
+    expected = [reference(batch) for batch in images]
+    described = dataclasses.replace(endpoint, network=None)  # what the parity rows name
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "graph.onnx"
+        export_onnx(endpoint, graph, cache=options.cache, channels_last=False)
+        job = (graph, version_dir, described, images, expected, _timing_frame(endpoint, images))
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            rows, timings, left_out = pool.submit(
+                openvino_export.convert_check_and_time, *job
+            ).result()
+    for name, table in left_out.items():
+        log(f"{endpoint.name}: {name} left out (parity)\n{table}")
     return rows, timings
-
-
-def _run_engine(engine, names: list[str], batch):
-    return engine.run(batch, names)
 
 
 def _record_choice(

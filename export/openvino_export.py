@@ -10,12 +10,14 @@ OpenVINO runs several times slower than the plain layout.
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 from pathlib import Path
 
-from cycada.export.onnx_export import export_onnx
+import numpy as np
+
+from cycada.export import parity
+from cycada.export.onnx_export import output_names
 from cycada.export.run_models import Endpoint
-from cycada.serving.engines import OPENVINO_FILE, OPENVINO_PRECISIONS
+from cycada.serving.engines import OPENVINO_FILE, OPENVINO_PRECISIONS, OpenVinoEngine
 
 
 def available() -> bool:
@@ -35,16 +37,43 @@ def precisions() -> dict[str, str]:
     }
 
 
-def export_openvino(endpoint: Endpoint, folder: Path, cache: bool = True) -> Path:
-    """``folder/model.openvino.xml`` (+ ``.bin``, weights in fp32) converted from the endpoint's
-    ONNX graph; ``folder`` is an export's staging folder, published whole."""
+def convert_check_and_time(
+    graph: Path,
+    folder: Path,
+    endpoint: Endpoint,
+    images: list[np.ndarray],
+    expected: list[list[np.ndarray]],
+    frame: np.ndarray,
+) -> tuple[list[parity.ParityRow], dict[str, float], dict[str, str]]:
+    """(In a child process.) ``folder/model.openvino.xml`` (+ ``.bin``, weights in fp32)
+    converted from the ONNX ``graph``; per precision this CPU runs, its parity rows against the
+    reference outputs ``expected`` of ``images`` and its median time on ``frame``. Returns the
+    rows and timings of the precisions that pass, and the parity table of those that do not.
+
+    A child process, because OpenVINO's thread pool does not survive a fork: a process that
+    had run it crashed when it later started PyTorch DataLoader workers (a training after an
+    export, as ``cycada demo`` runs them)."""
     import openvino
 
-    with tempfile.TemporaryDirectory() as scratch:
-        graph = export_onnx(
-            endpoint, Path(scratch) / "graph.onnx", cache=cache, channels_last=False
-        )
-        model = openvino.convert_model(str(graph))
+    from cycada.export import compiled
+
     path = folder / OPENVINO_FILE
-    openvino.save_model(model, str(path), compress_to_fp16=False)
-    return path
+    openvino.save_model(openvino.convert_model(str(graph)), str(path), compress_to_fp16=False)
+    names = output_names(endpoint)
+    rows, timings, left_out = [], {}, {}
+    for name, precision in precisions().items():
+        engine = OpenVinoEngine(path, precision)
+
+        def run(batch, engine=engine):
+            return engine.run(batch, names)
+
+        replay = iter(expected)  # compare asks for the reference of each image in turn
+        checked = parity.compare(
+            endpoint, name, lambda _, outputs=replay: next(outputs), run, images, precision != "f32"
+        )
+        if all(row.ok for row in checked):
+            rows += checked
+            timings[name] = compiled.median_ms(run, frame)
+        else:
+            left_out[name] = parity.table(checked)
+    return rows, timings, left_out

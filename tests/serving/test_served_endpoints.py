@@ -79,14 +79,16 @@ def infer(server, model, array, version="", input_name="images", datatype="UINT8
 
 
 def local(repo, model, array, version="1"):
-    import onnxruntime as ort
+    """The outputs of the engine the server runs for this version (the export's measured
+    choice: ONNX Runtime, or OpenVINO where it was faster), in this process, with the threads
+    of one served instance."""
+    from cycada.serving.engines import select_engine
 
-    session = ort.InferenceSession(str(repo / model / version / "model.onnx"))
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"images": array})))
+    engine = select_engine(repo / model / version, {"intra_op_threads": "1"}, "CPU", 0)
+    return dict(zip(engine.outputs, engine.run(array, engine.outputs)))
 
 
-def test_segment_and_translate_match_in_process_onnx_runtime(server, repository):
+def test_segment_and_translate_match_the_same_engine_in_process(server, repository):
     for image in scene_images(count=3, width=160):
         batch = image[None]
         served = infer(server, "segment", batch)
