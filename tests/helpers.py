@@ -296,3 +296,38 @@ class DirectServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
+
+
+def in_spawned_child(function, *args):
+    """``function(*args)`` in a fresh (spawned) process. For OpenVINO: a process that ran it
+    crashed when it later forked (DataLoader workers of a training test in the same pytest
+    worker), so tests run it where the product does, away from the test process."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def served_engine_outputs(version_dir: Path, array, parameters: dict | None = None) -> dict:
+    """(In a child, see :func:`in_spawned_child`.) The outputs of the engine the server runs for
+    a version (the export's measured choice), with the threads of one served instance."""
+    from cycada.serving.engines import select_engine
+
+    parameters = {"intra_op_threads": "1", **(parameters or {})}
+    engine = select_engine(version_dir, parameters, "CPU", 0)
+    outputs = engine.run(array, engine.outputs)
+    return {"engine": type(engine).__name__, **dict(zip(engine.outputs, outputs))}
+
+
+def openvino_signature(path: Path) -> tuple[list, list]:
+    """(In a child.) ([(name, element type)] of the inputs, the same of the outputs) of an
+    OpenVINO model file."""
+    import openvino
+
+    model = openvino.Core().read_model(str(path))
+    return tuple(
+        [(t.get_any_name(), t.get_element_type().get_type_name()) for t in tensors]
+        for tensors in (model.inputs, model.outputs)
+    )

@@ -170,7 +170,7 @@ def test_a_cpu_export_times_openvino_beside_onnx_runtime_and_serves_the_fastest(
     import json
 
     from cycada.export import openvino_export
-    from cycada.serving.engines import OnnxEngine, OpenVinoEngine, select_engine
+    from tests.helpers import in_spawned_child, served_engine_outputs
 
     if not openvino_export.available() or torch.cuda.is_available():
         pytest.skip("needs OpenVINO (cycada[cpu]) on a host without CUDA")
@@ -186,14 +186,17 @@ def test_a_cpu_export_times_openvino_beside_onnx_runtime_and_serves_the_fastest(
     assert {"onnxruntime", "openvino"} <= set(choice["timings_ms"])
     fastest = min(choice["timings_ms"], key=choice["timings_ms"].get)
     assert choice["default_engine"] == fastest
-    engine = select_engine(version, {}, "CPU", 0)
-    assert isinstance(engine, OpenVinoEngine if fastest.startswith("openvino") else OnnxEngine)
     frames = np.random.default_rng(0).integers(0, 256, (2, 45, 70, 3), np.uint8)
-    openvino = select_engine(version, {"engine": "openvino"}, "CPU", 0)
-    labels, confidence = openvino.run(frames, ["labels", "confidence"])
+    served = in_spawned_child(served_engine_outputs, version, frames)  # no OpenVINO in here
+    assert served["engine"] == (
+        "OpenVinoEngine" if fastest.startswith("openvino") else "OnnxEngine"
+    )
+    openvino = in_spawned_child(served_engine_outputs, version, frames, {"engine": "openvino"})
+    assert openvino["engine"] == "OpenVinoEngine"
     expected = parity.onnx_runner(version / "model.onnx")(frames)
-    assert labels.shape == (2, 45, 70) and (labels == expected[0]).mean() >= 0.999
-    assert np.abs(confidence.astype(int) - expected[1]).max() <= 2
+    assert openvino["labels"].shape == (2, 45, 70)
+    assert (openvino["labels"] == expected[0]).mean() >= 0.999
+    assert np.abs(openvino["confidence"].astype(int) - expected[1]).max() <= 2
 
 
 def torch_version() -> str:

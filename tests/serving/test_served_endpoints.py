@@ -35,8 +35,10 @@ from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.digits.pipeline import run_digits
 from tests.helpers import (
+    in_spawned_child,
     serve_process,
     served_copy,
+    served_engine_outputs,
     skip_without_tritonserver,
     tiny_digits_config,
     tritonserver_of,
@@ -80,12 +82,10 @@ def infer(server, model, array, version="", input_name="images", datatype="UINT8
 
 def local(repo, model, array, version="1"):
     """The outputs of the engine the server runs for this version (the export's measured
-    choice: ONNX Runtime, or OpenVINO where it was faster), in this process, with the threads
-    of one served instance."""
-    from cycada.serving.engines import select_engine
-
-    engine = select_engine(repo / model / version, {"intra_op_threads": "1"}, "CPU", 0)
-    return dict(zip(engine.outputs, engine.run(array, engine.outputs)))
+    choice: ONNX Runtime, or OpenVINO where it was faster), with one instance's threads."""
+    outputs = in_spawned_child(served_engine_outputs, repo / model / version, array)
+    outputs.pop("engine")
+    return outputs
 
 
 def test_segment_and_translate_match_the_same_engine_in_process(server, repository):
