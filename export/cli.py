@@ -100,6 +100,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"(default: {CONTAINER_PYTHON}, NVIDIA's 24.10 container's, and this machine's)",
     )
     parser.add_argument("--data-root", type=Path, help="real images for parity (../shared/data)")
+    parser.add_argument(
+        "--no-cpu-engines",
+        action="store_true",
+        help="on a host without CUDA, skip OpenVINO's conversion and the timing that picks the "
+        "fastest CPU engine (ONNX Runtime then serves; also CYCADA_EXPORT_CPU_ENGINES=0)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -133,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         runtime_pythons=args.runtime_python,
         stage=args.stage,
     )
+    if args.no_cpu_engines:
+        options.cpu_engines = False
     report = export_run(
         args.run_dir, args.repository, options, log=logging.getLogger("cycada.export").info
     )

@@ -79,7 +79,11 @@ OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
 
 class OpenVinoEngine(Engine):
     """OpenVINO's CPU runtime on the export's conversion of the graph (``model.openvino.xml``);
-    ``precision`` f32, or bf16 where the CPU computes in it (the export checks its labels)."""
+    ``precision`` f32, or bf16 where the CPU computes in it (the export checks its labels).
+
+    A process that has run OpenVINO must not fork afterwards: one crashed when it later
+    started PyTorch DataLoader workers. Triton's stub never forks; the export and the tests
+    run OpenVINO in a spawned child."""
 
     def __init__(self, path: Path, precision: str = "f32", threads: int = 0):
         import threading

@@ -199,6 +199,20 @@ def test_a_cpu_export_times_openvino_beside_onnx_runtime_and_serves_the_fastest(
     assert np.abs(openvino["confidence"].astype(int) - expected[1]).max() <= 2
 
 
+def test_no_cpu_engines_skips_openvino_and_the_timing(run_dir, tmp_path):
+    import os
+
+    env = {**os.environ, "CYCADA_EXPORT_CPU_ENGINES": "1"}  # the users' default
+    command = [sys.executable, "-m", "cycada.cli", "export", str(run_dir), "--no-fp16"]
+    command += ["--repository", str(tmp_path / "repo"), "--no-cpu-engines"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    version = tmp_path / "repo" / "segment" / "1"
+    assert (version / "model.onnx").is_file()
+    assert not (version / "model.openvino.xml").exists()
+    assert not (version / "engine_choice.json").exists()
+
+
 def torch_version() -> str:
     import torch
 
