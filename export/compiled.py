@@ -175,11 +175,13 @@ def package_runner(folder: Path, device: torch.device, half: bool):
 CHOICE = "engine_choice.json"
 
 
-def median_ms(run, batch: np.ndarray, repeats: int = 5) -> float:
-    """Median wall time of ``run(batch)`` in ms, after one warm-up call."""
+def median_ms(run, batch: np.ndarray, repeats: int = 5, warmup: int = 3) -> float:
+    """Median wall time of ``run(batch)`` in ms, after ``warmup`` calls (OpenVINO compiles
+    kernels for a new shape over its first few runs: one warm-up call left it 2-6x slow)."""
     import time
 
-    run(batch)
+    for _ in range(warmup):
+        run(batch)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

@@ -174,10 +174,13 @@ def _openvino_variants(
     version_dir: Path,
     images: list,
     reference: Callable,
+    served: Path,
     log: Callable[[str], None],
 ) -> tuple[list[parity.ParityRow], dict[str, float]]:
     """OpenVINO's conversion, its parity rows and timings (fp32, bf16 where the CPU has it),
     worked out in a child process (:func:`.openvino_export.convert_check_and_time` says why).
+    A segmentation is converted from its classes-first graph (one more trace), the others from
+    the ``served`` graph, which has no class layout to choose.
     A precision that misses a bound is left out of the choice, not fatal: ONNX Runtime serves
     then."""
     import concurrent.futures
@@ -188,14 +191,23 @@ def _openvino_variants(
     expected = [reference(batch) for batch in images]
     described = dataclasses.replace(endpoint, network=None)  # what the parity rows name
     with tempfile.TemporaryDirectory() as scratch:
-        graph = Path(scratch) / "graph.onnx"
-        export_onnx(endpoint, graph, cache=options.cache, channels_last=False)
+        graph = served
+        if endpoint.kind == "segment":
+            graph = Path(scratch) / "graph.onnx"
+            export_onnx(endpoint, graph, cache=options.cache, channels_last=False)
         job = (graph, version_dir, described, images, expected, _timing_frame(endpoint, images))
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            rows, timings, left_out = pool.submit(
-                openvino_export.convert_check_and_time, *job
-            ).result()
+        try:
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                rows, timings, left_out = pool.submit(
+                    openvino_export.convert_check_and_time, *job
+                ).result()
+        except Exception as exc:  # OpenVINO is optional: a failure costs it, not the export
+            for path in version_dir.glob(OPENVINO_FILE.replace(".xml", ".*")):
+                path.unlink()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log(f"{endpoint.name}: OpenVINO left out ({first})")
+            return [], {}
     for name, table in left_out.items():
         log(f"{endpoint.name}: {name} left out (parity)\n{table}")
     return rows, timings
@@ -238,9 +250,11 @@ def _export_endpoint(
             )
             rows += package_rows
         on_cpu = device.type == "cpu" and not torch.cuda.is_available()
+        if on_cpu and (timings or (options.cpu_engines and openvino_export.available())):
+            graph_cache.wait_for_helper()  # engines timed on a quiet machine
         if on_cpu and options.cpu_engines and openvino_export.available():
             openvino_rows, openvino_timings = _openvino_variants(
-                endpoint, options, version_dir, images, reference, log
+                endpoint, options, version_dir, images, reference, served, log
             )
             rows, timings = rows + openvino_rows, {**timings, **openvino_timings}
         if on_cpu and timings:  # something to choose between: ONNX Runtime on the same frame

@@ -130,6 +130,16 @@ def start_half_precision_helper(run_dir: Path, simplify: bool, stage: str | None
     )
 
 
+def wait_for_helper(timeout: float = 900.0) -> None:
+    """Let the helper finish (its graphs stay in the cache): speed measured while it traces
+    would be the machine's leftover, not the engine's."""
+    if _helper is not None and _helper.poll() is None:
+        try:
+            _helper.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_helper()
+
+
 def stop_helper() -> None:
     """Stop the helper (done or not): what it finished stays in the cache."""
     global _helper

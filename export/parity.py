@@ -144,6 +144,9 @@ def onnx_runner(path: Path, threads: int = 0) -> Runner:
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    # no busy-waiting once a check is done: spinning idle threads slowed the engines the export
+    # times next (OpenVINO, in a child process) 2-3x
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {INPUT_NAME: batch})
 
