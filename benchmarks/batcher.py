@@ -16,7 +16,6 @@ the two it replaced.
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 from contextlib import ExitStack
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cycada.bench_results import write_results
+from cycada.command_line import add_repository, command_parser
 from cycada.errors import ConfigError
 from cycada.export.repository import copy_version
 from cycada.sizes import image_size
@@ -104,10 +104,12 @@ def table(rows: list[dict], stall_ms: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cycada bench batcher", description=__doc__.splitlines()[0]
+    parser = command_parser(
+        "bench batcher",
+        __doc__.splitlines()[0],
+        "cycada bench batcher --repository runs/demo/model_repository --variants one=1:0,two=2:0",
     )
-    parser.add_argument("--repository", type=Path, required=True, help="exported repository")
+    add_repository(parser, required=True, default=None, help="exported repository")
     parser.add_argument("--model", default="segment")
     parser.add_argument("--size", type=image_size, default=(256, 128), help="WIDTHxHEIGHT")
     parser.add_argument("--concurrency", default="1,2,4")

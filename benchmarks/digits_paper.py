@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cycada.bench_results import write_results
+from cycada.command_line import command_parser
 from cycada.errors import ConfigError
 from cycada.training.core.seed_stats import parse_seeds
 
@@ -152,8 +153,10 @@ def table(shifts: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cycada bench digits-paper", description=__doc__.splitlines()[0]
+    parser = command_parser(
+        "bench digits-paper",
+        __doc__.splitlines()[0],
+        "cycada bench digits-paper --device cuda --seeds 0-2 --out runs/digits-paper",
     )
     parser.add_argument("--out", type=Path, required=True, help="results folder")
     parser.add_argument("--data-root", default="../shared/data", help="USPS and MNIST folder")

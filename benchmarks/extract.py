@@ -12,7 +12,6 @@ naming the file N times (several videos in parallel, as a fleet folder runs).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import cv2
 
 from cycada.bench_results import write_results
+from cycada.command_line import command_parser
 from cycada.training.segmentation.videos import FrameSampling, extract_frames
 
 
@@ -106,7 +106,11 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(
+        "bench extract",
+        __doc__.split("\n\n")[0],
+        "cycada bench extract --video dashcam.mp4 --width 512 --out runs/bench-extract",
+    )
     parser.add_argument("--video", required=True, type=Path)
     parser.add_argument("--width", type=int, default=512, help="resize width (quick preset: 512)")
     parser.add_argument("--repeats", type=int, default=7)

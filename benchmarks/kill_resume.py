@@ -14,7 +14,6 @@ each checkpoint in the run folder must read back whole; at the end both runs'
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cycada.checkpoint import load_state, read_header
+from cycada.command_line import command_parser
 
 
 def check_checkpoints(run_dir: Path) -> list[str]:
@@ -147,16 +147,20 @@ def kill_and_resume(command: list[str], out: Path, kills: int, seed: int = 0) ->
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--" not in argv:
-        print("usage: cycada bench kill-resume [options] -- COMMAND", file=sys.stderr)
-        return 2
-    split = argv.index("--")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = command_parser(
+        "bench kill-resume",
+        __doc__.split("\n\n")[0],
+        "cycada bench kill-resume --kills 10 --out runs/kill -- cycada train digits "
+        "--preset quick --out runs/k",
+    )
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
+    if not command:
+        parser.error("expected the training command after --, e.g. -- cycada train digits ...")
     if command and command[0] == "cycada":
         command = [sys.executable, "-m", "cycada.cli", *command[1:]]
     result = kill_and_resume(command, args.out, args.kills, args.seed)

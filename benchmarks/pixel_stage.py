@@ -9,7 +9,6 @@ shared machine. Default networks are the paper's (Figure 7 generator and discrim
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from cycada.bench_results import write_results
+from cycada.command_line import command_parser
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.digits.config import PixelStageConfig
 from cycada.training.digits.networks import build_task_net
@@ -38,9 +38,13 @@ def steps_per_second(config: PixelStageConfig, channels: int, task: str, steps: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(
+        "bench pixel-stage",
+        __doc__.splitlines()[0],
+        "cycada bench pixel-stage --batch 100 --size 32 --steps 3",
+    )
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=32, help="side of the square digit images")
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--task", default="lenet", choices=["lenet", "dtn"])
     parser.add_argument("--generator-width", type=int, default=64)

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from cycada.bench_results import write_results
+from cycada.command_line import add_repository
 from cycada.serving.server import free_port
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example:\n  cycada bench restart-storm --repository model_repository",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--repository", type=Path, required=True)
+    add_repository(parser, required=True, default=None)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--hold-every", type=int, default=3, help="hold the port every Nth kill")
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     grpc_port, http_port = free_port(), free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "cycada.cli", "serve", str(args.repository), "--model",
+        [sys.executable, "-m", "cycada.cli", "serve", "--repository", str(args.repository),
+         "--model",
          "segment", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
          "--metrics-port", str(free_port()), "--max-restarts", str(args.max_restarts)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -1,6 +1,6 @@
 """Images/s and peak GPU memory of every segmentation stage at the paper's sizes.
 
-    cycada bench seg-stages --model drn26 --out results/
+    cycada bench seg-stages --network drn26 --out results/
 
 Each stage runs its real training step (the same modules, losses and optimizers as the
 pipeline) on random tensors: source/target f_T at batch 8, 600x600 crops; the pixel stage
@@ -13,7 +13,6 @@ full Cityscapes resolution. Mixed precision and channels_last on GPU, as in trai
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cycada.bench_results import write_results
+from cycada.command_line import add_network, command_parser
 from cycada.training.core.discriminators import ScoreMapDiscriminator
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN, FeatureGANLoss
 from cycada.training.core.losses.task import TaskLoss
@@ -189,8 +189,12 @@ def bench(model_name: str, sizes: dict, device: torch.device, seconds: float, am
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="drn26", choices=["drn26", "fcn8s", "fastscnn"])
+    parser = command_parser(
+        "bench seg-stages",
+        __doc__.splitlines()[0],
+        "cycada bench seg-stages --network fastscnn --small --seconds 1",
+    )
+    add_network(parser, default="drn26")
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement per stage")
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke test)")
     parser.add_argument("--no-amp", action="store_true")
@@ -198,17 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {
-        "model": args.model,
+        "model": args.network,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "amp": not args.no_amp and device.type == "cuda",
         "stages": bench(
-            args.model, SMALL if args.small else PAPER, device, args.seconds, not args.no_amp
+            args.network, SMALL if args.small else PAPER, device, args.seconds, not args.no_amp
         ),
     }
     text = json.dumps(results, indent=2)
     print(text)
-    write_results(args.out, f"stages-{args.model}", results)
+    write_results(args.out, f"stages-{args.network}", results)
     return 0
 
 

@@ -3,7 +3,7 @@ network (class scores at its own resolution) against the full serving graph (uin
 labels and confidence out), for PyTorch eager, AOTInductor packages, ONNX Runtime (CPU or CUDA),
 TensorRT and OpenVINO (fp32, bf16).
 
-    cycada bench segmenters --models fastscnn --device cpu --size 960x540
+    cycada bench segmenters --network fastscnn --device cpu --size 960x540
 
 Every engine runs the same network on the same input in one process (median of ``--repeat``
 timed runs after warm-up), so the ratio between them is meaningful on a shared machine; the
@@ -12,7 +12,6 @@ graph/network ratio says what the work after the network costs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from cycada.bench_results import write_results
+from cycada.command_line import add_network, command_parser
 from cycada.export.graphs import SegmentationGraph
 from cycada.export.run_models import Endpoint
 from cycada.sizes import image_size
@@ -267,8 +267,12 @@ def bench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="fastscnn,drn26")
+    parser = command_parser(
+        "bench segmenters",
+        __doc__.splitlines()[0],
+        "cycada bench segmenters --network fastscnn --size 480x270 --engines onnxruntime",
+    )
+    add_network(parser, default="fastscnn,drn26", many=True, old="--models")
     parser.add_argument("--size", type=image_size, default=(512, 256), help="WIDTHxHEIGHT")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height = args.size
     rows = []
-    for name in args.models.split(","):
+    for name in args.network:
         engines = tuple(args.engines.split(","))
         rows.append(
             bench(name, height, width, args.batch, args.threads, args.repeat, args.device, engines)

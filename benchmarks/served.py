@@ -1,6 +1,6 @@
 """Served (Triton, gRPC) vs in-process throughput of one segmentation model, same card.
 
-    cycada bench served --model drn26 --size 2048x1024 --out results/
+    cycada bench served --network drn26 --size 2048x1024 --out results/
 
 Builds a repository from RUN_DIR (``--run``; by default a DRN-C-26 with random weights, which
 is enough for speed), starts the real tritonserver with ``--instances`` Python-backend
@@ -31,6 +31,7 @@ import numpy as np
 
 from cycada.bench_results import write_results
 from cycada.clients.load import run_load
+from cycada.command_line import add_network, add_repository, command_parser
 from cycada.sizes import image_size
 
 
@@ -191,9 +192,13 @@ def _key_values(text: str) -> dict[str, str]:
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(
+        "bench served",
+        __doc__.splitlines()[0],
+        "cycada bench served --network fastscnn --size 512x256 --seconds 2 --out results/",
+    )
     parser.add_argument("--run", type=Path, help="training run to serve (default: random DRN)")
-    parser.add_argument("--model", default="drn26")
+    add_network(parser, default="drn26")
     parser.add_argument(
         "--size", type=image_size, default=(2048, 1024), help="WIDTHxHEIGHT of the frames"
     )
@@ -212,7 +217,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with --compile: Inductor's max_autotune (the package is tuned for --size either way)",
     )
-    parser.add_argument("--repository", type=Path, help="build the repository here and keep it")
+    add_repository(parser, default=None, help="build the repository here and keep it")
     parser.add_argument(
         "--server-parameters",
         type=_key_values,
@@ -232,7 +237,7 @@ def _repository(args: argparse.Namespace, scratch: Path) -> Path:
     """The run (given, or random weights) exported, the segment models at ``--instances``."""
     from cycada.export.exporter import ExportOptions, export_run
 
-    run_dir = args.run or random_run(args.model, scratch / "run")
+    run_dir = args.run or random_run(args.network, scratch / "run")
     repository = args.repository or scratch / "repository"
     options = ExportOptions(
         fp16=False,
@@ -285,10 +290,10 @@ def _served(repository: Path, frame: np.ndarray, jpeg: np.ndarray, args, results
 
 
 def _report(results: dict, model: str) -> str:
-    height, width = results["size"]
+    width, height = results["size"]
     in_process = results["in_process"]
     lines = [
-        f"# served vs in-process, {model} {height}x{width}",
+        f"# served vs in-process, {model} {width}x{height}",
         "",
         "| in process | engine | raw batch 1 | raw batch 8 | JPEG batch 1 | p50 batch 1 ms |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -331,7 +336,7 @@ def _bench(args: argparse.Namespace, scratch: Path) -> int:
     )
     jpeg = jpeg.reshape(-1)
     results: dict = {
-        "size": [height, width],
+        "size": [width, height],
         "instances": args.instances,
         "raw_bytes": int(frame.nbytes),
         "jpeg_bytes": int(jpeg.nbytes),
@@ -342,7 +347,7 @@ def _bench(args: argparse.Namespace, scratch: Path) -> int:
     if (folder / "engine_choice.json").exists():
         results["export_engine_choice"] = json.loads((folder / "engine_choice.json").read_text())
     _served(repository, frame, jpeg, args, results)
-    report = _report(results, args.model)
+    report = _report(results, args.network)
     write_results(args.out, "served", results, report)
     print(report, end="")
     return 0

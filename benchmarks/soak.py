@@ -13,7 +13,6 @@ no errors, p99 of the last window within 20 % of the first, server memory grown 
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cycada.command_line import add_repository, add_urls, command_parser
 from cycada.sizes import image_size
 
 P99_DRIFT_GOAL = 0.20
@@ -64,7 +64,7 @@ def _client_loop(url, model, array, stop: threading.Event, samples: Samples, bud
 
 
 def soak(
-    url: str,
+    urls: list[str],
     model: str,
     size: tuple[int, int],
     concurrency: int,
@@ -78,8 +78,11 @@ def soak(
     array = np.random.default_rng(0).integers(0, 256, (1, *size, 3), np.uint8)
     samples, stop = Samples(), threading.Event()
     threads = [
-        threading.Thread(target=_client_loop, args=(url, model, array, stop, samples, max_requests))
-        for _ in range(concurrency)
+        threading.Thread(
+            target=_client_loop,
+            args=(urls[i % len(urls)], model, array, stop, samples, max_requests),
+        )
+        for i in range(concurrency)
     ]
     started = time.monotonic()
     for thread in threads:
@@ -178,9 +181,13 @@ def markdown(result: dict[str, Any], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, help="start a server on this repository")
-    parser.add_argument("--url", help="a running server instead (RSS is then not sampled)")
+    parser = command_parser(
+        "bench soak",
+        __doc__.split("\n\n")[0],
+        "cycada bench soak --repository model_repository --minutes 10 --out runs/soak",
+    )
+    add_repository(parser, default=None, help="start a server on this repository")
+    add_urls(parser, default=[], help="running server(s) instead (RSS is then not sampled)")
     parser.add_argument("--model", default="segment")
     parser.add_argument(
         "--size", type=image_size, default=(256, 128), help="WIDTHxHEIGHT of the request images"
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --repository (a server is started) or --url")
     width, height = args.size
     server = None
-    if args.url is None:
+    if not args.url:
         from cycada.serving.server import ServerOptions, TritonServer
 
         options = ServerOptions.on_free_ports(
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         server = TritonServer(options).start()
     try:
         result = soak(
-            server.grpc_url if server else args.url,
+            [server.grpc_url] if server else args.url,
             args.model,
             (height, width),
             args.concurrency,

@@ -13,7 +13,6 @@ clip's fps; one that falls behind reads its frames late and ends below it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import multiprocessing
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import cv2
 
 from cycada.bench_results import write_results
+from cycada.command_line import add_repository, add_urls, command_parser
 from cycada.sizes import image_size
 from cycada.training.segmentation.scene_writer import write_clip
 
@@ -39,7 +39,7 @@ def one_stream(job: tuple[str, str, str, int, int, bool]) -> dict:
 
     url, clip, out, width, window, realtime = job
     options = VideoOptions(
-        urls=[url],
+        urls=url,
         model="segment_encoded",
         encoded=True,
         width=width,
@@ -61,7 +61,9 @@ def one_stream(job: tuple[str, str, str, int, int, bool]) -> dict:
     }
 
 
-def run_streams(url: str, clip: Path, out: Path, streams: int, width: int, window: int) -> list:
+def run_streams(
+    url: list[str], clip: Path, out: Path, streams: int, width: int, window: int
+) -> list:
     spawn = multiprocessing.get_context("spawn")
     jobs = [
         (url, str(clip), str(out / f"stream{i}.mp4"), width, window, True) for i in range(streams)
@@ -71,9 +73,13 @@ def run_streams(url: str, clip: Path, out: Path, streams: int, width: int, windo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, help="model repository to serve")
-    parser.add_argument("--url", help="a running server instead (host:port)")
+    parser = command_parser(
+        "bench streams",
+        __doc__.splitlines()[0],
+        "cycada bench streams --repository model_repository --streams 2 --fps 5 --size 512x256",
+    )
+    add_repository(parser, default=None, help="model repository to serve")
+    add_urls(parser, default=[], help="running server(s) instead of --repository")
     parser.add_argument("--clip", type=Path, help="default: a synthetic clip at --size, --fps")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--fps", type=float, default=25.0, help="each camera's frame rate")
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             from cycada.serving.server import ServerOptions, TritonServer
 
             with TritonServer(ServerOptions.on_free_ports(args.repository)) as server:
-                rows = _measure(server.grpc_url, clip, frames, args, width)
+                rows = _measure([server.grpc_url], clip, frames, args, width)
     result = {
         "streams": args.streams,
         "size": [width, height],
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure(url: str, clip: Path, frames: int, args, width: int) -> list[dict]:
+def _measure(url: list[str], clip: Path, frames: int, args, width: int) -> list[dict]:
     # one unpaced pass first: every instance tunes its kernels for this size
     one_stream((url, str(clip), str(args.out / "warmup.mp4"), width, args.window, False))
     rows = run_streams(url, clip, args.out, args.streams, width, args.window)

@@ -17,7 +17,6 @@ same target images.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from cycada.bench_results import write_results
 from cycada.checkpoint import load_modules, read_header
+from cycada.command_line import command_parser
 from cycada.errors import CheckpointError, DataError
 from cycada.training.core.batches import epoch_batches
 from cycada.training.core.transforms import fit_images, to_unit_range
@@ -80,7 +80,11 @@ def read_translations(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(
+        "bench translation-fidelity",
+        __doc__.splitlines()[0],
+        "cycada bench translation-fidelity runs/u2m/no_feat runs/u2m/full --dataset mnist",
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="run or ablation-row folders")
     parser.add_argument("--dataset", default="mnist", help="labelled target domain to learn")
     parser.add_argument("--split", default="test", help="its labelled split (default test)")

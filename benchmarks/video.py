@@ -19,7 +19,6 @@ what any client can reach there.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import multiprocessing
@@ -32,6 +31,7 @@ import cv2
 from cycada.bench_results import write_results
 from cycada.clients.load import run_load
 from cycada.clients.video import VideoOptions, _model_input, segment_video
+from cycada.command_line import add_repository, command_parser
 from cycada.errors import CycadaError
 from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
 
@@ -117,8 +117,12 @@ def _label_agreement(labels: Path, baseline: Path) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, required=True)
+    parser = command_parser(
+        "bench video",
+        __doc__.splitlines()[0],
+        "cycada bench video --repository model_repository --clip dashcam.mp4 --width 960",
+    )
+    add_repository(parser, required=True, default=None)
     parser.add_argument("--clip", required=True)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--window", type=int, default=8)

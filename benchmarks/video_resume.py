@@ -28,6 +28,7 @@ import tritonclient.grpc as grpcclient
 
 from cycada.bench_results import write_results
 from cycada.clients.video_output import frames_in
+from cycada.command_line import add_repository
 from cycada.serving.server import ServerOptions, TritonServer
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example:\n  cycada bench video-resume --repository model_repository --kills 10",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--repository", type=Path, required=True)
+    add_repository(parser, required=True, default=None)
     parser.add_argument("--clip", type=Path, help="a video (default: a synthetic clip)")
     parser.add_argument("--frames", type=int, default=3000, help="frames of the synthetic clip")
     parser.add_argument("--width", type=int, default=256)

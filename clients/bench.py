@@ -58,7 +58,7 @@ class BenchInput:
     array: np.ndarray
 
 
-def bench_input(model: str, height: int, width: int, batch: int = 1) -> BenchInput:
+def bench_input(model: str, width: int, height: int, batch: int = 1) -> BenchInput:
     """A camera-style synthetic frame (raw, or JPEG for the encoded endpoint)."""
     from cycada.training.segmentation.scenes import render_scene
 
@@ -356,7 +356,7 @@ def write_outputs(out: Path, result: dict) -> None:
         if rows:
             write_text_atomic(out / name, perf_analyzer_csv(rows, first_column))
     lines += [
-        f"# bench: {result['model']} {result['size'][1]}x{result['size'][0]} (width x height)",
+        f"# bench: {result['model']} {result['size'][0]}x{result['size'][1]} (width x height)",
         "",
         "| served | /s | p50 ms | p90 ms | p95 ms | p99 ms | queue µs | compute µs | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -385,7 +385,7 @@ def write_outputs(out: Path, result: dict) -> None:
                 f"{row['p50_ms']} | {row['p99_ms']} |"
             )
     write_text_atomic(out / "bench.md", "\n".join(lines) + "\n\n" + header_markdown(header))
-    width, height = result["size"][1], result["size"][0]
+    width, height = result["size"]
     bench_figure(
         out / "bench.png",
         result["served"],
@@ -410,8 +410,8 @@ def run_bench(
     retry_window: float = 60.0,
     version: str = "",
 ) -> dict:
-    """The served sweep and the in-process engines, on ``version`` of the model (default:
-    the newest ready when served, the newest on disk in process)."""
+    """The served sweep and the in-process engines at ``size`` (width, height), on ``version``
+    of the model (default: the newest ready when served, the newest on disk in process)."""
     model_dir = repository / model
     versions = (
         sorted(int(p.name) for p in model_dir.glob("[0-9]*") if p.is_dir())

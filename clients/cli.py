@@ -5,21 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cycada.command_line import (
+    Deprecated,
+    add_json,
+    add_quiet,
+    add_repository,
+    add_urls,
+    print_json,
+)
+from cycada.errors import ConfigError
 from cycada.grpc_security import add_client_security, security_from_args
 from cycada.sizes import image_size
 
 
-def _urls(text: str) -> list[str]:
-    return [url.strip() for url in text.split(",") if url.strip()]
-
-
 def _connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        type=_urls,
-        default=["127.0.0.1:8001"],
-        help="gRPC address(es) of the server; several (comma-separated) are used round-robin",
-    )
+    add_urls(parser)
     parser.add_argument(
         "--model-version",
         default="",
@@ -102,7 +102,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="FPS",
         help="with --collect: at most FPS frames kept per second of footage (default 1)",
     )
-    video.add_argument("--no-progress", action="store_true")
+    add_quiet(video, old_no_progress=True)
+    add_json(video, "the closing summary")
     video.set_defaults(handler=run_video)
 
     _register_monitor(commands)
@@ -124,7 +125,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     translate.add_argument("--model", default="translate_s2t")
     translate.add_argument("--shard", default="0/1", metavar="i/n")
     _connection(translate)
-    translate.add_argument("--no-progress", action="store_true")
+    add_quiet(translate, old_no_progress=True)
+    add_json(translate, "the closing summary")
     translate.set_defaults(handler=run_translate, window=4)
     register_bench(commands)
     register_demo(commands)
@@ -162,11 +164,17 @@ def _register_monitor(commands: argparse._SubParsersAction) -> None:
         "confidence, low-confidence share, distance of the class mix; a shift is flagged with "
         "its evidence. Reads the servers' metrics ports; replicas' counts add up. --once: exit "
         "1 when a shift is flagged, 0 when not.",
-        epilog="example:\n  cycada monitor 127.0.0.1:8002 --once",
+        epilog="example:\n  cycada monitor --url 127.0.0.1:8002 --once",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_urls(
+        monitor,
+        default=["127.0.0.1:8002"],
+        help="the servers' metrics addresses: host:port or http://.../metrics (default "
+        "127.0.0.1:8002)",
+    )
     monitor.add_argument(
-        "url", nargs="+", metavar="URL", help="metrics address(es): host:port or http://.../metrics"
+        "old_urls", nargs="*", action=Deprecated, new="--url", target="url", metavar="URL"
     )
     monitor.add_argument(
         "--window", type=int, default=250, help="frames judged (default 250: 10 s at 25 fps)"
@@ -243,14 +251,14 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "installed, on the same input. Starts its own server on REPOSITORY unless --url is "
         "given. Writes bench.json, bench.csv (perf_analyzer columns), bench.md and bench.png. "
         "Every benchmark's JSON opens with the same header: machine, versions, command, commit.",
-        epilog="examples:\n  cycada bench model_repository --model segment --size 512x256 "
-        "--concurrency 1,2,4 --out runs/bench\n  cycada bench segmenters --models fastscnn "
-        "--size 512x256 --out runs/bench-seg",
+        epilog="examples:\n  cycada bench sweep --repository model_repository --model segment "
+        "--size 512x256 --concurrency 1,2,4 --out runs/bench\n  cycada bench segmenters "
+        "--network fastscnn --size 512x256 --out runs/bench-seg",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))
+    add_repository(bench, positional_alias=True)
     bench.add_argument("--model", default="segment")
-    bench.add_argument("--url", help="a running server (default: start one on REPOSITORY)")
+    add_urls(bench, default=[], help="a running server (default: start one on --repository)")
     bench.add_argument(
         "--model-version", default="", metavar="N", help="the version to measure (default newest)"
     )
@@ -262,7 +270,11 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "an error (default 60; its latency includes the wait)",
     )
     bench.add_argument(
-        "--size", type=image_size, default=(512, 256), metavar="WxH", help="default 512x256"
+        "--size",
+        type=image_size,
+        default=(512, 256),
+        metavar="WIDTHxHEIGHT",
+        help="default 512x256",
     )
     bench.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4])
     bench.add_argument("--rate", type=_numbers(float), default=[], help="requests/s, open loop")
@@ -278,12 +290,13 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     from cycada.clients.bench import run_bench
 
-    width, height = args.size
+    if len(args.url) > 1:
+        raise ConfigError(f"--url {','.join(args.url)}: the sweep measures one server, give one")
     run_bench(
         args.repository,
         args.model,
-        args.url,
-        (height, width),
+        args.url[0] if args.url else None,
+        args.size,
         args.concurrency,
         args.rate,
         args.seconds,
@@ -327,13 +340,15 @@ def run_video(args: argparse.Namespace) -> int:
         security=security_from_args(args),
         compression=args.compression,
         shared_memory=args.shared_memory,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         resume=args.resume,
         realtime=args.realtime,
         model_version=args.model_version,
         collect=collect,
     )
-    segment_video(args.source, args.out, options)
+    summary = segment_video(args.source, args.out, options)
+    if args.json:
+        print_json(summary)
     return 0
 
 
@@ -352,9 +367,12 @@ def run_translate(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         retry_window=args.retry_window,
         security=security_from_args(args),
-        progress=not args.no_progress,
+        progress=not args.quiet,
         model_version=args.model_version,
     )
+    if args.json:
+        print_json(summary)
+        return 1 if summary.failed else 0
     for name in summary.non_images[:10]:
         print(f"skipped non-image file: {name}")
     for failure in summary.failed[:10]:

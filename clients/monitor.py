@@ -1,5 +1,5 @@
-"""`cycada monitor URL...`: each served segmentation model and version against the baseline its
-export recorded, over a sliding window of the frames it served last.
+"""`cycada monitor --url URL,...`: each served segmentation model and version against the
+baseline its export recorded, over a sliding window of the frames it served last.
 
 It reads the servers' Prometheus endpoints (``cycada serve``'s ``--metrics-port``, 8002), sums
 the counters of replicas, and judges the window with :func:`cycada.signals.judge_window` (the

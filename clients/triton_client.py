@@ -182,9 +182,21 @@ class ModelClient:
             time.sleep(0.2)
 
     def _not_ready(self, client) -> str:
-        """Why the model is not ready on a ready server; a missing version raises."""
+        """Why the model is not ready on a ready server; a model or version the server does
+        not have raises (the caller's mistake: waiting cannot help)."""
         from tritonclient.utils import InferenceServerException
 
+        try:
+            index = client.get_model_repository_index(headers=self.headers, as_json=True)
+        except InferenceServerException:  # not allowed (a repository-protected server)
+            index = None
+        if index is not None:
+            names = sorted({model["name"] for model in index.get("models", [])})
+            if names and self.model not in names:
+                raise ConfigError(
+                    f"--model {self.model}: the server serves no such model (it serves "
+                    f"{', '.join(names)})"
+                )
         if not self.version:
             return f"model '{self.model}' is not ready"
         try:

@@ -11,6 +11,8 @@ import platform
 import shutil
 from pathlib import Path
 
+from cycada.command_line import add_json, add_repository, print_json
+
 PACKAGES = (
     "torch",
     "onnx",
@@ -156,10 +158,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="what this machine has, and which engine each model would use here",
         description="CUDA, ONNX Runtime providers, TensorRT, tritonserver and package versions; "
         "with a model repository, the engine each model would run on here.",
-        epilog="example:\n  cycada doctor model_repository",
+        epilog="example:\n  cycada doctor --repository model_repository --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("repository", nargs="?", type=Path, help="a model repository")
+    add_repository(parser, default=None, help="a model repository", positional_alias=True)
+    add_json(parser, "the report")
     parser.set_defaults(handler=run_doctor)
 
 
@@ -174,6 +177,11 @@ def run_doctor(args: argparse.Namespace) -> int:
         if not models:
             raise DataError(f"{args.repository} has no */config.pbtxt (not a model repository)")
         lines += [("", ""), *((f"model {name}", text) for name, text in models)]
+    if args.json:
+        machine = dict(line for line in lines if line[0] and not line[0].startswith("model "))
+        models = {name[len("model ") :]: text for name, text in lines if name.startswith("model ")}
+        print_json({"machine": machine, "models": models})
+        return 0
     width = max(len(name) for name, _ in lines)
     for name, text in lines:
         print(f"{name:<{width}}  {text}" if name else "")

@@ -40,7 +40,7 @@ STEPS = [
     (
         "served",
         [
-            *(sys.executable, "-m", "cycada.benchmarks.served", "--model", "drn26"),
+            *(sys.executable, "-m", "cycada.benchmarks.served", "--network", "drn26"),
             *("--size", "2048x1024", "--instances", "2", "--concurrency", "1,4,8,16"),
             *("--seconds", "4", "--compile", "--repository", "{work}/repository"),
             *("--out", "{work}/served"),
@@ -60,7 +60,7 @@ STEPS = [
     (
         "stages",
         [
-            *(sys.executable, "-m", "cycada.benchmarks.seg_stages", "--model", "drn26"),
+            *(sys.executable, "-m", "cycada.benchmarks.seg_stages", "--network", "drn26"),
             *("--seconds", "5", "--out", "{work}/stages"),
         ],
         120,

@@ -6,20 +6,21 @@ import argparse
 import logging
 from pathlib import Path
 
-from cycada.errors import ConfigError, ExportError
+from cycada.command_line import Deprecated, add_repository
+from cycada.errors import ConfigError
 from cycada.export.repository import INSTANCES
 from cycada.export.runtime import CONTAINER_PYTHON, parse_pythons
 from cycada.sizes import image_size
 
 
-def _shapes(text: str) -> tuple[tuple[int, int], ...]:
-    try:
-        pairs = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
-    except ValueError:
-        pairs = []
-    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
-        raise argparse.ArgumentTypeError(f"expected HxW[,HxW...] like 512x1024, got '{text}'")
-    return tuple(pairs)  # type: ignore[return-value]
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``--trt-sizes``: WIDTHxHEIGHT[,...] → the (height, width) shapes TensorRT's profiles take."""
+    return tuple((height, width) for width, height in map(image_size, text.split(",")))
+
+
+def _old_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``--trt-shapes`` (deprecated): HEIGHTxWIDTH[,...], the one size written height first."""
+    return tuple((width, height) for width, height in map(image_size, text.split(",")))
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of a training run")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    add_repository(parser)
     parser.add_argument("--check", action="store_true", help="print the parity table")
     parser.add_argument(
         "--stage",
@@ -71,11 +72,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--int8-calibration", type=Path, metavar="DIR", help="INT8 plans calibrated on DIR's images"
     )
     parser.add_argument(
-        "--trt-shapes",
-        type=_shapes,
+        "--trt-sizes",
+        type=_sizes,
+        dest="trt_shapes",
         default=((256, 512), (512, 1024), (1024, 2048)),
-        metavar="HxW,...",
-        help="resolutions the TensorRT profiles cover (min to max)",
+        metavar="WIDTHxHEIGHT,...",
+        help="frame sizes the TensorRT profiles cover, smallest to largest (default "
+        "512x256,1024x512,2048x1024)",
+    )
+    parser.add_argument(
+        "--trt-shapes",
+        type=_old_shapes,
+        action=Deprecated,
+        new="--trt-sizes WIDTHxHEIGHT,... (--trt-shapes was HEIGHTxWIDTH)",
+        dest="trt_shapes",
     )
     parser.add_argument("--trt-max-batch", type=int, default=8)
     parser.add_argument("--keep", type=int, default=3, help="versions kept on disk per model")
@@ -113,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
     from cycada.export.exporter import ExportOptions, export_run
 
     if args.weights_only and args.compile:
-        raise ExportError("--weights-only cannot be combined with --compile (parity needs ONNX)")
+        raise ConfigError("--weights-only cannot be combined with --compile (parity needs ONNX)")
     if args.weights_only and (args.tensorrt or args.int8_calibration):
-        raise ExportError("--weights-only cannot be combined with --tensorrt (plans need ONNX)")
+        raise ConfigError("--weights-only cannot be combined with --tensorrt (plans need ONNX)")
     if args.instances < 1:
         raise ConfigError(f"--instances {args.instances}: expected 1 or more")
     if args.int8_calibration and not args.int8_calibration.is_dir():
-        raise ExportError(f"--int8-calibration {args.int8_calibration} is not a folder of images")
+        raise ConfigError(f"--int8-calibration {args.int8_calibration} is not a folder of images")
     options = ExportOptions(
         fp16=not args.no_fp16,
         onnx=not args.weights_only,

@@ -40,6 +40,7 @@ class ExportOptions:
     tensorrt: bool = False
     int8_calibration: Path | None = None  # target-domain images for INT8 TensorRT plans
     trt_max_batch: int = 8
+    # (height, width) of the TensorRT profiles (the command line takes WIDTHxHEIGHT: --trt-sizes)
     trt_shapes: tuple[tuple[int, int], ...] = ((256, 512), (512, 1024), (1024, 2048))
     keep: int = 3
     data_root: Path | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cycada.errors import ExportError
+from cycada.errors import DataError, ExportError
 from cycada.export.onnx_export import INPUT_NAME, output_names
 from cycada.export.repository import NativeProfile, plan_profile
 from cycada.export.run_models import Endpoint
@@ -52,7 +52,7 @@ def _calibration_batches(folder: Path, shape: tuple[int, int], channels: int, li
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if not files:
-        raise ExportError(f"--int8-calibration {folder} has no PNG/JPEG images")
+        raise DataError(f"--int8-calibration {folder} has no PNG/JPEG images")
     for path in files[:limit]:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:

@@ -7,6 +7,14 @@ import signal
 import sys
 from pathlib import Path
 
+from cycada.command_line import (
+    add_json,
+    add_repository,
+    add_urls,
+    print_json,
+    urls,
+    warn_deprecated,
+)
 from cycada.errors import ConfigError, ServingError
 from cycada.grpc_security import (
     AUTH_HEADER,
@@ -17,7 +25,17 @@ from cycada.grpc_security import (
     security_from_args,
 )
 from cycada.serving.server import PROFILES
-from cycada.serving.supervisor import RestartPolicy
+from cycada.serving.supervisor import RestartPolicy, supervise
+
+
+class _Status(argparse.Action):
+    """``--status``; the old ``--status URL`` stores URL as ``--url`` and says so."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.status = True
+        if values is not None:
+            warn_deprecated("--status URL", "--status --url URL")
+            namespace.url = urls(values)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,13 +44,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="serve a model repository with the real Triton server (Ctrl-C stops it)",
         description="Start tritonserver on REPOSITORY (loopback by default), wait until every "
         "model is ready, print the endpoints, and stop cleanly on Ctrl-C or SIGTERM. "
-        "With --status URL, show a running server's health, models and versions.",
-        epilog="examples:\n  cycada serve model_repository\n"
-        "  cycada serve model_repository --profile onnxruntime --host 0.0.0.0\n"
-        "  cycada serve --status localhost:8001",
+        "With --status, show the health, models and versions of the running servers at --url.",
+        epilog="examples:\n  cycada serve --repository model_repository\n"
+        "  cycada serve --repository model_repository --profile onnxruntime --host 0.0.0.0 "
+        "--insecure\n  cycada serve --status --url localhost:8001 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))
+    add_repository(parser, positional_alias=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
@@ -117,8 +135,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"SECONDS (default {RestartPolicy.hang_seconds:g})",
     )
     parser.add_argument(
-        "--status", metavar="URL", help="show the status of the server at URL (gRPC)"
+        "--status",
+        nargs="?",
+        action=_Status,
+        default=False,
+        help="show the status of the servers at --url (gRPC) instead of serving",
     )
+    add_urls(parser, help="with --status: the servers' gRPC address(es) (default 127.0.0.1:8001)")
+    add_json(parser, "--status")
     parser.set_defaults(handler=run)
     check = commands.add_parser(
         "deploy-check",
@@ -129,10 +153,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Python-backend versions carry their runtime for the image's Python, the models named "
         "(--load-model) exist, and every file is readable by the server's user. Exit 2 naming "
         "every problem.",
-        epilog="example:\n  cycada deploy-check model_repository deploy/kubernetes/triton.yaml",
+        epilog="example:\n  cycada deploy-check --repository model_repository "
+        "deploy/kubernetes/triton.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("repository", type=Path, metavar="REPOSITORY")
+    add_repository(check, default=None)
     check.add_argument("manifests", type=Path, nargs="*", metavar="MANIFEST")
     check.set_defaults(handler=run_deploy_check)
 
@@ -140,29 +165,32 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_deploy_check(args: argparse.Namespace) -> int:
     from cycada.serving.deploy_check import deploy_check
 
+    if args.repository is None:  # the old spelling: the repository first, then the manifests
+        if not args.manifests or not args.manifests[0].is_dir():
+            raise ConfigError("deploy-check: expected --repository DIR (the model repository)")
+        warn_deprecated("deploy-check REPOSITORY", "deploy-check --repository REPOSITORY")
+        args.repository, args.manifests = args.manifests[0], args.manifests[1:]
     for line in deploy_check(args.repository, args.manifests):
         print(line)
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def _show_status(args: argparse.Namespace) -> int:
+    """``--status``: each server of ``--url`` (the old ``--status URL`` too), as text or JSON."""
+    from cycada.serving.status import server_state, server_status
+
     security = security_from_args(args)
-    if args.status:
-        from cycada.serving.status import server_status
+    if args.json:
+        print_json([server_state(url, security=security) for url in args.url])
+    else:
+        print("\n".join(server_status(url, security=security) for url in args.url))
+    return 0
 
-        print(server_status(args.status, security=security))
-        return 0
-    if args.restart_pause < 0:
-        raise ConfigError(f"--restart-pause {args.restart_pause:g}: expected seconds, 0 or more")
-    if args.hang_timeout <= 0:
-        raise ConfigError(f"--hang-timeout {args.hang_timeout:g}: expected seconds, more than 0")
-    if args.poll < 0:
-        raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
-    secret = read_secret(args.auth_secret_file) if args.auth_secret_file else ""
-    from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
-    from cycada.serving.supervisor import supervise
 
-    options = ServerOptions(
+def _server_options(args: argparse.Namespace, secret: str):
+    from cycada.serving.server import ServerOptions, parse_cpus
+
+    return ServerOptions(
         args.repository,
         host=args.host,
         grpc_port=args.grpc_port,
@@ -180,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         poll_seconds=args.poll,
     )
-    server = TritonServer(options)
+
+
+def _warn_about_exposed_endpoints(args: argparse.Namespace) -> None:
     if args.insecure and not is_loopback(args.host):
         print(
             f"warning: serving on {args.host} without TLS or a secret (--insecure): anyone who "
@@ -195,6 +225,47 @@ def run(args: argparse.Namespace) -> int:
     ):  # fmt: skip
         if not is_loopback(host):
             print(f"warning: {name} {host}: {what} reachable from the network", file=sys.stderr)
+
+
+def _serve_until_stopped(server, args: argparse.Namespace, secret: str) -> None:
+    """Start, print the status and the endpoints, then restart the server whenever it dies
+    (:mod:`.supervisor`) until Ctrl-C or SIGTERM."""
+    server.start(args.ready_timeout)
+    from cycada.serving.status import server_status
+
+    local = GrpcSecurity(
+        ssl=bool(args.tls_cert),
+        root_cert=args.tls_cert,
+        auth_header=(AUTH_HEADER, secret) if secret else None,
+    )
+    try:
+        print(server_status(server.grpc_url, security=local), flush=True)
+    except ServingError as exc:  # e.g. a certificate not valid for this address
+        print(f"(status not shown: {exc})", flush=True)
+    print(f"serving: gRPC {server.grpc_url}  HTTP {server.http_url}  (Ctrl-C stops)", flush=True)
+    policy = RestartPolicy(
+        enabled=not args.no_restart,
+        max_per_minute=args.max_restarts,
+        first_pause=args.restart_pause,
+        hang_seconds=args.hang_timeout,
+    )
+    supervise(server, policy, args.ready_timeout, lambda line: print(line, flush=True))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.status:
+        return _show_status(args)
+    if args.restart_pause < 0:
+        raise ConfigError(f"--restart-pause {args.restart_pause:g}: expected seconds, 0 or more")
+    if args.hang_timeout <= 0:
+        raise ConfigError(f"--hang-timeout {args.hang_timeout:g}: expected seconds, more than 0")
+    if args.poll < 0:
+        raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
+    secret = read_secret(args.auth_secret_file) if args.auth_secret_file else ""
+    from cycada.serving.server import TritonServer
+
+    server = TritonServer(_server_options(args, secret))
+    _warn_about_exposed_endpoints(args)
     stopping = []
 
     def request_stop(signum, frame):  # SIGTERM behaves like Ctrl-C
@@ -208,28 +279,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        server.start(args.ready_timeout)
-        from cycada.serving.status import server_status
-
-        local = GrpcSecurity(
-            ssl=bool(args.tls_cert),
-            root_cert=args.tls_cert,
-            auth_header=(AUTH_HEADER, secret) if secret else None,
-        )
-        try:
-            print(server_status(server.grpc_url, security=local), flush=True)
-        except ServingError as exc:  # e.g. a certificate not valid for this address
-            print(f"(status not shown: {exc})", flush=True)
-        print(
-            f"serving: gRPC {server.grpc_url}  HTTP {server.http_url}  (Ctrl-C stops)", flush=True
-        )
-        policy = RestartPolicy(
-            enabled=not args.no_restart,
-            max_per_minute=args.max_restarts,
-            first_pause=args.restart_pause,
-            hang_seconds=args.hang_timeout,
-        )
-        supervise(server, policy, args.ready_timeout, lambda line: print(line, flush=True))
+        _serve_until_stopped(server, args, secret)
     except KeyboardInterrupt:
         print("stopping tritonserver...", file=sys.stderr, flush=True)
         code = server.stop()

@@ -1,4 +1,5 @@
-"""`cycada deploy-check REPOSITORY [MANIFEST...]`: will this repository serve where it is deployed?
+"""`cycada deploy-check --repository DIR [MANIFEST...]`: will this repository serve where it
+is deployed?
 
 A manifest (a Kubernetes Deployment, Job or Pod running ``tritonserver``, or a KServe
 InferenceService with the Triton runtime) names the image, the profile (``--model-config-name``)

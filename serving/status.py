@@ -6,8 +6,9 @@ from cycada.errors import ServingError
 from cycada.grpc_security import GrpcSecurity
 
 
-def server_status(url: str, timeout: float = 5.0, security: GrpcSecurity | None = None) -> str:
-    """A short report: live/ready, then one line per model version with its state."""
+def server_state(url: str, timeout: float = 5.0, security: GrpcSecurity | None = None) -> dict:
+    """``{"url", "version", "live", "ready", "models": [{"name", "version", "state",
+    "reason"}]}`` of the server at ``url``."""
     from tritonclient.utils import InferenceServerException
 
     security = security or GrpcSecurity()
@@ -22,14 +23,36 @@ def server_status(url: str, timeout: float = 5.0, security: GrpcSecurity | None 
         metadata = client.get_server_metadata(headers=headers, as_json=True, client_timeout=timeout)
     except InferenceServerException as exc:
         raise ServingError(f"no Triton server answers at {url} ({exc.message()})") from None
-    lines = [
-        f"server {url}: Triton {metadata.get('version', '?')}, "
-        f"live={'yes' if live else 'no'}, ready={'yes' if ready else 'no'}"
+    models = [
+        {
+            "name": model["name"],
+            "version": model.get("version", ""),
+            "state": model.get("state", "?"),
+            "reason": model.get("reason", ""),
+        }
+        for model in sorted(
+            index.get("models", []), key=lambda m: (m["name"], m.get("version", ""))
+        )
     ]
-    for model in sorted(index.get("models", []), key=lambda m: (m["name"], m.get("version", ""))):
-        state = model.get("state", "?")
-        reason = f" ({model['reason']})" if model.get("reason") else ""
+    return {
+        "url": url,
+        "version": metadata.get("version", "?"),
+        "live": bool(live),
+        "ready": bool(ready),
+        "models": models,
+    }
+
+
+def server_status(url: str, timeout: float = 5.0, security: GrpcSecurity | None = None) -> str:
+    """A short report: live/ready, then one line per model version with its state."""
+    state = server_state(url, timeout, security)
+    lines = [
+        f"server {url}: Triton {state['version']}, "
+        f"live={'yes' if state['live'] else 'no'}, ready={'yes' if state['ready'] else 'no'}"
+    ]
+    for model in state["models"]:
+        reason = f" ({model['reason']})" if model["reason"] else ""
         lines.append(
-            f"  {model['name']:<18} version {model.get('version', '-'):<3} {state}{reason}"
+            f"  {model['name']:<18} version {model['version'] or '-':<3} {model['state']}{reason}"
         )
     return "\n".join(lines)

@@ -200,7 +200,7 @@ def serve_process(repository, *extra):
 
     grpc_port = free_port()
     command = [
-        sys.executable, "-m", "cycada.cli", "serve", str(repository),
+        sys.executable, "-m", "cycada.cli", "serve", "--repository", str(repository),
         "--grpc-port", str(grpc_port), "--http-port", str(free_port()),
         "--metrics-port", str(free_port()), "--model", "segment", *extra,
     ]  # fmt: skip
@@ -331,3 +331,37 @@ def openvino_signature(path: Path) -> tuple[list, list]:
         [(t.get_any_name(), t.get_element_type().get_type_name()) for t in tensors]
         for tensors in (model.inputs, model.outputs)
     )
+
+
+class _Parsed(Exception):
+    """Raised in place of running a command once its arguments have parsed."""
+
+
+def parse_failure(argv: list[str]) -> str | None:
+    """Parse ``cycada ARGV`` as the command does, without running it: None when it parses,
+    else argparse's reason (its last line on stderr)."""
+    import argparse
+    import contextlib
+    import io
+    from unittest import mock
+
+    from cycada.cli import main
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse_args(self, args, namespace)
+        raise _Parsed
+
+    errors = io.StringIO()
+    with (
+        mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop),
+        contextlib.redirect_stderr(errors),
+    ):
+        try:
+            main(argv)
+        except _Parsed:
+            return None
+        except SystemExit:
+            return (errors.getvalue().strip().splitlines() or ["no message"])[-1]
+    return "the command ran instead of stopping after its parse"

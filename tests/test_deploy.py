@@ -170,7 +170,7 @@ def test_deploy_check_passes_the_manifests_and_names_what_would_not_serve(
 
     repository = served_copy(exported_repository, tmp_path)
     manifests = [str(DEPLOY / "kubernetes" / name) for name in ("triton.yaml", "kserve.yaml")]
-    done = cycada("deploy-check", str(repository), *manifests)
+    done = cycada("deploy-check", "--repository", str(repository), *manifests)
     assert done.returncode == 0, done.stderr
     assert "Python 3.10: segment (onnxruntime), segment_encoded (python)" in done.stdout
 
@@ -181,7 +181,7 @@ def test_deploy_check_passes_the_manifests_and_names_what_would_not_serve(
         container["image"] = change.get("image", container["image"])
         manifest = tmp_path / "manifest.yaml"
         manifest.write_text(yaml.safe_dump(deployment))
-        return cycada("deploy-check", str(repository), str(manifest))
+        return cycada("deploy-check", "--repository", str(repository), str(manifest))
 
     def failure(**change) -> str:
         done = check(**change)

@@ -3,9 +3,6 @@ subcommand fails here, not in a reader's terminal."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import re
 import shlex
 from collections.abc import Iterator
@@ -13,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cycada.cli import main
+from tests.helpers import parse_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "RELIABILITY.md", "BENCHMARKS.md")
-
-
-class _Parsed(Exception):
-    """Raised in place of running a command once its arguments have parsed."""
 
 
 def documented_commands(text: str) -> Iterator[str]:
@@ -53,24 +46,12 @@ def _cases() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     "document, command", [pytest.param(*case, id=f"{case[0]}:{case[1][:60]}") for case in _cases()]
 )
-def test_documented_command_parses(document, command, monkeypatch):
-    parse_args = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(self, args=None, namespace=None):
-        parse_args(self, args, namespace)
-        raise _Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+def test_documented_command_parses(document, command):
     argv = shlex.split(command)
     # torchrun ... -m cycada.cli ARGS, unless it is itself the argument of a cycada command
     argv = argv[1:] if argv[0] == "cycada" else argv[argv.index("cycada.cli") + 1 :]
-    errors = io.StringIO()
-    with pytest.raises(_Parsed), contextlib.redirect_stderr(errors):
-        try:
-            main(argv)
-        except SystemExit:
-            reason = (errors.getvalue().strip().splitlines() or ["no message"])[-1]
-            pytest.fail(f"{document}: `{command}` does not parse: {reason}")
+    reason = parse_failure(argv)
+    assert reason is None, f"{document}: `{command}` does not parse: {reason}"
 
 
 def test_the_documents_show_commands():

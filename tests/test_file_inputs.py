@@ -40,7 +40,7 @@ def folder(tmp_path):
 
 
 TRAIN = [
-    "train", "seg", "--preset", "quick", "--model", "fastscnn", "--quiet",
+    "train", "seg", "--preset", "quick", "--network", "fastscnn", "--quiet",
     "--set", "source.iterations=2", "--set", "source.batch_size=2", "--set", "source.crop=64",
     "--set", "data.resize_width=128", "--set", "pixel.enabled=false",
     "--set", "feature.enabled=false",

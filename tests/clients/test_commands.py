@@ -66,7 +66,7 @@ def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip,
         str(labels),
         "--csv",
         str(shares),
-        "--no-progress",
+        "--quiet",
     ]
     done = cycada(*args, *(["--encoded"] if encoded else []))
     assert done.returncode == 0, done.stderr
@@ -114,7 +114,7 @@ def test_translated_frame_beside(server, tmp_path):
         "160",
         "--translated",
         "translate_t2s",
-        "--no-progress",
+        "--quiet",
     )
     assert done.returncode == 0, done.stderr
     capture = cv2.VideoCapture(str(out))
@@ -153,7 +153,7 @@ def video_until(tmp_path, url, frames_done: int, extra=()) -> tuple[subprocess.P
         "320",
         "--labels-dir",
         str(labels),
-        "--no-progress",
+        "--quiet",
         *extra,
     ]
     process = subprocess.Popen(
@@ -242,7 +242,7 @@ def test_resume_continues_a_partial_output_with_the_labels_of_an_uninterrupted_r
     partial = frame_count(out)
     assert 20 <= partial < 400
     clip = tmp_path / "clip.mp4"
-    common = ["--url", server.grpc_url, "--width", "320", "--no-progress"]
+    common = ["--url", server.grpc_url, "--width", "320", "--quiet"]
     resumed = cycada(
         "segment-video", str(clip), "--out", str(out), "--labels-dir", str(labels),
         "--csv", str(shares), "--resume", *common,
@@ -284,7 +284,7 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
         str(src / "labels"),
         "--url",
         server.grpc_url,
-        "--no-progress",
+        "--quiet",
     ]
     done = cycada(*args)
     assert done.returncode == 0, done.stderr
@@ -306,7 +306,7 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
             server.grpc_url,
             "--shard",
             f"{index}/2",
-            "--no-progress",
+            "--quiet",
         )
     assert len(list((shards / "images").rglob("*.png"))) == 6
     bad = cycada("translate-dir", str(src / "images"), str(shards), "--shard", "2/2")
@@ -460,7 +460,7 @@ def test_bench_schema_and_sanity(server, repository, tmp_path):
     from cycada.clients.bench import PERF_ANALYZER_COLUMNS, run_bench
 
     result = run_bench(
-        repository, "segment", server.grpc_url, (64, 128), [1, 2], [4.0], 1.0, 0.5, tmp_path
+        repository, "segment", server.grpc_url, (128, 64), [1, 2], [4.0], 1.0, 0.5, tmp_path
     )
     assert [r["mode"] for r in result["served"]] == ["concurrency", "concurrency", "rate"]
     for row in result["served"]:

@@ -75,8 +75,11 @@ def test_monitor_input_errors_are_one_line_and_exit_2(tmp_path):
     with pytest.raises(InputError, match="expected host:port"):
         metrics_url("ftp://host")
     for args, message in (
-        (["127.0.0.1:1", "--window", "0"], "--window 0: expected 1 or more frames"),
-        (["127.0.0.1:1", "--once", "--interval", "0"], "--interval 0.0: expected seconds above 0"),
+        (["--url", "127.0.0.1:1", "--window", "0"], "--window 0: expected 1 or more frames"),
+        (
+            ["--url", "127.0.0.1:1", "--once", "--interval", "0"],
+            "--interval 0.0: expected seconds above 0",
+        ),
     ):
         done = cycada("monitor", *args)
         assert done.returncode == 2 and message in done.stderr
@@ -185,7 +188,7 @@ def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, e
         assert counts.confidence_sum == pytest.approx(expected.confidence_sum, rel=1e-9)
         served_pixels = dict(zip(classes, counts.class_pixels.tolist()))
         assert served_pixels == dict(zip(names, expected.class_pixels.tolist()))
-        done = cycada("monitor", url, "--once", "--min-frames", "5", "--json")
+        done = cycada("monitor", "--url", url, "--once", "--min-frames", "5", "--json")
         assert done.returncode == 1, done.stderr  # a shift flagged: exit 1
         states = {s["model"]: s for s in json.loads(done.stdout)["models"]}
         assert states["segment"]["shift"] and states["segment"]["frames"] == 5
@@ -205,11 +208,11 @@ def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, e
         assert server.process.poll() is None, "the server died on the reload"
         total = read_servers([metrics_url(url)], _fetch).total(("segment", "1"))
         assert total.frames == 3 and total.low_pixels == again.low_pixels  # new stubs from zero
-        done = cycada("monitor", url, "--once")  # 3 frames since the reload: not judged
+        done = cycada("monitor", "--url", url, "--once")  # 3 frames since the reload: not judged
         assert done.returncode == 0, done.stderr
         assert "too few to judge" in done.stdout
         assert "no baseline (exported without label-free signals)" in done.stdout
-        done = cycada("monitor", f"127.0.0.1:{server.options.http_port}", "--once")
+        done = cycada("monitor", "--url", f"127.0.0.1:{server.options.http_port}", "--once")
         assert done.returncode == 2 and "not a metrics endpoint" in done.stderr
 
 

@@ -51,7 +51,7 @@ def test_a_video_the_encoder_cannot_write_fails_the_command_with_one_line(
     out = tmp_path / "out.mp4"
     done = subprocess.run(
         [sys.executable, "-m", "cycada.cli", "segment-video", str(clip), "--out", str(out),
-         "--url", server.grpc_url, "--width", str(width), "--no-progress"],
+         "--url", server.grpc_url, "--width", str(width), "--quiet"],
         capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_the_overlay_and_csv_follow_the_served_models_classes(tmp_path):
     with TritonServer(ServerOptions.on_free_ports(repository, models=["segment"])) as server:
         done = cycada(
             "segment-video", str(clip), "--out", str(tmp_path / "out.mp4"), "--url",
-            server.grpc_url, "--width", "96", "--csv", str(shares), "--no-progress",
+            server.grpc_url, "--width", "96", "--csv", str(shares), "--quiet",
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
     header, *rows = list(csv.reader(shares.open()))
@@ -97,7 +97,7 @@ def test_segment_video_killed_with_9_resumes_from_its_last_durable_frame(server,
     record = tmp_path / ".out.progress.json"
     common = ["segment-video", str(clip), "--out", str(out), "--url", server.grpc_url,
               "--width", "96", "--labels-dir", str(labels), "--csv", str(shares),
-              "--no-progress"]  # fmt: skip
+              "--quiet"]  # fmt: skip
 
     def durable() -> int:
         with contextlib.suppress(OSError, ValueError):
@@ -144,7 +144,7 @@ def test_segment_video_killed_with_9_resumes_from_its_last_durable_frame(server,
     plain = tmp_path / "plain"
     done = cycada(
         "segment-video", str(clip), "--out", str(tmp_path / "plain.mp4"), "--url",
-        server.grpc_url, "--width", "96", "--labels-dir", str(plain), "--no-progress",
+        server.grpc_url, "--width", "96", "--labels-dir", str(plain), "--quiet",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for png in sorted(plain.glob("*.png")):

@@ -201,7 +201,7 @@ def test_committed_configs_are_what_export_writes():
 
 def test_native_configs_agree_with_the_export_options_that_produced_them():
     """The tensorrt profile's batch and warm-up lie inside the plan's optimization profile
-    (from --trt-max-batch / --trt-shapes; digits at their own size, batches of 256), and the
+    (from --trt-max-batch / --trt-sizes; digits at their own size, batches of 256), and the
     onnxruntime profile keeps TensorRT engines in a cache across starts."""
     from cycada.export.repository import NativeProfile, plan_profile
 

@@ -35,6 +35,7 @@ from cycada.export.parity import scene_images
 from cycada.serving.server import ServerOptions, TritonServer, free_port
 from cycada.training.digits.pipeline import run_digits
 from tests.helpers import (
+    cycada,
     in_spawned_child,
     serve_process,
     served_copy,
@@ -284,6 +285,7 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
         "-m",
         "cycada.cli",
         "serve",
+        "--repository",
         str(repository),
         "--grpc-port",
         str(grpc_port),
@@ -302,13 +304,15 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
             if line.startswith("serving:") or not line:
                 break
         assert any("segment_encoded" in line and "READY" in line for line in lines), lines
-        status = subprocess.run(
-            [sys.executable, "-m", "cycada.cli", "serve", "--status", f"127.0.0.1:{grpc_port}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        url = f"127.0.0.1:{grpc_port}"
+        status = cycada("serve", "--status", "--url", url)
         assert "ready=yes" in status.stdout
+        status = cycada("serve", "--status", "--url", url, "--json")
+        (state,) = json.loads(status.stdout)
+        assert state["url"] == url and state["ready"] and state["live"]
+        assert {"name": "segment_encoded", "version": "1", "state": "READY", "reason": ""} in (
+            state["models"]
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:
@@ -591,7 +595,7 @@ def test_tls_and_secret_refuse_a_request_missing_either(repository, tmp_path):
         secret_file.write_text("s3cret\n")
         clip = write_clip(tmp_path / "clip.mp4", 6, 32, 16)
         common = ["segment-video", str(clip), "--out", str(tmp_path / "o.mp4"), "--url",
-                  running.grpc_url, "--ssl", "--root-cert", str(cert), "--no-progress"]  # fmt: skip
+                  running.grpc_url, "--ssl", "--root-cert", str(cert), "--quiet"]  # fmt: skip
         done = cycada(*common, "--auth-secret-file", str(secret_file))
         assert done.returncode == 0, done.stderr
         done = cycada(*common, "--auth-header", "cycada-auth s3cret")
@@ -615,7 +619,7 @@ def test_a_network_host_needs_tls_and_a_secret_or_insecure(repository):
 def test_doctor_reports_the_machine_and_the_engine_of_each_model(repository, capsys):
     from cycada.cli import main
 
-    assert main(["doctor", str(repository)]) == 0
+    assert main(["doctor", "--repository", str(repository)]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime providers" in out and "CPUExecutionProvider" in out
     assert "tritonserver" in out and "cuda" in out

@@ -113,7 +113,7 @@ def test_an_export_into_a_served_repository_is_served_without_a_restart(reposito
 
         done = cycada(
             "segment-video", str(clip), "--out", str(tmp_path / "pinned.mp4"), "--url",
-            server.grpc_url, "--model-version", "7", "--no-progress",
+            server.grpc_url, "--model-version", "7", "--quiet",
         )  # fmt: skip
         assert done.returncode == 2
         assert done.stderr.strip().splitlines()[-1].startswith("cycada: error: --model-version 7")
@@ -147,7 +147,7 @@ def test_a_replica_killed_for_good_costs_no_frame_and_one_that_comes_back_is_use
             [
                 sys.executable, "-m", "cycada.cli", "segment-video", str(clip), "--out",
                 str(tmp_path / "out.mp4"), "--url", urls, "--width", "96", "--realtime",
-                "--csv", str(csv_path), "--no-progress", "--retry-window", "60",
+                "--csv", str(csv_path), "--quiet", "--retry-window", "60",
             ],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -379,7 +379,7 @@ def test_unlabelled_domains_refused_where_labels_are_needed(tmp_path, scenes):
 def test_cli_bad_video_inputs_one_line_errors(tmp_path, scenes):
     common = [
         "train", "seg", "--source", "gta5", "--data-root", str(scenes), "--preset", "quick",
-        "--model", "fastscnn", "--out", str(tmp_path / "run"),
+        "--network", "fastscnn", "--out", str(tmp_path / "run"),
     ]  # fmt: skip
     done = _cli(*common, "--target", f"video:{tmp_path}", "--target-fps", "0")
     assert done.returncode == 2 and "--target-fps: 0 must be > 0" in done.stderr

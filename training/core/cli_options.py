@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cycada.command_line import add_quiet
 from cycada.training.core.presets import preset_names
 
 # the data-section keys that both tasks take from the command line
@@ -54,7 +55,7 @@ def add_run_options(
     parser.add_argument("--seed", type=int, help="random seed (same seed, same metrics on CPU)")
     parser.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     parser.add_argument("--out", required=True, type=Path, help="run folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(parser)
 
 
 def given_overrides(

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from cycada.command_line import add_network
 from cycada.sizes import image_size
 from cycada.training.core.cli_options import (
     SHARED_DATA_KEYS,
@@ -24,7 +25,7 @@ from cycada.training.segmentation.config import (
 )
 
 EXAMPLE_TRAIN = (
-    "cycada train seg --source gta5 --target cityscapes --model drn26 --preset paper "
+    "cycada train seg --source gta5 --target cityscapes --network drn26 --preset paper "
     "--data-root /data --out runs/gta2cs"
 )
 SEG_ABLATION_ROWS = {  # Table 5's rows as the paper ran them (no semantic loss), and ours
@@ -81,10 +82,8 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
         "unlabelled target (label-free signals only)",
         preset_help="paper: appendix A.1.2 schedule; quick and demo: CPU schedules",
     )
-    parser.add_argument(
-        "--model",
-        choices=["drn26", "fcn8s", "fastscnn"],
-        help="drn26 (paper B, default), fcn8s (paper A), fastscnn (CPU/edge)",
+    add_network(
+        parser, default=None, help="drn26 (paper B, default), fcn8s (paper A), fastscnn (CPU/edge)"
     )
     parser.add_argument("--source-root", help="folder of the source domain (default --data-root)")
     parser.add_argument("--target-root", help="folder of the target domain (default --data-root)")
@@ -117,8 +116,10 @@ SEG_DATA_KEYS = (
 def seg_config_from_args(args: argparse.Namespace) -> SegRunConfig:
     """Options given on the command line override the preset and ``--config``; options left out
     keep what ``--config`` (e.g. a run's ``config.yaml``) says."""
-    run_keys = ("model", "seed", "device", "backbone_weights")
+    run_keys = ("network", "seed", "device", "backbone_weights")
     overrides = given_overrides(args, SEG_DATA_KEYS, run_keys)
+    if "network" in overrides:  # the config's key for the architecture is `model`
+        overrides["model"] = overrides.pop("network")
     defaults = {"data": {"data_root": DEFAULT_DATA_ROOT}}
     return resolve_seg_config(args.preset, args.config, args.sets, overrides, defaults)
 
