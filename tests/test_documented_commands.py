@@ -13,7 +13,13 @@ import pytest
 from tests.helpers import parse_failure
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ("README.md", "RELIABILITY.md", "BENCHMARKS.md")
+DOCUMENTS = (
+    "README.md",
+    "RELIABILITY.md",
+    "BENCHMARKS.md",
+    "model_repository/README.md",
+    *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").glob("*.md")),
+)
 
 
 def documented_commands(text: str) -> Iterator[str]:

@@ -520,7 +520,7 @@ def test_bench_streams_runs_live_streams_at_their_camera_rate_every_frame_in_ord
 
 def test_client_checks_metadata_before_sending(server):
     from cycada.clients.triton_client import ModelClient
-    from cycada.errors import DataError, ServingError
+    from cycada.errors import ConfigError, DataError
 
     with ModelClient(server.grpc_url, "segment") as client:
         assert client.inputs["images"].datatype == "UINT8"
@@ -533,8 +533,9 @@ def test_client_checks_metadata_before_sending(server):
             client.check({"frames": np.zeros((1, 8), np.uint8)})
         with pytest.raises(DataError, match="over the model's max_batch_size"):
             client.check({"images": np.zeros((9, 8, 8, 3), np.uint8)})
-    with pytest.raises(ServingError, match="no server is ready with model 'nope'"):
-        ModelClient(server.grpc_url, "nope", timeout=1)
+    # a model the server does not serve is the caller's mistake (exit 2), reported at once
+    with pytest.raises(ConfigError, match="--model nope: the server serves no such model"):
+        ModelClient(server.grpc_url, "nope", timeout=30)
 
 
 def test_shared_memory_regions_grow_once_and_survive_a_server_restart(repository):
