@@ -17,9 +17,9 @@ import torch
 
 from cycada.bench_results import write_results
 from cycada.command_line import command_parser
+from cycada.models.digit_networks import build_task_net
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.digits.config import PixelStageConfig
-from cycada.training.digits.networks import build_task_net
 
 
 def steps_per_second(config: PixelStageConfig, channels: int, task: str, steps: int) -> float:

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 
 from cycada.bench_results import write_results
 from cycada.command_line import add_network, command_parser
+from cycada.models.segmenters import build_segmenter
 from cycada.training.core.discriminators import ScoreMapDiscriminator
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN, FeatureGANLoss
 from cycada.training.core.losses.task import TaskLoss
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.segmentation.config import SegPixelConfig
-from cycada.training.segmentation.networks import build_segmenter
 from cycada.training.segmentation.stages.feature import freeze_batch_norm
 from cycada.training.segmentation.stages.pixel import translate_image
 

@@ -23,10 +23,10 @@ from torch import nn
 
 from cycada.bench_results import write_results
 from cycada.command_line import add_network, command_parser
-from cycada.export.graphs import SegmentationGraph
-from cycada.export.run_models import Endpoint
+from cycada.models.endpoints import Endpoint
+from cycada.models.graphs import SegmentationGraph
+from cycada.models.segmenters import build_segmenter
 from cycada.sizes import image_size
-from cycada.training.segmentation.networks import build_segmenter
 
 PARTS = ("network", "graph")
 

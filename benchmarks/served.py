@@ -45,9 +45,9 @@ def random_run(
     import torch
 
     from cycada.checkpoint import save_modules
-    from cycada.training.core.generators import build_generator
+    from cycada.models.generators import build_generator
+    from cycada.models.segmenters import build_segmenter
     from cycada.training.segmentation.label_spaces import LABEL_SPACES
-    from cycada.training.segmentation.networks import build_segmenter
 
     space = LABEL_SPACES[label_space]
     torch.manual_seed(seed)

@@ -27,11 +27,11 @@ from cycada.bench_results import write_results
 from cycada.checkpoint import load_modules, read_header
 from cycada.command_line import command_parser
 from cycada.errors import CheckpointError, DataError
+from cycada.models.digit_networks import DigitTaskNet, build_task_net
+from cycada.models.transforms import fit_images, to_unit_range
 from cycada.training.core.batches import epoch_batches
-from cycada.training.core.transforms import fit_images, to_unit_range
 from cycada.training.digits.data import load_digits
 from cycada.training.digits.metrics import predict
-from cycada.training.digits.networks import DigitTaskNet, build_task_net
 
 
 def train_classifier(

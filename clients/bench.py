@@ -298,8 +298,8 @@ def _output_names(folder: Path) -> list[str]:
 
 class _PlanEngine:
     def __init__(self, folder: Path):
-        from cycada.export.run_models import Endpoint
         from cycada.export.tensorrt_build import plan_runner
+        from cycada.models.endpoints import Endpoint
 
         info = json.loads((folder / "endpoint.json").read_text())
         kind = {"encoded": "segment"}.get(info["kind"], info["kind"])

@@ -40,6 +40,14 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    _register_video(commands)
+    _register_monitor(commands)
+    _register_translate(commands)
+    register_bench(commands)
+    register_demo(commands)
+
+
+def _register_video(commands: argparse._SubParsersAction) -> None:
     video = commands.add_parser(
         "segment-video",
         help="segment a video (file, camera index, stream URL) through the server",
@@ -106,8 +114,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_json(video, "the closing summary")
     video.set_defaults(handler=run_video)
 
-    _register_monitor(commands)
 
+def _register_translate(commands: argparse._SubParsersAction) -> None:
     translate = commands.add_parser(
         "translate-dir",
         help="translate a folder tree of images into the other domain's style",
@@ -128,8 +136,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_quiet(translate, old_no_progress=True)
     add_json(translate, "the closing summary")
     translate.set_defaults(handler=run_translate, window=4)
-    register_bench(commands)
-    register_demo(commands)
 
 
 def _at_least_one(text: str) -> int:

@@ -84,7 +84,7 @@ def shift_and_adapt(
     out: Path, data: Path, run_dir: Path, repository: Path, server, smoke: bool
 ) -> dict[str, Any]:
     """Steps 8-10 against the running ``server`` of ``repository`` (version 1 served)."""
-    from cycada.clients.demo import SMOKE, stage_lines
+    from cycada.clients.demo_report import SMOKE, stage_lines
     from cycada.export.exporter import ExportOptions, export_run
     from cycada.training.segmentation.config import resolve_seg_config
     from cycada.training.segmentation.pipeline import run_seg

@@ -43,6 +43,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX variant")
     parser.add_argument("--simplify", action="store_true", help="extra ONNX optimizer pass")
+    _add_engine_arguments(parser)
+    _add_repository_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the export builds beside the ONNX graphs: packages, plans."""
     parser.add_argument(
         "--weights-only",
         action="store_true",
@@ -88,6 +95,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         dest="trt_shapes",
     )
     parser.add_argument("--trt-max-batch", type=int, default=8)
+
+
+def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the versions land in the repository, what they carry and what checks them."""
     parser.add_argument("--keep", type=int, default=3, help="versions kept on disk per model")
     parser.add_argument(
         "--instances",
@@ -116,7 +127,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="on a host without CUDA, skip OpenVINO's conversion and the timing that picks the "
         "fastest CPU engine (ONNX Runtime then serves; also CYCADA_EXPORT_CPU_ENGINES=0)",
     )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

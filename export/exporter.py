@@ -27,8 +27,9 @@ from cycada.export.repository import (
     spec_for,
     write_model,
 )
-from cycada.export.run_models import Endpoint, load_run_endpoints
+from cycada.export.run_models import load_run_endpoints
 from cycada.export.runtime import RuntimeBuilder, default_pythons
+from cycada.models.endpoints import Endpoint
 from cycada.serving.engines import OPENVINO_FILE
 
 

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def cache_dir() -> Path | None:
 
 def _sources(network: nn.Module) -> list[str]:
     files = {inspect.getsourcefile(sys.modules[__name__])}
-    for name in ("cycada.export.onnx_export", "cycada.export.graphs"):
+    for name in ("cycada.export.onnx_export", "cycada.models.graphs", "cycada.models.endpoints"):
         files.add(inspect.getsourcefile(sys.modules[name]))
     for module in network.modules():
         try:
@@ -120,7 +119,7 @@ def start_half_precision_helper(run_dir: Path, simplify: bool, stage: str | None
         return
     if os.environ.get("CYCADA_EXPORT_HELPER", "1") == "0" or _helper is not None:
         return
-    command = [sys.executable, "-m", "cycada.export.graph_cache", str(run_dir)]
+    command = [sys.executable, "-m", "cycada.export.half_precision_helper", str(run_dir)]
     options = [*(["--simplify"] if simplify else []), *([f"--stage={stage}"] if stage else [])]
     _helper = subprocess.Popen(
         [*command, *options],
@@ -148,21 +147,3 @@ def stop_helper() -> None:
             _helper.terminate()
         _helper.wait(timeout=10)
         _helper = None
-
-
-def _trace_half_graphs(run_dir: str, simplify: bool, stage: str | None) -> None:
-    from cycada.export.onnx_export import export_onnx
-    from cycada.export.run_models import load_run_endpoints
-
-    with tempfile.TemporaryDirectory() as scratch:
-        for position, endpoint in enumerate(load_run_endpoints(Path(run_dir), stage)):
-            try:
-                path = Path(scratch) / f"{position}.onnx"
-                export_onnx(endpoint, path, half=True, simplify=simplify, cache=True)
-            except Exception:  # the exporter traces this graph itself and reports any error
-                continue
-
-
-if __name__ == "__main__":  # the helper process: python -m cycada.export.graph_cache RUN_DIR
-    stages = [a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--stage=")]
-    _trace_half_graphs(sys.argv[1], "--simplify" in sys.argv[2:], (stages or [None])[0])

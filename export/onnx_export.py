@@ -8,7 +8,6 @@ precision between the same uint8 inputs and outputs.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import warnings
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch import nn
 
 from cycada.atomic import atomic_path
 from cycada.errors import ExportError
 from cycada.export import graph_cache
-from cycada.export.graphs import DigitGraph, SegmentationGraph, TranslationGraph
-from cycada.export.run_models import Endpoint
+from cycada.models.endpoints import Endpoint
+from cycada.models.graphs import serving_graph
 
 OPSET = 18
 MAX_SIDE = 8192  # largest height/width the exported graphs accept
@@ -33,22 +31,6 @@ OUTPUT_NAMES = {
     "translate": ["translated"],
     "classify": ["class_ids", "probabilities"],
 }
-
-
-def serving_graph(
-    endpoint: Endpoint, half: bool = False, logits: bool = False, channels_last: bool = True
-) -> nn.Module:
-    """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks;
-    ``channels_last`` reduces a segmentation's classes along contiguous memory)."""
-    network = copy.deepcopy(endpoint.network).eval()
-    if half:
-        network = network.half()
-    if endpoint.kind == "segment":
-        graph = SegmentationGraph(network, endpoint.multiple, half, logits, channels_last)
-        return graph.eval()
-    if endpoint.kind == "translate":
-        return TranslationGraph(network, endpoint.multiple, half).eval()
-    return DigitGraph(network, half, logits).eval()
 
 
 def output_names(endpoint: Endpoint, logits: bool = False) -> list[str]:

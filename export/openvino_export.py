@@ -16,7 +16,7 @@ import numpy as np
 
 from cycada.export import parity
 from cycada.export.onnx_export import output_names
-from cycada.export.run_models import Endpoint
+from cycada.models.endpoints import Endpoint
 from cycada.serving.engines import OPENVINO_FILE, OPENVINO_PRECISIONS, OpenVinoEngine
 
 

@@ -3,7 +3,7 @@
 Bounds (from the export issue): fp32 label agreement >= 99.9 % and logits max |diff| <= 1e-3;
 fp16 label agreement >= 99 %; translated images within 2 grey levels on >= 99 % of pixels.
 Segmentation is checked against its plain definition (full-resolution scores, softmax;
-:class:`~cycada.export.graphs.PlainSegmentationGraph`): labels as above, and the confidence
+:class:`~cycada.models.graphs.PlainSegmentationGraph`): labels as above, and the confidence
 within 2/255 on as large a share of the pixels as the labels must agree.
 Images come from the shared real data when present (CamVid test, the Cityscapes samples,
 MNIST test), else from the synthetic scene / digit renderers.
@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-from cycada.export.graphs import PlainSegmentationGraph
-from cycada.export.onnx_export import INPUT_NAME, serving_graph
-from cycada.export.run_models import Endpoint
+from cycada.export.onnx_export import INPUT_NAME
+from cycada.models.endpoints import Endpoint
+from cycada.models.graphs import PlainSegmentationGraph, serving_graph
 
 LABEL_AGREEMENT_FP32 = 0.999
 LOGITS_MAX_DIFF = 1e-3

@@ -10,39 +10,14 @@ served model's baseline (``cycada.signals``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from torch import nn
+from typing import Any
 
 from cycada.checkpoint import load_modules, read_header
 from cycada.errors import CheckpointError
-from cycada.training.core.generators import build_generator
-from cycada.training.digits.networks import build_task_net
-from cycada.training.segmentation.networks import build_segmenter
+from cycada.models.endpoints import Endpoint, build_network
 
 TASK_STAGES = ("feature", "joint", "target", "source")
-
-Kind = Literal["segment", "translate", "classify"]
-
-
-@dataclass
-class Endpoint:
-    """One served model: its network, what it does, and what export and serving need to know."""
-
-    name: str
-    kind: Kind
-    network: nn.Module
-    multiple: int  # height and width are padded to a multiple of this inside the graph
-    in_channels: int
-    out_channels: int = 0
-    class_names: list[str] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-    builder: dict[str, Any] = field(default_factory=dict)  # how to rebuild the network
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.kind}, from {self.meta.get('checkpoint', '?')})"
 
 
 def _checkpoint(run_dir: Path, stage: str) -> Path:
@@ -55,16 +30,16 @@ def _task_endpoint(task_path: Path, stage: str, meta: dict[str, Any]) -> Endpoin
     class_names = list(meta["class_names"])
     common = dict(class_names=class_names, meta={**meta, "checkpoint": str(task_path)})
     if meta["task"] == "seg":
-        model = build_segmenter(meta["model"], len(class_names))
-        load_modules(task_path, {name: model})
         builder = {"type": "segmenter", "name": meta["model"], "classes": len(class_names)}
+        model = build_network(builder)
+        load_modules(task_path, {name: model})
         return Endpoint(
             "segment", "segment", model.eval(), model.output_stride, 3, builder=builder, **common
         )
-    model = build_task_net(meta["model"], len(class_names))
+    builder = {"type": "task_net", "name": meta["model"], "classes": len(class_names)}
+    model = build_network(builder)
     load_modules(task_path, {name: model})
     channels = int(meta["image_channels"])
-    builder = {"type": "task_net", "name": meta["model"], "classes": len(class_names)}
     return Endpoint(
         "classify_digits", "classify", model.eval(), 1, channels, builder=builder, **common
     )
@@ -74,17 +49,14 @@ def _generator_endpoints(pixel_path: Path, channels: int) -> list[Endpoint]:
     """``translate_s2t`` and ``translate_t2s`` from the pixel stage's checkpoint."""
     pixel_config, pixel_meta = read_header(pixel_path)
     cfg = pixel_config["pixel"]
-    generators = {
-        direction: build_generator(cfg["generator"], channels, channels, cfg["generator_width"])
-        for direction in ("gen_src2tgt", "gen_tgt2src")
-    }
-    load_modules(pixel_path, generators, strict=True)
     builder = {
         "type": "generator",
         "name": cfg["generator"],
         "channels": channels,
         "width": cfg["generator_width"],
     }
+    generators = {direction: build_network(builder) for direction in ("gen_src2tgt", "gen_tgt2src")}
+    load_modules(pixel_path, generators, strict=True)
     endpoints = []
     for direction, endpoint_name in (
         ("gen_src2tgt", "translate_s2t"),
@@ -168,16 +140,3 @@ def load_run_endpoints(run_dir: Path, stage: str | None = None) -> list[Endpoint
     if pixel_path.exists():
         endpoints += _generator_endpoints(pixel_path, task.in_channels)
     return endpoints
-
-
-def build_network(builder: dict[str, Any]) -> nn.Module:
-    """The (untrained) network an endpoint's ``builder`` record describes."""
-    kind = builder["type"]
-    if kind == "segmenter":
-        return build_segmenter(builder["name"], builder["classes"])
-    if kind == "task_net":
-        return build_task_net(builder["name"], builder["classes"])
-    if kind == "generator":
-        channels = builder["channels"]
-        return build_generator(builder["name"], channels, channels, builder["width"])
-    raise CheckpointError(f"unknown network type '{kind}'")

@@ -55,7 +55,7 @@ RUNTIME_FOLDER = "runtime"
 # the cycada packages a Python-backend model can import (the PyTorch engine rebuilds the
 # network from cycada.training); the command-line clients and benchmarks stay out. ``cycada``
 # itself is its own modules only (installed, its folder also holds the subpackages).
-CODE_PACKAGES = ("cycada", "cycada.serving", "cycada.export", "cycada.training")
+CODE_PACKAGES = ("cycada", "cycada.models", "cycada.serving")
 DECODER = "opencv-python-headless"  # the encoded-frame model decodes JPEG/PNG with OpenCV
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from cycada.errors import DataError, ExportError
 from cycada.export.onnx_export import INPUT_NAME, output_names
 from cycada.export.repository import NativeProfile, plan_profile
-from cycada.export.run_models import Endpoint
+from cycada.models.endpoints import Endpoint
 
 CACHE = Path(os.environ.get("CYCADA_TRT_CACHE", Path.home() / ".cache" / "cycada" / "tensorrt"))
 

@@ -51,6 +51,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_repository(parser, positional_alias=True)
+    _add_endpoint_arguments(parser)
+    _add_security_arguments(parser)
+    _add_supervision_arguments(parser)
+    parser.add_argument(
+        "--status",
+        nargs="?",
+        action=_Status,
+        default=False,
+        help="show the status of the servers at --url (gRPC) instead of serving",
+    )
+    add_urls(parser, help="with --status: the servers' gRPC address(es) (default 127.0.0.1:8001)")
+    add_json(parser, "--status")
+    parser.set_defaults(handler=run)
+    _register_deploy_check(commands)
+
+
+def _add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the server listens, what it loads and how."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
@@ -93,6 +111,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cpus", help="run the server on these CPUs only, e.g. 0 or 0,2-3 (a client beside it)"
     )
+
+
+def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument(
@@ -107,6 +128,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="serve on a non-loopback --host without TLS and secret (a warning is printed)",
     )
     add_client_security(parser, for_status=True)
+
+
+def _add_supervision_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the supervisor does when the server dies or hangs."""
     parser.add_argument(
         "--no-restart",
         action="store_true",
@@ -134,16 +159,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="restart a server whose process lives but has not answered /v2/health/live for "
         f"SECONDS (default {RestartPolicy.hang_seconds:g})",
     )
-    parser.add_argument(
-        "--status",
-        nargs="?",
-        action=_Status,
-        default=False,
-        help="show the status of the servers at --url (gRPC) instead of serving",
-    )
-    add_urls(parser, help="with --status: the servers' gRPC address(es) (default 127.0.0.1:8001)")
-    add_json(parser, "--status")
-    parser.set_defaults(handler=run)
+
+
+def _register_deploy_check(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "deploy-check",
         help="check that a model repository serves where manifests deploy it",

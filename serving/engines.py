@@ -1,7 +1,7 @@
 """Inference engines of the Python-backend models: ONNX Runtime, OpenVINO (CPU), or PyTorch.
 
 All run the same uint8-in/uint8-out graph (the ONNX file, its OpenVINO conversion, or the
-network weights wrapped in :mod:`cycada.export.graphs`). The PyTorch engine moves tensors
+network weights wrapped in :mod:`cycada.models.graphs`). The PyTorch engine moves tensors
 through DLPack, never through the stub's numpy bridge, so it also works where the stub's build
 misreads numpy 2 arrays.
 """
@@ -180,7 +180,7 @@ def _folder_endpoint(folder: Path):
     """The Endpoint of a version folder: its endpoint.json and network.safetensors."""
     from safetensors.torch import load_file
 
-    from cycada.export.run_models import Endpoint, build_network
+    from cycada.models.endpoints import Endpoint, build_network
 
     info = json.loads((folder / "endpoint.json").read_text())
     network = build_network(info["network"])
@@ -208,7 +208,7 @@ class TorchEngine(Engine):
         weights: the exporter times the engines before the version folder is complete."""
         import torch
 
-        from cycada.export.onnx_export import serving_graph
+        from cycada.models.graphs import serving_graph
 
         self.torch = torch
         endpoint = endpoint or _folder_endpoint(folder)
@@ -216,7 +216,7 @@ class TorchEngine(Engine):
         self.device = torch.device(device)
         precision = "fp16" if half else "fp32"
         # a package compiled at export for this machine loads in well under a second
-        from cycada.export.compiled import PACKAGE, load_package
+        from cycada.models.packages import PACKAGE, load_package
 
         eager_graph = None
 

@@ -4,8 +4,8 @@ import torch
 from cycada.atomic import write_atomic
 from cycada.checkpoint import load_modules, load_state, read_header, save_modules, save_state
 from cycada.errors import CheckpointError, ConfigError
+from cycada.models.digit_networks import LeNet
 from cycada.training.digits.config import resolve_digits_config
-from cycada.training.digits.networks import LeNet
 
 
 def test_presets_resolve_and_hold_paper_defaults():

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cycada.export.compiled import MIN_SIDE, PaddedPackage
+from cycada.export.compiled import MIN_SIDE
+from cycada.models.packages import PaddedPackage
 
 
 def _graph(images: torch.Tensor):

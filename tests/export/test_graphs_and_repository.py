@@ -11,17 +11,17 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from cycada.export.graphs import (
+from cycada.export.repository import PROFILES, config_text, spec_for, versions, write_model
+from cycada.export.runtime import RuntimeBuilder
+from cycada.models.digit_networks import build_task_net
+from cycada.models.generators import build_generator
+from cycada.models.graphs import (
     DigitGraph,
     PlainSegmentationGraph,
     SegmentationGraph,
     TranslationGraph,
 )
-from cycada.export.repository import PROFILES, config_text, spec_for, versions, write_model
-from cycada.export.runtime import RuntimeBuilder
-from cycada.training.core.generators import build_generator
-from cycada.training.digits.networks import build_task_net
-from cycada.training.segmentation.networks import build_segmenter
+from cycada.models.segmenters import build_segmenter
 
 
 @pytest.mark.parametrize("height,width", [(37, 61), (64, 64), (1, 9)])

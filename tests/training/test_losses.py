@@ -3,6 +3,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from cycada.models.digit_networks import LeNet
 from cycada.training.core.image_pool import ImagePool
 from cycada.training.core.losses import (
     CycleLoss,
@@ -13,7 +14,6 @@ from cycada.training.core.losses import (
     domain_accuracy,
 )
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
-from cycada.training.digits.networks import LeNet
 
 
 def test_task_loss_ignores_label_255():

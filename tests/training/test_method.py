@@ -10,10 +10,10 @@ import json
 import pytest
 import torch
 
+from cycada.models.digit_networks import build_task_net
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.digits.config import FeatureStageConfig, PixelStageConfig
-from cycada.training.digits.networks import build_task_net
 from cycada.training.digits.stages.feature import FeatureAdaptation
 from cycada.training.digits.stages.joint import joint_step
 

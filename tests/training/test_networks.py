@@ -1,14 +1,14 @@
 import pytest
 import torch
 
+from cycada.models.digit_networks import DTN, LeNet
+from cycada.models.generators import ResnetGenerator, build_generator
+from cycada.models.transforms import fit_images, to_uint8, to_unit_range
 from cycada.training.core.discriminators import (
     DigitImageDiscriminator,
     FeatureDiscriminator,
     PatchDiscriminator,
 )
-from cycada.training.core.generators import ResnetGenerator, build_generator
-from cycada.training.core.transforms import fit_images, to_uint8, to_unit_range
-from cycada.training.digits.networks import DTN, LeNet
 
 
 def test_lenet_shapes_and_input_fitting():

@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from cycada.errors import CheckpointError
+from cycada.models.segmenters import DRNC26, FastSCNN, FCN8s, load_backbone
 from cycada.training.core.discriminators import ScoreMapDiscriminator
 from cycada.training.segmentation.metrics import (
     ConfusionMatrix,
     segmentation_metrics,
     table_markdown,
 )
-from cycada.training.segmentation.networks import DRNC26, FastSCNN, FCN8s, load_backbone
 
 
 def test_drn_c_26_matches_the_reference_size_and_stride():

@@ -237,7 +237,7 @@ def test_stage_order_and_class_count_errors(tmp_path, scenes):
     )
     with pytest.raises(CheckpointError, match="does not match"):
         from cycada.checkpoint import load_modules
-        from cycada.training.segmentation.networks import FastSCNN
+        from cycada.models.segmenters import FastSCNN
 
         load_modules(
             tmp_path / "a" / "checkpoints" / "source.safetensors", {"task_src": FastSCNN(13)}

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cycada.models.generators import build_generator
 from cycada.training.core.discriminators import build_image_discriminator
-from cycada.training.core.generators import build_generator
 from cycada.training.core.image_pool import ImagePool
 from cycada.training.core.losses import (
     AlongsideSemanticLoss,

@@ -282,6 +282,8 @@ def write_summary(
     models: dict[str, str],
     exits: dict[int, int],
 ) -> str:
+    """``results.md``, ``.png``, ``.json`` and ``.csv`` of the seeds that finished; returns the
+    Markdown."""
     data = config.data
     title = (
         f"Ablation of CyCADA on {data.source}→{data.target} over seeds "
@@ -294,31 +296,8 @@ def write_summary(
         for first, second in table.comparisons([s.row for s in stats])
         if (found := paired_difference(per_seed, first, second)) is not None
     ]
-    header = ["Model", *(f"seed {seed}" for seed in seeds), "mean", "sd"]
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |"]
-    lines.append("| --- |" + " ---: |" * (len(header) - 1))
-    for row in stats:
-        cells = [_number(row.per_seed.get(seed)) for seed in seeds]
-        lines.append(
-            f"| {models[row.row]} | {' | '.join(cells)} | {row.mean:.2f} | {_number(row.sd)} |"
-        )
-    if differences:
-        lines += [
-            "",
-            "Paired differences (points; seed by seed, on the seeds that finished both rows; "
-            "95 % t interval of the mean):",
-            "",
-            "| difference | mean | 95 % interval | seeds above | verdict |",
-            "| --- | ---: | --- | ---: | --- |",
-        ]
-        for found in differences:
-            interval = found.interval
-            shown = "" if interval is None else f"{interval[0]:+.2f} to {interval[1]:+.2f}"
-            lines.append(
-                f"| {table.short[found.first]} − {table.short[found.second]} | "
-                f"{found.mean:+.2f} | {shown} "
-                f"| {found.seeds_above} of {found.n} | {found.verdict} |"
-            )
+    lines = [f"# {title}", ""]
+    lines += _rows_markdown(stats, seeds, models) + _differences_markdown(table, differences)
     if not stats:
         lines += [
             "",
@@ -335,7 +314,7 @@ def write_summary(
     markdown = "\n".join(lines) + "\n"
     write_text_atomic(out_dir / "results.md", markdown)
     if stats:
-        from cycada.plots import seeds_figure
+        from cycada.plots import seeds_figure  # matplotlib: not at start-up
 
         values = {table.short[row.row]: list(row.per_seed.values()) for row in stats}
         gaps = {
@@ -346,6 +325,53 @@ def write_summary(
             for found in differences
         }
         seeds_figure(out_dir / "results.png", values, gaps, table.metric_name, title)
+    _write_records(out_dir, title, seeds, per_seed, stats, differences, models)
+    return markdown
+
+
+def _rows_markdown(stats: list, seeds: list[int], models: dict[str, str]) -> list[str]:
+    header = ["Model", *(f"seed {seed}" for seed in seeds), "mean", "sd"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for row in stats:
+        cells = [_number(row.per_seed.get(seed)) for seed in seeds]
+        lines.append(
+            f"| {models[row.row]} | {' | '.join(cells)} | {row.mean:.2f} | {_number(row.sd)} |"
+        )
+    return lines
+
+
+def _differences_markdown(table: AblationTable, differences: list) -> list[str]:
+    if not differences:
+        return []
+    lines = [
+        "",
+        "Paired differences (points; seed by seed, on the seeds that finished both rows; "
+        "95 % t interval of the mean):",
+        "",
+        "| difference | mean | 95 % interval | seeds above | verdict |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
+    for found in differences:
+        interval = found.interval
+        shown = "" if interval is None else f"{interval[0]:+.2f} to {interval[1]:+.2f}"
+        lines.append(
+            f"| {table.short[found.first]} − {table.short[found.second]} | "
+            f"{found.mean:+.2f} | {shown} "
+            f"| {found.seeds_above} of {found.n} | {found.verdict} |"
+        )
+    return lines
+
+
+def _write_records(
+    out_dir: Path,
+    title: str,
+    seeds: list[int],
+    per_seed: dict[int, dict[str, float]],
+    stats: list,
+    differences: list,
+    models: dict[str, str],
+) -> None:
+    """results.json and results.csv: the same rows for programs."""
     records = [
         {
             "row": row.row,
@@ -374,7 +400,6 @@ def write_summary(
         cells = [_number(row.per_seed.get(seed)) for seed in seeds]
         writer.writerow([row.row, models[row.row], *cells, f"{row.mean:.2f}", _number(row.sd)])
     write_text_atomic(out_dir / "results.csv", buffer.getvalue())
-    return markdown
 
 
 def run_seeds_from_args(

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cycada.atomic import write_atomic
-from cycada.training.core.transforms import to_uint8
+from cycada.models.transforms import to_uint8
 
 
 def write_png(path: str | Path, image_rgb: np.ndarray) -> Path:

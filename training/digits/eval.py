@@ -9,11 +9,11 @@ import torch
 from cycada.atomic import write_json_atomic
 from cycada.checkpoint import load_modules, read_header
 from cycada.errors import CheckpointError
-from cycada.training.core.transforms import to_unit_range
+from cycada.models.digit_networks import build_task_net
+from cycada.models.transforms import to_unit_range
 from cycada.training.core.visuals import confusion_png
 from cycada.training.digits.data import load_digits
 from cycada.training.digits.metrics import classification_metrics, confusion_matrix, predict
-from cycada.training.digits.networks import build_task_net
 
 
 def evaluate_checkpoint(

@@ -22,10 +22,10 @@ from torch import nn
 
 from cycada import configs
 from cycada.atomic import write_text_atomic
+from cycada.models.transforms import fit_images
 from cycada.plots import curves_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
-from cycada.training.core.transforms import fit_images
 from cycada.training.core.verdict import verdict_line, verdict_of
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.run import DigitsRun

@@ -13,16 +13,16 @@ from torch import nn
 
 from cycada import configs
 from cycada.errors import ConfigError, DataError
+from cycada.models.digit_networks import TASK_NETS, DigitTaskNet, build_task_net
+from cycada.models.transforms import fit_images, to_unit_range
 from cycada.signals import LOW_CONFIDENCE, class_share_distance
 from cycada.training.core.device import resolve_device
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
-from cycada.training.core.transforms import fit_images, to_unit_range
 from cycada.training.core.visuals import confusion_png
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.data import DigitSet, load_digits
 from cycada.training.digits.metrics import classification_metrics, confusion_matrix, predict
-from cycada.training.digits.networks import TASK_NETS, DigitTaskNet, build_task_net
 
 RGB_DOMAINS = ("svhn", "synth")
 

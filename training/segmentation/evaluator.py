@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from cycada.errors import DataError
+from cycada.models.segmenters import Segmenter
 from cycada.training.core.visuals import panel, write_png
 from cycada.training.segmentation.metrics import ConfusionMatrix, segmentation_metrics
-from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.transforms import resize_to_width
 
 if TYPE_CHECKING:

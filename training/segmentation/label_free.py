@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cycada.errors import DataError
+from cycada.models.segmenters import Segmenter
 from cycada.signals import LOW_CONFIDENCE, SignalCounts, class_share_distance
 from cycada.training.core.visuals import panel, write_png
 from cycada.training.segmentation.data import SegmentationSet, read_image
 from cycada.training.segmentation.label_spaces import IGNORE
-from cycada.training.segmentation.networks import Segmenter
 
 if TYPE_CHECKING:
     from cycada.training.segmentation.run import SegRun

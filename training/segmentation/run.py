@@ -12,6 +12,7 @@ import torch
 
 from cycada import configs
 from cycada.checkpoint import load_state, save_state
+from cycada.models.segmenters import Segmenter, build_segmenter, load_backbone
 from cycada.training.core.device import resolve_device
 from cycada.training.core.distributed import init_distributed, same_weights
 from cycada.training.core.run_log import RunLog
@@ -20,7 +21,6 @@ from cycada.training.segmentation.config import SEG_STAGES, SegRunConfig
 from cycada.training.segmentation.domains import load_run_data
 from cycada.training.segmentation.evaluator import SegEvaluator
 from cycada.training.segmentation.label_spaces import LABEL_SPACES
-from cycada.training.segmentation.networks import Segmenter, build_segmenter, load_backbone
 
 # the data keys f_S depends on; and the keys that change no stage's weights
 SOURCE_DATA_KEYS = (

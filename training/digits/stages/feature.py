@@ -16,13 +16,13 @@ import copy
 import torch
 from torch import nn
 
+from cycada.models.digit_networks import DigitTaskNet
 from cycada.training.core.batches import EndlessBatches
 from cycada.training.core.discriminators import FeatureDiscriminator
 from cycada.training.core.feature_gate import FeatureGate
 from cycada.training.core.losses import FeatureGANLoss, TaskLoss, domain_accuracy
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN
 from cycada.training.digits.config import FeatureStageConfig
-from cycada.training.digits.networks import DigitTaskNet
 from cycada.training.digits.run import DigitsRun
 
 

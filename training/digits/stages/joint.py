@@ -18,9 +18,9 @@ import copy
 
 import torch
 
+from cycada.models.digit_networks import DigitTaskNet
 from cycada.training.core.batches import EndlessBatches
 from cycada.training.core.pixel_adaptation import PixelAdaptation, write_samples
-from cycada.training.digits.networks import DigitTaskNet
 from cycada.training.digits.run import DigitsRun
 from cycada.training.digits.stages.feature import FeatureAdaptation
 from cycada.training.digits.stages.pixel import build_pixel_adaptation, pixel_domains

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from cycada.models.digit_networks import DigitTaskNet
 from cycada.training.core.batches import epoch_batches
 from cycada.training.core.losses import TaskLoss
-from cycada.training.digits.networks import DigitTaskNet
 from cycada.training.digits.run import DigitsRun
 
 

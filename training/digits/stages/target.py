@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from cycada.atomic import write_atomic
+from cycada.models.digit_networks import DigitTaskNet
+from cycada.models.transforms import to_uint8
 from cycada.training.core.pixel_adaptation import translate
-from cycada.training.core.transforms import to_uint8
-from cycada.training.digits.networks import DigitTaskNet
 from cycada.training.digits.run import DigitsRun
 from cycada.training.digits.stages.pixel import pixel_domains
 from cycada.training.digits.stages.source import train_supervised

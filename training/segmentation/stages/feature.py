@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cycada.models.segmenters import Segmenter
 from cycada.training.core.discriminators import ScoreMapDiscriminator
 from cycada.training.core.feature_gate import FeatureGate
 from cycada.training.core.losses import FeatureGANLoss, TaskLoss, domain_accuracy
@@ -26,7 +27,6 @@ from cycada.training.segmentation.loaders import (
     stream_places,
     train_transform,
 )
-from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from cycada import configs
 from cycada.atomic import write_json_atomic
+from cycada.models.segmenters import Segmenter
 from cycada.training.core.pixel_adaptation import PixelAdaptation, linear_decay, write_samples
 from cycada.training.core.visuals import write_png
 from cycada.training.segmentation.data import SegmentationSet, load_segmentation
@@ -22,7 +23,6 @@ from cycada.training.segmentation.loaders import (
     stream_places,
     train_transform,
 )
-from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 from cycada.training.segmentation.transforms import resize_to_width
 

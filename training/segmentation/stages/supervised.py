@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from cycada.models.segmenters import Segmenter
 from cycada.training.core.losses import TaskLoss
 from cycada.training.segmentation.config import SegSupervisedConfig
 from cycada.training.segmentation.data import SegmentationSet
@@ -14,7 +15,6 @@ from cycada.training.segmentation.loaders import (
     stream_places,
     train_transform,
 )
-from cycada.training.segmentation.networks import Segmenter
 from cycada.training.segmentation.run import SegRun
 
 

@@ -7,11 +7,14 @@ post-processing and a native Triton backend can serve them as they are.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cycada.training.core.transforms import fit_channels
+from cycada.models.endpoints import Endpoint
+from cycada.models.transforms import fit_channels
 
 
 def _to_unit_nchw(images: torch.Tensor) -> torch.Tensor:
@@ -135,3 +138,19 @@ class DigitGraph(nn.Module):
         class_ids = probabilities.argmax(1, keepdim=True).to(torch.uint8)
         outputs = (class_ids, probabilities)
         return (*outputs, logits) if self.with_logits else outputs
+
+
+def serving_graph(
+    endpoint: Endpoint, half: bool = False, logits: bool = False, channels_last: bool = True
+) -> nn.Module:
+    """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks;
+    ``channels_last`` reduces a segmentation's classes along contiguous memory)."""
+    network = copy.deepcopy(endpoint.network).eval()
+    if half:
+        network = network.half()
+    if endpoint.kind == "segment":
+        graph = SegmentationGraph(network, endpoint.multiple, half, logits, channels_last)
+        return graph.eval()
+    if endpoint.kind == "translate":
+        return TranslationGraph(network, endpoint.multiple, half).eval()
+    return DigitGraph(network, half, logits).eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cycada.training.core.transforms import fit_images
+from cycada.models.transforms import fit_images
 
 
 class DigitTaskNet(nn.Module):
