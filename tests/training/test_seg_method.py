@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN
 from cycada.training.segmentation.config import resolve_seg_config
-from cycada.training.segmentation.pipeline import run_seg
+from cycada.training.segmentation.pipeline import SEG_STAGE_TABLE, run_seg
 from cycada.training.segmentation.run import SegRun
 from cycada.training.segmentation.scene_writer import write_scene_dataset
 from tests.helpers import TINY_SEG
@@ -39,7 +39,7 @@ def tiny_run(scenes, out, *extra) -> SegRun:
     config = resolve_seg_config(
         "quick", sets=[*TINY_SEG, *extra], overrides={"data": {"data_root": str(scenes)}}
     )
-    return SegRun(config, out, quiet=True)
+    return SegRun(config, out, SEG_STAGE_TABLE, quiet=True)
 
 
 def test_source_labels_load_as_the_classes_the_scene_shows(scenes, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,39 @@ from cycada.atomic import write_atomic
 from cycada.checkpoint import load_modules, read_header, save_modules
 from cycada.errors import CheckpointError, ConfigError
 from cycada.training.core.resume import StageResume
+from cycada.training.core.stages import Stage
 
 
 class StageStore(abc.ABC):
-    """Base of the run contexts; subclasses define ``stage_fingerprint`` and ``checkpoint_meta``."""
+    """Base of the run contexts; subclasses define ``fingerprint_common`` and
+    ``checkpoint_meta``, and hold their task's stage table in ``stages``."""
 
     out_dir: Path
     config: Any
     log: Any  # RunLog
+    stages: Mapping[str, Stage]  # the task's stage table: order, and what each depends on
+    is_main = True  # the process that writes (rank 0 under torchrun)
     # a folder shared by several runs (the rows of an ablation): finished stages are copied
     # there as <stage>-<fingerprint>.safetensors and reused by any run with the same fingerprint
     stage_cache: Path | None = None
 
-    @abc.abstractmethod
     def stage_fingerprint(self, stage: str, config: Any = None) -> str:
         """Hash of the configs the result of ``stage`` depends on (``config``: another run
-        config of this task than the run's own)."""
+        config of this task than the run's own): the task's common part and the stage's own
+        and earlier stages' configs (:meth:`Stage.depends_on`)."""
+        c = config if config is not None else self.config
+        return configs.fingerprint(
+            self.fingerprint_common(c, stage), *self.stages[stage].depends_on(c)
+        )
+
+    @abc.abstractmethod
+    def fingerprint_common(self, config: Any, stage: str) -> dict[str, Any]:
+        """What every stage's weights depend on: the network, the seed, the data (where the
+        data lives and what the run is evaluated on change no weights and are left out)."""
+
+    def stage_seed(self, stage: str) -> int:
+        """The seed offset of ``stage``: its place in the table (source 1, ...)."""
+        return list(self.stages).index(stage) + 1
 
     def made_with_this_config(
         self, stage: str, recorded: str | None, recorded_config: dict[str, Any] | None

@@ -108,7 +108,7 @@ def register(
     add_common_options(parser)
     parser.add_argument(
         "--stage",
-        choices=[*STAGES, "joint"],
+        choices=STAGES,
         help="run only this stage, from the earlier stages' checkpoints in --out",
     )
     parser.add_argument(

@@ -14,7 +14,9 @@ from cycada import configs
 from cycada.training.core.pixel_config import PixelConfig
 from cycada.training.core.presets import PRESET_DIR
 
-STAGES = ("source", "pixel", "target", "feature")
+# every stage a digits run can have, in order (the pipeline's table; joint replaces pixel,
+# target and feature with --mode joint)
+STAGES = ("source", "pixel", "target", "feature", "joint")
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from torch import nn
 from cycada import configs
 from cycada.atomic import write_text_atomic
 from cycada.models.transforms import fit_images
-from cycada.plots import curves_figure, read_scalars
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
+from cycada.training.core.stages import RunModels, Stage, stage_table
 from cycada.training.core.verdict import verdict_line, verdict_of
-from cycada.training.digits.config import DigitsRunConfig
+from cycada.training.digits.config import STAGES, DigitsRunConfig
 from cycada.training.digits.run import DigitsRun
 from cycada.training.digits.stages.feature import train_feature
 from cycada.training.digits.stages.joint import train_joint
@@ -35,13 +35,124 @@ from cycada.training.digits.stages.pixel import train_pixel
 from cycada.training.digits.stages.source import train_source
 from cycada.training.digits.stages.target import train_target, translated_source
 
-ALL_STAGES = ("source", "pixel", "target", "feature", "joint")
+
+class SourceStage(Stage):
+    name = "source"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source]
+
+    def train(self, run: DigitsRun, models: RunModels) -> None:
+        models.task_src = train_source(run).eval()
+
+    def load(self, run: DigitsRun, models: RunModels) -> None:
+        run.load_stage(self.name, {"task_src": models.task_src})
+        models.task_src.eval()
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return {"task_src": models.task_src}
+
+    def model(self, models: RunModels) -> nn.Module:
+        return models.task_src
+
+
+class PixelStage(Stage):
+    name = "pixel"
+    makes_task_model = False  # measured all the same: f_S on translated images
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel]
+
+    def train(self, run: DigitsRun, models: RunModels) -> dict[str, Any]:
+        models.pixel = train_pixel(run, models.task_src).eval()
+        return {"note": "f_S on G_S→T(source eval) and on G_T→S(target eval)"}
+
+    def load(self, run: DigitsRun, models: RunModels) -> None:
+        models.pixel = new_pixel_adaptation(run)
+        run.load_stage(self.name, models.pixel.networks())
+        models.pixel.eval()
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return models.pixel.networks()
+
+
+class TargetStage(Stage):
+    name = "target"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel, c.target]
+
+    def train(self, run: DigitsRun, models: RunModels) -> None:
+        models.task_tgt = train_target(run, models.task_src, models.pixel.gen_src2tgt)
+
+    def load(self, run: DigitsRun, models: RunModels) -> None:
+        models.task_tgt = run.new_task_net()
+        run.load_stage(self.name, {"task_tgt": models.task_tgt})
+
+
+class FeatureStage(Stage):
+    name = "feature"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel, c.target, c.feature]
+
+    def train(self, run: DigitsRun, models: RunModels) -> dict[str, Any]:
+        if models.pixel is not None:
+            source_images = translated_source(run, models.pixel.gen_src2tgt)
+        else:
+            source_images = run.source_train.images
+        reference = models.task_src if run.config.feature.reference == "source" else None
+        models.task_tgt, summary = train_feature(run, models.task_tgt, source_images, reference)
+        return summary
+
+    def load(self, run: DigitsRun, models: RunModels) -> None:
+        models.task_tgt = run.new_task_net()
+        run.load_stage(self.name, {"task_tgt": models.task_tgt})
+
+
+class JointStage(Stage):
+    """Stages 2-4 in one loop (the paper's Eq. 7): both generators and f_T."""
+
+    name = "joint"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [
+            c.source,
+            c.pixel,
+            c.feature,
+            {"joint_epochs": c.joint_epochs, "weight": c.joint_generator_weight},
+        ]
+
+    def train(self, run: DigitsRun, models: RunModels) -> dict[str, Any]:
+        models.pixel, models.task_tgt, summary = train_joint(run, models.task_src)
+        return summary
+
+    def load(self, run: DigitsRun, models: RunModels) -> None:
+        models.pixel, models.task_tgt = new_pixel_adaptation(run), run.new_task_net()
+        run.load_stage(self.name, self.networks(models))
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return {**models.pixel.networks(), "task_tgt": models.task_tgt}
+
+
+DIGITS_STAGES = stage_table(
+    [SourceStage(), PixelStage(), TargetStage(), FeatureStage(), JointStage()]
+)
+assert tuple(DIGITS_STAGES) == STAGES  # the command line's names (config.STAGES), in order
+TASK_MODEL_STAGES = tuple(name for name, s in DIGITS_STAGES.items() if s.makes_task_model)
+
+
+def new_pixel_adaptation(run: DigitsRun) -> PixelAdaptation:
+    """Untrained pixel-stage networks, to load a checkpoint into."""
+    pixel = PixelAdaptation(run.config.pixel, run.image_channels, None, torch.Generator())
+    return pixel.to(run.device)
 
 
 def digits_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
     """The stage to ship from metrics.json's stage entries (training.core.verdict)."""
-    task_stages = ("source", "target", "feature", "joint")  # the stages with a task model
-    return verdict_of(stages, task_stages, ("target", "accuracy"), "target_label_free", "accuracy")
+    return verdict_of(
+        stages, TASK_MODEL_STAGES, ("target", "accuracy"), "target_label_free", "accuracy"
+    )
 
 
 def stage_plan(config: DigitsRunConfig) -> list[str]:
@@ -69,8 +180,6 @@ class TranslatedClassifier(nn.Module):
 
 
 class DigitsPipeline(StagedPipeline):
-    stage_order = ALL_STAGES
-
     def __init__(
         self,
         config: DigitsRunConfig,
@@ -81,14 +190,17 @@ class DigitsPipeline(StagedPipeline):
         quiet: bool = False,
     ):
         out_dir.mkdir(parents=True, exist_ok=True)
-        super().__init__(stage_plan(config), stages, out_dir)
+        super().__init__(DIGITS_STAGES, stage_plan(config), stages, out_dir)
         self.config = config
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
-        self.run = DigitsRun(config, out_dir, quiet=quiet)
+        self.run = DigitsRun(config, out_dir, DIGITS_STAGES, quiet=quiet)
         self.run.stage_cache = stage_cache
         if restart:
             self._discard_from_first_requested(self.run)
         self.metrics.update(self._header())
+
+    def new_models(self) -> RunModels:
+        return RunModels(task_src=self.run.new_task_net())
 
     def _header(self) -> dict[str, Any]:
         data = self.config.data
@@ -114,13 +226,23 @@ class DigitsPipeline(StagedPipeline):
         }
 
     # -- stage bookkeeping ------------------------------------------------------------------
-    def _record(
-        self, stage: str, results: dict[str, Any], started: float, extra: dict | None = None
+    def record(
+        self, stage: Stage, models: RunModels, started: float | None, extra: dict | None
     ) -> None:
-        results["seconds"] = round(time.monotonic() - started, 1)
+        if stage.makes_task_model:
+            results = self.run.evaluate(stage.model(models), stage.name, previous=models.last)
+        else:  # the pixel stage: f_S through each generator
+            results = self._pixel_metrics(models.pixel, models.task_src)
+        self._write_stage(stage.name, results, started, extra)
+
+    def _write_stage(
+        self, stage: str, results: dict[str, Any], started: float | None, extra: dict | None
+    ) -> None:
+        if started is not None:
+            results["seconds"] = round(time.monotonic() - started, 1)
         results.update(extra or {})
         stages = self._store_stage_entry(stage, results)
-        last = next(s for s in reversed(ALL_STAGES) if s in stages)
+        last = next(s for s in reversed(DIGITS_STAGES) if s in stages)
         final: dict[str, Any] = {
             "stage": last,
             "source_accuracy": stages[last]["source"]["accuracy"],
@@ -154,19 +276,11 @@ class DigitsPipeline(StagedPipeline):
         if verdict is not None:
             self.run.log.info(verdict_line(verdict))
 
-    def _record_reused(self, stage: str, started: float, model: nn.Module, pixel=None) -> None:
-        """Stages reused from a checkpoint or the stage cache still get their metrics."""
+    def _recorded(self, stage: str) -> bool:
+        """True when metrics.json holds ``stage`` evaluated the way this run evaluates."""
         entry = self.metrics["stages"].get(stage)
-        if entry is not None and self._measured_as_now(entry):
-            return
-        if pixel is not None:
-            results = self._pixel_metrics(pixel, model)
-        else:
-            results = self.run.evaluate(model, stage)
-        self._record(stage, results, started, {"reused_checkpoint": True})
-
-    def _measured_as_now(self, entry: dict[str, Any]) -> bool:
-        """True when a recorded stage was evaluated the way this run evaluates (same set)."""
+        if entry is None:
+            return False
         run = self.run
         if run.target_eval is not None:
             wanted = f"{run.target_eval.data.name}/{run.target_eval.data.split}"
@@ -174,93 +288,11 @@ class DigitsPipeline(StagedPipeline):
                 return False
         return run.target_holdout is None or "target_label_free" in entry
 
-    def _must_train(self, stage: str) -> bool:
-        return self._must_run(stage, self.run.has_checkpoint(stage), self.run.log)
-
-    # -- the stages --------------------------------------------------------------------------
-    def execute(self) -> dict[str, Any]:
-        run = self.run
-        plan = self._plan_to_last_requested()
-        task_src = run.new_task_net()
-        pixel: PixelAdaptation | None = None
-        task_tgt = None
-        for stage in plan:
-            started = time.monotonic()
-            if stage == "source":
-                if self._must_train(stage):
-                    task_src = train_source(run)
-                    self.run.save_stage(stage, {"task_src": task_src})
-                    self._record(stage, run.evaluate(task_src, stage), started)
-                else:
-                    run.load_stage(stage, {"task_src": task_src})
-                    self._record_reused(stage, started, task_src)
-                task_src.eval()
-                task_tgt = task_src
-            elif stage == "pixel":
-                pixel = PixelAdaptation(
-                    self.config.pixel, run.image_channels, None, torch.Generator()
-                ).to(run.device)
-                if self._must_train(stage):
-                    pixel = train_pixel(run, task_src)
-                    self.run.save_stage(stage, pixel.networks())
-                    self._record(
-                        stage,
-                        self._pixel_metrics(pixel, task_src),
-                        started,
-                        {"note": "f_S on G_S→T(source eval) and on G_T→S(target eval)"},
-                    )
-                else:
-                    run.load_stage(stage, pixel.networks())
-                    self._record_reused(stage, started, task_src, pixel)
-                pixel.eval()
-            elif stage == "target":
-                assert pixel is not None
-                if self._must_train(stage):
-                    task_tgt = train_target(run, task_src, pixel.gen_src2tgt)
-                    self.run.save_stage(stage, {"task_tgt": task_tgt})
-                    results = run.evaluate(task_tgt, stage, previous=("source", task_src))
-                    self._record(stage, results, started)
-                else:
-                    task_tgt = run.new_task_net()
-                    run.load_stage(stage, {"task_tgt": task_tgt})
-                    self._record_reused(stage, started, task_tgt)
-            elif stage == "feature":
-                assert task_tgt is not None
-                if self._must_train(stage):
-                    if pixel is not None:
-                        source_images = translated_source(run, pixel.gen_src2tgt)
-                    else:
-                        source_images = run.source_train.images
-                    before = (previous_stage(self.plan, stage), task_tgt)
-                    reference = task_src if run.config.feature.reference == "source" else None
-                    task_tgt, summary = train_feature(run, task_tgt, source_images, reference)
-                    self.run.save_stage(stage, {"task_tgt": task_tgt}, summary)
-                    results = run.evaluate(task_tgt, stage, previous=before)
-                    self._record(stage, results, started, summary)
-                else:
-                    task_tgt = run.new_task_net()
-                    run.load_stage(stage, {"task_tgt": task_tgt})
-                    self._record_reused(stage, started, task_tgt)
-            elif stage == "joint" and self._must_train(stage):
-                pixel, task_tgt, summary = train_joint(run, task_src)
-                self.run.save_stage(stage, {**pixel.networks(), "task_tgt": task_tgt}, summary)
-                results = run.evaluate(task_tgt, stage, previous=("source", task_src))
-                self._record(stage, results, started, summary)
-        run.log.close()
-        curves_figure(self.out_dir / "curves.png", read_scalars(self.out_dir / "scalars.jsonl"))
-        return self.metrics
-
     def _pixel_metrics(self, pixel: PixelAdaptation, task_src: nn.Module) -> dict[str, Any]:
         size, channels = self.config.pixel.image_size, self.run.image_channels
         on_source = TranslatedClassifier(pixel.gen_src2tgt, task_src, channels, size)
         on_target = TranslatedClassifier(pixel.gen_tgt2src, task_src, channels, size)
         return self.run.evaluate(on_source, "pixel", target_model=on_target)
-
-
-def previous_stage(plan: list[str], stage: str) -> str:
-    """The stage whose task model ``stage`` starts from (the pixel stage trains none)."""
-    earlier = [s for s in plan[: plan.index(stage)] if s != "pixel"]
-    return earlier[-1] if earlier else "source"
 
 
 def run_digits(config: DigitsRunConfig, out_dir: Path, **options: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cycada.signals import LOW_CONFIDENCE, class_share_distance
 from cycada.training.core.device import resolve_device
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
+from cycada.training.core.stages import Stage
 from cycada.training.core.visuals import confusion_png
 from cycada.training.digits.config import DigitsRunConfig
 from cycada.training.digits.data import DigitSet, load_digits
@@ -73,9 +75,16 @@ class DigitDomain:
 class DigitsRun(StageStore):
     """Everything the stages share. Stage code reads data and writes checkpoints through here."""
 
-    def __init__(self, config: DigitsRunConfig, out_dir: Path, quiet: bool = False):
+    def __init__(
+        self,
+        config: DigitsRunConfig,
+        out_dir: Path,
+        stages: Mapping[str, Stage],
+        quiet: bool = False,
+    ):
         self.config = config
         self.out_dir = out_dir
+        self.stages = stages
         self.device = resolve_device(config.device)
         data = config.data
 
@@ -134,27 +143,15 @@ class DigitsRun(StageStore):
         Called first in every stage, before networks are built, so each stage's result depends
         only on the seed and its inputs, whether earlier stages ran now or came from checkpoints.
         """
-        offset = {"source": 1, "pixel": 2, "target": 3, "feature": 4, "joint": 5}[stage]
+        offset = self.stage_seed(stage)
         torch.manual_seed(self.config.seed * 100 + offset)
         return torch.Generator().manual_seed(self.config.seed * 100 + offset)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def stage_fingerprint(self, stage: str, config: Any = None) -> str:
-        """Identifies the configs a stage's result depends on (its own and earlier stages')."""
-        c = config if config is not None else self.config
+    def fingerprint_common(self, c: Any, stage: str) -> dict[str, Any]:
         # where the data lives and what it is evaluated on change no weights
         data = dataclasses.replace(c.data, data_root="", eval_set="", eval_split="")
-        common = {"model": c.model, "seed": c.seed, "mode": c.mode, "data": configs.to_dict(data)}
-        parts: list[Any] = [common, c.source]
-        if stage in ("pixel", "target", "feature", "joint"):
-            parts.append(c.pixel)
-        if stage in ("target", "feature"):
-            parts.append(c.target)
-        if stage in ("feature", "joint"):
-            parts.append(c.feature)
-        if stage == "joint":
-            parts.append({"joint_epochs": c.joint_epochs, "weight": c.joint_generator_weight})
-        return configs.fingerprint(*parts)
+        return {"model": c.model, "seed": c.seed, "mode": c.mode, "data": configs.to_dict(data)}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,10 @@ from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.checkpoint import load_modules, read_header
 from cycada.errors import CheckpointError, DataError
 from cycada.training.segmentation import checkpoint_config
+from cycada.training.segmentation.data import is_unlabelled_domain
 from cycada.training.segmentation.metrics import table_csv, table_markdown
+from cycada.training.segmentation.pipeline import SEG_STAGE_TABLE
+from cycada.training.segmentation.run import SegRun
 
 
 def evaluate_seg_checkpoint(
@@ -20,9 +23,6 @@ def evaluate_seg_checkpoint(
     compare: Path | None,
     max_samples: int,
 ) -> str:
-    from cycada.training.segmentation.data import is_unlabelled_domain
-    from cycada.training.segmentation.run import SegRun
-
     if is_unlabelled_domain(dataset):
         raise DataError(f"--dataset {dataset} has no labels; evaluation needs a labelled data set")
     config = checkpoint_config.seg_config(checkpoint)
@@ -35,7 +35,7 @@ def evaluate_seg_checkpoint(
         "data_root": data_root,
     }
     config = checkpoint_config.replace_data(config, data, max_samples)
-    run = SegRun(config, out or checkpoint.parent.parent / "eval-cli", quiet=True)
+    run = SegRun(config, out or checkpoint.parent.parent / "eval-cli", SEG_STAGE_TABLE, quiet=True)
     model = _load_task_model(run, checkpoint)
     others = {}
     if compare is not None:

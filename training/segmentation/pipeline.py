@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cycada import configs
 from cycada.atomic import write_text_atomic
 from cycada.checkpoint import read_header
-from cycada.plots import curves_figure, per_class_iou_figure, read_scalars
+from cycada.plots import per_class_iou_figure
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
+from cycada.training.core.stages import RunModels, Stage, stage_table
 from cycada.training.core.verdict import verdict_line, verdict_of
 from cycada.training.segmentation.config import SEG_STAGES, SegDataConfig, SegRunConfig
 from cycada.training.segmentation.label_free import (
@@ -43,7 +45,129 @@ from cycada.training.segmentation.stages.pixel import (
 from cycada.training.segmentation.stages.supervised import train_segmenter
 
 ROW_NAMES = {"source": "Source only", "target": "CyCADA pixel-only", "feature": "CyCADA"}
-TASK_MODEL_STAGES = ("source", "target", "feature")  # the stages whose task model can ship
+
+
+class SourceStage(Stage):
+    name = "source"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source]
+
+    def train(self, run: SegRun, models: RunModels) -> None:
+        generator = run.generator(self.name)
+        models.task_src = train_segmenter(
+            run, self.name, generator, run.new_segmenter(), run.source_train, run.config.source
+        )
+
+    def load(self, run: SegRun, models: RunModels) -> None:
+        run.load_stage(self.name, {"task_src": models.task_src})
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return {"task_src": models.task_src}
+
+    def model(self, models: RunModels) -> nn.Module:
+        return models.task_src
+
+
+class PixelStage(Stage):
+    name = "pixel"
+    makes_task_model = measured = False
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel]
+
+    def train(self, run: SegRun, models: RunModels) -> None:
+        models.pixel = train_pixel(run, models.task_src)
+
+    def load(self, run: SegRun, models: RunModels) -> None:
+        models.pixel = PixelAdaptation(run.config.pixel, 3, None, torch.Generator()).to(run.device)
+        run.load_stage(self.name, models.pixel.networks())
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return models.pixel.networks()
+
+
+class TranslateStage(Stage):
+    """The source set rewritten by G_S→T into ``translated/``: what f_T trains on."""
+
+    name = "translate"
+    makes_task_model = measured = False
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel]
+
+    def train(self, run: SegRun, models: RunModels) -> None:
+        if run.dist.is_main:
+            translate_source(run, models.pixel.gen_src2tgt, run.stage_fingerprint(self.name))
+        run.dist.barrier()
+        models.source_for_target = translated_set(run)
+
+    def load(self, run: SegRun, models: RunModels) -> None:
+        models.source_for_target = translated_set(run)
+
+    def networks(self, models: RunModels) -> None:
+        return None  # translate_source writes the images and their manifest itself
+
+    def finished(self, run: SegRun) -> bool:
+        """The translated set on disk is finished and comes from this run's config (an older
+        cycada's manifest records no config: the pixel checkpoint's, which made it, stands in)."""
+        path = translated_paths(run)[0] / "dataset.json"
+        if not path.exists():
+            return False
+        manifest = json.loads(path.read_text())
+        config = manifest.get("config")
+        pixel = run.checkpoint_path("pixel")
+        if config is None and pixel.exists():
+            config = read_header(pixel)[0]
+        return run.made_with_this_config(self.name, manifest.get("fingerprint"), config)
+
+
+class TargetStage(Stage):
+    name = "target"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel, c.target]
+
+    def train(self, run: SegRun, models: RunModels) -> None:
+        models.task_tgt = train_segmenter(
+            run,
+            self.name,
+            run.generator(self.name),
+            copy.deepcopy(models.task_src),
+            models.source_for_target,
+            run.config.target,
+        )
+
+    def load(self, run: SegRun, models: RunModels) -> None:
+        models.task_tgt = load_task_tgt(run, self.name)
+
+
+class FeatureStage(Stage):
+    name = "feature"
+
+    def depends_on(self, c: Any) -> list[Any]:
+        return [c.source, c.pixel, c.target, c.feature]
+
+    def train(self, run: SegRun, models: RunModels) -> dict[str, Any]:
+        start = copy.deepcopy(models.task_tgt)
+        models.task_tgt, summary = train_feature(run, start, models.source_for_target)
+        return summary
+
+    def load(self, run: SegRun, models: RunModels) -> None:
+        models.task_tgt = load_task_tgt(run, self.name)
+
+
+SEG_STAGE_TABLE = stage_table(
+    [SourceStage(), PixelStage(), TranslateStage(), TargetStage(), FeatureStage()]
+)
+assert tuple(SEG_STAGE_TABLE) == SEG_STAGES  # the command line's names (config), in order
+TASK_MODEL_STAGES = tuple(name for name, s in SEG_STAGE_TABLE.items() if s.makes_task_model)
+
+
+def load_task_tgt(run: SegRun, stage: str) -> nn.Module:
+    model = run.new_segmenter(backbone=False)
+    run.load_stage(stage, {"task_tgt": model})
+    return model
 
 
 def seg_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
@@ -61,8 +185,6 @@ def stage_plan(config: SegRunConfig) -> list[str]:
 
 
 class SegPipeline(StagedPipeline):
-    stage_order = SEG_STAGES
-
     def __init__(
         self,
         config: SegRunConfig,
@@ -72,9 +194,9 @@ class SegPipeline(StagedPipeline):
         quiet: bool = False,
         stage_cache: Path | None = None,
     ):
-        super().__init__(stage_plan(config), stages, out_dir)
+        super().__init__(SEG_STAGE_TABLE, stage_plan(config), stages, out_dir)
         self.config = config
-        self.run = SegRun(config, out_dir, quiet=quiet)  # validates the data first
+        self.run = SegRun(config, out_dir, SEG_STAGE_TABLE, quiet=quiet)  # checks the data first
         self.run.stage_cache = stage_cache  # ablation rows share finished stages through it
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
         if restart and "translate" in self._discard_from_first_requested(self.run):
@@ -104,23 +226,16 @@ class SegPipeline(StagedPipeline):
             + (f"; label-free signals on {label_free}" if label_free else "")
         )
 
-    def _done(self, stage: str) -> bool:
-        if stage == "translate":
-            return not self._must_run(stage, self._translation_done(), self.run.log)
-        return not self._must_run(stage, self.run.has_checkpoint(stage), self.run.log)
+    def new_models(self) -> RunModels:
+        return RunModels(
+            task_src=self.run.new_segmenter(backbone=False), source_for_target=self.run.source_train
+        )
 
-    def _translation_done(self) -> bool:
-        """The translated set on disk is finished and comes from this run's config (an older
-        cycada's manifest records no config: the pixel checkpoint's, which made it, stands in)."""
-        path = translated_paths(self.run)[0] / "dataset.json"
-        if not path.exists():
-            return False
-        manifest = json.loads(path.read_text())
-        config = manifest.get("config")
-        pixel = self.run.checkpoint_path("pixel")
-        if config is None and pixel.exists():
-            config = read_header(pixel)[0]
-        return self.run.made_with_this_config("translate", manifest.get("fingerprint"), config)
+    def record(
+        self, stage: Stage, models: RunModels, started: float | None, extra: dict | None
+    ) -> None:
+        compare = None if stage.name == "source" else {"source only": models.task_src}
+        self._record(stage.name, stage.model(models), started, compare, extra, models.last)
 
     def _record(
         self,
@@ -166,7 +281,7 @@ class SegPipeline(StagedPipeline):
 
     def _write_results(self) -> None:
         stages = self.metrics["stages"]
-        last = [s for s in SEG_STAGES if s in stages][-1]
+        last = [s for s in SEG_STAGE_TABLE if s in stages][-1]
         final: dict[str, Any] = {"stage": last}
         if "target" in stages[last]:
             labelled = stages[last]["target"]
@@ -232,83 +347,6 @@ class SegPipeline(StagedPipeline):
             entry.get("target", {}).get("dataset") == self.metrics["evaluation"]["labelled"]
         )
         return labelled and (self.run.signal_set is None or "label_free" in entry)
-
-    def _load_task_tgt(self, stage: str):
-        model = self.run.new_segmenter(backbone=False)
-        self.run.load_stage(stage, {"task_tgt": model})
-        return model
-
-    def execute(self) -> dict[str, Any]:
-        run = self.run
-        plan = self._plan_to_last_requested()
-        task_src = run.new_segmenter(backbone=False)
-        task_tgt = task_src
-        pixel = None
-        source_for_feature = run.source_train
-        source_only = {"source only": task_src}
-        for stage in plan:
-            started = time.monotonic()
-            if stage == "source":
-                if self._done(stage):
-                    run.load_stage(stage, {"task_src": task_src})
-                    if not self._recorded(stage):  # e.g. f_S copied from another run
-                        self._record(stage, task_src, None)
-                else:
-                    generator = run.generator(stage)
-                    task_src = train_segmenter(
-                        run,
-                        stage,
-                        generator,
-                        run.new_segmenter(),
-                        run.source_train,
-                        self.config.source,
-                    )
-                    run.save_stage(stage, {"task_src": task_src})
-                    self._record(stage, task_src, started)
-                task_tgt = task_src
-                source_only = {"source only": task_src}
-            elif stage == "pixel":
-                pixel = PixelAdaptation(self.config.pixel, 3, None, torch.Generator()).to(
-                    run.device
-                )
-                if self._done(stage):
-                    run.load_stage(stage, pixel.networks())
-                else:
-                    pixel = train_pixel(run, task_src)
-                    run.save_stage(stage, pixel.networks())
-            elif stage == "translate":
-                if not self._done(stage):
-                    if run.dist.is_main:
-                        translate_source(run, pixel.gen_src2tgt, run.stage_fingerprint(stage))
-                    run.dist.barrier()
-                source_for_feature = translated_set(run)
-            elif stage in ("target", "feature"):
-                previous = ("source" if task_tgt is task_src else "target", task_tgt)
-                if self._done(stage):
-                    task_tgt = self._load_task_tgt(stage)
-                    if not self._recorded(stage):
-                        self._record(stage, task_tgt, None, source_only, previous=previous)
-                    continue
-                if stage == "target":
-                    task_tgt = train_segmenter(
-                        run,
-                        stage,
-                        run.generator(stage),
-                        copy.deepcopy(task_src),
-                        source_for_feature,
-                        self.config.target,
-                    )
-                    summary = None
-                else:
-                    task_tgt, summary = train_feature(
-                        run, copy.deepcopy(task_tgt), source_for_feature
-                    )
-                run.save_stage(stage, {"task_tgt": task_tgt}, summary)
-                self._record(stage, task_tgt, started, source_only, summary, previous)
-        run.log.close()
-        if run.dist.is_main:
-            curves_figure(self.out_dir / "curves.png", read_scalars(self.out_dir / "scalars.jsonl"))
-        return self.metrics
 
 
 def _target_train_text(data: SegDataConfig, count: int) -> str:

@@ -5,6 +5,7 @@ seeds, gradient sync and stage storage (loaders in :mod:`.loaders`, evaluation i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from cycada.training.core.device import resolve_device
 from cycada.training.core.distributed import init_distributed, same_weights
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
-from cycada.training.segmentation.config import SEG_STAGES, SegRunConfig
+from cycada.training.core.stages import Stage
+from cycada.training.segmentation.config import SegRunConfig
 from cycada.training.segmentation.domains import load_run_data
 from cycada.training.segmentation.evaluator import SegEvaluator
 from cycada.training.segmentation.label_spaces import LABEL_SPACES
@@ -49,9 +51,16 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) ->
 
 
 class SegRun(StageStore):
-    def __init__(self, config: SegRunConfig, out_dir: Path, quiet: bool = False):
-        self.config, self.out_dir = config, out_dir
+    def __init__(
+        self,
+        config: SegRunConfig,
+        out_dir: Path,
+        stages: Mapping[str, Stage],
+        quiet: bool = False,
+    ):
+        self.config, self.out_dir, self.stages = config, out_dir, stages
         self.dist = init_distributed(config.device)
+        self.is_main = self.dist.is_main
         self.device = resolve_device(config.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -105,12 +114,11 @@ class SegRun(StageStore):
 
     def generator(self, stage: str) -> torch.Generator:
         """Seeds a stage: networks initialise alike on every process, batches differ by rank."""
-        offset = SEG_STAGES.index(stage) + 1
-        torch.manual_seed(self.config.seed * 100 + offset)
+        torch.manual_seed(self.config.seed * 100 + self.stage_seed(stage))
         return torch.Generator().manual_seed(self.data_seed(stage))
 
     def data_seed(self, stage: str, epoch: int = 0) -> int:
-        offset = SEG_STAGES.index(stage) + 1
+        offset = self.stage_seed(stage)
         return self.config.seed * 100 + offset + 100_003 * self.dist.rank + 7919 * epoch
 
     def sync_gradients(self, *modules: torch.nn.Module) -> None:
@@ -142,31 +150,15 @@ class SegRun(StageStore):
         return _RankResume(resume, self, stage)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def stage_fingerprint(self, stage: str, config: Any = None) -> str:
-        """Hash of what a stage's weights depend on.
-
-        f_S depends only on the source side, so one source checkpoint serves runs that adapt to
-        different targets (copy ``checkpoints/source.safetensors`` into the new run folder).
-        Where the data lives and how the run is evaluated change no weights and are left out.
-        """
-        c = config if config is not None else self.config
+    def fingerprint_common(self, c: Any, stage: str) -> dict[str, Any]:
+        """f_S depends only on the source side, so one source checkpoint serves runs that adapt
+        to different targets (copy ``checkpoints/source.safetensors`` into the new run folder)."""
         data = configs.to_dict(c.data)
         if stage == "source":
             data = {key: data[key] for key in SOURCE_DATA_KEYS}
         else:
             data = {key: value for key, value in data.items() if key not in NOT_TRAINING_KEYS}
-        parts: list[Any] = [
-            {"model": c.model, "seed": c.seed, "backbone": c.backbone_weights, "data": data},
-            c.source,
-        ]
-        position = SEG_STAGES.index(stage)
-        if position >= SEG_STAGES.index("pixel"):
-            parts.append(c.pixel)
-        if position >= SEG_STAGES.index("target"):
-            parts.append(c.target)
-        if position >= SEG_STAGES.index("feature"):
-            parts.append(c.feature)
-        return configs.fingerprint(*parts)
+        return {"model": c.model, "seed": c.seed, "backbone": c.backbone_weights, "data": data}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
