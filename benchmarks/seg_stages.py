@@ -13,25 +13,26 @@ full Cityscapes resolution. Mixed precision and channels_last on GPU, as in trai
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cycada.bench_results import write_results
 from cycada.command_line import add_network, command_parser
 from cycada.models.segmenters import build_segmenter
-from cycada.training.core.discriminators import ScoreMapDiscriminator
-from cycada.training.core.losses.feature_gan import SOURCE_DOMAIN, TARGET_DOMAIN, FeatureGANLoss
-from cycada.training.core.losses.task import TaskLoss
 from cycada.training.core.pixel_adaptation import PixelAdaptation
-from cycada.training.segmentation.config import SegPixelConfig
-from cycada.training.segmentation.stages.feature import freeze_batch_norm
+from cycada.training.segmentation.config import (
+    SegFeatureConfig,
+    SegPixelConfig,
+    SegSupervisedConfig,
+)
+from cycada.training.segmentation.stages.feature import FeatureStep, freeze_batch_norm
 from cycada.training.segmentation.stages.pixel import translate_image
+from cycada.training.segmentation.stages.supervised import SupervisedStep
+from cycada.training.segmentation.step_context import LocalStepContext
 
 PAPER = {
     "seg_crop": 600,
@@ -72,48 +73,11 @@ def _timed(step: Callable[[], None], device: torch.device, seconds: float, warmu
     return result
 
 
-def _feature_step(task, crop: int, device: torch.device, memory, autocast):
-    """One feature-stage iteration at ``crop``: the score-map discriminator's update, then
-    f_T's (inverted-label GAN loss + the source task loss), as the training stage does."""
-    freeze_batch_norm(task)
-    disc = ScoreMapDiscriminator(19).to(device, memory_format=memory)
-    sgd = dict(lr=1e-5, momentum=0.99, weight_decay=5e-4)
-    opt_task, opt_disc = (
-        torch.optim.SGD(task.parameters(), **sgd),
-        torch.optim.SGD(disc.parameters(), **sgd),
-    )
-    f_src, f_tgt = (
-        (torch.rand(1, 3, crop, crop, device=device) * 2 - 1).contiguous(memory_format=memory)
-        for _ in range(2)
-    )
-    labels = torch.randint(0, 19, (1, crop, crop), device=device)
-    gan, task_loss = FeatureGANLoss(), TaskLoss()
-
-    def feature():
-        with autocast:
-            s_src, s_tgt = task.score_maps(f_src), task.score_maps(f_tgt)
-            loss_disc = gan(disc(s_src.detach()), SOURCE_DOMAIN) + gan(
-                disc(s_tgt.detach()), TARGET_DOMAIN
-            )
-        opt_disc.zero_grad(set_to_none=True)
-        loss_disc.float().backward()
-        opt_disc.step()
-        with autocast:
-            logits = F.interpolate(s_src, size=f_src.shape[-2:], mode="bilinear")
-            loss = 0.1 * gan(disc(s_tgt), SOURCE_DOMAIN) + task_loss(logits, labels)
-        opt_task.zero_grad(set_to_none=True)
-        loss.float().backward()
-        opt_task.step()
-
-    return feature
-
-
 def bench(model_name: str, sizes: dict, device: torch.device, seconds: float, amp: bool) -> dict:
     cuda = device.type == "cuda"
+    context = LocalStepContext(device, amp=amp)
     memory = torch.channels_last if cuda else torch.contiguous_format
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if cuda and amp else contextlib.nullcontext()
-    )
+    autocast = context.autocast()
 
     def segmenter():
         return build_segmenter(model_name, 19).to(device, memory_format=memory)
@@ -121,26 +85,22 @@ def bench(model_name: str, sizes: dict, device: torch.device, seconds: float, am
     def rand(*shape):
         return (torch.rand(*shape, device=device) * 2 - 1).contiguous(memory_format=memory)
 
+    def frames(batch: int, crop: int) -> dict[str, torch.Tensor]:
+        """A batch as the loaders give it: uint8 images and their train ids, on the CPU."""
+        return {
+            "image": torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8),
+            "label": torch.randint(0, 19, (batch, crop, crop)),
+        }
+
     results: dict[str, dict] = {}
     crop, batch = sizes["seg_crop"], sizes["seg_batch"]
 
-    # source / target: the same supervised step (SGD lr 1e-3, momentum 0.9)
+    # source / target: the supervised stages' own step (the paper's SGD recipe)
     model = segmenter().train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp)
-    x = rand(batch, 3, crop, crop)
-    y = torch.randint(0, 19, (batch, crop, crop), device=device)
-    task_loss = TaskLoss()
-
-    def supervised():
-        with autocast:
-            loss = task_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    timing = _timed(supervised, device, seconds, 2)
+    supervised_config = SegSupervisedConfig(batch_size=batch, crop=crop)
+    supervised = SupervisedStep(context, model, supervised_config)
+    images = frames(batch, crop)
+    timing = _timed(lambda: supervised(images["image"], images["label"], 0), device, seconds, 2)
     results["source_and_target"] = {**timing, "batch": batch, "crop": crop}
 
     # pixel stage, with and without the semantic loss through frozen f_S
@@ -164,12 +124,15 @@ def bench(model_name: str, sizes: dict, device: torch.device, seconds: float, am
     timing = _timed(translate, device, seconds, 2)
     results["translate"] = {**timing, "batch": 1, "size": list(sizes["frame"])}
 
-    # feature stage: f_T + score-map discriminator, gate open (both updates every iteration)
+    # feature stage: its own step, the gate held open (both updates every iteration, its
+    # most expensive case)
     feature_crop = sizes["feature_crop"]
     task = segmenter().train()
-    feature = _feature_step(task, feature_crop, device, memory, autocast)
-
-    timing = _timed(feature, device, seconds, 2)
+    freeze_batch_norm(task)
+    feature_config = SegFeatureConfig(crop=feature_crop, gate_threshold=-1.0, gate_window=1)
+    feature = FeatureStep(context, task, feature_config, 19)
+    source, target = frames(1, feature_crop), frames(1, feature_crop)
+    timing = _timed(lambda: feature(source, target), device, seconds, 2)
     results["feature"] = {**timing, "batch": 1, "crop": feature_crop}
 
     # evaluation at full resolution

@@ -182,6 +182,31 @@ class WindowReport:
         }
 
 
+def stage_signals(
+    counts: SignalCounts,
+    source_shares: np.ndarray,
+    class_names: Sequence[str],
+    held_out: tuple[str, str, int],
+    previous: tuple[str, float] | None = None,
+) -> dict[str, Any]:
+    """The label-free signals of a trained stage as ``metrics.json`` records them (both tasks):
+    ``held_out`` is (data set, what was counted: "images" or "frames", how many), ``previous``
+    the stage before it and the share of outputs the two agree on."""
+    shares = counts.class_shares
+    dataset, unit, count = held_out
+    return {
+        "dataset": dataset,
+        unit: count,
+        "mean_confidence": counts.mean_confidence,
+        "low_confidence_share": counts.low_confidence_share,
+        "class_share_distance": class_share_distance(shares, source_shares),
+        "agreement_with_previous": previous[1] if previous is not None else None,
+        "previous_stage": previous[0] if previous is not None else None,
+        "class_shares": dict(zip(class_names, map(float, shares))),
+        "source_class_shares": dict(zip(class_names, map(float, source_shares))),
+    }
+
+
 def judge_window(
     window: SignalCounts,
     baseline: Baseline,

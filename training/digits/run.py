@@ -16,7 +16,7 @@ from cycada import configs
 from cycada.errors import ConfigError, DataError
 from cycada.models.digit_networks import TASK_NETS, DigitTaskNet, build_task_net
 from cycada.models.transforms import fit_images, to_unit_range
-from cycada.signals import LOW_CONFIDENCE, class_share_distance
+from cycada.signals import SignalCounts, stage_signals
 from cycada.training.core.device import resolve_device
 from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
@@ -213,26 +213,19 @@ class DigitsRun(StageStore):
         probabilities = self._probabilities(model, domain.images)
         top, labels = probabilities.max(1)
         classes = len(self.class_names)
-        shares = np.bincount(labels.numpy(), minlength=classes) / len(labels)
+        counts = SignalCounts(classes)
+        counts.add_probabilities(labels.numpy(), top.numpy())
         if self._source_shares is None:
-            counts = np.bincount(self.source_train.labels.numpy(), minlength=classes)
-            self._source_shares = counts / counts.sum()
-        source = self._source_shares
+            source = np.bincount(self.source_train.labels.numpy(), minlength=classes)
+            self._source_shares = source / source.sum()
         agreement = None
         if previous is not None:
             before = self._probabilities(previous[1], domain.images).argmax(1)
-            agreement = float((before == labels).float().mean())
-        return {
-            "dataset": f"{domain.data.name}/{domain.data.split} (held out, no labels)",
-            "images": len(labels),
-            "mean_confidence": float(top.mean()),
-            "low_confidence_share": float((top < LOW_CONFIDENCE).float().mean()),
-            "class_share_distance": class_share_distance(shares, source),
-            "agreement_with_previous": agreement,
-            "previous_stage": previous[0] if previous is not None else None,
-            "class_shares": dict(zip(self.class_names, map(float, shares))),
-            "source_class_shares": dict(zip(self.class_names, map(float, source))),
-        }
+            agreement = (previous[0], float((before == labels).float().mean()))
+        held_out = (f"{domain.data.name}/{domain.data.split} (held out, no labels)", "images")
+        return stage_signals(
+            counts, self._source_shares, self.class_names, (*held_out, len(labels)), agreement
+        )
 
     def _probabilities(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         was_training = model.training

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cycada.errors import DataError
 from cycada.models.segmenters import Segmenter
 from cycada.training.core.visuals import panel, write_png
+from cycada.training.segmentation.label_free import class_shares_of_labels
 from cycada.training.segmentation.metrics import ConfusionMatrix, segmentation_metrics
 from cycada.training.segmentation.transforms import resize_to_width
 
@@ -57,8 +58,6 @@ class SegEvaluator:
     def source_class_shares(self) -> np.ndarray:
         """Share of each class in the source labels (an evenly spaced sample), computed once."""
         if self._source_shares is None:
-            from cycada.training.segmentation.label_free import class_shares_of_labels
-
             self._source_shares = class_shares_of_labels(
                 self.run.source_train, self.run.space.num_classes
             )

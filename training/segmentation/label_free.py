@@ -27,7 +27,7 @@ import numpy as np
 
 from cycada.errors import DataError
 from cycada.models.segmenters import Segmenter
-from cycada.signals import LOW_CONFIDENCE, SignalCounts, class_share_distance
+from cycada.signals import SignalCounts, stage_signals
 from cycada.training.core.visuals import panel, write_png
 from cycada.training.segmentation.data import SegmentationSet, read_image
 from cycada.training.segmentation.label_spaces import IGNORE
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from cycada.training.segmentation.run import SegRun
 
 SOURCE_LABEL_SAMPLE = 200  # source labels read for the class shares (evenly spaced)
-__all__ = ["LOW_CONFIDENCE", "label_free_signals", "label_free_table", "label_free_csv"]
+__all__ = ["label_free_signals", "label_free_table", "label_free_csv"]
 
 
 def class_shares_of_labels(dataset: SegmentationSet, num_classes: int) -> np.ndarray:
@@ -102,23 +102,16 @@ def label_free_signals(
             columns.append(run.space.colorize(labels))
             write_png(folder / f"{item.image.parent.name}_{item.image.stem}.png", panel(columns))
     model.train(was_training)
-    shares, pixels = counts.class_shares, counts.pixels
-    source = run.evaluator.source_class_shares()
-    signals: dict[str, Any] = {
-        "dataset": dataset.name,
-        "frames": len(dataset),
-        "mean_confidence": counts.mean_confidence,
-        "low_confidence_share": counts.low_confidence_share,
-        "class_share_distance": class_share_distance(shares, source),
-        "agreement_with_previous": agree / max(pixels, 1) if previous is not None else None,
-        "previous_stage": previous[0] if previous is not None else None,
-        **{
-            f"agreement_with_{name.replace(' ', '_')}": count / max(pixels, 1)
-            for name, count in agree_compare.items()
-        },
-        "class_shares": {names[i]: float(shares[i]) for i in range(num_classes)},
-        "source_class_shares": {names[i]: float(source[i]) for i in range(num_classes)},
-    }
+    pixels = max(counts.pixels, 1)
+    signals = stage_signals(
+        counts,
+        run.evaluator.source_class_shares(),
+        names,
+        (dataset.name, "frames", len(dataset)),
+        (previous[0], agree / pixels) if previous is not None else None,
+    )
+    for name, count in agree_compare.items():
+        signals[f"agreement_with_{name.replace(' ', '_')}"] = count / pixels
     return signals
 
 

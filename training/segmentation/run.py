@@ -4,7 +4,6 @@ seeds, gradient sync and stage storage (loaders in :mod:`.loaders`, evaluation i
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from cycada.training.segmentation.config import SegRunConfig
 from cycada.training.segmentation.domains import load_run_data
 from cycada.training.segmentation.evaluator import SegEvaluator
 from cycada.training.segmentation.label_spaces import LABEL_SPACES
+from cycada.training.segmentation.step_context import StepContext
 
 # the data keys f_S depends on; and the keys that change no stage's weights
 SOURCE_DATA_KEYS = (
@@ -44,13 +44,7 @@ NOT_TRAINING_KEYS = (
 )
 
 
-def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (N, 3, H, W) → float in [-1, 1] on ``device``."""
-    x = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-class SegRun(StageStore):
+class SegRun(StageStore, StepContext):
     def __init__(
         self,
         config: SegRunConfig,
@@ -64,7 +58,7 @@ class SegRun(StageStore):
         self.device = resolve_device(config.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.cuda = self.device.type == "cuda"
+        self.amp, self.channels_last = config.amp, config.channels_last
         self.space = LABEL_SPACES[config.data.label_space]
         data = config.data
 
@@ -104,14 +98,6 @@ class SegRun(StageStore):
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cuda and self.config.amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
-    def input(self, images: torch.Tensor) -> torch.Tensor:
-        return to_input(images, self.device, self.cuda and self.config.channels_last)
-
     def generator(self, stage: str) -> torch.Generator:
         """Seeds a stage: networks initialise alike on every process, batches differ by rank."""
         torch.manual_seed(self.config.seed * 100 + self.stage_seed(stage))
@@ -120,10 +106,6 @@ class SegRun(StageStore):
     def data_seed(self, stage: str, epoch: int = 0) -> int:
         offset = self.stage_seed(stage)
         return self.config.seed * 100 + offset + 100_003 * self.dist.rank + 7919 * epoch
-
-    def sync_gradients(self, *modules: torch.nn.Module) -> None:
-        """Average gradients over the data-parallel processes (no-op in a single process)."""
-        self.dist.average_gradients(modules)
 
     def save_stage(self, stage, modules, extra=None):
         """Rank 0 writes; the other processes wait, then check their replicas are identical."""

@@ -16,10 +16,40 @@ from cycada.training.segmentation.loaders import (
     train_transform,
 )
 from cycada.training.segmentation.run import SegRun
+from cycada.training.segmentation.step_context import StepContext
 
 
 def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
     return base if power <= 0 else base * (1 - iteration / max(total, 1)) ** power
+
+
+class SupervisedStep:
+    """One iteration of a supervised stage (f_S on the source, f_T on translated source): SGD
+    at the poly schedule's rate, fp16 autocast on CUDA. :func:`train_segmenter` repeats it;
+    ``cycada bench seg-stages`` times it."""
+
+    def __init__(self, context: StepContext, model: Segmenter, cfg: SegSupervisedConfig):
+        self.context, self.model, self.cfg = context, model, cfg
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=context.cuda and context.amp)
+        self.task_loss = TaskLoss()
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, iteration: int) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) and their train ids → the loss (before the step)."""
+        cfg, context = self.cfg, self.context
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(cfg.lr, iteration, cfg.iterations, cfg.poly_power)
+        labels = labels.to(context.device, non_blocking=True)
+        with context.autocast():
+            loss = self.task_loss(self.model(context.input(images)), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        context.sync_gradients(self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
 
 
 def train_segmenter(
@@ -30,38 +60,25 @@ def train_segmenter(
     dataset: SegmentationSet,
     cfg: SegSupervisedConfig,
 ) -> Segmenter:
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=run.cuda and run.config.amp)
-    resume = run.stage_resume(stage, {"model": model}, {"sgd": optimizer}, generator)
+    step = SupervisedStep(run, model, cfg)
+    resume = run.stage_resume(stage, {"model": model}, {"sgd": step.optimizer}, generator)
     start, extra = resume.restore()
     transform = train_transform(run, stage, cfg.crop, cfg.flip, dataset)
     batches = endless_batches(run, dataset, transform, cfg.batch_size, generator)
     if start:
         run.log.info(f"{stage}: resuming at iteration {start}/{cfg.iterations}")
         resume_streams(generator, {"images": batches}, extra.get("streams"))
-    task_loss = TaskLoss()
     bar = run.log.progress(cfg.iterations, stage, initial=start)
     model.train()
     for iteration in range(start, cfg.iterations):
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(cfg.lr, iteration, cfg.iterations, cfg.poly_power)
         batch = next(batches)
-        labels = batch["label"].to(run.device, non_blocking=True)
-        with run.autocast():
-            loss = task_loss(model(run.input(batch["image"])), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        run.sync_gradients(model)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = step(batch["image"], batch["label"], iteration)
         bar.update()
         if (iteration + 1) % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             run.log.scalars(
                 stage,
-                {"task_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]},
+                {"task_loss": loss.item(), "lr": step.optimizer.param_groups[0]["lr"]},
                 iteration + 1,
             )
         if (iteration + 1) % run.config.checkpoint_every == 0:
