@@ -12,7 +12,6 @@ gRPC port for ``--hold`` seconds first. For each kill: seconds until the server 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -26,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from cycada.bench_results import write_results
-from cycada.command_line import add_repository
+from cycada.command_line import add_repository, command_parser
 from cycada.serving.server import free_port
 
 
@@ -46,12 +45,39 @@ def _tritonserver(serve_pid: int) -> int | None:
     return None
 
 
+def _kill_and_wait(serve, server: int, ports: tuple[int, int], hold: float) -> float | None:
+    """kill -9 ``server`` (holding its gRPC port for ``hold`` seconds, if any) and wait for
+    ``cycada serve`` to bring up another; seconds until it was ready (None: it was not)."""
+    grpc_port, http_port = ports
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    killed_at = time.monotonic()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(server, signal.SIGKILL)
+    if hold:  # take the port as soon as the dead server's socket is gone
+        while time.monotonic() - killed_at < 5:
+            try:
+                holder.bind(("127.0.0.1", grpc_port))
+                holder.listen()
+                break
+            except OSError:
+                time.sleep(0.005)
+    back = None
+    while serve.poll() is None and time.monotonic() - killed_at < 120:
+        if hold and time.monotonic() - killed_at >= hold:
+            holder.close()
+        if _ready(http_port) and _tritonserver(serve.pid) not in (None, server):
+            back = time.monotonic() - killed_at
+            break
+        time.sleep(0.05)
+    holder.close()
+    return back
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cycada bench restart-storm",
-        description=__doc__.splitlines()[0],
-        epilog="example:\n  cycada bench restart-storm --repository model_repository",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "bench restart-storm",
+        __doc__.splitlines()[0],
+        "cycada bench restart-storm --repository model_repository --seconds 60 --every 5",
     )
     add_repository(parser, required=True, default=None)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -86,27 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
                 continue
             held = (len(kills) + 1) % args.hold_every == 0
-            holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             killed_at = time.monotonic()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server, signal.SIGKILL)
-            if held:  # take the port as soon as the dead server's socket is gone
-                while time.monotonic() - killed_at < 5:
-                    try:
-                        holder.bind(("127.0.0.1", grpc_port))
-                        holder.listen()
-                        break
-                    except OSError:
-                        time.sleep(0.005)
-            back = None
-            while serve.poll() is None and time.monotonic() - killed_at < 120:
-                if held and time.monotonic() - killed_at >= args.hold:
-                    holder.close()
-                if _ready(http_port) and _tritonserver(serve.pid) not in (None, server):
-                    back = time.monotonic() - killed_at
-                    break
-                time.sleep(0.05)
-            holder.close()
+            back = _kill_and_wait(serve, server, (grpc_port, http_port), args.hold if held else 0)
             kills.append({"port_held": held, "back_after_s": round(back, 2) if back else None})
             wait = args.every - (time.monotonic() - killed_at)
             if wait > 0 and serve.poll() is None:

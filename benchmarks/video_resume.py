@@ -12,7 +12,6 @@ Without ``--clip``, a synthetic clip of ``--frames`` frames.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
@@ -28,7 +27,7 @@ import tritonclient.grpc as grpcclient
 
 from cycada.bench_results import write_results
 from cycada.clients.video_output import frames_in
-from cycada.command_line import add_repository
+from cycada.command_line import add_repository, command_parser
 from cycada.serving.server import ServerOptions, TritonServer
 
 
@@ -41,16 +40,47 @@ def _command(clip: Path, out: Path, url: str, width: int) -> list[str]:
     return [
         sys.executable, "-m", "cycada.cli", "segment-video", str(clip), "--out", str(out),
         "--url", url, "--width", str(width), "--labels-dir", str(out.with_suffix("")) + "-labels",
-        "--csv", str(out.with_suffix(".csv")), "--no-progress",
+        "--csv", str(out.with_suffix(".csv")), "--quiet",
     ]  # fmt: skip
 
 
+def _kill_and_resume(
+    command: list[str],
+    out: Path,
+    total: int,
+    kill_count: int,
+    pause: tuple[float, float],
+    rng: random.Random,
+) -> tuple[int, int]:
+    """Run ``command`` (then with --resume), killed with -9 after a random pause ``kill_count``
+    times, until its output holds ``total`` frames; returns (kills, runs)."""
+    kills = runs = 0
+    while True:
+        process = subprocess.Popen(
+            [*command, *(["--resume"] if runs else [])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        runs += 1
+        if kills < kill_count:
+            try:  # a random moment of the run's expected length
+                process.wait(timeout=rng.uniform(*pause))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills += 1
+                continue
+        if process.wait() != 0:
+            raise SystemExit(f"the resumed run failed (exit code {process.returncode})")
+        if kills >= kill_count or frames_in(out) == total:
+            return kills, runs
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cycada bench video-resume",
-        description=__doc__.splitlines()[0],
-        epilog="example:\n  cycada bench video-resume --repository model_repository --kills 10",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "bench video-resume",
+        __doc__.splitlines()[0],
+        "cycada bench video-resume --repository model_repository --kills 10",
     )
     add_repository(parser, required=True, default=None)
     parser.add_argument("--clip", type=Path, help="a video (default: a synthetic clip)")
@@ -82,27 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the uninterrupted run failed")
         killed_out = args.out / "killed.mp4"
         command = _command(clip, killed_out, url, args.width)
-        before, kills, runs = _answered(url, "segment"), 0, 0
+        before = _answered(url, "segment")
         started = time.perf_counter()
-        while True:
-            process = subprocess.Popen(
-                [*command, *(["--resume"] if runs else [])],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            runs += 1
-            if kills < args.kills:
-                try:  # a random moment of the run's expected length
-                    process.wait(timeout=rng.uniform(0.5, max(1.0, plain_seconds / args.kills)))
-                except subprocess.TimeoutExpired:
-                    process.send_signal(signal.SIGKILL)
-                    process.wait()
-                    kills += 1
-                    continue
-            if process.wait() != 0:
-                raise SystemExit(f"the resumed run failed (exit code {process.returncode})")
-            if kills >= args.kills or frames_in(killed_out) == total:
-                break
+        pause = (0.5, max(1.0, plain_seconds / args.kills))
+        kills, runs = _kill_and_resume(command, killed_out, total, args.kills, pause, rng)
         killed_seconds = time.perf_counter() - started
         killed_requests = _answered(url, "segment") - before
     with open(killed_out.with_suffix(".csv"), newline="") as handle:

@@ -486,6 +486,20 @@ def _stop_reader(reader: threading.Thread, stop: threading.Event, frames: queue.
         reader.join(timeout=0.1)
 
 
+def _frame_reader(
+    capture: cv2.VideoCapture, options: VideoOptions, counts: dict, start: int, fps: float
+) -> tuple[queue.Queue, threading.Event, threading.Thread]:
+    """The thread that decodes frames into a bounded queue (not started yet)."""
+    frames: queue.Queue = queue.Queue(maxsize=2 * options.window)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_read_frames,
+        args=(capture, frames, stop, counts, start, fps if options.realtime else 0.0),
+        daemon=True,
+    )
+    return frames, stop, reader
+
+
 def _segment_video(
     source: str, out: Path, options: VideoOptions, interrupt: DeferredInterrupt
 ) -> VideoSummary:
@@ -506,13 +520,7 @@ def _segment_video(
     start = kept.last_frame + 1
     client, translator = _connect(options)
     counts = {"read": 0, "corrupt": 0}
-    frames: queue.Queue = queue.Queue(maxsize=2 * options.window)
-    stop = threading.Event()
-    reader = threading.Thread(
-        target=_read_frames,
-        args=(capture, frames, stop, counts, start, fps if options.realtime else 0.0),
-        daemon=True,
-    )
+    frames, stop, reader = _frame_reader(capture, options, counts, start, fps)
     # a repository exported before models named their classes: Cityscapes' 19
     names = client.signature.class_names or CITYSCAPES19.classes
     writer = _Writer(output, options, space_of(names), kept)
