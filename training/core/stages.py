@@ -40,16 +40,18 @@ class Stage(abc.ABC):
     """One stage of a task's table."""
 
     name: str
+    # the run config's sections its weights depend on: its own and earlier stages' (with the
+    # task's common part, its fingerprint)
+    config_parts: tuple[str, ...] = ()
     # the stage makes a task model (f_S or f_T) that can ship, measured after the stage
     makes_task_model: bool = True
     # measured after the stage even without a task model of its own (digits' pixel stage: f_S
     # on translated images)
     measured: bool = True
 
-    @abc.abstractmethod
     def depends_on(self, config: Any) -> list[Any]:
-        """The parts of the run config its weights depend on, its own and earlier stages'
-        (with the task's common part, the stage's fingerprint)."""
+        """The parts of the run config its weights depend on (``config_parts``)."""
+        return [getattr(config, part) for part in self.config_parts]
 
     @abc.abstractmethod
     def train(self, run: Any, models: RunModels) -> dict[str, Any] | None:
@@ -71,6 +73,56 @@ class Stage(abc.ABC):
     def model(self, models: RunModels) -> nn.Module | None:
         """The task model measured after the stage."""
         return models.task_tgt
+
+
+class SourceStage(Stage):
+    """f_S on the labelled source (Eq. 1); a task says how it trains."""
+
+    name = "source"
+    config_parts = ("source",)
+
+    def load(self, run: Any, models: RunModels) -> None:
+        run.load_stage(self.name, {"task_src": models.task_src})
+        models.task_src.eval()
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return {"task_src": models.task_src}
+
+    def model(self, models: RunModels) -> nn.Module:
+        return models.task_src
+
+
+class PixelStage(Stage):
+    """Both generators of the pixel stage (Eqs. 2-4); a task says how it trains and builds
+    them."""
+
+    name = "pixel"
+    config_parts = ("source", "pixel")
+    makes_task_model = False
+
+    @abc.abstractmethod
+    def untrained(self, run: Any) -> Any:
+        """The task's PixelAdaptation, untrained, to load a checkpoint into."""
+
+    def load(self, run: Any, models: RunModels) -> None:
+        models.pixel = self.untrained(run)
+        run.load_stage(self.name, models.pixel.networks())
+        models.pixel.eval()
+
+    def networks(self, models: RunModels) -> dict[str, nn.Module]:
+        return models.pixel.networks()
+
+
+class TaskStage(Stage):
+    """A stage that makes f_T (target, feature): read back into a new network of the task's."""
+
+    @abc.abstractmethod
+    def untrained(self, run: Any) -> nn.Module:
+        """The task's network, untrained, to load a checkpoint into."""
+
+    def load(self, run: Any, models: RunModels) -> None:
+        models.task_tgt = self.untrained(run)
+        run.load_stage(self.name, {"task_tgt": models.task_tgt})
 
 
 def stage_table(stages: Sequence[Stage]) -> dict[str, Stage]:

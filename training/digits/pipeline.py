@@ -25,7 +25,14 @@ from cycada.atomic import write_text_atomic
 from cycada.models.transforms import fit_images
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
-from cycada.training.core.stages import RunModels, Stage, stage_table
+from cycada.training.core.stages import (
+    PixelStage,
+    RunModels,
+    SourceStage,
+    Stage,
+    TaskStage,
+    stage_table,
+)
 from cycada.training.core.verdict import verdict_line, verdict_of
 from cycada.training.digits.config import STAGES, DigitsRunConfig
 from cycada.training.digits.run import DigitsRun
@@ -36,65 +43,38 @@ from cycada.training.digits.stages.source import train_source
 from cycada.training.digits.stages.target import train_target, translated_source
 
 
-class SourceStage(Stage):
-    name = "source"
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source]
-
+class DigitsSource(SourceStage):
     def train(self, run: DigitsRun, models: RunModels) -> None:
         models.task_src = train_source(run).eval()
 
-    def load(self, run: DigitsRun, models: RunModels) -> None:
-        run.load_stage(self.name, {"task_src": models.task_src})
-        models.task_src.eval()
 
-    def networks(self, models: RunModels) -> dict[str, nn.Module]:
-        return {"task_src": models.task_src}
-
-    def model(self, models: RunModels) -> nn.Module:
-        return models.task_src
-
-
-class PixelStage(Stage):
-    name = "pixel"
-    makes_task_model = False  # measured all the same: f_S on translated images
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel]
+class DigitsPixel(PixelStage):
+    measured = True  # f_S on translated images in both directions
 
     def train(self, run: DigitsRun, models: RunModels) -> dict[str, Any]:
         models.pixel = train_pixel(run, models.task_src).eval()
         return {"note": "f_S on G_S→T(source eval) and on G_T→S(target eval)"}
 
-    def load(self, run: DigitsRun, models: RunModels) -> None:
-        models.pixel = new_pixel_adaptation(run)
-        run.load_stage(self.name, models.pixel.networks())
-        models.pixel.eval()
-
-    def networks(self, models: RunModels) -> dict[str, nn.Module]:
-        return models.pixel.networks()
+    def untrained(self, run: DigitsRun) -> PixelAdaptation:
+        return new_pixel_adaptation(run)
 
 
-class TargetStage(Stage):
+class DigitsTaskStage(TaskStage):
+    def untrained(self, run: DigitsRun) -> nn.Module:
+        return run.new_task_net()
+
+
+class DigitsTarget(DigitsTaskStage):
     name = "target"
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel, c.target]
+    config_parts = ("source", "pixel", "target")
 
     def train(self, run: DigitsRun, models: RunModels) -> None:
         models.task_tgt = train_target(run, models.task_src, models.pixel.gen_src2tgt)
 
-    def load(self, run: DigitsRun, models: RunModels) -> None:
-        models.task_tgt = run.new_task_net()
-        run.load_stage(self.name, {"task_tgt": models.task_tgt})
 
-
-class FeatureStage(Stage):
+class DigitsFeature(DigitsTaskStage):
     name = "feature"
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel, c.target, c.feature]
+    config_parts = ("source", "pixel", "target", "feature")
 
     def train(self, run: DigitsRun, models: RunModels) -> dict[str, Any]:
         if models.pixel is not None:
@@ -105,23 +85,16 @@ class FeatureStage(Stage):
         models.task_tgt, summary = train_feature(run, models.task_tgt, source_images, reference)
         return summary
 
-    def load(self, run: DigitsRun, models: RunModels) -> None:
-        models.task_tgt = run.new_task_net()
-        run.load_stage(self.name, {"task_tgt": models.task_tgt})
 
-
-class JointStage(Stage):
+class DigitsJoint(Stage):
     """Stages 2-4 in one loop (the paper's Eq. 7): both generators and f_T."""
 
     name = "joint"
+    config_parts = ("source", "pixel", "feature")
 
     def depends_on(self, c: Any) -> list[Any]:
-        return [
-            c.source,
-            c.pixel,
-            c.feature,
-            {"joint_epochs": c.joint_epochs, "weight": c.joint_generator_weight},
-        ]
+        joint = {"joint_epochs": c.joint_epochs, "weight": c.joint_generator_weight}
+        return [*super().depends_on(c), joint]
 
     def train(self, run: DigitsRun, models: RunModels) -> dict[str, Any]:
         models.pixel, models.task_tgt, summary = train_joint(run, models.task_src)
@@ -136,7 +109,7 @@ class JointStage(Stage):
 
 
 DIGITS_STAGES = stage_table(
-    [SourceStage(), PixelStage(), TargetStage(), FeatureStage(), JointStage()]
+    [DigitsSource(), DigitsPixel(), DigitsTarget(), DigitsFeature(), DigitsJoint()]
 )
 assert tuple(DIGITS_STAGES) == STAGES  # the command line's names (config.STAGES), in order
 TASK_MODEL_STAGES = tuple(name for name, s in DIGITS_STAGES.items() if s.makes_task_model)

@@ -25,7 +25,14 @@ from cycada.checkpoint import read_header
 from cycada.plots import per_class_iou_figure
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
-from cycada.training.core.stages import RunModels, Stage, stage_table
+from cycada.training.core.stages import (
+    PixelStage,
+    RunModels,
+    SourceStage,
+    Stage,
+    TaskStage,
+    stage_table,
+)
 from cycada.training.core.verdict import verdict_line, verdict_of
 from cycada.training.segmentation.config import SEG_STAGES, SegDataConfig, SegRunConfig
 from cycada.training.segmentation.label_free import (
@@ -47,54 +54,30 @@ from cycada.training.segmentation.stages.supervised import train_segmenter
 ROW_NAMES = {"source": "Source only", "target": "CyCADA pixel-only", "feature": "CyCADA"}
 
 
-class SourceStage(Stage):
-    name = "source"
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source]
-
+class SegSource(SourceStage):
     def train(self, run: SegRun, models: RunModels) -> None:
         generator = run.generator(self.name)
         models.task_src = train_segmenter(
             run, self.name, generator, run.new_segmenter(), run.source_train, run.config.source
         )
 
-    def load(self, run: SegRun, models: RunModels) -> None:
-        run.load_stage(self.name, {"task_src": models.task_src})
 
-    def networks(self, models: RunModels) -> dict[str, nn.Module]:
-        return {"task_src": models.task_src}
-
-    def model(self, models: RunModels) -> nn.Module:
-        return models.task_src
-
-
-class PixelStage(Stage):
-    name = "pixel"
-    makes_task_model = measured = False
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel]
+class SegPixel(PixelStage):
+    measured = False
 
     def train(self, run: SegRun, models: RunModels) -> None:
         models.pixel = train_pixel(run, models.task_src)
 
-    def load(self, run: SegRun, models: RunModels) -> None:
-        models.pixel = PixelAdaptation(run.config.pixel, 3, None, torch.Generator()).to(run.device)
-        run.load_stage(self.name, models.pixel.networks())
-
-    def networks(self, models: RunModels) -> dict[str, nn.Module]:
-        return models.pixel.networks()
+    def untrained(self, run: SegRun) -> PixelAdaptation:
+        return PixelAdaptation(run.config.pixel, 3, None, torch.Generator()).to(run.device)
 
 
-class TranslateStage(Stage):
+class SegTranslate(Stage):
     """The source set rewritten by G_S→T into ``translated/``: what f_T trains on."""
 
     name = "translate"
+    config_parts = ("source", "pixel")
     makes_task_model = measured = False
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel]
 
     def train(self, run: SegRun, models: RunModels) -> None:
         if run.dist.is_main:
@@ -122,11 +105,14 @@ class TranslateStage(Stage):
         return run.made_with_this_config(self.name, manifest.get("fingerprint"), config)
 
 
-class TargetStage(Stage):
-    name = "target"
+class SegTaskStage(TaskStage):
+    def untrained(self, run: SegRun) -> nn.Module:
+        return run.new_segmenter(backbone=False)
 
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel, c.target]
+
+class SegTarget(SegTaskStage):
+    name = "target"
+    config_parts = ("source", "pixel", "target")
 
     def train(self, run: SegRun, models: RunModels) -> None:
         models.task_tgt = train_segmenter(
@@ -138,36 +124,20 @@ class TargetStage(Stage):
             run.config.target,
         )
 
-    def load(self, run: SegRun, models: RunModels) -> None:
-        models.task_tgt = load_task_tgt(run, self.name)
 
-
-class FeatureStage(Stage):
+class SegFeature(SegTaskStage):
     name = "feature"
-
-    def depends_on(self, c: Any) -> list[Any]:
-        return [c.source, c.pixel, c.target, c.feature]
+    config_parts = ("source", "pixel", "target", "feature")
 
     def train(self, run: SegRun, models: RunModels) -> dict[str, Any]:
         start = copy.deepcopy(models.task_tgt)
         models.task_tgt, summary = train_feature(run, start, models.source_for_target)
         return summary
 
-    def load(self, run: SegRun, models: RunModels) -> None:
-        models.task_tgt = load_task_tgt(run, self.name)
 
-
-SEG_STAGE_TABLE = stage_table(
-    [SourceStage(), PixelStage(), TranslateStage(), TargetStage(), FeatureStage()]
-)
+SEG_STAGE_TABLE = stage_table([SegSource(), SegPixel(), SegTranslate(), SegTarget(), SegFeature()])
 assert tuple(SEG_STAGE_TABLE) == SEG_STAGES  # the command line's names (config), in order
 TASK_MODEL_STAGES = tuple(name for name, s in SEG_STAGE_TABLE.items() if s.makes_task_model)
-
-
-def load_task_tgt(run: SegRun, stage: str) -> nn.Module:
-    model = run.new_segmenter(backbone=False)
-    run.load_stage(stage, {"task_tgt": model})
-    return model
 
 
 def seg_verdict(stages: dict[str, Any]) -> dict[str, Any] | None:
