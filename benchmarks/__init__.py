@@ -49,6 +49,7 @@ BENCHMARKS = {
 
 def bench_main(name: str, argv: list[str]) -> int:
     """Run benchmark ``name`` (not the sweep) with ``argv``."""
+    # each benchmark's module loads when it runs
     import importlib
 
     return int(importlib.import_module(BENCHMARKS[name][0]).main(argv) or 0)

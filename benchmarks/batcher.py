@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from cycada.bench_results import write_results
+from cycada.clients.load import run_load
 from cycada.command_line import add_repository, command_parser
 from cycada.errors import ConfigError
 from cycada.export.repository import copy_version
+from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
 
 # name: (instances, max_queue_delay_microseconds); None keeps the exported value
@@ -122,9 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.repository / args.model / "config.pbtxt").is_file():
         raise ConfigError(f"--repository: {args.repository / args.model}/config.pbtxt not found")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-
-    from cycada.clients.load import run_load
-    from cycada.serving.server import ServerOptions, TritonServer
 
     width, height = args.size
     frame = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)

@@ -30,6 +30,7 @@ import cv2
 import tritonclient.grpc as grpcclient
 
 from cycada.bench_results import write_results
+from cycada.benchmarks.served import random_run
 from cycada.clients.video import VideoOptions, _model_input, segment_video
 from cycada.errors import DataError
 from cycada.export.exporter import ExportOptions, export_run
@@ -205,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     run = args.run
     if run is None:
-        from cycada.benchmarks.served import random_run
-
         run = random_run("fastscnn", args.out / "run", generators="resnet6")
     repository = args.out / "repository"
     shutil.rmtree(repository, ignore_errors=True)

@@ -26,10 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cycada.bench_results import write_results
 from cycada.command_line import command_parser
 from cycada.errors import ConfigError
-from cycada.training.core.seed_stats import parse_seeds
+from cycada.training.core.seed_runs import read_seed_results
+from cycada.training.core.seed_stats import parse_seeds, row_stats
+from cycada.training.digits.ablation import DIGITS_TABLE
 
 SHIFTS = {
     "usps->mnist": ["--source", "usps", "--target", "mnist", "--target-split", "test"],
@@ -101,9 +105,6 @@ def run_shifts(args: argparse.Namespace) -> dict[str, Any]:
 def rows_over_seeds(out: Path, seeds: list[int], rows: list[str]) -> list[dict[str, Any]]:
     """Each row's mean over the seeds that finished it (``target_accuracy``), its standard
     deviation and count, read from the seeds' own folders (a time limit leaves no summary)."""
-    from cycada.training.core.seed_runs import read_seed_results
-    from cycada.training.core.seed_stats import row_stats
-    from cycada.training.digits.ablation import DIGITS_TABLE
 
     per_seed, models = read_seed_results(DIGITS_TABLE, out, seeds)
     return [
@@ -187,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [shift for shift in args.shifts if shift not in SHIFTS]
     if unknown:
         raise ConfigError(f"--shifts: unknown shift '{unknown[0]}' (valid: {', '.join(SHIFTS)})")
-    import torch  # the header names the card
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available here")

@@ -36,6 +36,7 @@ import tritonclient.grpc as grpcclient
 
 from cycada.bench_results import write_results
 from cycada.benchmarks.deploy import default_clip
+from cycada.benchmarks.served import random_run
 from cycada.clients.load import run_load
 from cycada.clients.monitor import Monitor, metrics_url
 from cycada.errors import DataError
@@ -43,7 +44,9 @@ from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import default_data_root
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.signals import ShiftRule
-from cycada.training.segmentation.pipeline import seg_verdict
+from cycada.training.segmentation.config import resolve_seg_config
+from cycada.training.segmentation.pipeline import run_seg, seg_verdict
+from cycada.training.segmentation.scene_writer import write_scene_dataset
 from cycada.training.segmentation.scenes import at_dusk
 
 PARTS = ("cost", "detect", "verdict")
@@ -155,9 +158,6 @@ SHIFTS = ("camera", "dusk", "camvid")  # targets of the demo's game-style source
 
 def train_shift_runs(out: Path, seeds: int, preset: str) -> list[Path]:
     """Every shift x seed, trained (or resumed) under ``out``; source stages shared."""
-    from cycada.training.segmentation.config import resolve_seg_config
-    from cycada.training.segmentation.pipeline import run_seg
-    from cycada.training.segmentation.scene_writer import write_scene_dataset
 
     data = (out / "data").resolve()
     write_scene_dataset(data / "gta5", 160, "game", "gta5", 256, 128)
@@ -246,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     if "cost" in parts or "detect" in parts:
         run = args.run
         if run is None:
-            from cycada.benchmarks.served import random_run
-
             run = random_run("fastscnn", args.out / "run")
         repository = args.out / "repository"
         shutil.rmtree(repository, ignore_errors=True)

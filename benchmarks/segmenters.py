@@ -12,7 +12,9 @@ graph/network ratio says what the work after the network costs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -23,9 +25,13 @@ from torch import nn
 
 from cycada.bench_results import write_results
 from cycada.command_line import add_network, command_parser
+from cycada.deps import onnxruntime
+from cycada.export import openvino_export
+from cycada.export.onnx_export import export_onnx
 from cycada.models.endpoints import Endpoint
 from cycada.models.graphs import SegmentationGraph
 from cycada.models.segmenters import build_segmenter
+from cycada.serving.engines import OnnxEngine, OpenVinoEngine
 from cycada.sizes import image_size
 
 PARTS = ("network", "graph")
@@ -106,8 +112,6 @@ def _compiled_ms(name, shape, device, configs, repeat, threads, part) -> float |
 def _in_child(function, job: tuple) -> float | str:
     """``function(*job)`` in a fresh process: a compiled engine that crashes it (one segfaulted
     on load on an H200 with PyTorch 2.11) is reported, and the other engines still run."""
-    import concurrent.futures
-    import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -128,7 +132,6 @@ ONNX_ENGINES = {  # engine → (runtime, ONNX Runtime provider or OpenVINO preci
 def _onnx_files(model: nn.Module, shape: tuple, folder: Path) -> dict[str, Path]:
     """The parts as ONNX (fp32): the network traced at this shape, the graph exported as
     `cycada export` does (channels-last Resize for ONNX Runtime, the plain one for OpenVINO)."""
-    from cycada.export.onnx_export import export_onnx
 
     network, x = _parts(model, shape, False, "cpu")["network"]
     files = {"network": folder / "network.onnx"}
@@ -167,12 +170,9 @@ def _onnx_ms(
 def _serving_engines(files: dict, engine: str, gpu: bool, threads: int) -> dict | str:
     """part → the serving engine (as the Python backend runs it) of one ONNX engine, or why it
     is not available here."""
-    from cycada.serving.engines import OnnxEngine, OpenVinoEngine
 
     runtime, setting = ONNX_ENGINES[engine]
     if runtime == "openvino":
-        from cycada.export import openvino_export
-
         if not openvino_export.available():
             return "not available (pip install cycada[cpu] brings OpenVINO)"
         if engine not in openvino_export.precisions():
@@ -181,7 +181,6 @@ def _serving_engines(files: dict, engine: str, gpu: bool, threads: int) -> dict 
             "network": OpenVinoEngine(files["network"], setting, threads),
             "graph": OpenVinoEngine(files["graph-plain"], setting, threads),
         }
-    from cycada.deps import onnxruntime
 
     provider = setting or ("CUDAExecutionProvider" if gpu else "CPUExecutionProvider")
     if provider not in onnxruntime().get_available_providers():

@@ -19,6 +19,7 @@ The ratio served/in-process uses the best in-process engine's frames/s as the de
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import re
 import shutil
@@ -28,11 +29,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from cycada.bench_results import write_results
+from cycada.benchmarks.batcher import variant_config
+from cycada.checkpoint import save_modules
 from cycada.clients.load import run_load
 from cycada.command_line import add_network, add_repository, command_parser
+from cycada.export.exporter import ExportOptions, export_run
+from cycada.models.generators import build_generator
+from cycada.models.segmenters import build_segmenter
+from cycada.serving.engines import select_engine
+from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
+from cycada.training.segmentation.label_spaces import LABEL_SPACES
+from cycada.training.segmentation.scenes import render_scene
 
 
 def random_run(
@@ -42,12 +53,6 @@ def random_run(
     generators when ``generators`` names one (resnet6, resnet9): enough for speed tests and for
     serving tests. The same seed gives the same weights (so their exported graphs come from
     the graph cache)."""
-    import torch
-
-    from cycada.checkpoint import save_modules
-    from cycada.models.generators import build_generator
-    from cycada.models.segmenters import build_segmenter
-    from cycada.training.segmentation.label_spaces import LABEL_SPACES
 
     space = LABEL_SPACES[label_space]
     torch.manual_seed(seed)
@@ -68,7 +73,6 @@ def random_run(
 
 
 def test_frame(height: int, width: int) -> np.ndarray:
-    from cycada.training.segmentation.scenes import render_scene
 
     return render_scene(7, width, height, "camera")[0]
 
@@ -87,7 +91,6 @@ def engine_variants(folder: Path) -> dict[str, dict[str, str]]:
     """The engines to time in process, as model parameters: on a GPU the compiled package (when
     the export made one) and eager PyTorch, each with and without CUDA graphs; on a CPU the
     engine the server would pick."""
-    import torch
 
     if not torch.cuda.is_available():
         return {"auto": {}}
@@ -105,9 +108,6 @@ def in_process_engine(
 ) -> dict:
     """Frames/s of one engine as the server runs it: raw uint8 frames at batch 1 and 8 (and the
     p50 at batch 1), and JPEG bytes decoded the way the encoded-frame model decodes them."""
-    import torch
-
-    from cycada.serving.engines import select_engine
 
     engine = select_engine(folder, parameters, "GPU", 0)
     results: dict = {"engine": engine.name}
@@ -143,9 +143,6 @@ def in_process_engine(
 def in_process(folder: Path, frame: np.ndarray, jpeg: np.ndarray, seconds: float) -> dict:
     """Every engine variant of :func:`engine_variants`, one after another in this process; the
     best is the denominator of the served ratio."""
-    import gc
-
-    import torch
 
     engines = {}
     for name, parameters in engine_variants(folder).items():
@@ -163,7 +160,6 @@ def _best_fps(row: dict) -> float:
 
 
 def set_instances(repository: Path, model: str, count: int) -> None:
-    from cycada.benchmarks.batcher import variant_config
 
     config = repository / model / "config.pbtxt"
     config.write_text(variant_config(config.read_text(), count, None))
@@ -235,7 +231,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def _repository(args: argparse.Namespace, scratch: Path) -> Path:
     """The run (given, or random weights) exported, the segment models at ``--instances``."""
-    from cycada.export.exporter import ExportOptions, export_run
 
     run_dir = args.run or random_run(args.network, scratch / "run")
     repository = args.repository or scratch / "repository"
@@ -256,7 +251,6 @@ def _repository(args: argparse.Namespace, scratch: Path) -> Path:
 def _served(repository: Path, frame: np.ndarray, jpeg: np.ndarray, args, results: dict) -> None:
     """Start the server (its start-to-ready time), warm every instance, then raw and JPEG
     frames over gRPC at each concurrency, into ``results``."""
-    from cycada.serving.server import ServerOptions, TritonServer
 
     server_options = ServerOptions.on_free_ports(repository, shm_bytes=64 * 1024 * 1024)
     started = time.perf_counter()

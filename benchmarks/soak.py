@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from cycada.command_line import add_repository, add_urls, command_parser
+from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
 
 P99_DRIFT_GOAL = 0.20
@@ -40,7 +42,6 @@ class Samples:
 
 
 def _client_loop(url, model, array, stop: threading.Event, samples: Samples, budget) -> None:
-    import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     tensor = grpcclient.InferInput("images", list(array.shape), "UINT8")
@@ -209,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     width, height = args.size
     server = None
     if not args.url:
-        from cycada.serving.server import ServerOptions, TritonServer
-
         options = ServerOptions.on_free_ports(
             args.repository,
             models=[args.model],

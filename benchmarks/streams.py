@@ -21,7 +21,9 @@ from pathlib import Path
 import cv2
 
 from cycada.bench_results import write_results
+from cycada.clients.video import VideoOptions, segment_video
 from cycada.command_line import add_repository, add_urls, command_parser
+from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
 from cycada.training.segmentation.scene_writer import write_clip
 
@@ -35,7 +37,6 @@ def frames_in_order(csv_path: Path, frames: int) -> bool:
 
 def one_stream(job: tuple[str, str, str, int, int, bool]) -> dict:
     """One segment-video process (spawned): the clip at its own pace into ``out``."""
-    from cycada.clients.video import VideoOptions, segment_video
 
     url, clip, out, width, window, realtime = job
     options = VideoOptions(
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             rows = _measure(args.url, clip, frames, args, width)
         else:
-            from cycada.serving.server import ServerOptions, TritonServer
-
             with TritonServer(ServerOptions.on_free_ports(args.repository)) as server:
                 rows = _measure([server.grpc_url], clip, frames, args, width)
     result = {

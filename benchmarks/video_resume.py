@@ -29,6 +29,7 @@ from cycada.bench_results import write_results
 from cycada.clients.video_output import frames_in
 from cycada.command_line import add_repository, command_parser
 from cycada.serving.server import ServerOptions, TritonServer
+from cycada.training.segmentation.scene_writer import write_clip
 
 
 def _answered(url: str, model: str) -> int:
@@ -93,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     clip = args.clip
     if clip is None:  # written once: a later run reuses it
-        from cycada.training.segmentation.scene_writer import write_clip
-
         clip = args.out / "clip.mp4"
         if frames_in(clip) != args.frames:
             write_clip(clip, args.frames, args.width, args.width // 2)

@@ -26,12 +26,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import tritonclient.grpc as grpcclient
 
 from cycada.atomic import write_text_atomic
 from cycada.bench_results import header_markdown, write_results
 from cycada.clients.load import LoadResult, infer_waiting, keep_message, run_load
+from cycada.clients.triton_client import retryable
+from cycada.deps import onnxruntime
 from cycada.errors import DataError
+from cycada.export.tensorrt_build import plan_runner
+from cycada.models.endpoints import Endpoint
 from cycada.plots import bench_figure
+from cycada.serving.engines import FrameDecoder, OnnxEngine, TorchEngine
+from cycada.serving.server import ServerOptions, TritonServer
+from cycada.training.segmentation.scenes import render_scene
 
 LOGGER = logging.getLogger("cycada.clients")
 
@@ -60,7 +69,6 @@ class BenchInput:
 
 def bench_input(model: str, width: int, height: int, batch: int = 1) -> BenchInput:
     """A camera-style synthetic frame (raw, or JPEG for the encoded endpoint)."""
-    from cycada.training.segmentation.scenes import render_scene
 
     frame = render_scene(11, width, height, "camera")[0]
     if model.endswith("_encoded"):
@@ -72,9 +80,6 @@ def bench_input(model: str, width: int, height: int, batch: int = 1) -> BenchInp
 def _server_stats(url: str, model: str, retry_window: float = 60.0) -> dict[str, float]:
     """Cumulative (count, ns) of the model's queue and compute phases; a restarting server is
     waited out for ``retry_window`` seconds."""
-    import tritonclient.grpc as grpcclient
-
-    from cycada.clients.triton_client import retryable
 
     client = grpcclient.InferenceServerClient(url)
     deadline = time.monotonic() + retry_window
@@ -128,7 +133,6 @@ def run_rate(
     behind. Latency runs from the *scheduled* send time, so time spent waiting for a free
     sender counts (no coordinated omission); throughput counts the requests that completed
     inside the measurement window, so an overloaded server shows less than the offered rate."""
-    import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     tensor = grpcclient.InferInput(bench.name, list(bench.array.shape), "UINT8")
@@ -222,7 +226,6 @@ def served_rows(
 
 def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: bool) -> list[dict]:
     """Every engine installed for the exported model in ``folder``, on the same input."""
-    from cycada.serving.engines import FrameDecoder, OnnxEngine, TorchEngine
 
     frames = bench.array
     if bench.name == "frames":  # the encoded endpoint runs the decoded frame
@@ -230,8 +233,6 @@ def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: b
         frames = decoder.stack([decoder.decode(bench.array[0])])
     engines: list[tuple[str, Callable[[], object]]] = []  # (label, factory)
     if (folder / "model.onnx").exists():
-        from cycada.deps import onnxruntime
-
         ort = onnxruntime()
 
         wanted = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -244,8 +245,6 @@ def in_process_rows(folder: Path, bench: BenchInput, seconds: float, compile_: b
                     )
                 )
     if (folder / "network.safetensors").exists() and importlib.util.find_spec("torch"):
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         half = device == "cuda"
         engines.append((f"pytorch {device}", lambda: TorchEngine(folder, device, half)))
@@ -298,8 +297,6 @@ def _output_names(folder: Path) -> list[str]:
 
 class _PlanEngine:
     def __init__(self, folder: Path):
-        from cycada.export.tensorrt_build import plan_runner
-        from cycada.models.endpoints import Endpoint
 
         info = json.loads((folder / "endpoint.json").read_text())
         kind = {"encoded": "segment"}.get(info["kind"], info["kind"])
@@ -437,8 +434,6 @@ def run_bench(
     }
     if served:
         if url is None:
-            from cycada.serving.server import ServerOptions, TritonServer
-
             options = ServerOptions.on_free_ports(
                 repository,
                 models=[model],

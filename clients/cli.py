@@ -203,6 +203,7 @@ def _register_monitor(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_monitor(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.clients.monitor import run_monitor
 
     return run_monitor(args)
@@ -228,10 +229,12 @@ def register_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.clients.demo import run_demo
     from cycada.clients.video import open_source
 
     if args.video is not None:
+        # imported when the command runs: the command line starts without it
         from cycada.errors import DataError
 
         if not Path(args.video).is_file():
@@ -245,6 +248,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def register_bench(commands: argparse._SubParsersAction) -> None:
+    # imported when the command runs: the command line starts without it
     from cycada.benchmarks import BENCHMARKS
 
     others = "\n".join(f"  {name:<12} {text}" for name, (_, text) in BENCHMARKS.items())
@@ -294,6 +298,7 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.clients.bench import run_bench
 
     if len(args.url) > 1:
@@ -320,6 +325,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_video(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.clients.collect import CollectOptions
     from cycada.clients.video import VideoOptions, segment_video
 
@@ -327,6 +333,7 @@ def run_video(args: argparse.Namespace) -> int:
     if args.collect is not None:
         collect = CollectOptions(args.collect, args.collect_below, args.collect_rate)
     if not 0.0 <= args.alpha <= 1.0:
+        # imported when the command runs: the command line starts without it
         from cycada.errors import DataError
 
         raise DataError(f"--alpha {args.alpha}: expected a value between 0 and 1")
@@ -359,6 +366,7 @@ def run_video(args: argparse.Namespace) -> int:
 
 
 def run_translate(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.clients.translate_dir import parse_shard, translate_dir
 
     summary = translate_dir(

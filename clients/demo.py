@@ -20,8 +20,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from cycada.clients.bench import run_bench
 from cycada.clients.demo_report import SMOKE, stage_lines
+from cycada.clients.demo_shift import shift_and_adapt
+from cycada.clients.translate_dir import translate_dir
+from cycada.clients.video import VideoOptions, segment_video
+from cycada.export.exporter import ExportOptions, export_run
 from cycada.serving.server import ServerOptions, TritonServer
+from cycada.training.segmentation.config import resolve_seg_config
+from cycada.training.segmentation.pipeline import run_seg
+from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
 
 def _step(number: int, text: str) -> float:
@@ -52,7 +60,6 @@ def label_free_comparison(metrics: dict) -> list[str]:
 
 def _write_data(data: Path, video: str | None, smoke: bool) -> tuple[Path, tuple[int, int], int]:
     """Step 1: labelled game-style scenes; without ``video``, camera-style scenes and a clip."""
-    from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
     count, size = (12, (128, 64)) if smoke else (160, (256, 128))
     if video is None:
@@ -82,8 +89,6 @@ def _write_data(data: Path, video: str | None, smoke: bool) -> tuple[Path, tuple
 
 def _train(data: Path, run_dir: Path, video: str | None, count: int, smoke: bool) -> dict:
     """Step 2: the segmentation pipeline with ``--preset demo`` (the footage as target)."""
-    from cycada.training.segmentation.config import resolve_seg_config
-    from cycada.training.segmentation.pipeline import run_seg
 
     if video is None:
         what = "camera-style scenes"
@@ -110,7 +115,6 @@ def _train(data: Path, run_dir: Path, video: str | None, count: int, smoke: bool
 
 def _export(run_dir: Path, repository: Path, smoke: bool) -> None:
     """Step 3: ONNX, parity and the model repository."""
-    from cycada.export.exporter import ExportOptions, export_run
 
     t = _step(3, "export: ONNX fp32 + fp16, parity on real or synthetic frames, repository")
     report = export_run(
@@ -134,9 +138,6 @@ def _serve_and_use(
 ) -> Path:
     """Steps 4-11: the server, then segment-video, translate-dir and bench through it; the
     shift loop (steps 8-10) on the demo's own world."""
-    from cycada.clients.bench import run_bench
-    from cycada.clients.translate_dir import translate_dir
-    from cycada.clients.video import VideoOptions, segment_video
 
     t = _step(4, "tritonserver (embedded, Python backend + ONNX Runtime) on loopback")
     options = ServerOptions.on_free_ports(repository, log_file=out / "tritonserver.log")
@@ -169,8 +170,6 @@ def _serve_and_use(
         )
         print((out / "bench" / "bench.md").read_text(), flush=True)
         if shift_loop:
-            from cycada.clients.demo_shift import shift_and_adapt
-
             shift_and_adapt(out, data, out / "run", repository, server, smoke)
         else:
             print("\n[8-10/11] the shift loop runs on the demo's own world (without --video)")

@@ -22,9 +22,15 @@ from typing import Any
 import tritonclient.grpc as grpcclient
 
 from cycada.clients.collect import CollectOptions
+from cycada.clients.demo_report import SMOKE, stage_lines
 from cycada.clients.monitor import ModelState, Monitor, metrics_url, render
 from cycada.clients.video import VideoOptions, segment_video
+from cycada.export.exporter import ExportOptions, export_run
 from cycada.signals import ShiftRule
+from cycada.training.segmentation.config import resolve_seg_config
+from cycada.training.segmentation.eval import evaluate_seg_checkpoint
+from cycada.training.segmentation.pipeline import run_seg
+from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
 MODEL = "segment_encoded"  # what segment-video --encoded sends to (its signals are counted)
 
@@ -68,7 +74,6 @@ def _wait_for_version(server, version: str, timeout: float = 120.0) -> None:
 
 
 def _dusk_miou(checkpoint: Path, dusk_root: Path, out: Path) -> float:
-    from cycada.training.segmentation.eval import evaluate_seg_checkpoint
 
     evaluate_seg_checkpoint(checkpoint, "cityscapes", "val", str(dusk_root), out, None, 0)
     return json.loads((out / "metrics.json").read_text())["miou"]
@@ -84,11 +89,6 @@ def shift_and_adapt(
     out: Path, data: Path, run_dir: Path, repository: Path, server, smoke: bool
 ) -> dict[str, Any]:
     """Steps 8-10 against the running ``server`` of ``repository`` (version 1 served)."""
-    from cycada.clients.demo_report import SMOKE, stage_lines
-    from cycada.export.exporter import ExportOptions, export_run
-    from cycada.training.segmentation.config import resolve_seg_config
-    from cycada.training.segmentation.pipeline import run_seg
-    from cycada.training.segmentation.scene_writer import write_clip, write_scene_dataset
 
     # frames at the width the runs train and measure their baselines at: another width is a
     # shift of its own (objects twice the size the model learned)

@@ -65,6 +65,7 @@ def infer_waiting(
 ) -> str:
     """One request (to ``version``, default the newest ready) with a lost server waited out;
     '' on success, else the error's first line."""
+    # tritonclient takes a second to import: only when a server is called
     from cycada.clients.triton_client import retryable
 
     first_failure, pause = None, 0.1
@@ -91,6 +92,7 @@ def keep_message(messages: list[str], message: str) -> None:
 def _worker(
     url, model, input_name, array, outputs, threads, warmup_s, seconds, retry_window, version, queue
 ) -> None:
+    # tritonclient takes a second to import: only when a server is called
     import tritonclient.grpc as grpcclient
 
     latencies: list[float] = []

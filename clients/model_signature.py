@@ -29,6 +29,7 @@ class ModelSignature:
 
     @classmethod
     def from_server(cls, client, model: str, version: str, headers) -> ModelSignature:
+        # tritonclient takes a second to import: only when a server is called
         from tritonclient.utils import InferenceServerException
 
         try:

@@ -33,6 +33,7 @@ class SharedMemoryRegions:
 
     def put(self, client, tensor, name: str, array: np.ndarray) -> None:
         """Copy ``array`` into this thread's region for ``name`` and point ``tensor`` at it."""
+        # tritonclient takes a second to import: only when a server is called
         import tritonclient.utils.shared_memory as shm
 
         region = self._region(client, name, array.nbytes)
@@ -40,6 +41,7 @@ class SharedMemoryRegions:
         tensor.set_shared_memory(region[0], array.nbytes)
 
     def _region(self, client, name: str, nbytes: int):
+        # tritonclient takes a second to import: only when a server is called
         import tritonclient.utils.shared_memory as shm
 
         regions = self._local.__dict__.setdefault("regions", {})
@@ -68,6 +70,7 @@ class SharedMemoryRegions:
 
     def _forget(self, region) -> None:
         """Destroy a region once and drop it from the list ``close`` destroys."""
+        # tritonclient takes a second to import: only when a server is called
         import tritonclient.utils.shared_memory as shm
 
         with self._lock:
@@ -75,6 +78,7 @@ class SharedMemoryRegions:
         shm.destroy_shared_memory_region(region[1])
 
     def close(self) -> None:
+        # tritonclient takes a second to import: only when a server is called
         import tritonclient.utils.shared_memory as shm
 
         for client, label, handle in self._regions:

@@ -168,6 +168,7 @@ def translate_dir(
     )
     bar = None
     if progress:
+        # tqdm: only when a bar is shown
         from tqdm import tqdm
 
         bar = tqdm(total=len(work), unit="image", desc="translate-dir", dynamic_ncols=True)

@@ -125,6 +125,7 @@ class ModelClient:
         shared_memory: bool = False,
         security: GrpcSecurity | None = None,
     ):
+        # tritonclient takes a second to import: only when a server is called
         import tritonclient.grpc as grpcclient
 
         self.grpc = grpcclient
@@ -156,6 +157,7 @@ class ModelClient:
         """The client of the first server that is ready and serves the model (at the pinned
         version); the others are used once they answer. A version the server does not have is
         the caller's mistake, reported at once."""
+        # tritonclient takes a second to import: only when a server is called
         from tritonclient.utils import InferenceServerException
 
         deadline = time.monotonic() + timeout
@@ -184,6 +186,7 @@ class ModelClient:
     def _not_ready(self, client) -> str:
         """Why the model is not ready on a ready server; a model or version the server does
         not have raises (the caller's mistake: waiting cannot help)."""
+        # tritonclient takes a second to import: only when a server is called
         from tritonclient.utils import InferenceServerException
 
         try:
@@ -224,6 +227,7 @@ class ModelClient:
         next URL, with jittered exponential backoff for up to ``retry_window`` seconds after the
         first failure; DEADLINE_EXCEEDED once, with twice the timeout (more would multiply the
         load on an overloaded server); INVALID_ARGUMENT never (``RequestRefused``)."""
+        # tritonclient takes a second to import: only when a server is called
         from tritonclient.utils import InferenceServerException
 
         attempt, first_failure, timeout, deadline_retried = 0, None, self.timeout, False

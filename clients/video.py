@@ -449,6 +449,7 @@ def _check_options(out: Path, options: VideoOptions) -> None:
 def _progress_bar(options: VideoOptions, total: int | None, start: int):
     if not options.progress:
         return None
+    # tqdm: only when a bar is shown
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, unit="frame", desc="segment-video", dynamic_ncols=True)

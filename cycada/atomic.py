@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,6 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = 600.0) -> int:
     under ``folder``: a write takes far less than ``older_than_s``, so an older one belongs to
     no living writer (another process may be writing a newer one right now). Returns how many
     were removed."""
-    import time
 
     removed, now = 0, time.time()
     for path in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:

@@ -58,6 +58,7 @@ def bench_header() -> dict[str, Any]:
             continue
     gpu = ""
     if "torch" in sys.modules:
+        # torch: only the machine header of a result needs it
         import torch
 
         if torch.cuda.is_available():

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cycada import __version__
+from cycada import __version__, doctor
+from cycada.benchmarks import BENCHMARKS, bench_main
+from cycada.clients import cli as clients_cli
 from cycada.errors import CycadaError
+from cycada.export import cli as export_cli
 from cycada.log import configure_command_logging
+from cycada.serving import cli as serve_cli
+from cycada.training.digits import cli as digits_cli
+from cycada.training.segmentation import cli as seg_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cycada import doctor
-    from cycada.clients import cli as clients_cli
-    from cycada.export import cli as export_cli
-    from cycada.serving import cli as serve_cli
-    from cycada.training.digits import cli as digits_cli
-    from cycada.training.segmentation import cli as seg_cli
-
     parser = argparse.ArgumentParser(
         prog="cycada",
         description="CyCADA domain adaptation: train, evaluate, export and serve.",
@@ -84,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_command_logging()
     benchmark = None
     if len(argv) >= 2 and argv[0] == "bench":
-        from cycada.benchmarks import BENCHMARKS
-
         if argv[1] == "sweep":
             argv = ["bench", *argv[2:]]
         elif argv[1] in BENCHMARKS:
@@ -94,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     args = None if benchmark else parser.parse_args(argv)
     try:
         if benchmark is not None:
-            from cycada.benchmarks import bench_main
-
             return bench_main(benchmark, argv[2:])
         return int(args.handler(args) or 0)
     except CycadaError as exc:  # 2: the input is wrong; 1: something failed (cycada.errors)

@@ -14,6 +14,9 @@ stderr naming the new spelling.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,9 +161,6 @@ def network_list(text: str) -> list[str]:
 def print_json(result: Any) -> None:
     """One JSON object on stdout: a dataclass (with its properties that are numbers) or a dict;
     paths become strings and NaN becomes null, so any JSON reader takes it."""
-    import dataclasses
-    import json
-    import math
 
     if dataclasses.is_dataclass(result):
         fields = dataclasses.asdict(result)

@@ -13,6 +13,7 @@ from cycada.errors import CycadaError
 
 def onnxruntime() -> ModuleType:
     try:
+        # optional: which ONNX Runtime build is installed is what this asks
         import onnxruntime as ort
     except ImportError:
         raise CycadaError(

@@ -36,6 +36,7 @@ def _version(distribution: str) -> str | None:
 
 def machine_report() -> list[tuple[str, str]]:
     """(what, finding) lines about this machine."""
+    # imported when doctor runs: the command line starts without it
     import torch
 
     lines = [
@@ -81,6 +82,7 @@ def machine_report() -> list[tuple[str, str]]:
     lines.append(
         ("tensorrt", "importable" if trt else "not installed (the tensorrt profile needs it)")
     )
+    # imported when doctor runs: the command line starts without it
     from cycada.serving.server_install import find_tritonserver
 
     home = find_tritonserver()
@@ -93,12 +95,14 @@ def machine_report() -> list[tuple[str, str]]:
 def _onnxruntime_providers() -> list[str]:
     if importlib.util.find_spec("onnxruntime") is None:
         return []
+    # imported when doctor runs: the command line starts without it
     import onnxruntime
 
     return list(onnxruntime.get_available_providers())
 
 
 def _parameters(config: str) -> dict[str, str]:
+    # imported when doctor runs: the command line starts without it
     import re
 
     return dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
@@ -106,6 +110,7 @@ def _parameters(config: str) -> dict[str, str]:
 
 def repository_report(repository: Path) -> list[tuple[str, str]]:
     """Per model: its profile (backend), latest version and the engine it would run on here."""
+    # imported when doctor runs: the command line starts without it
     import torch
 
     from cycada.serving.engines import engine_choice, recorded_choice
@@ -167,6 +172,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
+    # imported when doctor runs: the command line starts without it
     from cycada.errors import DataError
 
     lines = machine_report()

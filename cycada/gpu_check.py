@@ -36,6 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from cycada.deps import onnxruntime as _onnxruntime
+
 STEPS = [
     (
         "served",
@@ -86,8 +90,6 @@ RESULTS = ("*.json", "*.md", "*.csv")  # what a step's work folder gives back
 def machine() -> dict:
     info: dict = {"python": sys.version.split()[0]}
     try:
-        import torch
-
         info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name()
@@ -99,8 +101,6 @@ def machine() -> dict:
     for name in ("tensorrt", "onnxruntime", "torchvision", "tritonclient"):
         info[name] = importlib.util.find_spec(name) is not None
     if info["onnxruntime"]:
-        from cycada.deps import onnxruntime as _onnxruntime
-
         onnxruntime = _onnxruntime()
 
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()

@@ -68,6 +68,7 @@ class GrpcSecurity:
             raise ConfigError(f"--root-cert {self.root_cert} does not exist")
 
     def client(self, url: str):
+        # tritonclient takes a second to import: only when a server is called
         import tritonclient.grpc as grpcclient
 
         return grpcclient.InferenceServerClient(

@@ -16,6 +16,7 @@ class _ProgressSafeHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            # tqdm: only when a bar is shown
             from tqdm import tqdm
 
             tqdm.write(self.format(record), file=sys.stderr)

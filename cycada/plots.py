@@ -15,9 +15,11 @@ from cycada.atomic import write_atomic
 
 
 def _pyplot():
+    # matplotlib takes a second to import: only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # matplotlib takes a second to import: only when a figure is drawn
     import matplotlib.pyplot as plt
 
     return plt

@@ -130,6 +130,7 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.export.exporter import ExportOptions, export_run
 
     if args.weights_only and args.compile:

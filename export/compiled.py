@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from cycada.export.onnx_export import INPUT_NAME, MAX_SIDE, example_input
 from cycada.models.endpoints import Endpoint
 from cycada.models.graphs import serving_graph
 from cycada.models.packages import INFO, PACKAGE, load_package, machine_signature
+from cycada.serving.engines import TorchEngine
 
 LOGGER = logging.getLogger("cycada.export")
 
@@ -113,7 +115,6 @@ CHOICE = "engine_choice.json"
 def median_ms(run, batch: np.ndarray, repeats: int = 5, warmup: int = 3) -> float:
     """Median wall time of ``run(batch)`` in ms, after ``warmup`` calls (OpenVINO compiles
     kernels for a new shape over its first few runs: one warm-up call left it 2-6x slow)."""
-    import time
 
     for _ in range(warmup):
         run(batch)
@@ -143,7 +144,6 @@ def time_cuda_engines(
     compiled package and eager, each with and without CUDA graphs. An engine whose first output
     disagrees with eager's (under 99 % equal labels or ids; for images, a mean difference over
     2 levels) is left out, with a log line: a fast wrong engine is never chosen."""
-    from cycada.serving.engines import TorchEngine
 
     timings, reference = {}, None
     for name, (use_package, graphs) in CUDA_ENGINES.items():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import functools
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -17,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from cycada.errors import ExportError
-from cycada.export import compiled, graph_cache, openvino_export, parity
+from cycada.export import compiled, graph_cache, openvino_export, parity, tensorrt_build
 from cycada.export.onnx_export import OPSET, export_onnx, export_served
 from cycada.export.repository import (
     INSTANCES,
@@ -185,9 +188,6 @@ def _openvino_variants(
     the ``served`` graph, which has no class layout to choose.
     A precision that misses a bound is left out of the choice, not fatal: ONNX Runtime serves
     then."""
-    import concurrent.futures
-    import dataclasses
-    import multiprocessing
 
     log(f"{endpoint.name}: OpenVINO conversion")
     expected = [reference(batch) for batch in images]
@@ -265,8 +265,6 @@ def _export_endpoint(
         if timings:
             _record_choice(endpoint, version_dir, timings, device, log)
         if options.tensorrt:
-            from cycada.export import tensorrt_build
-
             log(f"{endpoint.name}: TensorRT plan")
             plan = tensorrt_build.build_plan(served, version_dir / "model.plan", endpoint, options)
             runner = tensorrt_build.plan_runner(plan, endpoint)

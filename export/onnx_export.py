@@ -169,6 +169,7 @@ def resize_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
 def _checked(model: onnx.ModelProto, endpoint: Endpoint, simplify: bool) -> onnx.ModelProto:
     """``model`` (optimized once more with ``simplify``) checked and shape-inferred."""
     if simplify:
+        # only with --simplify
         import onnxscript.optimizer
 
         model = onnxscript.optimizer.optimize(model)

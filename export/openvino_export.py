@@ -27,6 +27,7 @@ def available() -> bool:
 def precisions() -> dict[str, str]:
     """Engine name → precision of the OpenVINO engines this CPU runs: fp32, and bf16 where the
     CPU computes in it (AVX-512 BF16, AMX)."""
+    # optional: OpenVINO is an extra, and runs in a child process of its own
     import openvino
 
     capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -53,6 +54,7 @@ def convert_check_and_time(
     A child process, because OpenVINO's thread pool does not survive a fork: a process that
     had run it crashed when it later started PyTorch DataLoader workers (a training after an
     export, as ``cycada demo`` runs them)."""
+    # optional: OpenVINO is an extra, and runs in a child process of its own
     import openvino
 
     from cycada.export import compiled

@@ -20,9 +20,13 @@ import cv2
 import numpy as np
 import torch
 
+from cycada.deps import onnxruntime
 from cycada.export.onnx_export import INPUT_NAME
 from cycada.models.endpoints import Endpoint
 from cycada.models.graphs import PlainSegmentationGraph, serving_graph
+from cycada.training.digits.data import load_mnist
+from cycada.training.digits.synthetic import render_synthetic_digits
+from cycada.training.segmentation.scenes import render_scene
 
 LABEL_AGREEMENT_FP32 = 0.999
 LOGITS_MAX_DIFF = 1e-3
@@ -87,7 +91,6 @@ def scene_images(
     images = [image for image in (_read_rgb(p, width) for p in paths) if image is not None]
     if images:
         return images
-    from cycada.training.segmentation.scenes import render_scene
 
     return [render_scene(seed, width, width // 2, "camera")[0] for seed in range(count)]
 
@@ -98,12 +101,8 @@ def digit_images(
     """One batch of real MNIST test digits, else synthetic digits, with ``channels`` channels."""
     root = data_root or default_data_root()
     try:
-        from cycada.training.digits.data import load_mnist
-
         batch = load_mnist(root / "mnist", "test").images[:count]
     except Exception:  # absent or unreadable: fall back to rendered digits
-        from cycada.training.digits.synthetic import render_synthetic_digits
-
         batch = render_synthetic_digits(count, seed=0)[0]
     if batch.shape[-1] != channels:
         batch = np.repeat(batch, channels, axis=-1) if channels == 3 else batch[..., :1]
@@ -137,7 +136,6 @@ def torch_runner(endpoint: Endpoint, logits: bool) -> Runner:
 
 
 def onnx_runner(path: Path, threads: int = 0) -> Runner:
-    from cycada.deps import onnxruntime
 
     ort = onnxruntime()
 

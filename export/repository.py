@@ -214,6 +214,8 @@ def config_text(
 def validate_config(text: str, where: str) -> None:
     """Parse ``text`` with Triton's model_config protobuf (from tritonclient) when installed."""
     try:
+        # tritonclient takes a second to import: only when a server is called (export's command
+        # line imports this module)
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError:

@@ -25,6 +25,7 @@ CACHE = Path(os.environ.get("CYCADA_TRT_CACHE", Path.home() / ".cache" / "cycada
 
 def _tensorrt():
     try:
+        # optional: TensorRT exists only on a GPU host with it installed
         import tensorrt as trt
         import torch
     except ImportError as exc:
@@ -48,6 +49,7 @@ def _cache_path(onnx_path: Path, options: Any, trt, torch) -> Path:
 
 
 def _calibration_batches(folder: Path, shape: tuple[int, int], channels: int, limit: int = 64):
+    # optional: TensorRT exists only on a GPU host with it installed
     import cv2
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})

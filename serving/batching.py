@@ -155,6 +155,7 @@ def decode_frames(
     defaults to OpenCV on the CPU.
     """
     if decoder is None:
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         from cycada.serving.engines import FrameDecoder
 
         decoder = FrameDecoder()

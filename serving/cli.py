@@ -181,6 +181,7 @@ def _register_deploy_check(commands: argparse._SubParsersAction) -> None:
 
 
 def run_deploy_check(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.serving.deploy_check import deploy_check
 
     if args.repository is None:  # the old spelling: the repository first, then the manifests
@@ -195,6 +196,7 @@ def run_deploy_check(args: argparse.Namespace) -> int:
 
 def _show_status(args: argparse.Namespace) -> int:
     """``--status``: each server of ``--url`` (the old ``--status URL`` too), as text or JSON."""
+    # imported when the command runs: the command line starts without it
     from cycada.serving.status import server_state, server_status
 
     security = security_from_args(args)
@@ -206,6 +208,7 @@ def _show_status(args: argparse.Namespace) -> int:
 
 
 def _server_options(args: argparse.Namespace, secret: str):
+    # imported when the command runs: the command line starts without it
     from cycada.serving.server import ServerOptions, parse_cpus
 
     return ServerOptions(
@@ -249,6 +252,7 @@ def _serve_until_stopped(server, args: argparse.Namespace, secret: str) -> None:
     """Start, print the status and the endpoints, then restart the server whenever it dies
     (:mod:`.supervisor`) until Ctrl-C or SIGTERM."""
     server.start(args.ready_timeout)
+    # imported when the command runs: the command line starts without it
     from cycada.serving.status import server_status
 
     local = GrpcSecurity(
@@ -280,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     if args.poll < 0:
         raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
     secret = read_secret(args.auth_secret_file) if args.auth_secret_file else ""
+    # imported when the command runs: the command line starts without it
     from cycada.serving.server import TritonServer
 
     server = TritonServer(_server_options(args, secret))

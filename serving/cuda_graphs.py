@@ -23,6 +23,7 @@ class CudaGraphRunner:
     serving instance."""
 
     def __init__(self, graph: Callable[[Any], Any], max_graphs: int = 16, warmup: int = 2):
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         import torch
 
         self.torch, self.graph = torch, graph

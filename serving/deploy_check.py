@@ -57,6 +57,7 @@ def _flags(arguments: list[str]) -> tuple[str, list[str]]:
 
 def manifest_targets(path: Path) -> list[Target]:
     """The tritonservers a manifest runs; an error names a manifest that runs none."""
+    # yaml: only when manifests are given
     import yaml
 
     try:

@@ -53,6 +53,7 @@ class Engine(abc.ABC):
 
 class OnnxEngine(Engine):
     def __init__(self, path: Path, providers: list, threads: int = 0):
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         from cycada.deps import onnxruntime
 
         ort = onnxruntime()
@@ -86,6 +87,7 @@ class OpenVinoEngine(Engine):
     run OpenVINO in a spawned child."""
 
     def __init__(self, path: Path, precision: str = "f32", threads: int = 0):
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         import threading
 
         import openvino
@@ -144,9 +146,11 @@ class CudaFrameDecoder(FrameDecoder):
     greyscale JPEGs are decoded to three channels like the CPU path."""
 
     def __init__(self, device, decode_jpeg=None, rgb_mode=None):
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         import torch
 
         if decode_jpeg is None:
+            # only the engine that runs needs it: the NumPy-only backend stub imports this module
             from torchvision.io import ImageReadMode, decode_jpeg
 
             rgb_mode = ImageReadMode.RGB
@@ -178,6 +182,7 @@ class CudaFrameDecoder(FrameDecoder):
 
 def _folder_endpoint(folder: Path):
     """The Endpoint of a version folder: its endpoint.json and network.safetensors."""
+    # only the engine that runs needs it: the NumPy-only backend stub imports this module
     from safetensors.torch import load_file
 
     from cycada.models.endpoints import Endpoint, build_network
@@ -206,6 +211,7 @@ class TorchEngine(Engine):
     ):
         """``endpoint`` (an export's Endpoint) instead of the folder's endpoint.json and
         weights: the exporter times the engines before the version folder is complete."""
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         import torch
 
         from cycada.models.graphs import serving_graph
@@ -245,6 +251,7 @@ class TorchEngine(Engine):
             compiled = ", compiled" if compile_mode else ""
             self.name = f"pytorch ({self.device}, {precision}{compiled})"
         if cuda_graphs and self.device.type == "cuda":
+            # only the engine that runs needs it: the NumPy-only backend stub imports this module
             from cycada.serving.cuda_graphs import CudaGraphRunner
 
             self.graph = CudaGraphRunner(self.graph)
@@ -267,11 +274,13 @@ class TorchEngine(Engine):
         return [values[name].cpu() for name in output_names]
 
     def input_array(self, tensor) -> np.ndarray:
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         from torch.utils.dlpack import from_dlpack
 
         return from_dlpack(tensor.to_dlpack()).numpy()
 
     def output_tensor(self, pb_utils, name: str, array):
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         from torch.utils.dlpack import to_dlpack
 
         if isinstance(array, np.ndarray):
@@ -286,6 +295,7 @@ class TorchEngine(Engine):
 
 def _torch_cuda() -> bool:
     try:
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         import torch
     except ImportError:
         return False
@@ -337,6 +347,7 @@ def select_engine(
     has_onnx = (folder / "model.onnx").exists()
     providers: list[str] = []
     if has_onnx and choice in ("auto", "onnxruntime"):
+        # only the engine that runs needs it: the NumPy-only backend stub imports this module
         from cycada.deps import onnxruntime
 
         ort = onnxruntime()

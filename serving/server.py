@@ -11,6 +11,7 @@ server already listening on the port is not mistaken for it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -228,8 +229,6 @@ def _child_setup(cpus: set[int] | None):
 
     def setup() -> None:
         with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if cpus:

@@ -11,12 +11,14 @@ backend stub matching the running interpreter is copied into ``backends/python``
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import venv
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +93,6 @@ def install_stub_env(home: TritonHome) -> Path:
     wanted = " ".join(STUB_REQUIREMENTS) + "\n"
     if marker.is_file() and marker.read_text() == wanted:
         return env
-    import venv
 
     shutil.rmtree(env, ignore_errors=True)
     venv.create(env, with_pip=True, clear=True)
@@ -171,7 +172,6 @@ def _unpack_server(home: Path, wheel: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
     parser = argparse.ArgumentParser(description="Install tritonserver from the pytriton wheel.")
     parser.add_argument("--wheel", type=Path, help="a downloaded nvidia_pytriton wheel (offline)")

@@ -9,6 +9,7 @@ from cycada.grpc_security import GrpcSecurity
 def server_state(url: str, timeout: float = 5.0, security: GrpcSecurity | None = None) -> dict:
     """``{"url", "version", "live", "ready", "models": [{"name", "version", "state",
     "reason"}]}`` of the server at ``url``."""
+    # tritonclient takes a second to import: only when a server is called
     from tritonclient.utils import InferenceServerException
 
     security = security or GrpcSecurity()

@@ -316,6 +316,7 @@ def load_backbone(model: Segmenter, path: str | Path) -> list[str]:
         raise CheckpointError(f"backbone weights {path} do not exist")
     try:
         if path.suffix == ".safetensors":
+            # only when backbone weights are given
             from safetensors.torch import load_file
 
             state = load_file(str(path))

@@ -89,6 +89,7 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
 
 def check_jobs_without_seeds(args: argparse.Namespace) -> None:
     if args.jobs != 1:
+        # imported when the command runs: the command line starts without it
         from cycada.errors import ConfigError
 
         raise ConfigError(f"--jobs {args.jobs}: runs seeds at once, and needs --seeds")

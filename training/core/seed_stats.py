@@ -75,6 +75,7 @@ class PairedDifference(SeedValues):
         """The two-sided t interval of the mean difference (None below two seeds)."""
         if self.n < 2:
             return None
+        # scipy: only for an interval (the command line imports this module)
         from scipy.stats import t
 
         half = float(t.ppf(0.5 + self.confidence / 2, self.n - 1)) * self.sd / math.sqrt(self.n)

@@ -11,6 +11,7 @@ import torch
 
 from cycada.atomic import write_atomic
 from cycada.models.transforms import to_uint8
+from cycada.plots import confusion_figure
 
 
 def write_png(path: str | Path, image_rgb: np.ndarray) -> Path:
@@ -30,7 +31,6 @@ def confusion_png(
     path: str | Path, confusion: np.ndarray, class_names: list[str], title: str
 ) -> Path:
     """A row-normalised confusion matrix with class names and counts (matplotlib)."""
-    from cycada.plots import confusion_figure
 
     return confusion_figure(path, confusion, class_names, title)
 

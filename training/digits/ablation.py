@@ -18,6 +18,7 @@ from cycada.errors import ConfigError
 from cycada.training.core.pipeline import CONTROL_NOTE
 from cycada.training.core.seed_runs import AblationTable
 from cycada.training.digits.config import DigitsRunConfig
+from cycada.training.digits.data import load_digits
 from cycada.training.digits.pipeline import run_digits
 
 ROWS: dict[str, str] = {
@@ -98,7 +99,6 @@ def row_config(
 def run_ablation(
     config: DigitsRunConfig, out_dir: Path, rows: list[str] | None = None, quiet: bool = False
 ) -> str:
-    from cycada.training.digits.data import load_digits
 
     rows = rows or DEFAULT_ROWS
     unknown = [r for r in rows if r not in ROWS]

@@ -48,6 +48,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train_digits(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.digits.pipeline import run_digits
 
     config = config_from_args(args)
@@ -70,6 +71,7 @@ def cmd_train_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate_digits(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.core.seed_runs import check_ablation_folder, run_seeds_from_args
     from cycada.training.digits.ablation import DEFAULT_ROWS, DIGITS_TABLE, run_ablation
 
@@ -86,6 +88,7 @@ def cmd_ablate_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_digits(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.digits.eval import evaluate_checkpoint
 
     print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root, args.out))

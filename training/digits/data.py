@@ -189,6 +189,7 @@ def load_svhn(root: Path, split: str) -> DigitSet:
     path = _find(root, "svhn", [name])
     if path is None:
         raise _missing("svhn", split, root, [name], "ufldl.stanford.edu/housenumbers")
+    # scipy: only for SVHN's .mat files (the command line imports this module)
     from scipy.io import loadmat
 
     try:

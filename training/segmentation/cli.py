@@ -195,6 +195,7 @@ def seg_row_config(config: SegRunConfig, row: str) -> SegRunConfig:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.segmentation.pipeline import run_seg
 
     config = seg_config_from_args(args)
@@ -241,6 +242,7 @@ def _frame_rate(text: str) -> float:
 
 
 def cmd_eval_seg(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.segmentation.eval import evaluate_seg_checkpoint
 
     print(
@@ -258,6 +260,7 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 
 
 def cmd_data_scenes(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.segmentation.scene_writer import write_scene_dataset
 
     width, height = args.size
@@ -277,6 +280,7 @@ def cmd_data_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_data_clip(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.segmentation.scene_writer import write_clip
 
     width, height = args.size
@@ -286,6 +290,7 @@ def cmd_data_clip(args: argparse.Namespace) -> int:
 
 
 def cmd_data_video(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.training.segmentation.scene_writer import write_image_video
 
     count = write_image_video(args.images, args.out, args.fps)
@@ -415,6 +420,7 @@ def results_records(results: dict[str, dict]) -> list[dict]:
 
 
 def cmd_ablate_seg(args: argparse.Namespace) -> int:
+    # imported when the command runs: the command line starts without it
     from cycada.atomic import write_json_atomic, write_text_atomic
     from cycada.errors import ConfigError
     from cycada.training.core.pipeline import CONTROL_NOTE
@@ -427,6 +433,7 @@ def cmd_ablate_seg(args: argparse.Namespace) -> int:
     unknown = [r for r in rows if r not in SEG_ABLATION_ROWS]
     if unknown:
         raise ConfigError(f"unknown row '{unknown[0]}' (valid: {', '.join(SEG_ABLATION_ROWS)})")
+    # imported when the command runs: the command line starts without it
     from cycada.training.core.seed_runs import check_ablation_folder, run_seeds_from_args
 
     if args.seeds is not None:

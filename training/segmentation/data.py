@@ -152,6 +152,7 @@ def gta5_items(root: Path, split: str) -> list[SegItem]:
     files = _images_in(images)
     split_file = base / "split.mat"
     if split_file.is_file():
+        # scipy: only for GTA5's split.mat
         from scipy.io import loadmat
 
         key = {"train": "trainIds", "val": "valIds", "test": "testIds", "all": ""}.get(split)

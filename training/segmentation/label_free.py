@@ -21,6 +21,8 @@ be compared; only a labelled evaluation set measures accuracy.
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -156,8 +158,6 @@ def label_free_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def label_free_csv(rows: dict[str, dict[str, Any]]) -> str:
-    import csv
-    import io
 
     first = next(iter(rows.values()))
     classes = list(first["class_shares"])

@@ -7,6 +7,7 @@ classes, CamVid) or ``synthia13`` (the 13 classes of the SYNTHIA seasons experim
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,6 @@ def space_of(classes: tuple[str, ...] | list[str]) -> LabelSpace:
     for space in LABEL_SPACES.values():
         if space.classes == classes:
             return space
-    import colorsys
 
     palette = []
     for index in range(len(classes)):

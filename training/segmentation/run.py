@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from cycada import configs
 from cycada.checkpoint import load_state, save_state
@@ -115,8 +116,6 @@ class SegRun(StageStore, StepContext):
             super().save_stage(stage, modules, extra)
         self.dist.barrier()
         if not self.dist.is_main:
-            from safetensors.torch import load_file
-
             differing = same_weights(modules, load_file(str(path)))
             if differing:
                 raise RuntimeError(

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from cycada.errors import DataError
 from cycada.training.core.visuals import write_png
+from cycada.training.segmentation.data import IMAGE_SUFFIXES
 from cycada.training.segmentation.label_spaces import CITYSCAPES_ID_TO_TRAIN
 from cycada.training.segmentation.scenes import render_clip_frames, render_scene
 
@@ -92,8 +93,6 @@ def write_clip(
 def write_image_video(images: Path, path: Path, fps: float = 10.0) -> int:
     """The images of a folder, sorted by name, as an MP4 at their first image's size (others are
     resized to it); written beside, then renamed. Returns the number of frames."""
-    from cycada.errors import DataError
-    from cycada.training.segmentation.data import IMAGE_SUFFIXES
 
     files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:

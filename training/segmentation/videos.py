@@ -409,6 +409,7 @@ def _extract(
     log: Callable[[str], None],
     quiet: bool,
 ) -> FrameIndex:
+    # tqdm: only when a bar is shown
     from tqdm import tqdm
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
