@@ -162,43 +162,6 @@ def test_compiled_package_is_checked_against_onnx_loaded_fast_and_falls_back(tmp
     assert eager.name == "pytorch (cpu, fp32)"
 
 
-def test_a_cpu_export_times_openvino_beside_onnx_runtime_and_serves_the_fastest(run_dir, tmp_path):
-    """Without CUDA and with OpenVINO installed, the export converts the graph for OpenVINO,
-    checks its labels and confidence, times it beside ONNX Runtime on a frame of the run's
-    width, and the Python backend's `auto` engine serves what engine_choice.json names; the
-    openvino profile's config is written for it."""
-    import json
-
-    from cycada.export import openvino_export
-    from tests.helpers import in_spawned_child, served_engine_outputs
-
-    if not openvino_export.available() or torch.cuda.is_available():
-        pytest.skip("needs OpenVINO (cycada[cpu]) on a host without CUDA")
-    options = ExportOptions(fp16=False, cpu_engines=True)
-    report = export_run(run_dir, tmp_path / "repo", options, print)
-    rows = [row for row in report.rows if row.variant == "openvino"]
-    assert [row.metric for row in rows] == ["label agreement", "confidence within 2/255"]
-    assert all(row.ok for row in rows)
-    version = tmp_path / "repo" / "segment" / "1"
-    assert (version / "model.openvino.xml").is_file() and (version / "model.openvino.bin").is_file()
-    assert (tmp_path / "repo" / "segment" / "configs" / "openvino.pbtxt").is_file()
-    choice = json.loads((version / "engine_choice.json").read_text())
-    assert {"onnxruntime", "openvino"} <= set(choice["timings_ms"])
-    fastest = min(choice["timings_ms"], key=choice["timings_ms"].get)
-    assert choice["default_engine"] == fastest
-    frames = np.random.default_rng(0).integers(0, 256, (2, 45, 70, 3), np.uint8)
-    served = in_spawned_child(served_engine_outputs, version, frames)  # no OpenVINO in here
-    assert served["engine"] == (
-        "OpenVinoEngine" if fastest.startswith("openvino") else "OnnxEngine"
-    )
-    openvino = in_spawned_child(served_engine_outputs, version, frames, {"engine": "openvino"})
-    assert openvino["engine"] == "OpenVinoEngine"
-    expected = parity.onnx_runner(version / "model.onnx")(frames)
-    assert openvino["labels"].shape == (2, 45, 70)
-    assert (openvino["labels"] == expected[0]).mean() >= 0.999
-    assert np.abs(openvino["confidence"].astype(int) - expected[1]).max() <= 2
-
-
 def test_no_cpu_engines_skips_openvino_and_the_timing(run_dir, tmp_path):
     import os
 

@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from cycada.export.parity import scene_images
+from cycada.export.parity import onnx_runner, scene_images
 from cycada.export.repository import PROFILES, config_path, versions
 from cycada.export.runtime import CONTAINER_PYTHON
 from cycada.serving.server import ServerOptions, TritonServer
@@ -206,6 +206,34 @@ def test_every_model_has_a_config_that_loads_in_every_profile(repository):
                     assert (folder / config.default_model_filename).is_file()
 
 
+def _check_the_cpu_engine_choice(report, repo: Path) -> None:
+    """Without CUDA and with OpenVINO installed, the export converted the graph for OpenVINO,
+    checked its labels and confidence, timed it beside ONNX Runtime on a frame of the run's
+    width, wrote the openvino profile's config, and the Python backend's `auto` engine serves
+    what engine_choice.json names."""
+    rows = [row for row in report.rows if row.endpoint == "segment" and row.variant == "openvino"]
+    assert [row.metric for row in rows] == ["label agreement", "confidence within 2/255"]
+    assert all(row.ok for row in rows)
+    version = repo / "segment" / "1"
+    assert (version / "model.openvino.xml").is_file() and (version / "model.openvino.bin").is_file()
+    assert (repo / "segment" / "configs" / "openvino.pbtxt").is_file()
+    choice = json.loads((version / "engine_choice.json").read_text())
+    assert {"onnxruntime", "openvino"} <= set(choice["timings_ms"])
+    fastest = min(choice["timings_ms"], key=choice["timings_ms"].get)
+    assert choice["default_engine"] == fastest
+    frames = np.random.default_rng(0).integers(0, 256, (2, 45, 70, 3), np.uint8)
+    served = in_spawned_child(served_engine_outputs, version, frames)  # no OpenVINO in here
+    assert served["engine"] == (
+        "OpenVinoEngine" if fastest.startswith("openvino") else "OnnxEngine"
+    )
+    openvino = in_spawned_child(served_engine_outputs, version, frames, {"engine": "openvino"})
+    assert openvino["engine"] == "OpenVinoEngine"
+    expected = onnx_runner(version / "model.onnx")(frames)
+    assert openvino["labels"].shape == (2, 45, 70)
+    assert (openvino["labels"] == expected[0]).mean() >= 0.999
+    assert np.abs(openvino["confidence"].astype(int) - expected[1]).max() <= 2
+
+
 def test_a_model_that_chose_openvino_serves_on_a_numpy_only_stub(tmp_path, numpy_only_stub):
     """The export's CPU engine choice (OpenVINO, carried in the model's runtime) answers on a
     stub whose Python has only NumPy, as the in-process engine does."""
@@ -220,7 +248,8 @@ def test_a_model_that_chose_openvino_serves_on_a_numpy_only_stub(tmp_path, numpy
         pytest.skip("needs OpenVINO (cycada[cpu]) on a host without CUDA")
     run = random_run("fastscnn", tmp_path / "run", generators="resnet6")
     repo = tmp_path / "repo"
-    export_run(run, repo, ExportOptions(fp16=False, cpu_engines=True), log=lambda _: None)
+    report = export_run(run, repo, ExportOptions(fp16=False, cpu_engines=True), log=lambda _: None)
+    _check_the_cpu_engine_choice(report, repo)
     chose = [
         model
         for model in MODELS
