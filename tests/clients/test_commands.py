@@ -68,10 +68,14 @@ def test_real_clip_every_frame_once_in_order(server, repository, tmp_path, clip,
         str(shares),
         "--quiet",
     ]
-    done = cycada(*args, *(["--encoded"] if encoded else []))
+    done = cycada(*args, *(["--encoded", "--json"] if encoded else []))
     assert done.returncode == 0, done.stderr
     total = frame_count(source)
     assert frame_count(out) == total
+    if encoded:  # the closing summary for scripts: one JSON object on stdout
+        summary = json.loads(done.stdout)
+        assert summary["frames_written"] == summary["frames_read"] == total
+        assert summary["fps"] > 0 and summary["p99_ms"] >= summary["p50_ms"] > 0
     rows = list(csv.reader(shares.open()))[1:]
     assert [int(row[0]) for row in rows] == list(range(total))
     assert {row[1] for row in rows} == {"1"}  # the version that answered
@@ -294,8 +298,10 @@ def test_translate_dir_nested_resumable_sharded(server, tmp_path):
     labels = sorted(p.relative_to(dst / "labels") for p in (dst / "labels").rglob("*.png"))
     assert images == labels and len(images) == 6 and (dst / "images" / "city").is_dir()
     (dst / "images" / "city" / "00001.png").unlink()
-    again = cycada(*args)
-    assert "1 translated" in again.stdout and "5 already done" in again.stdout
+    again = cycada(*args, "--json")
+    summary = json.loads(again.stdout)  # the closing summary for scripts
+    assert summary["translated"] == 1 and summary["skipped_done"] == 5
+    assert summary["non_images"] == ["README.txt"] and summary["failed"] == []
     shards = tmp_path / "sharded"
     for index in range(2):
         cycada(

@@ -323,6 +323,12 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
     assert stubs.stdout.strip() == "", "stub processes outlived the server"
 
 
+def _answered(client, model: str) -> int:
+    """Requests ``model`` answered since the server started (Triton's statistics)."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    return sum(int(version["inference_stats"]["success"].get("count", 0)) for version in stats)
+
+
 def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp_path):
     repository = served_copy(repository, tmp_path)
     process, grpc_port = serve_process(repository)
@@ -335,7 +341,13 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
     try:
         first = tritonserver_of(process.pid)
         load.start()
-        time.sleep(4)
+        # the kill must land in the load's measured window: after its workers answer (their
+        # start takes seconds on a busy machine) and past its 1 s warm-up
+        stats = grpcclient.InferenceServerClient(url)
+        deadline = time.monotonic() + 120
+        while _answered(stats, "segment") < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)
         os.kill(first, signal.SIGKILL)
         restarted = []
         deadline = time.monotonic() + 120
