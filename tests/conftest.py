@@ -15,30 +15,9 @@ def data_root() -> Path:
     return data_path()
 
 
-# The modules that take minutes, longest first: pytest-xdist hands out modules in collection
-# order, and one of these started last would leave a worker running it alone at the end.
-LONGEST_FIRST = (
-    "tests/serving/test_served_endpoints.py",
-    "tests/clients/test_commands.py",
-    "tests/training/test_digits_pipeline.py",
-    "tests/clients/test_demo.py",
-    "tests/serving/test_self_contained_repository.py",
-    "tests/export/test_export_run.py",
-    "tests/serving/test_updates_and_replicas.py",
-    "tests/training/test_seg_pipeline.py",
-    "tests/clients/test_demo_own_video.py",
-    "tests/training/test_seg_distributed.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {module: position for position, module in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
-
-
 def _session_root(tmp_path_factory) -> Path:
     """The folder every process of this test run shares: the base temporary folder, or with
-    pytest-xdist (``make test`` runs two workers) the folder above the workers' own."""
+    pytest-xdist (``make test`` runs three workers) the folder above the workers' own."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
