@@ -139,8 +139,8 @@ MAX_QUEUE = 128  # requests waiting per model
 # arrives while an instance is free; a request that lands between a response being sent and
 # its instance being released waits out the batcher's fixed 500 ms idle timeout. A client that
 # sends the next request as soon as it has an answer hits that window every second or so (one
-# instance: 4-32 requests of 510-540 ms in 8 s at concurrency 1-4, BENCHMARKS.md "Served
-# latency"). A second instance keeps a slot free when the request arrives, and with no delay a
+# instance: 4-32 requests of 510-540 ms in 8 s at concurrency 1-4, BENCHMARKS.md "Triton's
+# batcher"). A second instance keeps a slot free when the request arrives, and with no delay a
 # batch is whatever queued while the instances were busy: on 2 CPU cores 1.2-1.4x the
 # throughput and no stall, for twice the stubs' memory.
 INSTANCES = 2
