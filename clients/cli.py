@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cycada.benchmarks import BENCHMARKS
 from cycada.command_line import (
     Deprecated,
     add_json,
@@ -13,7 +14,7 @@ from cycada.command_line import (
     add_urls,
     print_json,
 )
-from cycada.errors import ConfigError
+from cycada.errors import ConfigError, DataError
 from cycada.grpc_security import add_client_security, security_from_args
 from cycada.sizes import image_size
 
@@ -234,9 +235,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from cycada.clients.video import open_source
 
     if args.video is not None:
-        # imported when the command runs: the command line starts without it
-        from cycada.errors import DataError
-
         if not Path(args.video).is_file():
             raise DataError(
                 f"--video {args.video}: expected a video file to adapt to (a camera or URL can "
@@ -248,8 +246,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def register_bench(commands: argparse._SubParsersAction) -> None:
-    # imported when the command runs: the command line starts without it
-    from cycada.benchmarks import BENCHMARKS
 
     others = "\n".join(f"  {name:<12} {text}" for name, (_, text) in BENCHMARKS.items())
     bench = commands.add_parser(
@@ -333,9 +329,6 @@ def run_video(args: argparse.Namespace) -> int:
     if args.collect is not None:
         collect = CollectOptions(args.collect, args.collect_below, args.collect_rate)
     if not 0.0 <= args.alpha <= 1.0:
-        # imported when the command runs: the command line starts without it
-        from cycada.errors import DataError
-
         raise DataError(f"--alpha {args.alpha}: expected a value between 0 and 1")
     options = VideoOptions(
         urls=args.url,

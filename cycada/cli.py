@@ -8,6 +8,7 @@ import sys
 from cycada import __version__, doctor
 from cycada.benchmarks import BENCHMARKS, bench_main
 from cycada.clients import cli as clients_cli
+from cycada.command_line import help_text as command_help
 from cycada.errors import CycadaError
 from cycada.export import cli as export_cli
 from cycada.log import configure_command_logging
@@ -28,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def group(name: str, help_text: str, example: str) -> argparse._SubParsersAction:
-        sub = commands.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        sub = commands.add_parser(name, help=help_text, **command_help(help_text, example))
         return sub.add_subparsers(dest="task", metavar="TASK", required=True)
 
     train = group(

@@ -8,10 +8,12 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 
 from cycada.command_line import add_json, add_repository, print_json
+from cycada.errors import DataError
 
 PACKAGES = (
     "torch",
@@ -102,8 +104,6 @@ def _onnxruntime_providers() -> list[str]:
 
 
 def _parameters(config: str) -> dict[str, str]:
-    # imported when doctor runs: the command line starts without it
-    import re
 
     return dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
 
@@ -172,8 +172,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    # imported when doctor runs: the command line starts without it
-    from cycada.errors import DataError
 
     lines = machine_report()
     if args.repository is not None:

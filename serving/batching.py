@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cycada.serving.engines import FrameDecoder
+
 MAX_PIXELS = 4096 * 4096  # per image: larger requests are refused, not run
 MAX_REQUEST_PIXELS = 4 * MAX_PIXELS  # per request (batch x height x width)
 # per batch the engine runs (the export sets it from its largest size: 8 x 1024x2048)
@@ -155,9 +157,6 @@ def decode_frames(
     defaults to OpenCV on the CPU.
     """
     if decoder is None:
-        # only the engine that runs needs it: the NumPy-only backend stub imports this module
-        from cycada.serving.engines import FrameDecoder
-
         decoder = FrameDecoder()
     if frames is None or frames.size == 0:
         return Checked(None, "request has no 'frames' input (JPEG or PNG bytes as UINT8)")

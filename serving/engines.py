@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,6 @@ class OpenVinoEngine(Engine):
 
     def __init__(self, path: Path, precision: str = "f32", threads: int = 0):
         # only the engine that runs needs it: the NumPy-only backend stub imports this module
-        import threading
-
         import openvino
 
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
@@ -150,7 +149,6 @@ class CudaFrameDecoder(FrameDecoder):
         import torch
 
         if decode_jpeg is None:
-            # only the engine that runs needs it: the NumPy-only backend stub imports this module
             from torchvision.io import ImageReadMode, decode_jpeg
 
             rgb_mode = ImageReadMode.RGB

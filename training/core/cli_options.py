@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cycada.command_line import add_quiet
+from cycada.errors import ConfigError
 from cycada.training.core.presets import preset_names
 
 # the data-section keys that both tasks take from the command line
@@ -89,7 +90,4 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
 
 def check_jobs_without_seeds(args: argparse.Namespace) -> None:
     if args.jobs != 1:
-        # imported when the command runs: the command line starts without it
-        from cycada.errors import ConfigError
-
         raise ConfigError(f"--jobs {args.jobs}: runs seeds at once, and needs --seeds")

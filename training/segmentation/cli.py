@@ -6,7 +6,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from cycada.atomic import write_json_atomic, write_text_atomic
 from cycada.command_line import add_network
+from cycada.command_line import help_text as command_help
+from cycada.errors import ConfigError
 from cycada.sizes import image_size
 from cycada.training.core.cli_options import (
     SHARED_DATA_KEYS,
@@ -59,13 +62,7 @@ SEG_TABLE = AblationTable(
 def _with_format(
     parser_factory, name: str, help_text: str, example: str
 ) -> argparse.ArgumentParser:
-    return parser_factory.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    return parser_factory.add_parser(name, help=help_text, **command_help(help_text, example))
 
 
 def add_seg_options(parser: argparse.ArgumentParser) -> None:
@@ -420,9 +417,6 @@ def results_records(results: dict[str, dict]) -> list[dict]:
 
 
 def cmd_ablate_seg(args: argparse.Namespace) -> int:
-    # imported when the command runs: the command line starts without it
-    from cycada.atomic import write_json_atomic, write_text_atomic
-    from cycada.errors import ConfigError
     from cycada.training.core.pipeline import CONTROL_NOTE
     from cycada.training.segmentation.label_free import label_free_csv, label_free_table
     from cycada.training.segmentation.metrics import table_csv, table_markdown
