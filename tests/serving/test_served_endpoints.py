@@ -411,6 +411,9 @@ def test_a_restart_on_a_held_port_is_tried_again_and_a_hung_server_is_restarted(
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         first = tritonserver_of(process.pid)
+        # `cycada serve` is stopped while the server dies and the port is taken, so its restart
+        # cannot win the port first on a busy machine; the restart comes after SIGCONT
+        process.send_signal(signal.SIGSTOP)
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while True:  # the port is free once the dead server's socket is gone: take it
@@ -419,8 +422,9 @@ def test_a_restart_on_a_held_port_is_tried_again_and_a_hung_server_is_restarted(
                 break
             except OSError:
                 assert time.monotonic() < deadline, "the killed server kept its port"
-                time.sleep(0.005)
+                time.sleep(0.05)
         holder.listen()
+        process.send_signal(signal.SIGCONT)
         assert "restart failed" in _wait_for_line(lines, "restart failed")
         time.sleep(3)
         holder.close()
