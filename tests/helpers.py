@@ -298,16 +298,29 @@ class DirectServer:
         self.process.wait(timeout=60)
 
 
+_spawned_pool = None
+
+
 def in_spawned_child(function, *args):
-    """``function(*args)`` in a fresh (spawned) process. For OpenVINO: a process that ran it
-    crashed when it later forked (DataLoader workers of a training test in the same pytest
-    worker), so tests run it where the product does, away from the test process."""
+    """``function(*args)`` in a spawned process, one per test process, started at the first
+    call and kept (a spawn costs about 2 CPU-seconds of imports; a suite makes dozens of such
+    calls). For OpenVINO: a process that ran it crashed when it later forked (DataLoader
+    workers of a training test in the same pytest worker), so tests run it where the product
+    does, away from the test process."""
+    import atexit
     import concurrent.futures
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
+    global _spawned_pool
+    if _spawned_pool is None:
+        context = multiprocessing.get_context("spawn")
+        _spawned_pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        atexit.register(_spawned_pool.shutdown)
+    try:
+        return _spawned_pool.submit(function, *args).result()
+    except concurrent.futures.process.BrokenProcessPool:
+        _spawned_pool = None  # the child died: the next call starts another
+        raise
 
 
 def served_engine_outputs(version_dir: Path, array, parameters: dict | None = None) -> dict:

@@ -33,10 +33,8 @@ def repository(tmp_path_factory, exported_repository):
 
 
 def start(repo) -> TritonServer:
-    options = ServerOptions.on_free_ports(
-        repo,
-    )
-    return TritonServer(options).start()
+    # no polling: these servers serve what is there (updates are test_updates_and_replicas')
+    return TritonServer(ServerOptions.on_free_ports(repo, poll_seconds=0)).start()
 
 
 @pytest.fixture(scope="module")
@@ -418,20 +416,22 @@ def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
     assert not (tmp_path / "real" / "images" / "00001_huge.png").exists()
 
 
-def test_soak_fifteen_seconds_no_errors_memory_sampled(repository, tmp_path):
+def test_soak_six_seconds_no_errors_memory_sampled(repository, tmp_path):
+    """The soak command's short form (`cycada bench soak` over minutes is RELIABILITY.md's
+    figure): every request answered, memory sampled each second, windows reported."""
     from cycada.benchmarks.soak import main as soak_main
 
     soak_main(
         [
-            "--repository", str(repository), "--minutes", "0.25", "--warmup", "3",
-            "--window", "5", "--concurrency", "4", "--size", "128x64", "--out", str(tmp_path),
+            "--repository", str(repository), "--minutes", "0.1", "--warmup", "2",
+            "--window", "2", "--concurrency", "4", "--size", "128x64", "--out", str(tmp_path),
         ]
     )  # fmt: skip
     result = json.loads((tmp_path / "soak.json").read_text())
-    assert result["requests"] > 50 and result["errors"] == 0
-    assert len(result["per_second"]) >= 12 and len(result["windows"]) >= 2
+    assert result["requests"] > 20 and result["errors"] == 0
+    assert len(result["per_second"]) >= 5 and len(result["windows"]) >= 2
     assert result["rss_after_warmup_mb"] > 100  # server and stubs, sampled every second
-    assert abs(result["rss_growth"]) < 0.25  # a leak of this size would show in 15 s
+    assert abs(result["rss_growth"]) < 0.25  # a leak of this size would show in seconds
     assert "| window (s) | requests/s |" in (tmp_path / "soak.md").read_text()
 
 
@@ -547,9 +547,7 @@ def test_client_checks_metadata_before_sending(server):
 def test_shared_memory_regions_grow_once_and_survive_a_server_restart(repository):
     from cycada.clients.triton_client import ModelClient
 
-    options = ServerOptions.on_free_ports(
-        repository,
-    )
+    options = ServerOptions.on_free_ports(repository, poll_seconds=0)
     small = np.zeros((1, 32, 32, 3), np.uint8)
     large = np.zeros((1, 64, 96, 3), np.uint8)
     running = TritonServer(options).start()

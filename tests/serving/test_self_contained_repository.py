@@ -127,7 +127,7 @@ def test_every_model_serves_on_a_numpy_only_stub_as_under_cycada_serve(repositor
         bare = _answers(f"127.0.0.1:{direct.grpc}")
     finally:
         direct.stop()
-    with TritonServer(ServerOptions.on_free_ports(repository)) as served:
+    with TritonServer(ServerOptions.on_free_ports(repository, poll_seconds=0)) as served:
         ours = _answers(served.grpc_url)
     for model in MODELS:
         assert bare[model].keys() == ours[model].keys() and bare[model], model

@@ -65,7 +65,8 @@ def repository(tmp_path_factory, exported_repository):
 
 
 def options(repo, **kwargs) -> ServerOptions:
-    return ServerOptions.on_free_ports(repo, **kwargs)
+    """Free ports, and no polling unless asked: these servers serve what is there at start."""
+    return ServerOptions.on_free_ports(repo, **{"poll_seconds": 0, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -409,6 +410,8 @@ def test_a_restart_on_a_held_port_is_tried_again_and_a_hung_server_is_restarted(
     process, grpc_port = serve_process(repository, "--restart-pause", "0.5", "--hang-timeout", "3")
     lines = _line_reader(process)
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # as a server does: a connection of the dead server's left in TIME_WAIT must not block it
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         first = tritonserver_of(process.pid)
         # `cycada serve` is stopped while the server dies and the port is taken, so its restart
