@@ -16,10 +16,14 @@ environment holds one Python version, which must equal the stub's, and is built 
 interpreter of that version; Triton unpacks it into /tmp at every load. Wheels for any Python
 version can be fetched without its interpreter (``pip download --python-version``), binary
 packages only differ per version (OpenCV's abi3 wheel serves them all), and plain folders need
-no unpacking. Files are hard links into the cache ($CYCADA_CACHE_DIR/runtime) where the
-repository shares its file system, and every version of an export with the same code and
-packages shares one ``<key>`` folder; pruning a model's versions removes the runtimes no version
-names any more.
+no unpacking. Every version of an export with the same code and packages shares one ``<key>``
+folder; pruning a model's versions removes the runtimes no version names any more.
+
+A repository's runtime files share no inode with anything outside it: an export copies them from
+the cache ($CYCADA_CACHE_DIR/runtime) once and hard-links the models after the first to that copy.
+A polling Triton reloads a model when any file under its folder changes, and a new hard link
+changes a file (its ctime): with links into the cache, every later export on the machine, into
+any repository, made each polling server reload every model.
 """
 
 from __future__ import annotations
@@ -159,6 +163,8 @@ class RuntimeBuilder:
         self.cache = (root or Path(self._scratch.name)) / "runtime"
         self.code, self.code_hash = self._code()
         self._packages: dict[tuple[str, str], Package] = {}
+        # cache folder → where this export copied it into the repository (the later models link)
+        self._copied: dict[Path, Path] = {}
 
     def close(self) -> None:
         if self._scratch is not None:
@@ -272,6 +278,20 @@ class RuntimeBuilder:
             folder = _fill_once(self.cache / "packages" / f"{name}-{version}-{tag}", fill)
         return Package(name, version, tag, folder)
 
+    def _copy_into_repository(self, source: Path, target: Path) -> None:
+        """The files of the cache folder ``source`` under ``target``: hard links to this export's
+        copy of them in the repository when a model before had them, else copies (the module's
+        docstring says why never links into the cache)."""
+        copied = self._copied.get(source)
+        for folder, _, files in os.walk(source):
+            for name in files:
+                relative = (Path(folder) / name).relative_to(source)
+                if copied is not None and (copied / relative).is_file():
+                    _copy_or_link(copied / relative, target / relative)
+                else:
+                    (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(Path(folder) / name, target / relative)
+
     # -- one model ------------------------------------------------------------------------------
     def install(self, model_dir: Path, kind: str, version_dir: Path | None = None) -> dict:
         """The runtime of a model of ``kind`` in ``model_dir/runtime/<key>`` (kept when already
@@ -297,13 +317,23 @@ class RuntimeBuilder:
                 )
         key = digest.hexdigest()[:16]
 
-        def fill(staging: Path) -> None:
-            link_tree(self.code, staging / "code")
-            for python, chosen in packages.items():
-                for package in chosen:
-                    link_tree(package.folder, staging / _tag(python))
+        folder = model_dir / RUNTIME_FOLDER / key
+        placed: dict[Path, Path] = {}  # cache folder → its place in `folder`, once published
 
-        _fill_once(model_dir / RUNTIME_FOLDER / key, fill)
+        def fill(staging: Path) -> None:
+            sources = [(self.code, "code")] + [
+                (package.folder, _tag(python))
+                for python, chosen in packages.items()
+                for package in chosen
+            ]
+            for source, place in sources:
+                self._copy_into_repository(source, staging / place)
+                placed[source] = folder / place
+
+        if not folder.is_dir():
+            _fill_once(folder, fill)
+            for source, place in placed.items():
+                self._copied.setdefault(source, place)
         return {
             "cycada": cycada.__version__,
             "code": self.code_hash,

@@ -68,6 +68,22 @@ def _versions_by_frame(path) -> list[tuple[int, str]]:
         return [(int(row["frame"]), row["model_version"]) for row in csv.DictReader(handle)]
 
 
+def test_an_export_into_another_repository_reloads_nothing_served(tmp_path):
+    """A polling server reloads a model when a file under its folder changes, a new hard link to
+    it included: an export elsewhere on the machine (the same cache) leaves the served models
+    loaded once."""
+    run = random_run("fastscnn", tmp_path / "run", generators="resnet6")  # the seeded weights
+    served = tmp_path / "served"
+    export_run(run, served, ExportOptions(fp16=False), log=lambda _: None)
+    log = tmp_path / "tritonserver.log"
+    options = ServerOptions.on_free_ports(served, poll_seconds=1, log_file=log)
+    with TritonServer(options):
+        export_run(run, tmp_path / "elsewhere", ExportOptions(fp16=False), log=lambda _: None)
+        time.sleep(3)  # three polls
+    loads = [line for line in log.read_text().splitlines() if "successfully loaded" in line]
+    assert len(loads) == len(list(served.glob("*/config.pbtxt"))), "\n".join(loads)
+
+
 def test_an_export_into_a_served_repository_is_served_without_a_restart(repository, tmp_path):
     """segment-video on a live-paced clip while a second export lands: every frame once, in
     order, no failed request, and both versions answered; then a version that cannot load
