@@ -122,17 +122,26 @@ def tiny_digits_config(target: str, *extra: str, **overrides):
     )
 
 
-def served_copy(exported: Path, folder: Path) -> Path:
+def served_copy(exported: Path, folder: Path, polled: bool = False) -> Path:
     """A module's own copy of the session's shared repository (the ``exported_repository``
     fixture): tests add versions to it and kill servers on it. The models' runtimes (code and
-    packages, hundreds of MB, never changed in place) are hard links."""
+    packages, hundreds of MB, never changed in place) are hard links to the shared copy's, or
+    with ``polled`` (for a polling server: a link made by any other test would change a file
+    under its models and reload them) copies, linked among this copy's models as an export
+    does."""
     import shutil
+
+    first_copy: dict[tuple[int, int], str] = {}  # (device, inode) of a shared file → its copy
 
     def link_runtime(source: str, target: str) -> None:
         if "/runtime/" in source:
+            identity = (os.stat(source).st_dev, os.stat(source).st_ino)
+            linked = first_copy.get(identity) if polled else source
             with contextlib.suppress(OSError):
-                os.link(source, target)
-                return
+                if linked is not None:
+                    os.link(linked, target)
+                    return
+            first_copy[identity] = target
         shutil.copy2(source, target)
 
     return Path(shutil.copytree(exported, folder / "repository", copy_function=link_runtime))

@@ -156,7 +156,7 @@ def _stubs(url: str) -> set[str]:
 @pytest.mark.server
 def test_served_signals_equal_the_clients_count_and_survive_a_reload(tmp_path, exported_repository):
     skip_without_tritonserver()
-    repo = served_copy(exported_repository, tmp_path)
+    repo = served_copy(exported_repository, tmp_path, polled=True)
     info_path = repo / "segment" / "1" / "endpoint.json"
     info = json.loads(info_path.read_text())
     names = info["class_names"]

@@ -38,7 +38,7 @@ skip_without_tritonserver()
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory, exported_repository):
-    return served_copy(exported_repository, tmp_path_factory.mktemp("updates"))
+    return served_copy(exported_repository, tmp_path_factory.mktemp("updates"), polled=True)
 
 
 def _failed_requests(url: str, model: str) -> int:
@@ -203,7 +203,7 @@ def test_an_export_killed_half_way_leaves_the_served_version_answering(
     """kill -9 of `cycada export` into a served repository while it writes: the server keeps
     answering with version 1 and never sees the half-written version; the next export
     removes what the dead one left and lands whole as version 2."""
-    repository = served_copy(exported_repository, tmp_path)
+    repository = served_copy(exported_repository, tmp_path, polled=True)
     run = random_run("fastscnn", tmp_path / "run", generators="resnet6")
     with TritonServer(ServerOptions.on_free_ports(repository, poll_seconds=1)) as server:
         export = subprocess.Popen(
