@@ -68,7 +68,7 @@ demo: $(STAMP)
 # only spin against each other. A third worker fills some of the time the others wait on servers
 # and child processes (this 2-vCPU VM: 11.4-12.0 min of pytest with two workers, 10.3-12.0 with
 # three; the VM's speed drifts by a fifth over a day).
-TEST_PARALLEL ?= -n 3 --dist loadfile
+TEST_PARALLEL ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(BIN)/ruff check .

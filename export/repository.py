@@ -37,7 +37,6 @@ from cycada.atomic import publish_folder, write_text_atomic
 from cycada.export.runtime import (
     RUNTIME_FOLDER,
     RuntimeBuilder,
-    link_tree,
     model_py,
     referenced_runtimes,
 )
@@ -313,15 +312,16 @@ def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[
 
 
 def copy_version(version_dir: Path, model_dir: Path) -> Path:
-    """``version_dir`` into ``model_dir`` with the runtime it names (hard links where possible):
-    what a repository of that one version needs."""
+    """``version_dir`` into ``model_dir`` with the runtime it names: what a repository of that
+    one version needs. Copies, not hard links: a polling server reloads a model when one of its
+    files gains a link (export.runtime says more), and the source may be served."""
     target = model_dir / version_dir.name
     shutil.copytree(version_dir, target, symlinks=True)
     named = referenced_runtimes(version_dir.parent, [int(version_dir.name)])
     for name in named or []:
         source = version_dir.parent / RUNTIME_FOLDER / name
         if source.is_dir() and not (model_dir / RUNTIME_FOLDER / name).exists():
-            link_tree(source, model_dir / RUNTIME_FOLDER / name)
+            shutil.copytree(source, model_dir / RUNTIME_FOLDER / name)
     return target
 
 

@@ -115,15 +115,6 @@ def _copy_or_link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def link_tree(source: Path, target: Path) -> None:
-    """``target`` as a copy of ``source`` whose files are hard links where the file system
-    allows (runtimes are never changed in place)."""
-    for folder, _, files in os.walk(source):
-        for name in files:
-            path = Path(folder) / name
-            _copy_or_link(path, target / path.relative_to(source))
-
-
 def _fill_once(folder: Path, fill: Callable[[Path], None]) -> Path:
     """``folder`` filled by ``fill`` once (staged and renamed: a failed fill leaves nothing)."""
     if folder.is_dir():

@@ -9,6 +9,33 @@ import pytest
 
 from tests.helpers import data_path
 
+# The longest modules first (each a minute or more of CPU on this 2-vCPU VM): `make test` runs
+# pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands modules out in this
+# order; its default order (most tests first) left the two demos to the end, on two cores while
+# the third worker had nothing left. The quick modules after them fill the gaps.
+LONGEST_FIRST = [
+    "tests/clients/test_demo.py",
+    "tests/serving/test_served_endpoints.py",  # makes the shared export (exported_repository)
+    "tests/clients/test_demo_own_video.py",
+    "tests/training/test_digits_pipeline.py",
+    "tests/clients/test_commands.py",
+    "tests/training/test_seg_pipeline.py",
+    "tests/serving/test_self_contained_repository.py",
+    "tests/export/test_export_run.py",
+    "tests/training/test_seg_distributed.py",
+    "tests/serving/test_updates_and_replicas.py",
+    "tests/training/test_digits_seeds.py",
+    "tests/training/test_digits_paper_bench.py",
+    "tests/clients/test_video_faults.py",
+    "tests/test_file_inputs.py",
+    "tests/training/test_method.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: position for position, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
+
 
 @pytest.fixture
 def data_root() -> Path:
