@@ -66,8 +66,8 @@ demo: $(STAMP)
 # Three pytest-xdist workers, one module per worker at a time (module fixtures: one server, one
 # trained run), and one intra-op thread per process: two-thread torch processes on two cores
 # only spin against each other. A third worker fills some of the time the others wait on servers
-# and child processes (this 2-vCPU VM: 11.4-12.0 min of pytest with two workers, 10.3-12.0 with
-# three; the VM's speed drifts by a fifth over a day).
+# and child processes. Modules go out in tests/conftest.py's order, the longest first (this
+# 2-vCPU VM: 9.1-9.4 min of pytest; the VM's speed drifts by a fifth over a day).
 TEST_PARALLEL ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
