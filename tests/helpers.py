@@ -135,13 +135,14 @@ def served_copy(exported: Path, folder: Path, polled: bool = False) -> Path:
 
     def link_runtime(source: str, target: str) -> None:
         if "/runtime/" in source:
-            identity = (os.stat(source).st_dev, os.stat(source).st_ino)
+            stat = os.stat(source)
+            identity = (stat.st_dev, stat.st_ino)
             linked = first_copy.get(identity) if polled else source
-            with contextlib.suppress(OSError):
-                if linked is not None:
+            if linked is not None:
+                with contextlib.suppress(OSError):
                     os.link(linked, target)
                     return
-            first_copy[identity] = target
+            first_copy.setdefault(identity, target)
         shutil.copy2(source, target)
 
     return Path(shutil.copytree(exported, folder / "repository", copy_function=link_runtime))
