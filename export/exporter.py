@@ -25,10 +25,14 @@ from cycada.export.onnx_export import OPSET, export_onnx, export_served
 from cycada.export.repository import (
     INSTANCES,
     NativeProfile,
+    StagedModel,
     exclusive,
     prune,
+    publish,
+    remove_staging,
     spec_for,
-    write_model,
+    stage_model,
+    staging_root,
 )
 from cycada.export.run_models import load_run_endpoints
 from cycada.export.runtime import RuntimeBuilder, default_pythons
@@ -287,7 +291,7 @@ def _link_files(source: Path, target: Path) -> None:
                 shutil.copy2(source / name, target / name)
 
 
-def _export_one(
+def _stage_one(
     endpoint: Endpoint,
     repository: Path,
     options: ExportOptions,
@@ -295,7 +299,9 @@ def _export_one(
     report: ExportReport,
     log: Callable[[str], None],
     export: dict,
-) -> None:
+    root: Path | None,
+) -> list[StagedModel]:
+    """The staged models of one endpoint (a segmenter's encoded-frame model beside it)."""
     names = endpoint.class_names if endpoint.kind == "segment" else ()
     spec = spec_for(
         endpoint.name, endpoint.kind, endpoint.in_channels, len(endpoint.class_names), names
@@ -323,23 +329,16 @@ def _export_one(
         info["baseline"] = endpoint.meta.get("baseline")
     fill = _export_endpoint(endpoint, options, report, log)
     native = NativeProfile(options.trt_max_batch, tuple(options.trt_shapes))
-    report.versions[endpoint.name] = write_model(
-        repository, spec, fill, info, runtime, keep=0, native=native, instances=options.instances
-    )
+    stage = functools.partial(
+        stage_model, repository, runtime=runtime, root=root, native=native,
+        instances=options.instances,
+    )  # fmt: skip
+    staged = [stage(spec, fill, info)]
     if endpoint.kind == "segment":
         encoded = spec_for("segment_encoded", "encoded", 3, len(endpoint.class_names), names)
         info = {**info, "endpoint": "segment_encoded", "kind": "encoded"}
-        segment_dir = report.versions[endpoint.name]
-        report.versions["segment_encoded"] = write_model(
-            repository,
-            encoded,
-            functools.partial(_link_files, segment_dir),
-            info,
-            runtime,
-            keep=0,
-            native=native,
-            instances=options.instances,
-        )
+        staged.append(stage(encoded, functools.partial(_link_files, staged[0].version_dir), info))
+    return staged
 
 
 def export_run(
@@ -369,10 +368,20 @@ def export_run(
             names = [e.name for e in endpoints]
             names += ["segment_encoded"] if any(e.kind == "segment" for e in endpoints) else []
             export = {"id": uuid.uuid4().hex[:12], "models": names}
-            for endpoint in endpoints:
-                _export_one(endpoint, repository, options, runtime, report, log, export)
+            # every model built and checked before the first is published: a polling server
+            # sees the export only as it lands, each model once
+            root = staging_root(repository)
+            staged = [
+                model
+                for endpoint in endpoints
+                for model in _stage_one(
+                    endpoint, repository, options, runtime, report, log, export, root
+                )
+            ]
+            for model in staged:
+                report.versions[model.model_dir.name] = publish(model)
         except BaseException as exc:
-            # all or nothing: the versions this export already added go again
+            # all or nothing: the versions this export already published go again
             for version_dir in report.versions.values():
                 shutil.rmtree(version_dir, ignore_errors=True)
             if isinstance(exc, OSError):  # a full disk, a read-only repository
@@ -382,6 +391,7 @@ def export_run(
             raise
         finally:
             graph_cache.stop_helper()
+            remove_staging(repository)
             if runtime is not None:
                 runtime.close()
         for version_dir in report.versions.values():  # older versions go only after success

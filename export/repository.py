@@ -17,18 +17,20 @@ model falls back to ``config.pbtxt``, so every profile loads every model. The en
 endpoint is Python in every profile. Each model folder also carries its runtime (code and
 packages for the Python-backend stub, :mod:`cycada.export.runtime`).
 
-Exporting again writes version N+1: a hidden folder, fsynced with ordinary modes, renamed into
-place (a polling server never sees half of it), then the configs when they changed; all but the
-newest ``keep`` versions are deleted; the server loads the newest two.
+Exporting again writes version N+1 of every model. An export builds and checks all its models in
+a hidden folder beside the repository (:func:`staging_root`), then publishes them one after the
+other: the runtime when new, the version folder (fsynced with ordinary modes, renamed into place:
+a polling server never sees half of it, and reloads each model once), then the configs when they
+changed; all but the newest ``keep`` versions are deleted; the server loads the newest two.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from cycada.serving.engines import OPENVINO_FILE
 
 PROFILES = ("default", "onnxruntime", "tensorrt", "openvino")
 SERVED_VERSIONS = 2
+STAGING_FOLDER = ".export"  # a model folder's own staging, where staging_root() has none
 WARMUP_SHAPE = (256, 512)  # height, width of the warm-up request of image endpoints
 MAX_BATCH = {"segment": 8, "translate": 8, "classify": 256, "encoded": 8}
 
@@ -245,6 +248,121 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def staging_root(repository: Path) -> Path | None:
+    """Where an export builds its models before any is published: a hidden sibling of the
+    repository, ``.<name>.export``, on the same file system (a rename moves a folder in).
+
+    Not inside a model folder: a polling server reloads a model when anything under its folder
+    changes, so a version written there reloads the model once as it starts and again as it
+    lands. Not in the repository's top folder: Triton loads every folder there, hidden ones
+    too, as a model. None where the parent is not writable or is another file system (a
+    repository that is itself a mount point): each model folder then stages its own, which
+    costs that extra reload."""
+    repository = repository.resolve()
+    root = repository.parent / f".{repository.name}.export"
+    try:
+        root.mkdir(exist_ok=True)
+        if root.stat().st_dev == repository.stat().st_dev:
+            return root
+        root.rmdir()
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class StagedModel:
+    """One model of an export, built and checked, not yet in the repository."""
+
+    model_dir: Path  # where it is published
+    version: int
+    folder: Path  # the staged model folder: the version, the runtime when new
+    runtime: str  # the runtime folder's name the version runs
+    configs: dict[Path, str]  # every config the version is served with → its text
+
+    @property
+    def version_dir(self) -> Path:
+        return self.folder / str(self.version)
+
+
+def stage_model(
+    repository: Path,
+    spec: ModelSpec,
+    fill_version: Callable[[Path], None],
+    info: dict,
+    runtime: RuntimeBuilder,
+    root: Path | None,
+    native: NativeProfile | None = None,
+    instances: int = INSTANCES,
+) -> StagedModel:
+    """Build the model's next version (filled by ``fill_version``), its configs and, when the
+    model lacks it, its runtime under ``root`` (:func:`staging_root`; None stages in the model
+    folder). Nothing in the repository changes."""
+    model_dir = repository / spec.name
+    version = (versions(model_dir) or [0])[-1] + 1
+    folder = root / spec.name if root is not None else model_dir / STAGING_FOLDER
+    (folder / str(version)).mkdir(parents=True)
+    staged_version = folder / str(version)
+    fill_version(staged_version)
+    configs = {
+        config_path(model_dir, profile): config_text(spec, profile, native, instances)
+        for profile in profiles_served(spec, staged_version)
+    }
+    for path, text in configs.items():
+        validate_config(text, str(path))
+    carried = runtime.install(model_dir, spec.kind, staged_version, folder)
+    (staged_version / "model.py").write_text(model_py(spec.python_handler, carried))
+    # a file where the stub would write model.py's bytecode: Python then writes none (it
+    # cannot make the folder), so a polling server never sees the version change and load
+    # the model again (model.py's own imports write none either: dont_write_bytecode)
+    (staged_version / "__pycache__").touch()
+    info = {**info, "version": version, "runtime": carried}
+    (staged_version / "endpoint.json").write_text(json.dumps(info, indent=2))
+    return StagedModel(model_dir, version, folder, Path(carried["folder"]).name, configs)
+
+
+def publish(staged: StagedModel) -> Path:
+    """Move a staged model into the repository; returns its version folder. A new model is one
+    rename of its whole folder; a new version of a served one is its runtime (when new), then
+    the version, then the configs that changed, so a polling server reloads it once."""
+    model_dir = staged.model_dir
+    if not model_dir.exists():
+        for path, text in staged.configs.items():
+            target = staged.folder / path.relative_to(model_dir)
+            target.parent.mkdir(exist_ok=True)
+            target.write_text(text)
+        _rename_in(staged.folder, model_dir)
+        return model_dir / str(staged.version)
+    runtime = staged.folder / RUNTIME_FOLDER / staged.runtime
+    if runtime.is_dir():
+        (model_dir / RUNTIME_FOLDER).mkdir(exist_ok=True)
+        _rename_in(runtime, model_dir / RUNTIME_FOLDER / staged.runtime)
+    _rename_in(staged.version_dir, model_dir / str(staged.version))
+    # configs last (a failed export leaves the model as it was), and only when they changed:
+    # a polling server reloads a model whose config file changed
+    for profile in PROFILES:
+        path = config_path(model_dir, profile)
+        if path not in staged.configs:
+            path.unlink(missing_ok=True)  # falls back to config.pbtxt
+        elif not path.exists() or path.read_text() != staged.configs[path]:
+            write_text_atomic(path, staged.configs[path])
+    shutil.rmtree(staged.folder, ignore_errors=True)  # the fallback's folder in the model's
+    return model_dir / str(staged.version)
+
+
+def _rename_in(staged: Path, target: Path) -> None:
+    """:func:`publish_folder`, through a hidden copy beside ``target`` where the rename would
+    cross file systems (a bind mount of the same device passes the staging check)."""
+    try:
+        publish_folder(staged, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy = target.with_name(f".{target.name}.partial")
+        shutil.copytree(staged, copy, symlinks=True)
+        publish_folder(copy, target)
+
+
 def write_model(
     repository: Path,
     spec: ModelSpec,
@@ -255,41 +373,16 @@ def write_model(
     native: NativeProfile | None = None,
     instances: int = INSTANCES,
 ) -> Path:
-    """Write a new version folder (filled by ``fill_version``), its runtime and the configs;
-    prune old versions."""
-    model_dir = repository / spec.name
-    version = (versions(model_dir) or [0])[-1] + 1
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=model_dir))
+    """One model's new version staged, published and its old versions pruned (an export of
+    several models stages them all first: :func:`cycada.export.exporter.export_run`)."""
+    root = staging_root(repository)
     try:
-        fill_version(staging)
-        texts = {
-            config_path(model_dir, profile): config_text(spec, profile, native, instances)
-            for profile in profiles_served(spec, staging)
-        }
-        for path, text in texts.items():
-            validate_config(text, str(path))
-        carried = runtime.install(model_dir, spec.kind, staging)
-        (staging / "model.py").write_text(model_py(spec.python_handler, carried))
-        # a file where the stub would write model.py's bytecode: Python then writes none (it
-        # cannot make the folder), so a polling server never sees the version change and load
-        # the model again (model.py's own imports write none either: dont_write_bytecode)
-        (staging / "__pycache__").touch()
-        info = {**info, "version": version, "runtime": carried}
-        (staging / "endpoint.json").write_text(json.dumps(info, indent=2))
-        publish_folder(staging, model_dir / str(version))
+        staged = stage_model(repository, spec, fill_version, info, runtime, root, native, instances)
+        version_dir = publish(staged)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    # configs last (a failed export leaves the model as it was), and only when they changed:
-    # a polling server reloads a model whose config file changed
-    for profile in PROFILES:
-        path = config_path(model_dir, profile)
-        if path not in texts:
-            path.unlink(missing_ok=True)  # falls back to config.pbtxt
-        elif not path.exists() or path.read_text() != texts[path]:
-            write_text_atomic(path, texts[path])
-    prune(model_dir, keep)
-    return model_dir / str(version)
+        remove_staging(repository)
+    prune(version_dir.parent, keep)
+    return version_dir
 
 
 @contextlib.contextmanager
@@ -304,7 +397,7 @@ def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[
             log(f"another export into {repository} is running: waiting for it")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            remove_leftovers(repository)
+            remove_staging(repository)
             repair_incomplete_export(repository, log)
             yield
         finally:
@@ -325,10 +418,18 @@ def copy_version(version_dir: Path, model_dir: Path) -> Path:
     return target
 
 
-def remove_leftovers(repository: Path) -> None:
-    """The hidden staging folders of an export that died (kill -9, power loss): with the lock
-    held, no export is writing them. A server never loaded them (not a version number)."""
-    for staging in [*repository.glob("*/.*.partial"), *repository.glob(f"*/{RUNTIME_FOLDER}/.*")]:
+def remove_staging(repository: Path) -> None:
+    """What exports staged and did not publish: the folder beside the repository and the
+    fallback's folders in the models (after an export, or left by one that died: kill -9, power
+    loss). Called with the lock held, so no export is writing them. No server loaded them."""
+    repository = repository.resolve()
+    leftovers = [
+        repository.parent / f".{repository.name}.export",
+        *repository.glob(f"*/{STAGING_FOLDER}"),
+        *repository.glob("*/.*.partial"),  # a copy across file systems, or an older cycada's
+        *repository.glob(f"*/{RUNTIME_FOLDER}/.*"),
+    ]
+    for staging in leftovers:
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
 

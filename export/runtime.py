@@ -19,11 +19,12 @@ packages only differ per version (OpenCV's abi3 wheel serves them all), and plai
 no unpacking. Every version of an export with the same code and packages shares one ``<key>``
 folder; pruning a model's versions removes the runtimes no version names any more.
 
-A repository's runtime files share no inode with anything outside it: an export copies them from
-the cache ($CYCADA_CACHE_DIR/runtime) once and hard-links the models after the first to that copy.
-A polling Triton reloads a model when any file under its folder changes, and a new hard link
-changes a file (its ctime): with links into the cache, every later export on the machine, into
-any repository, made each polling server reload every model.
+A repository's runtime files share no inode with anything outside it, nor with a file published
+before: an export copies them from the cache ($CYCADA_CACHE_DIR/runtime) into its staged models
+once and hard-links the staged models after the first to that copy. A polling Triton reloads a
+model when any file under its folder changes, and a new hard link changes a file (its ctime):
+with links into the cache, every later export on the machine, into any repository, made each
+polling server reload every model.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class RuntimeBuilder:
         self.cache = (root or Path(self._scratch.name)) / "runtime"
         self.code, self.code_hash = self._code()
         self._packages: dict[tuple[str, str], Package] = {}
-        # cache folder → where this export copied it into the repository (the later models link)
+        # cache folder → where this export staged a copy of it (the later models link to it)
         self._copied: dict[Path, Path] = {}
 
     def close(self) -> None:
@@ -271,8 +272,8 @@ class RuntimeBuilder:
 
     def _copy_into_repository(self, source: Path, target: Path) -> None:
         """The files of the cache folder ``source`` under ``target``: hard links to this export's
-        copy of them in the repository when a model before had them, else copies (the module's
-        docstring says why never links into the cache)."""
+        staged copy of them when a model before had them, else copies (the module's docstring
+        says why never links into the cache)."""
         copied = self._copied.get(source)
         for folder, _, files in os.walk(source):
             for name in files:
@@ -284,9 +285,10 @@ class RuntimeBuilder:
                     shutil.copy2(Path(folder) / name, target / relative)
 
     # -- one model ------------------------------------------------------------------------------
-    def install(self, model_dir: Path, kind: str, version_dir: Path | None = None) -> dict:
-        """The runtime of a model of ``kind`` in ``model_dir/runtime/<key>`` (kept when already
-        there); returns what endpoint.json records of it. OpenVINO is carried when the
+    def install(self, model_dir: Path, kind: str, version_dir: Path, staging: Path) -> dict:
+        """The runtime of a model of ``kind``: kept when ``model_dir/runtime/<key>`` has it, else
+        built in ``staging/runtime/<key>`` (the model's staged folder, published with the
+        version); returns what endpoint.json records of it. OpenVINO is carried when the
         version's measured engine choice (in ``version_dir``) is one of its engines."""
         names = [dist[0] for dist in [onnxruntime_distribution()] if dist]
         if kind == "encoded":
@@ -307,24 +309,15 @@ class RuntimeBuilder:
                     f"{python} {package.name} {package.version} {package.wheel_tag}".encode()
                 )
         key = digest.hexdigest()[:16]
-
-        folder = model_dir / RUNTIME_FOLDER / key
-        placed: dict[Path, Path] = {}  # cache folder → its place in `folder`, once published
-
-        def fill(staging: Path) -> None:
+        if not (model_dir / RUNTIME_FOLDER / key).is_dir():
             sources = [(self.code, "code")] + [
                 (package.folder, _tag(python))
                 for python, chosen in packages.items()
                 for package in chosen
             ]
             for source, place in sources:
-                self._copy_into_repository(source, staging / place)
-                placed[source] = folder / place
-
-        if not folder.is_dir():
-            _fill_once(folder, fill)
-            for source, place in placed.items():
-                self._copied.setdefault(source, place)
+                self._copy_into_repository(source, staging / RUNTIME_FOLDER / key / place)
+                self._copied.setdefault(source, staging / RUNTIME_FOLDER / key / place)
         return {
             "cycada": cycada.__version__,
             "code": self.code_hash,

@@ -96,7 +96,8 @@ def test_concurrent_exports_take_one_version_each(run_dir, tmp_path):
         folder = tmp_path / "repo" / "segment" / version
         assert (folder / "model.onnx").exists()
         assert json.loads((folder / "endpoint.json").read_text())["version"] == int(version)
-    assert not list((tmp_path / "repo" / "segment").glob(".*partial"))
+    assert not list((tmp_path / "repo").glob("*/.*")), "staging left in a model folder"
+    assert not (tmp_path / ".repo.export").exists(), "staging left beside the repository"
 
 
 def test_a_full_disk_during_export_leaves_the_previous_version(tmp_path, monkeypatch):
@@ -106,21 +107,22 @@ def test_a_full_disk_during_export_leaves_the_previous_version(tmp_path, monkeyp
     repo = tmp_path / "repo"
     export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
     configs = {p: p.read_text() for p in repo.rglob("*.pbtxt")}
-    original, calls = exporter._export_one, []
+    original, calls = exporter.publish, []
 
-    def disk_fills_up(*args, **kwargs):
+    def disk_fills_up(staged):
         calls.append(1)
         if len(calls) == 2:  # the second model: the first one's new version is already there
             raise OSError(28, "No space left on device")
-        return original(*args, **kwargs)
+        return original(staged)
 
-    monkeypatch.setattr(exporter, "_export_one", disk_fills_up)
+    monkeypatch.setattr(exporter, "publish", disk_fills_up)
     with pytest.raises(ExportError, match="No space left on device.*repository is as it was"):
         export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
-    for model in ("segment", "translate_s2t", "translate_t2s"):
+    for model in ("segment", "segment_encoded", "translate_s2t", "translate_t2s"):
         folders = sorted(p.name for p in (repo / model).iterdir() if p.is_dir())
         assert [f for f in folders if f.isdigit()] == ["1"], (model, folders)
     assert {p: p.read_text() for p in repo.rglob("*.pbtxt")} == configs
+    assert not (tmp_path / ".repo.export").exists()
 
 
 def test_compiled_package_is_checked_against_onnx_loaded_fast_and_falls_back(tmp_path):

@@ -142,7 +142,8 @@ def test_a_version_is_published_readable_by_others_and_fsynced_before_its_rename
     tmp_path, code_only, monkeypatch
 ):
     """Modes from the umask (a server running as another user reads the files; temporary files
-    are 0600), and nothing renamed into place before its files reached the disk."""
+    are 0600), and nothing renamed into place before its files reached the disk: a new model as
+    its whole folder, a new version as its folder."""
     events: list[tuple[str, str]] = []
     real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
 
@@ -161,20 +162,22 @@ def test_a_version_is_published_readable_by_others_and_fsynced_before_its_rename
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(os, "replace", replace)
+    spec = spec_for("segment", "segment", 3, 19)
     old_umask = os.umask(0o027)
     try:
-        write_model(tmp_path, spec_for("segment", "segment", 3, 19), onnx_only, {}, code_only)
+        write_model(tmp_path, spec, onnx_only, {}, code_only)
+        write_model(tmp_path, spec, onnx_only, {}, code_only)
     finally:
         os.umask(old_umask)
     model = tmp_path / "segment"
-    for path in [model / "1", *(model / "1").iterdir(), model / "config.pbtxt"]:
+    for path in [model, model / "1", *(model / "2").iterdir(), model / "config.pbtxt"]:
         assert path.stat().st_mode & 0o777 == (0o750 if path.is_dir() else 0o640), path
-    published = next(i for i, e in enumerate(events) if e == ("rename", str(model / "1")))
-    synced = {path.rsplit("/", 1)[-1] for op, path in events[:published] if op == "fsync"}
-    assert {"model.onnx", "model.py", "endpoint.json"} <= synced
-    assert events[published + 1] == ("fsync", str(model))  # the rename itself made durable
-    config = next(i for i, e in enumerate(events) if e == ("rename", str(model / "config.pbtxt")))
-    assert published < config  # the configs only after the version they describe
+    for target, written in [(model, "config.pbtxt"), (model / "2", "model.py")]:
+        published = next(i for i, e in enumerate(events) if e == ("rename", str(target)))
+        synced = {path.rsplit("/", 1)[-1] for op, path in events[:published] if op == "fsync"}
+        assert {"model.onnx", "endpoint.json", written} <= synced
+        assert events[published + 1] == ("fsync", str(target.parent))  # the rename made durable
+        del events[: published + 1]
 
 
 def test_committed_configs_are_what_export_writes():
@@ -321,3 +324,47 @@ def test_resize_before_channels_last_is_rewritten_to_resize_channels_last():
     assert reader.op_type == "Transpose" and resize.output == ["y"]
     np.testing.assert_allclose(run(rewritten), expected, atol=1e-5)
     assert expected.shape == (2, 40, 56, 19)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its mtime and ctime: what a polling Triton compares."""
+    return {
+        str(path.relative_to(folder)): (path.lstat().st_mtime_ns, path.lstat().st_ctime_ns)
+        for path in [folder, *folder.rglob("*")]
+    }
+
+
+def test_a_staged_version_changes_nothing_in_the_repository_until_it_is_published(
+    tmp_path, code_only
+):
+    """An export builds its models beside the repository (a polling server reloads a model when
+    anything under its folder changes): the repository is untouched, to the file times, until
+    publish; a model folder stages its own where the repository's parent cannot."""
+    from cycada.export.repository import publish, remove_staging, stage_model, staging_root
+
+    repository = tmp_path / "repository"
+    segment = spec_for("segment", "segment", 3, 19)
+    write_model(repository, segment, onnx_only, {}, code_only)
+    before = _snapshot(repository)
+    root = staging_root(repository)
+    assert root == tmp_path / ".repository.export"
+    staged = [
+        stage_model(repository, segment, onnx_only, {}, code_only, root),
+        stage_model(repository, spec_for("translate_s2t", "translate", 3, 3), onnx_only, {},
+                    code_only, root),
+    ]  # fmt: skip
+    assert _snapshot(repository) == before
+    assert [publish(model) for model in staged] == [
+        repository / "segment" / "2",
+        repository / "translate_s2t" / "1",
+    ]
+    assert (repository / "translate_s2t" / "config.pbtxt").is_file()
+    assert versions(repository / "segment") == [1, 2]
+    remove_staging(repository)
+    assert not root.exists()
+
+    staged = stage_model(repository, segment, onnx_only, {}, code_only, root=None)
+    assert staged.version_dir == repository / "segment" / ".export" / "3"
+    assert publish(staged) == repository / "segment" / "3"
+    assert not (repository / "segment" / ".export").exists()
+    assert (repository / "segment" / "3" / "model.py").is_file()

@@ -68,20 +68,29 @@ def _versions_by_frame(path) -> list[tuple[int, str]]:
         return [(int(row["frame"]), row["model_version"]) for row in csv.DictReader(handle)]
 
 
-def test_an_export_into_another_repository_reloads_nothing_served(tmp_path):
+def test_an_export_reloads_each_served_model_once_and_one_elsewhere_none(tmp_path):
     """A polling server reloads a model when a file under its folder changes, a new hard link to
     it included: an export elsewhere on the machine (the same cache) leaves the served models
-    loaded once."""
+    loaded once; an export into the served repository (staged beside it) reloads each once."""
     run = random_run("fastscnn", tmp_path / "run", generators="resnet6")  # the seeded weights
     served = tmp_path / "served"
     export_run(run, served, ExportOptions(fp16=False), log=lambda _: None)
+    models = sorted(path.parent.name for path in served.glob("*/config.pbtxt"))
     log = tmp_path / "tritonserver.log"
     options = ServerOptions.on_free_ports(served, poll_seconds=1, log_file=log)
-    with TritonServer(options):
+
+    def loads() -> list[str]:
+        return [line for line in log.read_text().splitlines() if "successfully loaded" in line]
+
+    with TritonServer(options) as server:
         export_run(run, tmp_path / "elsewhere", ExportOptions(fp16=False), log=lambda _: None)
         time.sleep(3)  # three polls
-    loads = [line for line in log.read_text().splitlines() if "successfully loaded" in line]
-    assert len(loads) == len(list(served.glob("*/config.pbtxt"))), "\n".join(loads)
+        assert len(loads()) == len(models), "\n".join(loads())
+        export_run(run, served, ExportOptions(fp16=False), log=lambda _: None)
+        for model in models:
+            _wait_ready(server.grpc_url, model, "2")
+        time.sleep(3)
+    assert len(loads()) == 2 * len(models), "\n".join(loads())
 
 
 def test_an_export_into_a_served_repository_is_served_without_a_restart(repository, tmp_path):
@@ -201,18 +210,22 @@ def test_an_export_killed_half_way_leaves_the_served_version_answering(
     exported_repository, tmp_path
 ):
     """kill -9 of `cycada export` into a served repository while it writes: the server keeps
-    answering with version 1 and never sees the half-written version; the next export
-    removes what the dead one left and lands whole as version 2."""
+    answering with version 1, never reloads and never sees the half-written version; the next
+    export removes what the dead one left and lands whole as version 2."""
     repository = served_copy(exported_repository, tmp_path, polled=True)
+    staging = repository.parent / f".{repository.name}.export"
     run = random_run("fastscnn", tmp_path / "run", generators="resnet6")
-    with TritonServer(ServerOptions.on_free_ports(repository, poll_seconds=1)) as server:
+    log = tmp_path / "tritonserver.log"
+    options = ServerOptions.on_free_ports(repository, poll_seconds=1, log_file=log)
+    with TritonServer(options) as server:
+        loaded = log.read_text().count("successfully loaded")
         export = subprocess.Popen(
             [sys.executable, "-m", "cycada.cli", "export", str(run), "--repository",
              str(repository), "--no-fp16"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 120
-        while not list(repository.glob("*/.*.partial")):
+        while not list(staging.glob("*/*/*")):
             assert export.poll() is None and time.monotonic() < deadline, "no export under way"
             time.sleep(0.01)
         os.kill(export.pid, signal.SIGKILL)
@@ -224,10 +237,12 @@ def test_an_export_killed_half_way_leaves_the_served_version_answering(
         tensor = grpcclient.InferInput("images", list(frame.shape), "UINT8")
         tensor.set_data_from_numpy(frame)
         assert client.infer("segment", [tensor]).get_response().model_version == "1"
-        assert list(repository.glob("*/.*.partial")), "the dead export left nothing to clean"
+        assert log.read_text().count("successfully loaded") == loaded, "a model was reloaded"
+        assert list(staging.iterdir()), "the dead export left nothing to clean"
         done = cycada("export", str(run), "--repository", str(repository), "--no-fp16")
         assert done.returncode == 0, done.stderr
-        assert not list(repository.glob("*/.*.partial"))
+        assert not staging.exists()
+        assert not list(repository.glob("*/.*"))
         assert not list(repository.glob("*/runtime/.*"))
         for model in ("segment", "segment_encoded", "translate_s2t", "translate_t2s"):
             assert versions(repository / model) == [1, 2], model
