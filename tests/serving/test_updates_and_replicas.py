@@ -68,13 +68,14 @@ def _versions_by_frame(path) -> list[tuple[int, str]]:
         return [(int(row["frame"]), row["model_version"]) for row in csv.DictReader(handle)]
 
 
-def test_an_export_reloads_each_served_model_once_and_one_elsewhere_none(tmp_path):
+def test_an_export_reloads_each_served_model_once_and_one_elsewhere_none(
+    exported_repository, tmp_path
+):
     """A polling server reloads a model when a file under its folder changes, a new hard link to
     it included: an export elsewhere on the machine (the same cache) leaves the served models
     loaded once; an export into the served repository (staged beside it) reloads each once."""
     run = random_run("fastscnn", tmp_path / "run", generators="resnet6")  # the seeded weights
-    served = tmp_path / "served"
-    export_run(run, served, ExportOptions(fp16=False), log=lambda _: None)
+    served = served_copy(exported_repository, tmp_path, polled=True)
     models = sorted(path.parent.name for path in served.glob("*/config.pbtxt"))
     log = tmp_path / "tritonserver.log"
     options = ServerOptions.on_free_ports(served, poll_seconds=1, log_file=log)
