@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -117,6 +118,9 @@ def _export(run_dir: Path, repository: Path, smoke: bool) -> None:
     """Step 3: ONNX, parity and the model repository."""
 
     t = _step(3, "export: ONNX fp32 + fp16, parity on real or synthetic frames, repository")
+    # the demo serves version 1, then the run adapted to dusk as version 2: the repository of an
+    # earlier demo in the same folder goes (its runs are reused when unchanged)
+    shutil.rmtree(repository, ignore_errors=True)
     report = export_run(
         run_dir,
         repository,
