@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 import cycada
 from cycada.atomic import publish_folder
 from cycada.cache import cache_root
@@ -225,7 +227,8 @@ class RuntimeBuilder:
 
     def _downloaded(self, name: str, python: str) -> Package:
         """The wheel for ``python`` from the package index (pip's own settings apply, e.g.
-        PIP_INDEX_URL or PIP_FIND_LINKS for a mirror)."""
+        PIP_INDEX_URL or PIP_FIND_LINKS for a mirror); where the index does not answer, the
+        newest copy an earlier export unpacked."""
         try:
             ceiling = f"<={metadata.version(name)}"
         except metadata.PackageNotFoundError:
@@ -246,6 +249,13 @@ class RuntimeBuilder:
             wheels = sorted(Path(scratch).glob("*.whl"))
             if done.returncode != 0 or not wheels:
                 last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+                cached = self._cached(name, python)
+                if cached is not None:  # an export without the index (offline, air-gapped)
+                    self.log(
+                        f"runtime: the package index did not answer ({last}); using the cached "
+                        f"{name} {cached.version} for Python {python}"
+                    )
+                    return cached
                 raise ExportError(
                     f"could not fetch {name}{ceiling} for Python {python} ({last}); export with "
                     f"--runtime-python naming only the Python versions your servers run"
@@ -269,6 +279,24 @@ class RuntimeBuilder:
 
             folder = _fill_once(self.cache / "packages" / f"{name}-{version}-{tag}", fill)
         return Package(name, version, tag, folder)
+
+    def _cached(self, name: str, python: str) -> Package | None:
+        """The newest copy of ``name`` for ``python`` an earlier export unpacked in the cache, no
+        newer than this machine's version."""
+        try:
+            ceiling = Version(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            ceiling = None
+        found = []
+        for folder in (self.cache / "packages").glob(f"{name}-*-*"):
+            version, _, tag = folder.name[len(name) + 1 :].partition("-")
+            try:
+                parsed = Version(version)  # not "gpu" of onnxruntime-gpu's folders
+            except InvalidVersion:
+                continue
+            if _serves(tag, python) and (ceiling is None or parsed <= ceiling):
+                found.append((parsed, Package(name, version, tag, folder)))
+        return max(found, key=lambda pair: pair[0])[1] if found else None
 
     def _copy_into_repository(self, source: Path, target: Path) -> None:
         """The files of the cache folder ``source`` under ``target``: hard links to this export's

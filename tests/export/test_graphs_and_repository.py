@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +370,28 @@ def test_a_staged_version_changes_nothing_in_the_repository_until_it_is_publishe
     assert publish(staged) == repository / "segment" / "3"
     assert not (repository / "segment" / ".export").exists()
     assert (repository / "segment" / "3" / "model.py").is_file()
+
+
+def test_without_the_package_index_the_runtime_takes_what_an_earlier_export_unpacked(
+    tmp_path, monkeypatch
+):
+    """An air-gapped export (pip reaches no index): the packages for another Python come from
+    the newest copy an earlier export unpacked in the cache, never one newer than this
+    machine's; with none, the error says what to do."""
+    from cycada.errors import ExportError
+    from cycada.export.runtime import onnxruntime_distribution
+
+    monkeypatch.setenv("CYCADA_CACHE_DIR", str(tmp_path / "cache"))
+    python = "3.10" if sys.version_info[:2] != (3, 10) else "3.11"  # not this machine's
+    name = onnxruntime_distribution()[0]
+    fetched = RuntimeBuilder([python], log=lambda _: None).package(name, python)
+    newer = fetched.folder.with_name(f"{name}-999.0-{fetched.wheel_tag}")
+    shutil.copytree(fetched.folder, newer)
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    lines: list[str] = []
+    offline = RuntimeBuilder([python], log=lines.append)
+    assert offline.package(name, python) == fetched
+    assert "did not answer" in lines[-1] and f"cached {name} {fetched.version}" in lines[-1]
+    with pytest.raises(ExportError, match="could not fetch no-such-cycada-package"):
+        offline.package("no-such-cycada-package", python)
