@@ -258,16 +258,24 @@ def staging_root(repository: Path) -> Path | None:
     too, as a model. None where the parent is not writable or is another file system (a
     repository that is itself a mount point): each model folder then stages its own, which
     costs that extra reload."""
-    repository = repository.resolve()
-    root = repository.parent / f".{repository.name}.export"
+    root = _beside(repository)
     try:
-        root.mkdir(exist_ok=True)
-        if root.stat().st_dev == repository.stat().st_dev:
-            return root
-        root.rmdir()
+        if root is not None:
+            root.mkdir(exist_ok=True)
+            if root.stat().st_dev == repository.stat().st_dev:
+                return root
+            root.rmdir()
     except OSError:
         pass
     return None
+
+
+def _beside(repository: Path) -> Path | None:
+    """``.<name>.export`` beside the repository (None for a file system's root)."""
+    repository = repository.resolve()
+    if repository == repository.parent:
+        return None
+    return repository.parent / f".{repository.name}.export"
 
 
 @dataclass(frozen=True)
@@ -375,6 +383,7 @@ def write_model(
 ) -> Path:
     """One model's new version staged, published and its old versions pruned (an export of
     several models stages them all first: :func:`cycada.export.exporter.export_run`)."""
+    repository.mkdir(parents=True, exist_ok=True)
     root = staging_root(repository)
     try:
         staged = stage_model(repository, spec, fill_version, info, runtime, root, native, instances)
@@ -422,9 +431,8 @@ def remove_staging(repository: Path) -> None:
     """What exports staged and did not publish: the folder beside the repository and the
     fallback's folders in the models (after an export, or left by one that died: kill -9, power
     loss). Called with the lock held, so no export is writing them. No server loaded them."""
-    repository = repository.resolve()
     leftovers = [
-        repository.parent / f".{repository.name}.export",
+        *[root for root in [_beside(repository)] if root is not None],
         *repository.glob(f"*/{STAGING_FOLDER}"),
         *repository.glob("*/.*.partial"),  # a copy across file systems, or an older cycada's
         *repository.glob(f"*/{RUNTIME_FOLDER}/.*"),
