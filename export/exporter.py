@@ -360,7 +360,7 @@ def export_run(
         )
     report = ExportReport()
     with exclusive(repository, log):
-        runtime = None
+        runtime, added = None, []
         try:
             if options.onnx and options.fp16 and options.cache:
                 graph_cache.start_half_precision_helper(run_dir, options.simplify, options.stage)
@@ -378,12 +378,16 @@ def export_run(
                     endpoint, repository, options, runtime, report, log, export, root
                 )
             ]
+            added = [model.model_dir for model in staged if not model.model_dir.exists()]
             for model in staged:
                 report.versions[model.model_dir.name] = publish(model)
         except BaseException as exc:
-            # all or nothing: the versions this export already published go again
+            # all or nothing: the versions this export already published go again, and the
+            # models it added
             for version_dir in report.versions.values():
                 shutil.rmtree(version_dir, ignore_errors=True)
+                if version_dir.parent in added:
+                    shutil.rmtree(version_dir.parent, ignore_errors=True)
             if isinstance(exc, OSError):  # a full disk, a read-only repository
                 raise ExportError(
                     f"export into {repository} failed: {exc}; the repository is as it was"

@@ -339,8 +339,14 @@ def publish(staged: StagedModel) -> Path:
             target = staged.folder / path.relative_to(model_dir)
             target.parent.mkdir(exist_ok=True)
             target.write_text(text)
-        _rename_in(staged.folder, model_dir)
-        return model_dir / str(staged.version)
+        try:
+            publish_folder(staged.folder, model_dir)
+            return model_dir / str(staged.version)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            model_dir.mkdir()  # moved in part by part below (a hidden copy in the repository's
+            # top folder would be loaded as a model)
     runtime = staged.folder / RUNTIME_FOLDER / staged.runtime
     if runtime.is_dir():
         (model_dir / RUNTIME_FOLDER).mkdir(exist_ok=True)

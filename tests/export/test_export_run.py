@@ -105,17 +105,22 @@ def test_a_full_disk_during_export_leaves_the_previous_version(tmp_path, monkeyp
 
     run_dir = random_run("fastscnn", tmp_path / "run", generators="resnet6")
     repo = tmp_path / "repo"
-    export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
-    configs = {p: p.read_text() for p in repo.rglob("*.pbtxt")}
-    original, calls = exporter.publish, []
+    original, state = exporter.publish, {"calls": 0, "fail_at": 2}
 
     def disk_fills_up(staged):
-        calls.append(1)
-        if len(calls) == 2:  # the second model: the first one's new version is already there
+        state["calls"] += 1
+        if state["calls"] == state["fail_at"]:  # the first model's version is already there
             raise OSError(28, "No space left on device")
         return original(staged)
 
     monkeypatch.setattr(exporter, "publish", disk_fills_up)
+    with pytest.raises(ExportError, match="No space left on device.*repository is as it was"):
+        export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
+    assert [p.name for p in repo.iterdir()] == [".export.lock"]  # the model it added went too
+    state["fail_at"] = 0
+    export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
+    configs = {p: p.read_text() for p in repo.rglob("*.pbtxt")}
+    state.update(calls=0, fail_at=2)
     with pytest.raises(ExportError, match="No space left on device.*repository is as it was"):
         export_run(run_dir, repo, ExportOptions(fp16=False), lambda _: None)
     for model in ("segment", "segment_encoded", "translate_s2t", "translate_t2s"):

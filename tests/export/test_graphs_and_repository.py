@@ -395,3 +395,31 @@ def test_without_the_package_index_the_runtime_takes_what_an_earlier_export_unpa
     assert "did not answer" in lines[-1] and f"cached {name} {fetched.version}" in lines[-1]
     with pytest.raises(ExportError, match="could not fetch no-such-cycada-package"):
         offline.package("no-such-cycada-package", python)
+
+
+def test_a_rename_that_would_cross_file_systems_is_published_through_copies(
+    tmp_path, code_only, monkeypatch
+):
+    """A bind mount of the same device passes the staging check and still refuses the rename
+    (EXDEV): a new model is moved in part by part (a hidden copy in the repository's top folder
+    would be loaded as a model), a version through a hidden copy in its model folder."""
+    import errno
+
+    repository = tmp_path / "repository"
+    real_rename = os.rename
+
+    def rename(source, target):
+        if ".repository.export" in str(source):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    spec = spec_for("segment", "segment", 3, 19)
+    for _ in range(2):
+        write_model(repository, spec, onnx_only, {}, code_only)
+    model = repository / "segment"
+    assert versions(model) == [1, 2] and (model / "config.pbtxt").is_file()
+    assert (model / "2" / "model.onnx").read_bytes() == b"x"
+    assert len(list((model / "runtime").iterdir())) == 1
+    assert not [p for p in repository.rglob(".*") if p.name != ".export.lock"]
+    assert not (tmp_path / ".repository.export").exists()
