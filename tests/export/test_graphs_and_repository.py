@@ -388,7 +388,9 @@ def test_without_the_package_index_the_runtime_takes_what_an_earlier_export_unpa
     newer = fetched.folder.with_name(f"{name}-999.0-{fetched.wheel_tag}")
     shutil.copytree(fetched.folder, newer)
 
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # and no wheel folder, whatever pip.conf names
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     lines: list[str] = []
     offline = RuntimeBuilder([python], log=lines.append)
     assert offline.package(name, python) == fetched
