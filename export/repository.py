@@ -259,14 +259,12 @@ def staging_root(repository: Path) -> Path | None:
     repository that is itself a mount point): each model folder then stages its own, which
     costs that extra reload."""
     root = _beside(repository)
-    try:
+    with contextlib.suppress(OSError):  # not writable, not there: staged in the model folders
         if root is not None:
             root.mkdir(exist_ok=True)
             if root.stat().st_dev == repository.stat().st_dev:
                 return root
             root.rmdir()
-    except OSError:
-        pass
     return None
 
 
