@@ -345,7 +345,7 @@ class RuntimeBuilder:
             ]
             for source, place in sources:
                 self._copy_into_repository(source, staging / RUNTIME_FOLDER / key / place)
-                self._copied.setdefault(source, staging / RUNTIME_FOLDER / key / place)
+                self._copied[source] = staging / RUNTIME_FOLDER / key / place
         return {
             "cycada": cycada.__version__,
             "code": self.code_hash,
