@@ -307,8 +307,8 @@ def stage_model(
     model_dir = repository / spec.name
     version = (versions(model_dir) or [0])[-1] + 1
     folder = root / spec.name if root is not None else model_dir / STAGING_FOLDER
-    (folder / str(version)).mkdir(parents=True)
     staged_version = folder / str(version)
+    staged_version.mkdir(parents=True)
     fill_version(staged_version)
     configs = {
         config_path(model_dir, profile): config_text(spec, profile, native, instances)
@@ -362,16 +362,16 @@ def publish(staged: StagedModel) -> Path:
     return model_dir / str(staged.version)
 
 
-def _rename_in(staged: Path, target: Path) -> None:
+def _rename_in(source: Path, target: Path) -> None:
     """:func:`publish_folder`, through a hidden copy beside ``target`` where the rename would
     cross file systems (a bind mount of the same device passes the staging check)."""
     try:
-        publish_folder(staged, target)
+        publish_folder(source, target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
         copy = target.with_name(f".{target.name}.partial")
-        shutil.copytree(staged, copy, symlinks=True)
+        shutil.copytree(source, copy, symlinks=True)
         publish_folder(copy, target)
 
 
@@ -435,8 +435,9 @@ def remove_staging(repository: Path) -> None:
     """What exports staged and did not publish: the folder beside the repository and the
     fallback's folders in the models (after an export, or left by one that died: kill -9, power
     loss). Called with the lock held, so no export is writing them. No server loaded them."""
+    beside = _beside(repository)
     leftovers = [
-        *[root for root in [_beside(repository)] if root is not None],
+        *([beside] if beside is not None else []),
         *repository.glob(f"*/{STAGING_FOLDER}"),
         *repository.glob("*/.*.partial"),  # a copy across file systems, or an older cycada's
         *repository.glob(f"*/{RUNTIME_FOLDER}/.*"),
