@@ -42,6 +42,7 @@ ADMIN = "shared-memory,model-repository,trace,logging"
 NO_GPU_NOISE = ("CudaDriverHelper", "Failed to initialize NVML", "DCGM")
 
 _GIVEN_PORTS: set[int] = set()
+SHM_DIR = Path("/dev/shm")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -129,6 +130,11 @@ class ServerOptions:
         return repository.parent / "logs" / f"tritonserver-{repository.name}-{self.grpc_port}.log"
 
 
+def _reached_at(host: str) -> str:
+    """The address this machine reaches a server bound to ``host`` at (any address: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+
+
 def _environment(home: TritonHome, python_env: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if home.embedded:
@@ -176,6 +182,7 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
         f"--strict-readiness={'false' if polls(options) else 'true'}",
         f"--backend-config=python,shm-default-byte-size={options.shm_bytes}",
         f"--backend-config=python,shm-growth-byte-size={options.shm_bytes}",
+        f"--backend-config=python,shm-region-prefix-name={shm_region_prefix(options)}",
     ]
     if home.embedded:
         command.append(f"--backend-directory={home.backends}")
@@ -204,6 +211,26 @@ def server_command(home: TritonHome, options: ServerOptions) -> list[str]:
             f"--http-restricted-api={restricted}:{AUTH_HEADER}={secret}",
         ]
     return command + options.extra_args
+
+
+def shm_region_prefix(options: ServerOptions) -> str:
+    """How the names of this server's Python-backend regions in /dev/shm begin: its own, so
+    that what a killed server left there can be told from a live server's."""
+    return f"{options.server_id}_"
+
+
+def remove_shared_memory(prefix: str) -> int:
+    """Remove the /dev/shm regions whose names begin with ``prefix``; returns how many. A
+    server that dies without its own shutdown (kill -9, a hang, out of memory) leaves them
+    there, and /dev/shm is memory: ``shm_bytes`` per stub at every such death."""
+    removed = 0
+    with contextlib.suppress(OSError):  # no /dev/shm (not Linux): nothing was left there
+        for entry in SHM_DIR.iterdir():
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed += 1
+    return removed
 
 
 def parse_cpus(text: str, option: str = "--cpus") -> set[int]:
@@ -294,9 +321,14 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         """Where this machine reaches the HTTP endpoint (health, readiness)."""
-        host = self.options.http_host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-        return f"http://{host}:{self.options.http_port}"
+        return f"http://{_reached_at(self.options.http_host)}:{self.options.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where this machine reaches the Prometheus metrics."""
+        return (
+            f"http://{_reached_at(self.options.metrics_host)}:{self.options.metrics_port}/metrics"
+        )
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +353,8 @@ class TritonServer:
         return self
 
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.http_url + path)
+        """GET ``path`` of the HTTP endpoint, or a full URL; (0, b"") when nothing answers."""
+        request = urllib.request.Request(path if "://" in path else self.http_url + path)
         if self.options.auth_secret:
             request.add_header(AUTH_HEADER, self.options.auth_secret)
         try:
@@ -342,17 +375,23 @@ class TritonServer:
                 )
             if self._get("/v2/health/ready")[0] == 200:
                 status, body = self._get("/v2")
-                if status == 200 and json.loads(body).get("name") == self.options.server_id:
+                if status != 200 or json.loads(body).get("name") != self.options.server_id:
+                    raise ServingError(
+                        f"another server answers on {self.http_url}, not the tritonserver "
+                        "started here: choose other ports (--grpc-port, --http-port, "
+                        "--metrics-port)"
+                    )
+                # Triton opens its metrics port after HTTP: ready means a monitor reads it too
+                if not self._serves_metrics() or self._get(self.metrics_url)[0] == 200:
                     return
-                raise ServingError(
-                    f"another server answers on {self.http_url}, not the tritonserver started "
-                    "here: choose other ports (--grpc-port, --http-port, --metrics-port)"
-                )
             time.sleep(0.2)
         raise ServingError(
             f"tritonserver was not ready within {timeout:.0f} s: "
             f"{self.errors() or 'see ' + str(self.log_file)}"
         )
+
+    def _serves_metrics(self) -> bool:
+        return not any(arg.startswith("--allow-metrics=f") for arg in self.options.extra_args)
 
     def errors(self) -> str:
         """The server's own error lines since its last start (failed loads, tracebacks)."""
@@ -406,6 +445,7 @@ class TritonServer:
             os.killpg(process.pid, signal.SIGKILL)  # stray stubs, if any
         process.wait()
         self.process = None
+        remove_shared_memory(shm_region_prefix(self.options))  # the group is gone: theirs
         return process.returncode
 
     def __enter__(self) -> TritonServer:

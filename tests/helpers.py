@@ -228,6 +228,15 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def shm_regions_of(server_pid: int) -> set[str]:
+    """The names of the /dev/shm regions of the tritonserver ``server_pid`` (its Python
+    backend's, named with the prefix on its command line)."""
+    arguments = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
+    option = "--backend-config=python,shm-region-prefix-name="
+    (prefix,) = [arg.removeprefix(option) for arg in arguments if arg.startswith(option)]
+    return {entry.name for entry in Path("/dev/shm").iterdir() if entry.name.startswith(prefix)}
+
+
 def tritonserver_of(serve_pid: int, timeout: float = 60.0) -> int:
     """The tritonserver that `cycada serve` runs now (waits through a restart)."""
     deadline = time.monotonic() + timeout

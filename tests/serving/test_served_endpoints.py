@@ -40,6 +40,7 @@ from tests.helpers import (
     serve_process,
     served_copy,
     served_engine_outputs,
+    shm_regions_of,
     skip_without_tritonserver,
     tiny_digits_config,
     tritonserver_of,
@@ -349,6 +350,8 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
         while _answered(stats, "segment") < 20 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(2.0)
+        killed_regions = shm_regions_of(first)  # the stubs' shared memory, 16 MB each
+        assert killed_regions
         os.kill(first, signal.SIGKILL)
         restarted = []
         deadline = time.monotonic() + 120
@@ -358,7 +361,10 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
                 assert "restarting it in 1 s on the same ports" in line
             restarted += [line] if "tritonserver restarted" in line else []
         assert restarted, "no restart logged"
-        assert tritonserver_of(process.pid) != first
+        second = tritonserver_of(process.pid)
+        assert second != first
+        second_regions = shm_regions_of(second)
+        assert second_regions and not killed_regions & set(os.listdir("/dev/shm"))  # removed
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         tensor = grpcclient.InferInput("images", [1, 16, 16, 3], "UINT8")
         tensor.set_data_from_numpy(np.zeros((1, 16, 16, 3), np.uint8))
@@ -369,6 +375,7 @@ def test_cycada_serve_restarts_a_killed_server_on_the_same_ports(repository, tmp
         assert result.requests > 0 and max(result.latencies_ms) > 1000  # one waited the restart
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+        assert not second_regions & set(os.listdir("/dev/shm"))
     finally:
         if process.poll() is None:
             process.kill()
