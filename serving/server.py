@@ -219,18 +219,14 @@ def shm_region_prefix(options: ServerOptions) -> str:
     return f"{options.server_id}_"
 
 
-def remove_shared_memory(prefix: str) -> int:
-    """Remove the /dev/shm regions whose names begin with ``prefix``; returns how many. A
-    server that dies without its own shutdown (kill -9, a hang, out of memory) leaves them
-    there, and /dev/shm is memory: ``shm_bytes`` per stub at every such death."""
-    removed = 0
+def remove_shared_memory(prefix: str) -> None:
+    """Remove the /dev/shm regions whose names begin with ``prefix``. A server that dies
+    without its own shutdown (kill -9, a hang, out of memory) leaves them there, and /dev/shm
+    is memory: ``shm_bytes`` per stub at every such death."""
     with contextlib.suppress(OSError):  # no /dev/shm (not Linux): nothing was left there
         for entry in SHM_DIR.iterdir():
             if entry.name.startswith(prefix):
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
-                    removed += 1
-    return removed
+                entry.unlink(missing_ok=True)
 
 
 def parse_cpus(text: str, option: str = "--cpus") -> set[int]:
@@ -391,7 +387,8 @@ class TritonServer:
         )
 
     def _serves_metrics(self) -> bool:
-        return not any(arg.startswith("--allow-metrics=f") for arg in self.options.extra_args)
+        """Whether Triton opens its metrics port (extra arguments may turn it off)."""
+        return "--allow-metrics=false" not in self.options.extra_args
 
     def errors(self) -> str:
         """The server's own error lines since its last start (failed loads, tracebacks)."""
