@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,9 +248,22 @@ def parse_cpus(text: str, option: str = "--cpus") -> set[int]:
     return cpus
 
 
-def _child_setup(cpus: set[int] | None):
-    """The preexec function of the server process: SIGTERM when its parent dies (Linux
-    PR_SET_PDEATHSIG), and pinning to ``cpus`` (inherited by the stubs it starts)."""
+def launcher(cpus: set[int] | None) -> tuple[list[str], Callable[[], None] | None]:
+    """How the server process starts: the words before its command, and a preexec function.
+
+    It gets SIGTERM when the process that started it dies (Linux PR_SET_PDEATHSIG), so it
+    never outlives it holding the ports, and runs pinned to ``cpus`` (inherited by the stubs
+    it starts). util-linux's setpriv and taskset set both and exec the server, so Popen starts
+    it with vfork; a preexec function needs a fork of this process (gRPC, ONNX Runtime and
+    PyTorch threads) that runs Python before exec, which the subprocess documentation calls
+    unsafe. Without those tools, the preexec function it is.
+    """
+    setpriv, taskset = shutil.which("setpriv"), shutil.which("taskset")
+    if setpriv and (taskset or not cpus):
+        words = [setpriv, "--pdeathsig", "TERM"]
+        if cpus:
+            words += [taskset, "--cpu-list", ",".join(map(str, sorted(cpus)))]
+        return words, None
 
     def setup() -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -257,7 +272,7 @@ def _child_setup(cpus: set[int] | None):
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    return setup
+    return [], setup
 
 
 def _check_carries_its_runtime(model: Path) -> None:
@@ -333,13 +348,14 @@ class TritonServer:
             log.write(f"--- cycada: tritonserver {self.options.server_id} at {stamp}\n".encode())
             log.flush()
             self._log_offset = log.tell()
+            words, preexec = launcher(self.options.cpus)
             self.process = subprocess.Popen(
-                server_command(self.home, self.options),
+                [*words, *server_command(self.home, self.options)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_environment(self.home, self.options.python_env),
                 start_new_session=True,  # its own group: stopping it ends the stubs too
-                preexec_fn=_child_setup(self.options.cpus),
+                preexec_fn=preexec,
             )
         try:
             self.wait_ready(timeout)

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from cycada.errors import ConfigError, ServingError
-from cycada.serving.server import parse_cpus
+from cycada.serving.server import launcher, parse_cpus
+
+# a parent that starts `sleep` as the server is started, prints its pid and waits to be killed
+LAUNCHING_PARENT = """
+import shutil, subprocess, sys, time
+from cycada.serving.server import launcher
+if sys.argv[2] == "without-tools":
+    shutil.which = lambda name: None
+words, preexec = launcher({int(sys.argv[1])})
+child = subprocess.Popen([*words, "sleep", "120"], start_new_session=True, preexec_fn=preexec)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
 
 
 def test_parse_cpus_takes_lists_and_ranges_of_this_machines_cpus():
@@ -16,6 +33,34 @@ def test_parse_cpus_takes_lists_and_ranges_of_this_machines_cpus():
     assert parse_cpus(str(first)) == {first}
     assert parse_cpus(f"{first}-{first}") == {first}
     assert parse_cpus(",".join(map(str, sorted(allowed)))) == allowed
+
+
+@pytest.mark.parametrize("tools", ["with-tools", "without-tools"])
+def test_the_server_process_is_pinned_and_ends_with_the_process_that_started_it(tools):
+    """Both ways a server starts (util-linux's setpriv and taskset, exec'd in place, so no
+    Python runs in a fork of a threaded process; a preexec function where they are missing):
+    it runs on the given CPUs, and kill -9 of its parent ends it (SIGTERM from the kernel)."""
+    cpu = max(os.sched_getaffinity(0))
+    if tools == "with-tools":
+        words, preexec = launcher({cpu})
+        assert preexec is None and Path(words[0]).name == "setpriv", "util-linux is missing"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHING_PARENT, str(cpu), tools], stdout=subprocess.PIPE
+    )
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"sleep\0"):
+            assert time.monotonic() < deadline, "the launcher did not exec the command in place"
+            time.sleep(0.01)
+        assert os.sched_getaffinity(child) == {cpu}
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists(), "the server outlived the process that started it"
 
 
 @pytest.mark.parametrize("text", ["x", "1-a", "", "100000"])
