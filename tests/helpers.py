@@ -273,9 +273,10 @@ class StubEnvironment:
 
 class DirectServer:
     """tritonserver started by hand (no cycada), as a container's entry point starts it, with
-    ``extra`` arguments; ready (HTTP /v2/health/ready) when constructed."""
+    ``extra`` arguments (and ``launch`` before the binary: a manifest's shell that execs it);
+    ready (HTTP /v2/health/ready) when constructed."""
 
-    def __init__(self, repository: Path, stub: StubEnvironment, *extra: str, ports=None):
+    def __init__(self, repository: Path, stub: StubEnvironment, *extra: str, ports=None, launch=()):
         import urllib.request
 
         from cycada.serving.server import free_port
@@ -283,6 +284,7 @@ class DirectServer:
 
         self.http, self.grpc, self.metrics = ports or (free_port(), free_port(), free_port())
         command = [
+            *launch,
             str(find_tritonserver().binary),
             f"--model-repository={repository}",
             f"--backend-directory={stub.backends}",

@@ -125,25 +125,39 @@ def test_the_translation_job_runs_one_shard_per_index_against_the_service():
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_the_probe_and_metrics_paths_answer_on_the_real_server(tmp_path, exported_repository):
-    """The Deployment's own server arguments (the repository and ports swapped for this
-    machine's; the native profile exists only in NVIDIA's container) on the embedded
-    tritonserver: the probes' paths answer 200 and the scraped path serves Triton's metrics."""
+def test_the_deployments_server_answers_its_probes_and_frees_a_killed_ones_memory(
+    tmp_path, exported_repository
+):
+    """The Deployment's own container arguments (its shell, then the server's arguments with
+    the repository and ports swapped for this machine's; the native profile exists only in
+    NVIDIA's container) on the embedded tritonserver: the probes' paths answer 200, the scraped
+    path serves Triton's metrics, and a server killed with SIGKILL and started again, as a
+    container restarted in its pod, finds its /dev/shm freed of what the dead one left."""
     from tests.helpers import skip_without_tritonserver
 
     skip_without_tritonserver()
     repository = served_copy(exported_repository, tmp_path)
     (container,) = _kind("triton.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
+    shell = container["args"][: container["args"].index("tritonserver")]
     kept = [
         arg
-        for arg in container["args"][1:]
+        for arg in container["args"][len(shell) + 1 :]
         if not arg.startswith(("--model-repository", "--model-config-name", "--http-port",
                                "--grpc-port", "--metrics-port"))
     ]  # fmt: skip
-    server = DirectServer(
-        repository, StubEnvironment.embedded(), *kept, "--model-control-mode=explicit",
-        "--load-model=segment",
-    )  # fmt: skip
+    prefix = _flags(kept)["backend-config"].removeprefix("python,shm-region-prefix-name=")
+    shm = Path("/dev/shm")
+
+    def regions() -> set[Path]:
+        return {entry for entry in shm.iterdir() if entry.name.startswith(prefix)}
+
+    def start() -> DirectServer:
+        return DirectServer(
+            repository, StubEnvironment.embedded(), *kept, "--model-control-mode=explicit",
+            "--load-model=segment", launch=shell,
+        )  # fmt: skip
+
+    server = start()
     try:
         for probe in ("livenessProbe", "readinessProbe"):
             path = container[probe]["httpGet"]["path"]
@@ -158,8 +172,17 @@ def test_the_probe_and_metrics_paths_answer_on_the_real_server(tmp_path, exporte
                 'nv_inference_request_success{model="segment",version="1"}'
                 in answer.read().decode()
             )
+        left = regions()
+        assert left, f"the server named no region {prefix}* in /dev/shm"
+        server.process.kill()  # the shell exec'd it: this is the server
+        server.process.wait(timeout=30)
+        assert all(region.exists() for region in left)  # Triton frees them only when it stops
+        server = start()
+        assert not left & regions()
     finally:
         server.stop()
+        for region in regions():  # a failed run's, on a machine that runs the tests again
+            region.unlink(missing_ok=True)
 
 
 @pytest.mark.slow
