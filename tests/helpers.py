@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -300,8 +301,9 @@ class DirectServer:
         env = {"PATH": stub.path, "LD_LIBRARY_PATH": stub.libraries, "HOME": str(repository.parent)}
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repository.parent
-            )
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repository.parent,
+                start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -317,6 +319,8 @@ class DirectServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # what it started and left (none, if well)
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 _spawned_pool = None

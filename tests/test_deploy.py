@@ -172,10 +172,12 @@ def test_the_deployments_server_answers_its_probes_and_frees_a_killed_ones_memor
                 'nv_inference_request_success{model="segment",version="1"}'
                 in answer.read().decode()
             )
+        # the shell became the server: in the pod it is the process the kubelet's SIGTERM reaches
+        assert Path(f"/proc/{server.process.pid}/exe").resolve().name == "tritonserver"
         left = regions()
         assert left, f"the server named no region {prefix}* in /dev/shm"
-        server.process.kill()  # the shell exec'd it: this is the server
-        server.process.wait(timeout=30)
+        server.process.kill()
+        server.stop()  # reaps it, and its stubs if they outlived it
         assert all(region.exists() for region in left)  # Triton frees them only when it stops
         server = start()
         assert not left & regions()
