@@ -48,8 +48,14 @@ class Target:
         return "3.10" if int(release.group(1)) <= 24 else "3.12"
 
 
+def _words(arguments: list) -> list[str]:
+    """A container's command and arguments as words: a shell's script (``sh -c "...; exec
+    tritonserver ..."``) split like the rest."""
+    return [word for argument in arguments for word in str(argument).split()]
+
+
 def _flags(arguments: list[str]) -> tuple[str, list[str]]:
-    words = [w for argument in arguments for w in str(argument).split()]
+    words = _words(arguments)
     profile = next((w.split("=", 1)[1] for w in words if w.startswith("--model-config-name=")), "")
     models = [w.split("=", 1)[1] for w in words if w.startswith("--load-model=")]
     return profile or "default", models
@@ -76,8 +82,8 @@ def manifest_targets(path: Path) -> list[Target]:
         pod = pod.get("template", {}).get("spec", pod) if "template" in pod else pod
         pod = pod.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", pod)
         for container in pod.get("containers", []) if isinstance(pod, dict) else []:
-            words = [*container.get("command", []), *container.get("args", [])]
-            if any(str(w).split("/")[-1] == "tritonserver" for w in words):
+            words = _words([*container.get("command", []), *container.get("args", [])])
+            if any(word.split("/")[-1] == "tritonserver" for word in words):
                 profile, models = _flags(words)
                 targets.append(Target(name, container.get("image", ""), profile, models))
     if not targets:

@@ -230,3 +230,8 @@ def test_deploy_check_passes_the_manifests_and_names_what_would_not_serve(
     )
     assert done.returncode == 0, done.stderr
     assert "profile tensorrt, Python 3.10: segment (python)" in done.stdout
+    # the server's arguments inside a shell's script, as a manifest of one's own may have them
+    script = "rm -f /dev/shm/x_*; exec tritonserver --model-repository=/models"
+    done = check(replace=["/bin/sh", "-c", f"{script} --model-config-name=tensorrt"])
+    assert done.returncode == 0, done.stderr
+    assert "profile tensorrt, Python 3.10: segment (python)" in done.stdout
