@@ -61,31 +61,51 @@ def _flags(arguments: list[str]) -> tuple[str, list[str]]:
     return profile or "default", models
 
 
+def _field(node, *keys):
+    """``node[k1][k2]...``, or None where a level is missing or not a mapping."""
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def manifest_targets(path: Path) -> list[Target]:
     """The tritonservers a manifest runs; an error names a manifest that runs none."""
     # yaml: only when manifests are given
     import yaml
 
+    from cycada.configs import yaml_problem
+
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"manifest {path}: cannot be read as YAML ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"manifest {path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise DataError(f"manifest {path}: not valid YAML ({yaml_problem(exc)})") from None
     targets = []
     for document in documents:
-        name = f"{path} ({document.get('kind')} {document.get('metadata', {}).get('name')})"
-        triton = document.get("spec", {}).get("predictor", {}).get("triton")
-        if document.get("kind") == "InferenceService" and triton:
-            profile, models = _flags(triton.get("args", []))
-            targets.append(Target(name, triton.get("runtimeVersion", ""), profile, models))
+        name = f"{path} ({document.get('kind')} {_field(document, 'metadata', 'name')})"
+        triton = _field(document, "spec", "predictor", "triton")
+        if document.get("kind") == "InferenceService" and isinstance(triton, dict):
+            profile, models = _flags(_listed(triton.get("args")))
+            targets.append(Target(name, str(triton.get("runtimeVersion", "")), profile, models))
             continue
-        pod = document.get("spec", {})
-        pod = pod.get("template", {}).get("spec", pod) if "template" in pod else pod
-        pod = pod.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", pod)
-        for container in pod.get("containers", []) if isinstance(pod, dict) else []:
-            words = _words([*container.get("command", []), *container.get("args", [])])
+        spec = document.get("spec")
+        pod = (
+            _field(spec, "jobTemplate", "spec", "template", "spec")  # a CronJob
+            or _field(spec, "template", "spec")  # a Deployment, Job, StatefulSet
+            or spec  # a Pod
+        )
+        for container in _listed(_field(pod, "containers")):
+            if not isinstance(container, dict):
+                continue
+            words = _words([*_listed(container.get("command")), *_listed(container.get("args"))])
             if any(word.split("/")[-1] == "tritonserver" for word in words):
                 profile, models = _flags(words)
-                targets.append(Target(name, container.get("image", ""), profile, models))
+                targets.append(Target(name, str(container.get("image", "")), profile, models))
     if not targets:
         raise DataError(f"manifest {path} runs no tritonserver (no container or KServe Triton)")
     return targets

@@ -160,6 +160,17 @@ def cycada(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedPr
     )
 
 
+def one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    """``done`` (a cycada command) refused its input as a user should see it: exit 2, one
+    ``cycada: error:`` line holding every fragment, no traceback."""
+    assert done.returncode == 2, (done.stdout[-500:], done.stderr[-1500:])
+    assert "Traceback" not in done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("cycada: error:")]
+    assert len(error) == 1, done.stderr[-1500:]
+    for fragment in fragments:
+        assert fragment in error[0], error[0]
+
+
 def frame_count(path: Path) -> int:
     """Frames OpenCV decodes from the video at ``path`` (0 when it cannot open it)."""
     import cv2

@@ -187,6 +187,27 @@ def test_the_deployments_server_answers_its_probes_and_frees_a_killed_ones_memor
             region.unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("kind: Deployment\nspec: [1, 2\n", "not valid YAML (expected ',' or ']', but got"),
+        ("kind: Deployment\nspec: [1, 2]\n", "runs no tritonserver"),
+        ("kind: Pod\nspec:\n  containers: [7, {args: 3}]\n", "runs no tritonserver"),
+        ("kind: InferenceService\nspec: {predictor: {triton: 1}}\n", "runs no tritonserver"),
+        ("- 1\n- 2\n", "runs no tritonserver"),
+    ],
+)
+def test_deploy_check_names_a_manifest_it_cannot_read_in_one_line(tmp_path, text, message):
+    from tests.helpers import cycada, one_line_error
+
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(text)
+    done = cycada("deploy-check", "--repository", str(tmp_path), str(manifest))
+    one_line_error(done, f"manifest {manifest}", message)
+    done = cycada("deploy-check", "--repository", str(tmp_path), str(tmp_path / "none.yaml"))
+    one_line_error(done, "none.yaml: cannot be read (No such file or directory)")
+
+
 @pytest.mark.slow
 def test_deploy_check_passes_the_manifests_and_names_what_would_not_serve(
     tmp_path, exported_repository

@@ -12,18 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import cycada
+from tests.helpers import cycada, one_line_error
 
 pytestmark = pytest.mark.slow
-
-
-def one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert done.returncode == 2, (done.stdout[-500:], done.stderr[-1500:])
-    assert "Traceback" not in done.stderr
-    error = [line for line in done.stderr.splitlines() if line.startswith("cycada: error:")]
-    assert len(error) == 1, done.stderr[-1500:]
-    for fragment in fragments:
-        assert fragment in error[0], error[0]
 
 
 @pytest.fixture
@@ -79,7 +70,11 @@ def test_image_that_is_not_an_image(folder):
 
 
 @pytest.mark.parametrize(
-    "text,message", [("a: [1, 2\n", "is not valid YAML"), ("- 1\n- 2\n", "must hold a mapping")]
+    "text,message",
+    [
+        ("a: [1, 2\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' at line 2"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+    ],
 )
 def test_config_yaml(folder, text, message):
     (folder / "bad.yaml").write_text(text)
