@@ -213,7 +213,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
 def register_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
-        help="the whole product end to end on this machine (about 10 minutes on 2 CPU cores)",
+        help="the whole product end to end on this machine (about 5 minutes on 2 CPU cores)",
         description="Generate synthetic scenes and a clip, train the CyCADA segmentation "
         "pipeline (demo preset), export, start the embedded Triton server, segment the clip "
         "through gRPC, translate a folder, run a short bench, list the artifacts, stop.",
