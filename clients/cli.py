@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from cycada.benchmarks import BENCHMARKS
@@ -28,10 +29,12 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         help="the model version to use on every server (default: the newest ready one, so a "
         "new export is picked up as soon as it is served)",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument(
+        "--timeout", type=_seconds(zero_allowed=False), default=30.0, help="seconds per request"
+    )
     parser.add_argument(
         "--retry-window",
-        type=float,
+        type=_seconds(zero_allowed=True),
         default=60.0,
         help="seconds to wait out a lost or restarting server, resending what was in flight "
         "(default 60)",
@@ -147,6 +150,22 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
     return value
+
+
+def _seconds(zero_allowed: bool):
+    """An argparse type: a finite number of seconds above 0 (or 0 too)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            wanted = "0 or more" if zero_allowed else "above 0"
+            raise argparse.ArgumentTypeError(f"expected seconds, {wanted}, got '{text}'")
+        return value
+
+    return parse
 
 
 def _numbers(kind):

@@ -265,6 +265,8 @@ def run_monitor(args) -> int:
         raise InputError(f"--window {args.window}: expected 1 or more frames")
     if args.interval <= 0:
         raise InputError(f"--interval {args.interval}: expected seconds above 0")
+    if args.over < 0:
+        raise InputError(f"--over {args.over}: expected seconds, 0 or more")
     urls = [metrics_url(url) for url in args.url]
     monitor = Monitor(urls, args.window, ShiftRule(min_frames=args.min_frames))
     if args.once:

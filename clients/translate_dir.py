@@ -151,6 +151,8 @@ def translate_dir(
         raise DataError(f"SRC {src} is not a folder")
     if labels is not None and not labels.is_dir():
         raise DataError(f"--labels {labels} is not a folder")
+    if dst.exists() and not dst.is_dir():
+        raise DataError(f"DST {dst} is a file: expected a folder (made when missing)")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise DataError(f"DST {dst} must not be SRC or inside it")
     summary = TranslateSummary()

@@ -440,8 +440,16 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
 
 
 def _check_options(out: Path, options: VideoOptions) -> None:
-    if out.suffix.lower() != ".mp4":
-        raise DataError(f"--out {out}: expected a path ending in .mp4")
+    """Every option a user can get wrong, refused before any frame is read or sent."""
+    if out.suffix.lower() != ".mp4" or out.is_dir():
+        raise DataError(f"--out {out}: expected a path ending in .mp4 (not a folder)")
+    if options.csv_path is not None and options.csv_path.is_dir():
+        raise DataError(f"--csv {options.csv_path}: expected a file's path, found a folder")
+    labels = options.labels_dir
+    if labels is not None and labels.exists() and not labels.is_dir():
+        raise DataError(f"--labels-dir {labels}: expected a folder, found a file")
+    if options.width < 1:
+        raise DataError(f"--width {options.width}: expected 1 pixel or more")
     if options.window < 1:
         raise DataError(f"--window {options.window}: expected at least 1 request in flight")
 
