@@ -274,15 +274,22 @@ def _serve_until_stopped(server, args: argparse.Namespace, secret: str) -> None:
     supervise(server, policy, args.ready_timeout, lambda line: print(line, flush=True))
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.status:
-        return _show_status(args)
+def _check_options(args: argparse.Namespace) -> None:
+    """The supervisor's options (the server's own: ServerOptions.check)."""
+    if args.max_restarts < 0:
+        raise ConfigError(f"--max-restarts {args.max_restarts}: expected 0 or more")
     if args.restart_pause < 0:
         raise ConfigError(f"--restart-pause {args.restart_pause:g}: expected seconds, 0 or more")
     if args.hang_timeout <= 0:
         raise ConfigError(f"--hang-timeout {args.hang_timeout:g}: expected seconds, more than 0")
     if args.poll < 0:
         raise ConfigError(f"--poll {args.poll:g}: expected seconds, 0 or more (0: no polling)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.status:
+        return _show_status(args)
+    _check_options(args)
     secret = read_secret(args.auth_secret_file) if args.auth_secret_file else ""
     # imported when the command runs: the command line starts without it
     from cycada.serving.server import TritonServer

@@ -102,7 +102,16 @@ class ServerOptions:
         )
 
     def check(self) -> None:
-        """A server reachable from the network is secured, or insecure on purpose."""
+        """Ports it can listen on; a server reachable from the network is secured, or insecure
+        on purpose."""
+        ports = {"--grpc-port": self.grpc_port, "--http-port": self.http_port}
+        ports["--metrics-port"] = self.metrics_port
+        for flag, port in ports.items():
+            if not 1 <= port <= 65535:  # tritonserver takes 99999, and listens elsewhere
+                raise ConfigError(f"{flag} {port}: expected a port, 1 to 65535")
+        if len(set(ports.values())) < len(ports):
+            shown = ", ".join(f"{flag} {port}" for flag, port in ports.items())
+            raise ConfigError(f"{shown}: expected three different ports")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         for path in (self.tls_cert, self.tls_key):
@@ -303,6 +312,7 @@ class TritonServer:
                 "tritonserver is not installed: run `python -m cycada.serving.server_install` "
                 "(or `make setup`), or use NVIDIA's Triton container"
             )
+        options.check()
         repository = options.repository
         if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
             raise DataError(
@@ -320,7 +330,6 @@ class TritonServer:
                     f"{repository}"
                 )
             _check_carries_its_runtime(model)
-        options.check()
         self.log_file = options.log_file or options.default_log_file()
         self.process: subprocess.Popen | None = None
         self._log_offset = 0  # where this start's lines begin in the (appended) log

@@ -121,3 +121,26 @@ def test_http_off_loopback_needs_the_secret_or_insecure(tmp_path):
     ServerOptions(tmp_path, http_host="0.0.0.0", auth_secret="s").check()
     ServerOptions(tmp_path, http_host="0.0.0.0", insecure=True).check()
     ServerOptions(tmp_path, metrics_host="0.0.0.0").check()  # metrics carry no image data
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--http-port", "99999"], "--http-port 99999: expected a port, 1 to 65535"),
+        (["--grpc-port", "0"], "--grpc-port 0: expected a port, 1 to 65535"),
+        (["--http-port", "8001"], "--http-port 8001, --metrics-port 8002: expected three diff"),
+        (["--max-restarts", "-1"], "--max-restarts -1: expected 0 or more"),
+        (["--restart-pause", "-1"], "--restart-pause -1: expected seconds, 0 or more"),
+        (["--poll", "-1"], "--poll -1: expected seconds, 0 or more"),
+    ],
+)
+def test_serve_refuses_options_it_cannot_serve_with_in_one_line(tmp_path, options, message):
+    """Before any server starts (tritonserver listened elsewhere than the 99999 it was given,
+    and `cycada serve` printed that port)."""
+    from tests.helpers import cycada, one_line_error
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\n')
+    done = cycada("serve", "--repository", str(tmp_path), *options, timeout=60)
+    one_line_error(done, message)
+    assert "starting tritonserver" not in done.stdout
