@@ -416,7 +416,10 @@ def run_bench(
         else []
     )
     if in_process and not versions:
-        raise DataError(f"{model_dir} has no exported version (cycada export first)")
+        raise DataError(
+            f"{model_dir} has no exported version to run in process (cycada export first, or "
+            "--no-in-process to measure the served model alone)"
+        )
     if in_process and version and int(version) not in versions:
         raise DataError(
             f"--model-version {version}: {model_dir} holds version(s) "

@@ -19,7 +19,14 @@ import pytest
 
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.training.segmentation.scene_writer import write_scene_dataset
-from tests.helpers import cycada, data_path, frame_count, served_copy, skip_without_tritonserver
+from tests.helpers import (
+    cycada,
+    data_path,
+    frame_count,
+    one_line_error,
+    served_copy,
+    skip_without_tritonserver,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -431,6 +438,11 @@ def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, options, me
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert message in done.stderr.strip().splitlines()[-1], done.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_bench_against_a_url_without_a_repository_says_how_to_measure_the_server_alone(tmp_path):
+    done = cycada("bench", "--url", "127.0.0.1:1", "--repository", str(tmp_path), timeout=60)
+    one_line_error(done, "no exported version to run in process", "--no-in-process")
 
 
 def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
