@@ -44,6 +44,14 @@ def train(folder, *extra: str) -> subprocess.CompletedProcess:
     return cycada(*TRAIN, "--source", source, "--target", target, *extra)
 
 
+def test_an_out_that_is_a_file(folder):
+    (folder / "notes.txt").write_text("mine")
+    for out in ("notes.txt", "notes.txt/run"):
+        done = train(folder, "--out", str(folder / out))
+        one_line_error(done, f"--out {folder / out}: expected a folder for the run, found a file")
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
 def test_mapping_file_with_a_garbage_line(folder):
     (folder / "map.txt").write_text("7 0\nroad is zero\n")
     one_line_error(train(folder, "--out", str(folder / "run")), "map.txt:2", "RAW_ID TRAIN_ID")

@@ -25,6 +25,7 @@ from cycada.atomic import write_text_atomic
 from cycada.models.transforms import fit_images
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
+from cycada.training.core.run_log import make_run_folder
 from cycada.training.core.stages import (
     PixelStage,
     RunModels,
@@ -162,7 +163,7 @@ class DigitsPipeline(StagedPipeline):
         stage_cache: Path | None = None,
         quiet: bool = False,
     ):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_run_folder(out_dir)
         super().__init__(DIGITS_STAGES, stage_plan(config), stages, out_dir)
         self.config = config
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))
