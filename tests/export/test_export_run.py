@@ -74,6 +74,15 @@ def test_bad_run_folders_are_one_line_errors(tmp_path):
     assert done.stderr.strip() == "cycada: error: --instances 0: expected 1 or more"
 
 
+def test_a_repository_that_is_a_file_is_one_line_and_left_alone(run_dir, tmp_path):
+    from tests.helpers import cycada, one_line_error
+
+    (tmp_path / "repo").write_text("mine")
+    done = cycada("export", str(run_dir), "--repository", str(tmp_path / "repo"))
+    one_line_error(done, f"--repository {tmp_path / 'repo'}: expected a folder, found a file")
+    assert (tmp_path / "repo").read_text() == "mine"
+
+
 def test_concurrent_exports_take_one_version_each(run_dir, tmp_path):
     import json
     import threading
