@@ -124,7 +124,9 @@ class ModelClient:
         compression: str | None = None,
         shared_memory: bool = False,
         security: GrpcSecurity | None = None,
+        option: str = "--model",
     ):
+        """``option``: the command-line option that named ``model``, for its errors."""
         # tritonclient takes a second to import: only when a server is called
         import tritonclient.grpc as grpcclient
 
@@ -135,6 +137,7 @@ class ModelClient:
         if not self.urls:
             raise ConfigError("no server URL given")
         self.model, self.version, self.timeout = model, version, timeout
+        self.option = option
         self.retry_window, self.backoff, self.compression = retry_window, backoff, compression
         self._clients = [self.security.client(url) for url in self.urls]
         self.replicas = Replicas(len(self._clients))
@@ -197,7 +200,7 @@ class ModelClient:
             names = sorted({model["name"] for model in index.get("models", [])})
             if names and self.model not in names:
                 raise ConfigError(
-                    f"--model {self.model}: the server serves no such model (it serves "
+                    f"{self.option} {self.model}: the server serves no such model (it serves "
                     f"{', '.join(names)})"
                 )
         if not self.version:
@@ -284,8 +287,14 @@ class ModelClient:
                 attempt += 1
 
     def request(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """Check ``inputs`` against the model's metadata, then :meth:`infer`."""
+        """Check ``inputs`` and ``outputs`` against the model's metadata, then :meth:`infer`."""
         self.check(inputs)
+        unknown = [name for name in outputs if name not in self.outputs]
+        if unknown:  # another kind of model (a translator given to segment-video)
+            raise ConfigError(
+                f"{self.option} {self.model}: the model returns {', '.join(sorted(self.outputs))}"
+                f", not {', '.join(unknown)}: name a model of the kind this command needs"
+            )
         return self.infer(inputs, outputs)
 
     def map_ordered(

@@ -392,9 +392,8 @@ def _connect(options: VideoOptions) -> tuple[ModelClient, ModelClient | None]:
     client = ModelClient(options.urls, model, version=options.model_version, **connect)
     translator = None
     if options.translate_model:
-        translator = ModelClient(
-            options.urls, options.translate_model, **{**connect, "shared_memory": False}
-        )
+        connect.update(shared_memory=False, option="--translated")
+        translator = ModelClient(options.urls, options.translate_model, **connect)
     return client, translator
 
 

@@ -86,10 +86,9 @@ class DurableOutput:
         """Prepare for writing; with ``resume``, the progress an earlier run left (its parts
         checked, the rest removed). Returns what is already durable."""
         previous = self._read() if resume else None
-        if previous is None:
+        if previous is None:  # the parts folder is made with the first part
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             self.record.unlink(missing_ok=True)
-            self.parts_dir.mkdir(parents=True)
             return self.progress
         if previous.source != self.progress.source:
             raise DataError(
@@ -149,6 +148,7 @@ class DurableOutput:
     # -- writing ----------------------------------------------------------------------------
     def write(self, frame: np.ndarray) -> None:
         if self.video is None:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
             self.part = self.parts_dir / f"part-{len(self.progress.parts):06d}.mp4"
             size = (frame.shape[1], frame.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -214,6 +214,7 @@ class DurableOutput:
         if complete:
             self.progress.complete = True
             write_json_atomic(self.record, dataclasses.asdict(self.progress))
+        if complete or not parts:  # nothing to resume from: no folder left beside OUT
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         return self.out.exists()
 

@@ -142,6 +142,31 @@ def test_unreadable_video_is_a_one_line_error(server, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_a_model_of_the_wrong_kind_is_one_line_and_leaves_nothing_beside_the_output(
+    server, tmp_path
+):
+    """A translator given where a segmenter is needed (and the other way round) is named with
+    what it returns; neither a failed connection nor a refused first request leaves the
+    hidden parts folder or progress record of a resumable output behind."""
+    from cycada.training.segmentation.scene_writer import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", 8, 96, 64, seed=1)
+    out = tmp_path / "out" / "o.mp4"
+    video = ["segment-video", str(clip), "--out", str(out), "--quiet"]
+    done = cycada(*video, "--url", server.grpc_url, "--model", "translate_s2t")
+    one_line_error(done, "--model translate_s2t: the model returns translated, not labels")
+    done = cycada(*video, "--url", server.grpc_url, "--translated", "segment")
+    one_line_error(done, "--translated segment: the model returns confidence, labels, not trans")
+    done = cycada(*video, "--url", "127.0.0.1:1", "--timeout", "1")
+    assert done.returncode == 1 and "no server is ready" in done.stderr
+    assert list(out.parent.iterdir()) == []
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((64, 96, 3), np.uint8))
+    done = cycada("translate-dir", str(tmp_path / "images"), str(tmp_path / "translated"),
+                  "--url", server.grpc_url, "--model", "segment")  # fmt: skip
+    one_line_error(done, "--model segment: the model returns confidence, labels, not translated")
+
+
 def video_until(tmp_path, url, frames_done: int, extra=()) -> tuple[subprocess.Popen, Path, Path]:
     """Start segment-video on a 400-frame clip; return once ``frames_done`` labels exist."""
     from cycada.training.segmentation.scene_writer import write_clip
