@@ -25,7 +25,7 @@ import numpy as np
 
 from cycada.bench_results import write_results
 from cycada.clients.load import run_load
-from cycada.command_line import add_repository, command_parser
+from cycada.command_line import add_repository, command_parser, seconds
 from cycada.errors import ConfigError
 from cycada.export.repository import copy_version
 from cycada.serving.server import ServerOptions, TritonServer
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="segment")
     parser.add_argument("--size", type=image_size, default=(256, 128), help="WIDTHxHEIGHT")
     parser.add_argument("--concurrency", default="1,2,4")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=seconds(), default=8.0)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="NAME=INSTANCES:DELAY_US,…")
     parser.add_argument("--stall-ms", type=float, default=400.0)
     parser.add_argument("--out", type=Path)

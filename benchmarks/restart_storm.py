@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from cycada.bench_results import write_results
-from cycada.command_line import add_repository, command_parser
+from cycada.command_line import add_repository, command_parser, seconds
 from cycada.serving.server import free_port
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "cycada bench restart-storm --repository model_repository --seconds 60 --every 5",
     )
     add_repository(parser, required=True, default=None)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=seconds(), default=60.0)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--hold-every", type=int, default=3, help="hold the port every Nth kill")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds the port is held")

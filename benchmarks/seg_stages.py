@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cycada.bench_results import write_results
-from cycada.command_line import add_network, command_parser
+from cycada.command_line import add_network, command_parser, seconds
 from cycada.models.segmenters import build_segmenter
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.segmentation.config import (
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "cycada bench seg-stages --network fastscnn --small --seconds 1",
     )
     add_network(parser, default="drn26")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measurement per stage")
+    parser.add_argument("--seconds", type=seconds(), default=8.0, help="measurement per stage")
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke test)")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--out", type=Path, help="folder for stages.json")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from cycada.command_line import add_repository, add_urls, command_parser
+from cycada.command_line import add_repository, add_urls, command_parser, seconds
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=0, help="stop after this many")
     parser.add_argument(
         "--warmup",
-        type=float,
+        type=seconds(zero_allowed=True),
         default=90.0,
         help="seconds left out of the goals (ONNX Runtime grows its arenas in the first minute)",
     )

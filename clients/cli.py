@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from cycada.benchmarks import BENCHMARKS
@@ -14,6 +13,7 @@ from cycada.command_line import (
     add_repository,
     add_urls,
     print_json,
+    seconds,
 )
 from cycada.errors import ConfigError, DataError
 from cycada.grpc_security import add_client_security, security_from_args
@@ -29,12 +29,10 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         help="the model version to use on every server (default: the newest ready one, so a "
         "new export is picked up as soon as it is served)",
     )
-    parser.add_argument(
-        "--timeout", type=_seconds(zero_allowed=False), default=30.0, help="seconds per request"
-    )
+    parser.add_argument("--timeout", type=seconds(), default=30.0, help="seconds per request")
     parser.add_argument(
         "--retry-window",
-        type=_seconds(zero_allowed=True),
+        type=seconds(zero_allowed=True),
         default=60.0,
         help="seconds to wait out a lost or restarting server, resending what was in flight "
         "(default 60)",
@@ -150,22 +148,6 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
     return value
-
-
-def _seconds(zero_allowed: bool):
-    """An argparse type: a finite number of seconds above 0 (or 0 too)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
-            wanted = "0 or more" if zero_allowed else "above 0"
-            raise argparse.ArgumentTypeError(f"expected seconds, {wanted}, got '{text}'")
-        return value
-
-    return parse
 
 
 def _numbers(kind):
@@ -289,7 +271,7 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--retry-window",
-        type=float,
+        type=seconds(zero_allowed=True),
         default=60.0,
         help="seconds each request waits out a lost or restarting server before it counts as "
         "an error (default 60; its latency includes the wait)",
@@ -303,8 +285,8 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--concurrency", type=_numbers(int), default=[1, 2, 4])
     bench.add_argument("--rate", type=_numbers(float), default=[], help="requests/s, open loop")
-    bench.add_argument("--seconds", type=float, default=5.0, help="measurement window")
-    bench.add_argument("--warmup", type=float, default=2.0)
+    bench.add_argument("--seconds", type=seconds(), default=5.0, help="measurement window")
+    bench.add_argument("--warmup", type=seconds(zero_allowed=True), default=2.0)
     bench.add_argument("--no-served", action="store_true")
     bench.add_argument("--no-in-process", action="store_true")
     bench.add_argument("--compile", action="store_true", help="also torch.compile in process")

@@ -26,6 +26,22 @@ DEFAULT_REPOSITORY = Path("model_repository")
 NETWORKS = ("drn26", "fcn8s", "fastscnn")
 
 
+def seconds(zero_allowed: bool = False):
+    """An argparse type: a finite number of seconds above 0 (or 0 too)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            wanted = "0 or more" if zero_allowed else "above 0"
+            raise argparse.ArgumentTypeError(f"expected seconds, {wanted}, got '{text}'")
+        return value
+
+    return parse
+
+
 def command_parser(name: str, description: str, example: str) -> argparse.ArgumentParser:
     """A parser for ``cycada NAME`` (e.g. ``bench video``) whose help ends with ``example``."""
     return argparse.ArgumentParser(prog=f"cycada {name}", **help_text(description, example))

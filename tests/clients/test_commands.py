@@ -439,6 +439,8 @@ def test_realtime_reads_a_file_at_its_frame_rate():
         ("translate-dir", ["--timeout", "0"], "--timeout: expected seconds, above 0, got '0'"),
         ("translate-dir", ["{file}"], "is a file: expected a folder (made when missing)"),
         ("monitor", ["--once", "--over", "-3"], "--over -3.0: expected seconds, 0 or more"),
+        ("bench", ["--seconds", "0"], "argument --seconds: expected seconds, above 0, got '0'"),
+        ("bench", ["--warmup", "-1"], "argument --warmup: expected seconds, 0 or more"),
     ],
 )
 def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, options, message):
@@ -448,11 +450,12 @@ def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, options, me
     (tmp_path / "v.mp4").mkdir()
     (tmp_path / "folder").mkdir()
     options = [o.format(file=tmp_path / "file", folder=tmp_path) for o in options]
-    out = [] if command == "monitor" else ["--out", str(tmp_path / "o.mp4")]
+    video_out = ["--out", str(tmp_path / "o.mp4")]
     arguments = {
-        "segment-video": ["segment-video", "x.mp4", *out, "--url", "127.0.0.1:1"],
+        "segment-video": ["segment-video", "x.mp4", *video_out, "--url", "127.0.0.1:1"],
         "translate-dir": ["translate-dir", str(tmp_path / "folder"), "--url", "127.0.0.1:1"],
         "monitor": ["monitor", "--url", "127.0.0.1:1"],
+        "bench": ["bench", "--url", "127.0.0.1:1", "--no-in-process", "--out", str(tmp_path)],
     }[command]
     if command == "translate-dir" and not options[0].startswith("--"):
         arguments, options = [*arguments[:2], options[0], *arguments[2:]], options[1:]
