@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from cycada.atomic import make_output_folder
 from cycada.clients.bench import run_bench
 from cycada.clients.demo_report import SMOKE, stage_lines
 from cycada.clients.demo_shift import shift_and_adapt
@@ -183,6 +184,7 @@ def _serve_and_use(
 
 def run_demo(out: Path, video: str | None = None, smoke: bool = False) -> dict[str, str]:
     started = time.perf_counter()
+    make_output_folder(out)
     data = (out / "data").resolve()  # absolute: the run's config.yaml repeats it from anywhere
     run_dir, repository = out / "run", out / "model_repository"
     clip, size, count = _write_data(data, video, smoke)

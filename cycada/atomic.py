@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cycada.errors import ConfigError
+
 
 def _umask() -> int:
     """The process's umask, read without changing it where Linux tells it."""
@@ -71,6 +73,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def make_output_folder(folder: Path, option: str = "--out") -> Path:
+    """``folder`` (given as ``option``) made when missing; one line when it is a file, or
+    under one, which is left as it is."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{option} {folder}: expected a folder, found a file") from None
+    return folder
 
 
 def publish_folder(staging: Path, target: Path) -> None:

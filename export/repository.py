@@ -35,8 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cycada.atomic import publish_folder, write_text_atomic
-from cycada.errors import DataError
+from cycada.atomic import make_output_folder, publish_folder, write_text_atomic
 from cycada.export.runtime import (
     RUNTIME_FOLDER,
     RuntimeBuilder,
@@ -403,10 +402,7 @@ def write_model(
 def exclusive(repository: Path, log: Callable[[str], None] = print) -> Iterator[None]:
     """One export at a time per repository (an OS lock, released even by kill -9): two at once
     would both claim version N+1."""
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise DataError(f"--repository {repository}: expected a folder, found a file") from None
+    make_output_folder(repository, "--repository")
     with open(repository / ".export.lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

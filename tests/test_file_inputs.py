@@ -48,7 +48,9 @@ def test_an_out_that_is_a_file(folder):
     (folder / "notes.txt").write_text("mine")
     for out in ("notes.txt", "notes.txt/run"):
         done = train(folder, "--out", str(folder / out))
-        one_line_error(done, f"--out {folder / out}: expected a folder for the run, found a file")
+        one_line_error(done, f"--out {folder / out}: expected a folder, found a file")
+    done = cycada("demo", "--out", str(folder / "notes.txt"))
+    one_line_error(done, f"--out {folder / 'notes.txt'}: expected a folder, found a file")
     assert (folder / "notes.txt").read_text() == "mine"
 
 

@@ -24,14 +24,6 @@ LOCK_FILE = ".run.lock"
 _HELD: dict[Path, list] = {}
 
 
-def make_run_folder(out_dir: Path) -> None:
-    """``--out`` made when missing; one line when it is a file (or under one)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--out {out_dir}: expected a folder for the run, found a file") from None
-
-
 class RunFolderLock:
     """An OS lock on a run folder held while this process trains into it: a second training
     into the same folder is refused in one line instead of overwriting the first one's files.

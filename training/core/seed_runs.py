@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from cycada import configs
-from cycada.atomic import write_json_atomic, write_text_atomic
+from cycada.atomic import make_output_folder, write_json_atomic, write_text_atomic
 from cycada.errors import ConfigError, FailureError
-from cycada.training.core.run_log import make_run_folder
 from cycada.training.core.seed_stats import (
     PairedDifference,
     paired_difference,
@@ -179,7 +178,7 @@ def run_seeds(
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: expected at least 1 seed at a time")
     check_ablation_folder(out_dir, over_seeds=True)
-    make_run_folder(out_dir)
+    make_output_folder(out_dir)
     config_file = out_dir / "config.yaml"  # what every seed runs, its seed aside
     write_text_atomic(config_file, configs.to_yaml(dataclasses.replace(config, seed=seeds[0])))
     env = child_environment(jobs)

@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from cycada import configs
-from cycada.atomic import write_text_atomic
+from cycada.atomic import make_output_folder, write_text_atomic
 from cycada.models.transforms import fit_images
 from cycada.training.core.pipeline import StagedPipeline
 from cycada.training.core.pixel_adaptation import PixelAdaptation
-from cycada.training.core.run_log import make_run_folder
 from cycada.training.core.stages import (
     PixelStage,
     RunModels,
@@ -163,7 +162,7 @@ class DigitsPipeline(StagedPipeline):
         stage_cache: Path | None = None,
         quiet: bool = False,
     ):
-        make_run_folder(out_dir)
+        make_output_folder(out_dir)
         super().__init__(DIGITS_STAGES, stage_plan(config), stages, out_dir)
         self.config = config
         write_text_atomic(out_dir / "config.yaml", configs.to_yaml(config))

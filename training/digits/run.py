@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from cycada import configs
+from cycada.atomic import make_output_folder
 from cycada.errors import ConfigError, DataError
 from cycada.models.digit_networks import TASK_NETS, DigitTaskNet, build_task_net
 from cycada.models.transforms import fit_images, to_unit_range
 from cycada.signals import SignalCounts, stage_signals
 from cycada.training.core.device import resolve_device
-from cycada.training.core.run_log import RunLog, make_run_folder
+from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
 from cycada.training.core.stages import Stage
 from cycada.training.core.visuals import confusion_png
@@ -123,7 +124,7 @@ class DigitsRun(StageStore):
                 f"{self.target_eval.data.class_names}"
             )
         self.model_name = choose_model(config, self.source_train.data, self.target_train.data)
-        make_run_folder(out_dir)
+        make_output_folder(out_dir)
         self.log = RunLog(out_dir, quiet=quiet)
         self._source_shares: np.ndarray | None = None
 

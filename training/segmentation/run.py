@@ -12,11 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from cycada import configs
+from cycada.atomic import make_output_folder
 from cycada.checkpoint import load_state, save_state
 from cycada.models.segmenters import Segmenter, build_segmenter, load_backbone
 from cycada.training.core.device import resolve_device
 from cycada.training.core.distributed import init_distributed, same_weights
-from cycada.training.core.run_log import RunLog, make_run_folder
+from cycada.training.core.run_log import RunLog
 from cycada.training.core.stage_store import StageStore
 from cycada.training.core.stages import Stage
 from cycada.training.segmentation.config import SegRunConfig
@@ -63,7 +64,7 @@ class SegRun(StageStore, StepContext):
         self.space = LABEL_SPACES[config.data.label_space]
         data = config.data
 
-        make_run_folder(out_dir)
+        make_output_folder(out_dir)
         self.log = RunLog(out_dir, quiet=quiet or not self.dist.is_main, write=self.dist.is_main)
         run_data = load_run_data(
             data,
