@@ -33,9 +33,11 @@ def test_seeds_run_apart_and_the_summary_pairs_them(tmp_path, grey_digits, capsy
     out = tmp_path / "seeds"
     out.mkdir()
     (out / "seed-1").write_text("a file where seed 1's run folder goes")  # seed 1 cannot run
-    assert main(ablate(grey_digits, out, "--seeds", "0-1", "--jobs", "2")) == 1
+    # 2: the seed refused its input (its --out a file), in its own one line
+    assert main(ablate(grey_digits, out, "--seeds", "0-1", "--jobs", "2")) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("cycada: error: seed 1 failed (seed 1: ")
+    assert "seed-1/control: expected a folder, found a file" in error
     assert f"log {out / 'seed-1.log'}" in error and "holds the seeds that finished" in error
     summary = json.loads((out / "results.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["finished"] == [0]
