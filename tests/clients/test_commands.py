@@ -425,44 +425,37 @@ def test_realtime_reads_a_file_at_its_frame_rate():
     assert 0.25 - 0.01 <= seconds < 1.0  # frame 5 at 5 / 20 s
 
 
+VIDEO = "segment-video x.mp4 --out {tmp}/o.mp4 --url 127.0.0.1:1"
+TRANSLATE = "translate-dir {tmp}/folder {tmp}/dst --url 127.0.0.1:1"
+BENCH = "bench --url 127.0.0.1:1 --no-in-process"
+
+
 @pytest.mark.parametrize(
-    "command,options,message",
+    "command,message",
     [
-        ("segment-video", ["--window", "0"], "argument --window: expected a whole number >= 1"),
-        ("segment-video", ["--width", "-5"], "--width -5: expected 1 pixel or more"),
-        ("segment-video", ["--timeout", "-1"], "--timeout: expected seconds, above 0, got '-1'"),
-        ("segment-video", ["--timeout", "nan"], "--timeout: expected seconds, above 0"),
-        ("segment-video", ["--retry-window", "-1"], "--retry-window: expected seconds, 0 or more"),
-        ("segment-video", ["--labels-dir", "{file}"], "expected a folder, found a file"),
-        ("segment-video", ["--csv", "{folder}"], "expected a file's path, found a folder"),
-        ("segment-video", ["--out", "{folder}/v.mp4"], "v.mp4: expected a path ending in .mp4"),
-        ("translate-dir", ["--timeout", "0"], "--timeout: expected seconds, above 0, got '0'"),
-        ("translate-dir", ["{file}"], "is a file: expected a folder (made when missing)"),
-        ("monitor", ["--once", "--over", "-3"], "--over -3.0: expected seconds, 0 or more"),
-        ("bench", ["--seconds", "0"], "argument --seconds: expected seconds, above 0, got '0'"),
-        ("bench", ["--warmup", "-1"], "argument --warmup: expected seconds, 0 or more"),
+        (f"{VIDEO} --window 0", "argument --window: expected a whole number >= 1"),
+        (f"{VIDEO} --width -5", "--width -5: expected 1 pixel or more"),
+        (f"{VIDEO} --timeout -1", "--timeout: expected seconds, above 0, got '-1'"),
+        (f"{VIDEO} --timeout nan", "--timeout: expected seconds, above 0"),
+        (f"{VIDEO} --retry-window -1", "--retry-window: expected seconds, 0 or more"),
+        (f"{VIDEO} --labels-dir {{tmp}}/file", "expected a folder, found a file"),
+        (f"{VIDEO} --csv {{tmp}}/folder", "expected a file's path, found a folder"),
+        (f"{VIDEO} --out {{tmp}}/v.mp4", "v.mp4: expected a path ending in .mp4"),
+        (f"{TRANSLATE} --timeout 0", "--timeout: expected seconds, above 0, got '0'"),
+        ("translate-dir {tmp}/folder {tmp}/file", "file is a file: expected a folder"),
+        ("monitor --url 127.0.0.1:1 --once --over -3", "--over -3.0: expected seconds, 0 or more"),
+        (f"{BENCH} --seconds 0", "argument --seconds: expected seconds, above 0, got '0'"),
+        (f"{BENCH} --warmup -1", "argument --warmup: expected seconds, 0 or more"),
     ],
-)
-def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, options, message):
+)  # fmt: skip
+def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, message):
     """Refused before a frame is read or a server is asked (none answers at the URL), in one
     line, nothing written: each of these ran a whole video first, or ended in a traceback."""
     (tmp_path / "file").write_text("")
     (tmp_path / "v.mp4").mkdir()
     (tmp_path / "folder").mkdir()
-    options = [o.format(file=tmp_path / "file", folder=tmp_path) for o in options]
-    video_out = ["--out", str(tmp_path / "o.mp4")]
-    arguments = {
-        "segment-video": ["segment-video", "x.mp4", *video_out, "--url", "127.0.0.1:1"],
-        "translate-dir": ["translate-dir", str(tmp_path / "folder"), "--url", "127.0.0.1:1"],
-        "monitor": ["monitor", "--url", "127.0.0.1:1"],
-        "bench": ["bench", "--url", "127.0.0.1:1", "--no-in-process", "--out", str(tmp_path)],
-    }[command]
-    if command == "translate-dir" and not options[0].startswith("--"):
-        arguments, options = [*arguments[:2], options[0], *arguments[2:]], options[1:]
-    elif command == "translate-dir":
-        arguments = [*arguments[:2], str(tmp_path / "dst"), *arguments[2:]]
     before = sorted(tmp_path.rglob("*"))
-    done = cycada(*arguments, *options, timeout=60)
+    done = cycada(*command.format(tmp=tmp_path).split(), timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert message in done.stderr.strip().splitlines()[-1], done.stderr
     assert sorted(tmp_path.rglob("*")) == before
