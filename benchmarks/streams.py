@@ -22,7 +22,7 @@ import cv2
 
 from cycada.bench_results import write_results
 from cycada.clients.video import VideoOptions, segment_video
-from cycada.command_line import add_repository, add_urls, command_parser
+from cycada.command_line import add_repository, add_urls, at_least_one, command_parser, positive
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
 from cycada.training.segmentation.scene_writer import write_clip
@@ -83,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     add_urls(parser, default=[], help="running server(s) instead of --repository")
     parser.add_argument("--clip", type=Path, help="default: a synthetic clip at --size, --fps")
     parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--fps", type=float, default=25.0, help="each camera's frame rate")
-    parser.add_argument("--frames", type=int, default=250, help="frames of the synthetic clip")
+    parser.add_argument(
+        "--fps", type=positive("frames per second"), default=25.0, help="each camera's frame rate"
+    )
+    parser.add_argument(
+        "--frames", type=at_least_one, default=250, help="frames of the synthetic clip"
+    )
     parser.add_argument("--size", type=image_size, default=(2048, 1024), help="WIDTHxHEIGHT")
     parser.add_argument("--window", type=int, default=4, help="requests in flight per stream")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-streams"))

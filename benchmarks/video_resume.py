@@ -27,7 +27,7 @@ import tritonclient.grpc as grpcclient
 
 from cycada.bench_results import write_results
 from cycada.clients.video_output import frames_in
-from cycada.command_line import add_repository, command_parser
+from cycada.command_line import add_repository, at_least_one, command_parser
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.training.segmentation.scene_writer import write_clip
 
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_repository(parser, required=True, default=None)
     parser.add_argument("--clip", type=Path, help="a video (default: a synthetic clip)")
-    parser.add_argument("--frames", type=int, default=3000, help="frames of the synthetic clip")
+    parser.add_argument(
+        "--frames", type=at_least_one, default=3000, help="frames of the synthetic clip"
+    )
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

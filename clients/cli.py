@@ -12,6 +12,7 @@ from cycada.command_line import (
     add_quiet,
     add_repository,
     add_urls,
+    at_least_one,
     print_json,
     seconds,
 )
@@ -37,7 +38,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait out a lost or restarting server, resending what was in flight "
         "(default 60)",
     )
-    parser.add_argument("--window", type=_at_least_one, default=8, help="requests in flight (>= 1)")
+    parser.add_argument("--window", type=at_least_one, default=8, help="requests in flight (>= 1)")
     add_client_security(parser)
 
 
@@ -140,16 +141,6 @@ def _register_translate(commands: argparse._SubParsersAction) -> None:
     translate.set_defaults(handler=run_translate, window=4)
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
-
-
 def _numbers(kind):
     def parse(text: str) -> list:
         try:
@@ -188,7 +179,7 @@ def _register_monitor(commands: argparse._SubParsersAction) -> None:
         "--window", type=int, default=250, help="frames judged (default 250: 10 s at 25 fps)"
     )
     monitor.add_argument(
-        "--min-frames", type=_at_least_one, default=50, help="fewer frames are not judged"
+        "--min-frames", type=at_least_one, default=50, help="fewer frames are not judged"
     )
     monitor.add_argument("--interval", type=float, default=2.0, help="seconds between readings")
     monitor.add_argument("--once", action="store_true", help="print the state once and exit")

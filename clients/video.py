@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cycada.atomic import expect_mp4
 from cycada.clients.collect import CollectOptions, Collector
 from cycada.clients.interrupt import POLL_SECONDS, DeferredInterrupt
 from cycada.clients.triton_client import ModelClient, ordered_map
@@ -440,8 +441,7 @@ def segment_video(source: str, out: Path, options: VideoOptions) -> VideoSummary
 
 def _check_options(out: Path, options: VideoOptions) -> None:
     """Every option a user can get wrong, refused before any frame is read or sent."""
-    if out.suffix.lower() != ".mp4" or out.is_dir():
-        raise DataError(f"--out {out}: expected a path ending in .mp4 (not a folder)")
+    expect_mp4(out)
     if options.csv_path is not None and options.csv_path.is_dir():
         raise DataError(f"--csv {options.csv_path}: expected a file's path, found a folder")
     labels = options.labels_dir

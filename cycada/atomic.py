@@ -85,6 +85,14 @@ def make_output_folder(folder: Path, option: str = "--out") -> Path:
     return folder
 
 
+def expect_mp4(path: Path, option: str = "--out") -> Path:
+    """``path`` (given as ``option``) if an MP4 can be written there: it ends in .mp4 (OpenCV
+    picks the container by the suffix) and is not a folder."""
+    if path.suffix.lower() != ".mp4" or path.is_dir():
+        raise ConfigError(f"{option} {path}: expected a path ending in .mp4 (not a folder)")
+    return path
+
+
 def publish_folder(staging: Path, target: Path) -> None:
     """Rename the finished folder ``staging`` to ``target`` so that a reader (a polling server)
     sees all of it or none: every file and folder inside gets the umask's mode and is fsynced

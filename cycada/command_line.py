@@ -26,8 +26,8 @@ DEFAULT_REPOSITORY = Path("model_repository")
 NETWORKS = ("drn26", "fcn8s", "fastscnn")
 
 
-def seconds(zero_allowed: bool = False):
-    """An argparse type: a finite number of seconds above 0 (or 0 too)."""
+def positive(unit: str, zero_allowed: bool = False):
+    """An argparse type: a finite number of ``unit`` above 0 (or 0 too)."""
 
     def parse(text: str) -> float:
         try:
@@ -36,10 +36,26 @@ def seconds(zero_allowed: bool = False):
             value = math.nan
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
             wanted = "0 or more" if zero_allowed else "above 0"
-            raise argparse.ArgumentTypeError(f"expected seconds, {wanted}, got '{text}'")
+            raise argparse.ArgumentTypeError(f"expected {unit}, {wanted}, got '{text}'")
         return value
 
     return parse
+
+
+def seconds(zero_allowed: bool = False):
+    """An argparse type: seconds above 0 (or 0 too)."""
+    return positive("seconds", zero_allowed)
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number, 1 or more (a count of frames, images, requests)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
 
 
 def command_parser(name: str, description: str, example: str) -> argparse.ArgumentParser:

@@ -122,6 +122,52 @@ def test_an_input_error_exits_2_with_one_line(argv, message, capsys):
     assert message in stderr and stderr.startswith(("cycada: error:", "usage: cycada"))
 
 
+VIDEO = "segment-video x.mp4 --out {tmp}/o.mp4 --url 127.0.0.1:1"
+TRANSLATE = "translate-dir {tmp}/folder {tmp}/dst --url 127.0.0.1:1"
+BENCH = "bench --url 127.0.0.1:1 --no-in-process"
+
+
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        (f"{VIDEO} --window 0", "argument --window: expected a whole number >= 1"),
+        (f"{VIDEO} --width -5", "--width -5: expected 1 pixel or more"),
+        (f"{VIDEO} --timeout -1", "--timeout: expected seconds, above 0, got '-1'"),
+        (f"{VIDEO} --timeout nan", "--timeout: expected seconds, above 0"),
+        (f"{VIDEO} --retry-window -1", "--retry-window: expected seconds, 0 or more"),
+        (f"{VIDEO} --labels-dir {{tmp}}/file", "expected a folder, found a file"),
+        (f"{VIDEO} --csv {{tmp}}/folder", "expected a file's path, found a folder"),
+        (f"{VIDEO} --out {{tmp}}/v.mp4", "v.mp4: expected a path ending in .mp4"),
+        (f"{TRANSLATE} --timeout 0", "--timeout: expected seconds, above 0, got '0'"),
+        ("translate-dir {tmp}/folder {tmp}/file", "file is a file: expected a folder"),
+        ("monitor --url 127.0.0.1:1 --once --over -3", "--over -3.0: expected seconds, 0 or more"),
+        (f"{BENCH} --seconds 0", "argument --seconds: expected seconds, above 0, got '0'"),
+        (f"{BENCH} --warmup -1", "argument --warmup: expected seconds, 0 or more"),
+        ("data scenes --out {tmp}/file --count 2", "--out {tmp}/file: expected a folder, found"),
+        ("data scenes --out {tmp}/s --count 0", "argument --count: expected a whole number >= 1"),
+        ("data clip --out {tmp}/file", "--out {tmp}/file: expected a path ending in .mp4"),
+        ("data clip --out {tmp}/c.mp4 --frames -3", "argument --frames: expected a whole number"),
+        ("data clip --out {tmp}/c.mp4 --fps 0", "--fps: expected frames per second, above 0"),
+        ("data video --images {tmp}/file --out {tmp}/c.mp4", "expected a folder of images"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, message, capsys):
+    """Refused before a frame is read or a server is asked (none answers at the URL), in one
+    line, nothing written: each of these ran a whole video first, wrote an empty or misnamed
+    file, or ended in a traceback."""
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "v.mp4").mkdir()
+    (tmp_path / "folder").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    try:
+        code = main(command.format(tmp=tmp_path).split())
+    except SystemExit as exc:  # argparse's own errors exit 2 themselves
+        code = exc.code
+    assert code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "file").read_text() == "mine"
+
+
 def test_doctor_reports_as_json():
     done = cycada("doctor", "--json")
     assert done.returncode == 0, done.stderr

@@ -425,42 +425,6 @@ def test_realtime_reads_a_file_at_its_frame_rate():
     assert 0.25 - 0.01 <= seconds < 1.0  # frame 5 at 5 / 20 s
 
 
-VIDEO = "segment-video x.mp4 --out {tmp}/o.mp4 --url 127.0.0.1:1"
-TRANSLATE = "translate-dir {tmp}/folder {tmp}/dst --url 127.0.0.1:1"
-BENCH = "bench --url 127.0.0.1:1 --no-in-process"
-
-
-@pytest.mark.parametrize(
-    "command,message",
-    [
-        (f"{VIDEO} --window 0", "argument --window: expected a whole number >= 1"),
-        (f"{VIDEO} --width -5", "--width -5: expected 1 pixel or more"),
-        (f"{VIDEO} --timeout -1", "--timeout: expected seconds, above 0, got '-1'"),
-        (f"{VIDEO} --timeout nan", "--timeout: expected seconds, above 0"),
-        (f"{VIDEO} --retry-window -1", "--retry-window: expected seconds, 0 or more"),
-        (f"{VIDEO} --labels-dir {{tmp}}/file", "expected a folder, found a file"),
-        (f"{VIDEO} --csv {{tmp}}/folder", "expected a file's path, found a folder"),
-        (f"{VIDEO} --out {{tmp}}/v.mp4", "v.mp4: expected a path ending in .mp4"),
-        (f"{TRANSLATE} --timeout 0", "--timeout: expected seconds, above 0, got '0'"),
-        ("translate-dir {tmp}/folder {tmp}/file", "file is a file: expected a folder"),
-        ("monitor --url 127.0.0.1:1 --once --over -3", "--over -3.0: expected seconds, 0 or more"),
-        (f"{BENCH} --seconds 0", "argument --seconds: expected seconds, above 0, got '0'"),
-        (f"{BENCH} --warmup -1", "argument --warmup: expected seconds, 0 or more"),
-    ],
-)  # fmt: skip
-def test_a_bad_option_is_one_line_before_any_work(tmp_path, command, message):
-    """Refused before a frame is read or a server is asked (none answers at the URL), in one
-    line, nothing written: each of these ran a whole video first, or ended in a traceback."""
-    (tmp_path / "file").write_text("")
-    (tmp_path / "v.mp4").mkdir()
-    (tmp_path / "folder").mkdir()
-    before = sorted(tmp_path.rglob("*"))
-    done = cycada(*command.format(tmp=tmp_path).split(), timeout=60)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert message in done.stderr.strip().splitlines()[-1], done.stderr
-    assert sorted(tmp_path.rglob("*")) == before
-
-
 def test_bench_against_a_url_without_a_repository_says_how_to_measure_the_server_alone(tmp_path):
     done = cycada("bench", "--url", "127.0.0.1:1", "--repository", str(tmp_path), timeout=60)
     one_line_error(done, "no exported version to run in process", "--no-in-process")

@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from cycada.atomic import write_json_atomic, write_text_atomic
-from cycada.command_line import add_network
+from cycada.atomic import expect_mp4, make_output_folder, write_json_atomic, write_text_atomic
+from cycada.command_line import add_network, at_least_one, positive
 from cycada.command_line import help_text as command_help
-from cycada.errors import ConfigError
+from cycada.errors import ConfigError, DataError
 from cycada.sizes import image_size
 from cycada.training.core.cli_options import (
     SHARED_DATA_KEYS,
@@ -261,6 +261,7 @@ def cmd_data_scenes(args: argparse.Namespace) -> int:
     from cycada.training.segmentation.scene_writer import write_scene_dataset
 
     width, height = args.size
+    make_output_folder(args.out)
     write_scene_dataset(
         args.out,
         args.count,
@@ -281,7 +282,7 @@ def cmd_data_clip(args: argparse.Namespace) -> int:
     from cycada.training.segmentation.scene_writer import write_clip
 
     width, height = args.size
-    write_clip(args.out, args.frames, width, height, args.style, args.fps, args.seed)
+    write_clip(expect_mp4(args.out), args.frames, width, height, args.style, args.fps, args.seed)
     print(f"{args.frames} frames written to {args.out}")
     return 0
 
@@ -290,7 +291,9 @@ def cmd_data_video(args: argparse.Namespace) -> int:
     # imported when the command runs: the command line starts without it
     from cycada.training.segmentation.scene_writer import write_image_video
 
-    count = write_image_video(args.images, args.out, args.fps)
+    if not args.images.is_dir():
+        raise DataError(f"--images {args.images}: expected a folder of images")
+    count = write_image_video(args.images, expect_mp4(args.out), args.fps)
     print(f"{count} frames written to {args.out}")
     return 0
 
@@ -362,7 +365,7 @@ def _register_data(data) -> None:
         "cycada data scenes --out data/synth-gta --count 500 --style game --layout gta5",
     )
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--count", type=at_least_one, default=100)
     parser.add_argument("--style", choices=["game", "camera"], default="game")
     parser.add_argument("--layout", choices=["gta5", "cityscapes"], default="gta5")
     parser.add_argument("--split", default="train", help="cityscapes layout split folder")
@@ -377,10 +380,10 @@ def _register_data(data) -> None:
         "cycada data clip --out data/clip.mp4 --frames 150 --size 512x256",
     )
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--frames", type=at_least_one, default=150)
     parser.add_argument("--style", choices=["game", "camera"], default="camera")
     parser.add_argument("--size", type=image_size, default=(512, 256), help="WIDTHxHEIGHT")
-    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--fps", type=positive("frames per second"), default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=cmd_data_clip)
 
@@ -392,7 +395,7 @@ def _register_data(data) -> None:
     )
     parser.add_argument("--images", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--fps", type=positive("frames per second"), default=10.0)
     parser.set_defaults(handler=cmd_data_video)
 
 
