@@ -82,6 +82,15 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     return value
 
 
+# sizes and periods that a value below 1 turns into a crash mid-run (a batch of nothing, a
+# crop of nothing, a modulo by zero): refused with the key's name before anything runs
+AT_LEAST_ONE = ("batch_size", "crop", "sample_every", "gate_window", "checkpoint_every")
+
+
+def _needs_at_least_one(key: str) -> bool:
+    return key in AT_LEAST_ONE or key.endswith("_batch_size")
+
+
 def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from a nested mapping, validating every key and value."""
     data = data or {}
@@ -99,6 +108,8 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
             kwargs[key] = build(annotation, value, name)
         else:
             kwargs[key] = _coerce(value, annotation, name)
+            if _needs_at_least_one(key) and isinstance(kwargs[key], int) and kwargs[key] < 1:
+                raise ConfigError(f"config key '{name}' is {kwargs[key]}; expected 1 or more")
     try:
         return cls(**kwargs)
     except ValueError as exc:  # __post_init__ validation

@@ -54,6 +54,13 @@ def test_an_out_that_is_a_file(folder):
     assert (folder / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("key", ["source.batch_size=0", "source.crop=-3"])
+def test_a_size_below_one_is_refused_before_training(folder, key):
+    done = train(folder, "--set", key, "--out", str(folder / "run"))
+    one_line_error(done, f"config key '{key.split('=')[0]}' is {key.split('=')[1]}; expected 1")
+    assert not (folder / "run" / "checkpoints").exists()
+
+
 def test_mapping_file_with_a_garbage_line(folder):
     (folder / "map.txt").write_text("7 0\nroad is zero\n")
     one_line_error(train(folder, "--out", str(folder / "run")), "map.txt:2", "RAW_ID TRAIN_ID")
@@ -102,6 +109,8 @@ def test_truncated_and_garbage_checkpoints_and_a_run_folder_that_stays_intact(fo
         broken.write_bytes(data)
         done = cycada("eval", "seg", str(broken), "--dataset", "camvid")
         one_line_error(done, "broken.safetensors")
+    done = cycada("eval", "digits", str(checkpoint), "--dataset", "synth")  # another task's
+    one_line_error(done, "is a seg run's checkpoint, not a digits one: cycada eval seg")
     checkpoint.write_bytes(whole[: len(whole) // 2])  # a run folder with a damaged checkpoint
     repository = folder / "repo"
     one_line_error(

@@ -20,6 +20,11 @@ def evaluate_checkpoint(
     checkpoint: Path, dataset: str, split: str, data_root: str, out_dir: Path | None = None
 ) -> str:
     config, meta = read_header(checkpoint)
+    if meta.get("task", "digits") != "digits":
+        raise CheckpointError(
+            f"{checkpoint} is a {meta['task']} run's checkpoint, not a digits one: "
+            f"cycada eval {meta['task']} evaluates it"
+        )
     name = "task_tgt" if meta.get("stage") in ("target", "feature", "joint") else "task_src"
     if meta.get("stage") == "pixel":
         raise CheckpointError(f"{checkpoint} holds the pixel stage's generators, not a classifier")
