@@ -34,7 +34,7 @@ from cycada.bench_results import header_markdown, write_results
 from cycada.clients.load import LoadResult, infer_waiting, keep_message, run_load
 from cycada.clients.triton_client import retryable
 from cycada.deps import onnxruntime
-from cycada.errors import DataError
+from cycada.errors import DataError, ServingError
 from cycada.export.tensorrt_build import plan_runner
 from cycada.models.endpoints import Endpoint
 from cycada.plots import bench_figure
@@ -89,8 +89,15 @@ def _server_stats(url: str, model: str, retry_window: float = 60.0) -> dict[str,
                 stats = client.get_inference_statistics(model, as_json=True)
                 break
             except Exception as exc:
-                if not retryable(exc) or time.monotonic() > deadline:
-                    raise
+                why = getattr(exc, "message", lambda: None)() or str(exc)
+                if not retryable(exc):  # an unknown model, a refused secret: waiting cannot help
+                    raise ServingError(
+                        f"{url}: cannot read the statistics of '{model}': {why}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise ServingError(
+                        f"no Triton server answers at {url} after {retry_window:g} s ({why})"
+                    ) from None
                 time.sleep(0.5)
     finally:
         client.close()

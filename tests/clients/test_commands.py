@@ -430,6 +430,20 @@ def test_bench_against_a_url_without_a_repository_says_how_to_measure_the_server
     one_line_error(done, "no exported version to run in process", "--no-in-process")
 
 
+def test_bench_of_a_server_that_is_not_there_or_a_model_it_lacks_is_one_line(server, tmp_path):
+    """Both ended in tritonclient's traceback: no server after the retry window (exit 1, a
+    server fault), a model the server does not serve (waiting cannot help)."""
+    bench = ["bench", "--no-in-process", "--seconds", "1", "--concurrency", "1"]
+    bench += ["--retry-window", "1", "--out", str(tmp_path)]
+    for url, model, message in [
+        ("127.0.0.1:1", "segment", "no Triton server answers at 127.0.0.1:1 after 1 s"),
+        (server.grpc_url, "nope", f"{server.grpc_url}: cannot read the statistics of 'nope'"),
+    ]:
+        done = cycada(*bench, "--url", url, "--model", model, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1].startswith(f"cycada: error: {message}")
+
+
 def test_translate_dir_lists_a_refused_image_and_goes_on(server, tmp_path):
     from cycada.clients.translate_dir import translate_dir
 
