@@ -65,6 +65,7 @@ class Reading:
     series: dict[Key, dict[str, SignalCounts]] = field(default_factory=dict)
     classes: dict[Key, list[str]] = field(default_factory=dict)
     baselines: dict[Key, Baseline] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)  # URL → why, judged without
 
     def total(self, key: Key) -> SignalCounts:
         """The counts of every stub of ``key`` added up."""
@@ -84,13 +85,22 @@ _COUNTERS = {
 
 def read_servers(urls: list[str], fetch: Callable[[str], str]) -> Reading:
     """Every server's series (a stub of one server is told from another's by its URL); errors
-    name the URL."""
+    name the URL. A replica that does not answer is left out (``unreachable``) and the others
+    are judged; none answering is an error."""
     raw: dict[Key, dict[str, dict[str, float]]] = {}
     per_class: dict[Key, dict[str, dict[str, float]]] = {}
     baseline: dict[Key, dict[str, Any]] = {}
     seen = False
+    unreachable: dict[str, str] = {}
     for url in urls:
-        for name, labels, value in parse_samples(fetch(url)):
+        try:
+            text = fetch(url)
+        except ServingError as exc:  # down or restarting
+            unreachable[url] = str(exc)
+            if len(unreachable) == len(urls):
+                raise
+            continue
+        for name, labels, value in parse_samples(text):
             if not name.startswith("cycada_"):
                 continue
             seen = True
@@ -114,7 +124,7 @@ def read_servers(urls: list[str], fetch: Callable[[str], str]) -> Reading:
             f"{', '.join(urls)}: no cycada signals among the metrics (expected a server of a "
             "repository exported by this cycada, at its metrics port, e.g. 127.0.0.1:8002)"
         )
-    reading = Reading()
+    reading = Reading(unreachable=unreachable)
     for key, stubs in raw.items():
         classes = list(baseline.get(key, {}).get("class_shares", {}))
         for pixels in per_class.get(key, {}).values():
@@ -200,6 +210,8 @@ class Monitor:
     def read(self) -> Reading:
         reading = read_servers(self.urls, self.fetch)
         self.history.append(reading)
+        for why in reading.unreachable.values():
+            print(f"{why}; judging the other servers", file=sys.stderr, flush=True)
         return reading
 
     def states(self) -> list[ModelState]:

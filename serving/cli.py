@@ -197,13 +197,16 @@ def run_deploy_check(args: argparse.Namespace) -> int:
 def _show_status(args: argparse.Namespace) -> int:
     """``--status``: each server of ``--url`` (the old ``--status URL`` too), as text or JSON."""
     # imported when the command runs: the command line starts without it
-    from cycada.serving.status import server_state, server_status
+    from cycada.serving.status import servers_states, status_text
 
-    security = security_from_args(args)
+    states = servers_states(args.url, security=security_from_args(args))
     if args.json:
-        print_json([server_state(url, security=security) for url in args.url])
+        print_json(states)
     else:
-        print("\n".join(server_status(url, security=security) for url in args.url))
+        print("\n".join(status_text(state) for state in states), flush=True)
+    down = [state["url"] for state in states if "error" in state]
+    if down:  # every server reported; the exit says that one is down
+        raise ServingError(f"{len(down)} of {len(states)} servers not answering: {', '.join(down)}")
     return 0
 
 

@@ -44,9 +44,30 @@ def server_state(url: str, timeout: float = 5.0, security: GrpcSecurity | None =
     }
 
 
+def servers_states(urls: list[str], security: GrpcSecurity | None = None) -> list[dict]:
+    """:func:`server_state` of each server; one that does not answer is ``{"url", "live":
+    False, "ready": False, "models": [], "error"}``, so the others are still reported."""
+    states = []
+    for url in urls:
+        try:
+            states.append(server_state(url, security=security))
+        except ServingError as exc:
+            states.append(
+                {"url": url, "live": False, "ready": False, "models": [], "error": str(exc)}
+            )
+    return states
+
+
 def server_status(url: str, timeout: float = 5.0, security: GrpcSecurity | None = None) -> str:
     """A short report: live/ready, then one line per model version with its state."""
-    state = server_state(url, timeout, security)
+    return status_text(server_state(url, timeout, security))
+
+
+def status_text(state: dict) -> str:
+    """:func:`server_state`'s (or :func:`servers_states`') report as text."""
+    if "error" in state:
+        return f"server {state['url']}: DOWN, {state['error']}"
+    url = state["url"]
     lines = [
         f"server {url}: Triton {state['version']}, "
         f"live={'yes' if state['live'] else 'no'}, ready={'yes' if state['ready'] else 'no'}"

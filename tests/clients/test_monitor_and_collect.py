@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from cycada import signals
 from cycada.clients.collect import CollectOptions, Collector
 from cycada.clients.monitor import Monitor, metrics_url, read_servers
-from cycada.errors import DataError, InputError
+from cycada.errors import DataError, InputError, ServingError
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.signals import ShiftRule
 from cycada.training.segmentation.data import load_segmentation
@@ -67,6 +67,22 @@ def test_the_monitor_sums_replicas_and_judges_only_the_recent_window():
     monitor.read()
     (state,) = monitor.states()  # its new series counts from zero; the old one is gone
     assert state.report.frames == 60 and state.report.mean_confidence == pytest.approx(0.9)
+
+
+def test_a_replica_that_does_not_answer_leaves_the_others_judged(capsys):
+    def fetch(url: str) -> str:
+        if url == "b":
+            raise ServingError("monitor: cannot read b: connection refused")
+        return _metrics_text(100, 9000.0)
+
+    monitor = Monitor(["a", "b"], window=50, rule=ShiftRule(min_frames=50), fetch=fetch)
+    reading = monitor.read()
+    assert reading.total(("segment", "1")).frames == 100 and list(reading.unreachable) == ["b"]
+    (state,) = monitor.states()
+    assert state.report.frames == 100 and not state.report.flags
+    assert "cannot read b: connection refused; judging the other servers" in capsys.readouterr().err
+    with pytest.raises(ServingError, match="cannot read b"):  # none answering is an error
+        read_servers(["b"], fetch)
 
 
 def test_monitor_input_errors_are_one_line_and_exit_2(tmp_path):

@@ -315,6 +315,12 @@ def test_cycada_serve_prints_endpoints_and_stops_cleanly_on_sigterm(repository, 
         assert {"name": "segment_encoded", "version": "1", "state": "READY", "reason": ""} in (
             state["models"]
         )
+        # a replica down: every server still reported, the exit and one line say which is down
+        status = cycada("serve", "--status", "--url", f"{url},127.0.0.1:1", "--json")
+        up, down = json.loads(status.stdout)
+        assert up["ready"] and not down["ready"] and "no Triton server answers" in down["error"]
+        assert status.returncode == 1
+        assert status.stderr.strip() == "cycada: error: 1 of 2 servers not answering: 127.0.0.1:1"
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:
