@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,30 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.target, True if self.store_true else values)
 
 
+def _port(address: str) -> int | None:
+    """The port of ``host:port`` or of a URL (None when a URL names none); ValueError when it
+    is not a port."""
+    if "://" in address:
+        return urllib.parse.urlsplit(address).port  # ValueError past 65535 or not a number
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(address)
+    return int(port)
+
+
 def urls(text: str) -> list[str]:
-    """argparse type of ``--url``: 'host:port[,host:port...]' → a list of addresses."""
+    """argparse type of ``--url``: 'host:port[,host:port...]' → a list of addresses. A port
+    that is not one is refused here: the connection would fail only after its timeout."""
     found = [url.strip() for url in text.split(",") if url.strip()]
+    try:
+        for url in found:
+            _port(url)
+    except ValueError:
+        found = []
     if not found:
-        raise argparse.ArgumentTypeError(f"expected host:port[,host:port...], got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"expected host:port[,host:port...] (a port is 1 to 65535), got '{text}'"
+        )
     return found
 
 

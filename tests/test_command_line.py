@@ -131,6 +131,8 @@ BENCH = "bench --url 127.0.0.1:1 --no-in-process"
     "command,message",
     [
         (f"{VIDEO} --window 0", "argument --window: expected a whole number >= 1"),
+        (f"{VIDEO},127.0.0.1:99999", "--url: expected host:port[,host:port...] (a port is 1 to"),
+        ("monitor --url host:port --once", "--url: expected host:port[,host:port...] (a port"),
         (f"{VIDEO} --width -5", "--width -5: expected 1 pixel or more"),
         (f"{VIDEO} --timeout -1", "--timeout: expected seconds, above 0, got '-1'"),
         (f"{VIDEO} --timeout nan", "--timeout: expected seconds, above 0"),
