@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         elif argv[1] in BENCHMARKS:
             benchmark = argv[1]
     parser = build_parser()
-    args = None if benchmark else parser.parse_args(argv)
     try:
         if benchmark is not None:
             return bench_main(benchmark, argv[2:])
+        args = parser.parse_args(argv)  # inside: an option's type may raise a cycada error
         return int(args.handler(args) or 0)
     except CycadaError as exc:  # 2: the input is wrong; 1: something failed (cycada.errors)
         print(f"cycada: error: {one_line(exc)}", file=sys.stderr)

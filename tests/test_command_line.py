@@ -113,6 +113,7 @@ def test_trt_sizes_are_width_by_height_and_reach_the_export_as_shapes(monkeypatc
         (["deploy-check"], "expected --repository DIR"),
         (["doctor", "--repository", "no/such/folder"], "is not a folder"),
         (["train", "seg", "--network", "resnet", "--out", "r"], "is not a network"),
+        (["export", "runs/none", "--runtime-python", "2.7"], "--runtime-python '2.7': expected"),
     ],
 )
 def test_an_input_error_exits_2_with_one_line(argv, message, capsys):
