@@ -32,6 +32,7 @@ import tritonclient.grpc as grpcclient
 from cycada.bench_results import write_results
 from cycada.benchmarks.served import random_run
 from cycada.clients.video import VideoOptions, _model_input, segment_video
+from cycada.command_line import at_least_one
 from cycada.errors import DataError
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import default_data_root
@@ -191,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run", type=Path, help="a training run to export (default: seeded)")
     parser.add_argument("--clip", type=Path, default=None, help="a video (default: dashcam)")
-    parser.add_argument("--width", type=int, default=512, help="model input width of the video")
-    parser.add_argument("--window", type=int, default=4, help="requests in flight (update)")
+    parser.add_argument(
+        "--width", type=at_least_one, default=512, help="model input width of the video"
+    )
+    parser.add_argument(
+        "--window", type=at_least_one, default=4, help="requests in flight (update)"
+    )
     parser.add_argument("--kill-after", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--only", choices=PARTS, action="append", help="one part (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-deploy"))

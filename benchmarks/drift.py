@@ -39,7 +39,7 @@ from cycada.benchmarks.deploy import default_clip
 from cycada.benchmarks.served import random_run
 from cycada.clients.load import run_load
 from cycada.clients.monitor import Monitor, metrics_url
-from cycada.command_line import seconds
+from cycada.command_line import at_least_one, seconds
 from cycada.errors import DataError
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.export.parity import default_data_root
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "--stage", help="the run's stage to serve (default: the one its verdict ships)"
     )
     parser.add_argument("--clip", type=Path, default=None, help="a video (default: dashcam)")
-    parser.add_argument("--width", type=int, default=512, help="model input width")
-    parser.add_argument("--rounds", type=int, default=3, help="cost: turns per model")
+    parser.add_argument("--width", type=at_least_one, default=512, help="model input width")
+    parser.add_argument("--rounds", type=at_least_one, default=3, help="cost: turns per model")
     parser.add_argument("--seconds", type=seconds(), default=10.0, help="cost: seconds per turn")
     parser.add_argument("--minutes", type=float, default=10.0, help="detect: daylight footage")
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="verdict: finished runs")

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 
 from cycada.bench_results import write_results
-from cycada.command_line import command_parser
+from cycada.command_line import at_least_one, command_parser
 from cycada.training.segmentation.videos import FrameSampling, extract_frames
 
 
@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "cycada bench extract --video dashcam.mp4 --width 512 --out runs/bench-extract",
     )
     parser.add_argument("--video", required=True, type=Path)
-    parser.add_argument("--width", type=int, default=512, help="resize width (quick preset: 512)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--width", type=at_least_one, default=512, help="resize width (quick preset: 512)"
+    )
+    parser.add_argument("--repeats", type=at_least_one, default=7)
     parser.add_argument("--copies", type=int, default=10, help="also a list of N copies")
     parser.add_argument("--out", type=Path, help="write bench_extract.json and .md here")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cycada.checkpoint import load_state, read_header
-from cycada.command_line import command_parser
+from cycada.command_line import at_least_one, command_parser
 
 
 def check_checkpoints(run_dir: Path) -> list[str]:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "cycada bench kill-resume --kills 10 --out runs/kill -- cycada train digits "
         "--preset quick --out runs/k",
     )
-    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--kills", type=at_least_one, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv[:split])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cycada.bench_results import write_results
-from cycada.command_line import command_parser
+from cycada.command_line import at_least_one, command_parser
 from cycada.models.digit_networks import build_task_net
 from cycada.training.core.pixel_adaptation import PixelAdaptation
 from cycada.training.digits.config import PixelStageConfig
@@ -43,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         __doc__.splitlines()[0],
         "cycada bench pixel-stage --batch 100 --size 32 --steps 3",
     )
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--size", type=int, default=32, help="side of the square digit images")
-    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=at_least_one, default=100)
+    parser.add_argument(
+        "--size", type=at_least_one, default=32, help="side of the square digit images"
+    )
+    parser.add_argument("--channels", type=at_least_one, default=1)
     parser.add_argument("--task", default="lenet", choices=["lenet", "dtn"])
-    parser.add_argument("--generator-width", type=int, default=64)
-    parser.add_argument("--discriminator-width", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--generator-width", type=at_least_one, default=64)
+    parser.add_argument("--discriminator-width", type=at_least_one, default=64)
+    parser.add_argument("--steps", type=at_least_one, default=5)
     parser.add_argument("--out", type=Path, help="write pixel_stage.json here")
     args = parser.parse_args(argv)
     results = {}

@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from cycada.bench_results import write_results
-from cycada.command_line import add_repository, command_parser, seconds
+from cycada.command_line import add_repository, at_least_one, command_parser, seconds
 from cycada.serving.server import free_port
 
 
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     add_repository(parser, required=True, default=None)
     parser.add_argument("--seconds", type=seconds(), default=60.0)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between kills")
-    parser.add_argument("--hold-every", type=int, default=3, help="hold the port every Nth kill")
+    parser.add_argument(
+        "--hold-every", type=at_least_one, default=3, help="hold the port every Nth kill"
+    )
     parser.add_argument("--hold", type=float, default=2.0, help="seconds the port is held")
     parser.add_argument("--max-restarts", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-restart-storm"))

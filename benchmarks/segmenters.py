@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cycada.bench_results import write_results
-from cycada.command_line import add_network, command_parser
+from cycada.command_line import add_network, at_least_one, command_parser
 from cycada.deps import onnxruntime
 from cycada.export import openvino_export
 from cycada.export.onnx_export import export_onnx
@@ -273,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_network(parser, default="fastscnn,drn26", many=True, old="--models")
     parser.add_argument("--size", type=image_size, default=(512, 256), help="WIDTHxHEIGHT")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--batch", type=at_least_one, default=1)
+    parser.add_argument("--threads", type=at_least_one, default=2)
+    parser.add_argument("--repeat", type=at_least_one, default=10)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
         "--engines",
@@ -287,8 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height = args.size
     rows = []
+    engines = tuple(engine for engine in args.engines.split(",") if engine)
+    known = ("eager", *COMPILED_ENGINES, *ONNX_ENGINES)
+    unknown = [engine for engine in engines if engine not in known]
+    if unknown or not engines:
+        parser.error(f"--engines {args.engines}: expected some of {', '.join(known)}")
     for name in args.network:
-        engines = tuple(args.engines.split(","))
         rows.append(
             bench(name, height, width, args.batch, args.threads, args.repeat, args.device, engines)
         )

@@ -35,7 +35,7 @@ from cycada.bench_results import write_results
 from cycada.benchmarks.batcher import variant_config
 from cycada.checkpoint import save_modules
 from cycada.clients.load import run_load
-from cycada.command_line import add_network, add_repository, command_parser, seconds
+from cycada.command_line import add_network, add_repository, at_least_one, command_parser, seconds
 from cycada.export.exporter import ExportOptions, export_run
 from cycada.models.generators import build_generator
 from cycada.models.segmenters import build_segmenter
@@ -198,7 +198,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--size", type=image_size, default=(2048, 1024), help="WIDTHxHEIGHT of the frames"
     )
-    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--instances", type=at_least_one, default=2)
     parser.add_argument("--concurrency", default="1,4,8,16,32")
     parser.add_argument("--seconds", type=seconds(), default=5.0)
     parser.add_argument("--weights-only", action="store_true", help="skip ONNX (GPU PyTorch)")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from cycada.command_line import add_repository, add_urls, command_parser, seconds
+from cycada.command_line import add_repository, add_urls, at_least_one, command_parser, seconds
 from cycada.serving.server import ServerOptions, TritonServer
 from cycada.sizes import image_size
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--size", type=image_size, default=(256, 128), help="WIDTHxHEIGHT of the request images"
     )
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=at_least_one, default=8)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=0, help="stop after this many")
     parser.add_argument(

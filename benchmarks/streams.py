@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     add_repository(parser, default=None, help="model repository to serve")
     add_urls(parser, default=[], help="running server(s) instead of --repository")
     parser.add_argument("--clip", type=Path, help="default: a synthetic clip at --size, --fps")
-    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--streams", type=at_least_one, default=8)
     parser.add_argument(
         "--fps", type=positive("frames per second"), default=25.0, help="each camera's frame rate"
     )
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "--frames", type=at_least_one, default=250, help="frames of the synthetic clip"
     )
     parser.add_argument("--size", type=image_size, default=(2048, 1024), help="WIDTHxHEIGHT")
-    parser.add_argument("--window", type=int, default=4, help="requests in flight per stream")
+    parser.add_argument(
+        "--window", type=at_least_one, default=4, help="requests in flight per stream"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-streams"))
     args = parser.parse_args(argv)
     if not args.repository and not args.url:

@@ -25,7 +25,7 @@ import torch
 
 from cycada.bench_results import write_results
 from cycada.checkpoint import load_modules, read_header
-from cycada.command_line import command_parser
+from cycada.command_line import at_least_one, command_parser
 from cycada.errors import CheckpointError, DataError
 from cycada.models.digit_networks import DigitTaskNet, build_task_net
 from cycada.models.transforms import fit_images, to_unit_range
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist", help="labelled target domain to learn")
     parser.add_argument("--split", default="test", help="its labelled split (default test)")
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=at_least_one, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write translation_fidelity.json here")
     args = parser.parse_args(argv)

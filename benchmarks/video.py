@@ -31,7 +31,7 @@ import cv2
 from cycada.bench_results import write_results
 from cycada.clients.load import run_load
 from cycada.clients.video import VideoOptions, _model_input, segment_video
-from cycada.command_line import add_repository, command_parser, seconds
+from cycada.command_line import add_repository, at_least_one, command_parser, seconds
 from cycada.errors import CycadaError
 from cycada.serving.server import ServerOptions, TritonServer, parse_cpus
 
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_repository(parser, required=True, default=None)
     parser.add_argument("--clip", required=True)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--width", type=at_least_one, default=512)
+    parser.add_argument("--window", type=at_least_one, default=8)
     parser.add_argument("--raw", action="store_true", help="raw frames instead of JPEG")
     parser.add_argument("--seconds", type=seconds(), default=8.0)
     parser.add_argument("--server-cpus", help="CPUs for tritonserver, e.g. 0 or 0,2-3")

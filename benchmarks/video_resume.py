@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--frames", type=at_least_one, default=3000, help="frames of the synthetic clip"
     )
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--width", type=at_least_one, default=256)
+    parser.add_argument("--kills", type=at_least_one, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-video-resume"))
     args = parser.parse_args(argv)
