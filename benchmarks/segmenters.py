@@ -3,7 +3,12 @@ network (class scores at its own resolution) against the full serving graph (uin
 labels and confidence out), for PyTorch eager, AOTInductor packages, ONNX Runtime (CPU or CUDA),
 TensorRT and OpenVINO (fp32, bf16).
 
-    cycada bench segmenters --network fastscnn --device cpu --size 960x540
+    cycada bench segmenters --network fastscnn --device cpu --size 960x540 --run runs/demo/run
+
+The CPU engines run the served graph, whose cost after the network depends on the scores: it
+upsamples two classes a block and computes every class only where a third is within reach
+(:mod:`cycada.models.block_labels`), about 1 % of the blocks for a trained network, all of them
+for random weights. ``--run`` takes a trained run's weights; the row says the share.
 
 Every engine runs the same network on the same input in one process (median of ``--repeat``
 timed runs after warm-up), so the ratio between them is meaningful on a shared machine; the
@@ -26,8 +31,11 @@ from torch import nn
 from cycada.bench_results import write_results
 from cycada.command_line import add_network, at_least_one, command_parser
 from cycada.deps import onnxruntime
+from cycada.errors import CycadaError
 from cycada.export import openvino_export
 from cycada.export.onnx_export import export_onnx
+from cycada.export.run_models import load_run_endpoints
+from cycada.models.block_labels import BlockLabels
 from cycada.models.endpoints import Endpoint
 from cycada.models.graphs import SegmentationGraph
 from cycada.models.segmenters import build_segmenter
@@ -48,6 +56,33 @@ class ScoreMaps(nn.Module):
         return self.segmenter.score_maps(x)
 
 
+def _frame(shape: tuple) -> torch.Tensor:
+    """The benchmark's uint8 frames (N, H, W, 3): the same noise in every part and process."""
+    batch, height, width = shape
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
+
+
+def _segmenter(name: str, run: Path | None) -> tuple[str, nn.Module]:
+    """The architecture and network measured: ``run``'s trained segmenter, else ``name`` with
+    random weights (the same compute, but every block exact in the served graph)."""
+    if run is None:
+        return name, build_segmenter(name, 19)
+    task = load_run_endpoints(run)[0]
+    if task.kind != "segment":
+        raise CycadaError(f"--run {run}: a {task.kind} run; expected a segmentation run")
+    return task.meta["model"], task.network
+
+
+def _exact_share(model: nn.Module, shape: tuple) -> float:
+    """The share of the served graph's blocks that ``model`` has computed with every class, on
+    the benchmark's frame (CPU, fp32)."""
+    graph = SegmentationGraph(model, model.output_stride, logits=True).eval()
+    with torch.inference_mode():
+        scores = graph(_frame(shape))[-1]
+    return round(BlockLabels(model.output_stride).exact_share(scores), 4)
+
+
 def _parts(model: nn.Module, shape: tuple, half: bool, device) -> dict[str, tuple]:
     """part → (module, input): the network on the padded float frame, the serving graph on the
     uint8 frame itself."""
@@ -55,7 +90,7 @@ def _parts(model: nn.Module, shape: tuple, half: bool, device) -> dict[str, tupl
     stride = model.output_stride
     padded = (-(-height // stride) * stride, -(-width // stride) * stride)
     x = torch.zeros(batch, 3, *padded, device=device)
-    frame = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, device=device)
+    frame = _frame(shape).to(device)
     if half:
         x = x.half().to(memory_format=torch.channels_last)
     graph = SegmentationGraph(model, stride, half=half).eval()
@@ -131,7 +166,8 @@ ONNX_ENGINES = {  # engine → (runtime, ONNX Runtime provider or OpenVINO preci
 
 def _onnx_files(model: nn.Module, shape: tuple, folder: Path) -> dict[str, Path]:
     """The parts as ONNX (fp32): the network traced at this shape, the graph exported as
-    `cycada export` does (channels-last Resize for ONNX Runtime, the plain one for OpenVINO)."""
+    `cycada export` does: served in blocks (the CPU engines), every class upsampled (the graph
+    a TensorRT plan is built from, ``graph-dense``)."""
 
     network, x = _parts(model, shape, False, "cpu")["network"]
     files = {"network": folder / "network.onnx"}
@@ -140,10 +176,8 @@ def _onnx_files(model: nn.Module, shape: tuple, folder: Path) -> dict[str, Path]
         output_names=["scores"], dynamo=False,
     )  # fmt: skip
     endpoint = Endpoint("segment", "segment", model, model.output_stride, 3)
-    for part, channels_last in (("graph", True), ("graph-plain", False)):
-        files[part] = export_onnx(
-            endpoint, folder / f"{part}.onnx", cache=False, channels_last=channels_last
-        )
+    for part, blocks in (("graph", True), ("graph-dense", False)):
+        files[part] = export_onnx(endpoint, folder / f"{part}.onnx", cache=False, blocks=blocks)
     return files
 
 
@@ -177,19 +211,20 @@ def _serving_engines(files: dict, engine: str, gpu: bool, threads: int) -> dict 
             return "not available (pip install cycada[cpu] brings OpenVINO)"
         if engine not in openvino_export.precisions():
             return f"not available (this CPU does not compute in {setting})"
-        return {
-            "network": OpenVinoEngine(files["network"], setting, threads),
-            "graph": OpenVinoEngine(files["graph-plain"], setting, threads),
-        }
+        return {part: OpenVinoEngine(files[part], setting, threads) for part in PARTS}
 
     provider = setting or ("CUDAExecutionProvider" if gpu else "CPUExecutionProvider")
     if provider not in onnxruntime().get_available_providers():
         return f"not available ({provider} missing)"
-    return {part: OnnxEngine(files[part], [provider], threads) for part in PARTS}
+    graph = files["graph-dense" if gpu else "graph"]  # a GPU serves every class upsampled
+    return {
+        "network": OnnxEngine(files["network"], [provider], threads),
+        "graph": OnnxEngine(graph, [provider], threads),
+    }
 
 
 def bench(
-    name: str,
+    name: str | None,
     height: int,
     width: int,
     batch: int,
@@ -197,21 +232,27 @@ def bench(
     repeat: int,
     device: str = "cpu",
     engines: tuple[str, ...] = ("eager", "onnxruntime"),
+    run: Path | None = None,
 ) -> dict:
     """Median ms per batch of the network and of the serving graph, for every engine asked for
     and available here, one process (the compiled ones in a child process each): ``eager``
     PyTorch (fp16 channels-last on CUDA), ``aoti`` and ``aoti-autotune`` (an AOTInductor
     package compiled now, as `cycada export --compile` does, without and with Inductor's
     max_autotune), ``onnxruntime`` (CUDA provider on a GPU, else CPU), ``tensorrt`` (ONNX
-    Runtime's TensorRT provider, when installed), ``openvino`` and ``openvino-bf16`` (CPU)."""
+    Runtime's TensorRT provider, when installed), ``openvino`` and ``openvino-bf16`` (CPU).
+    ``run`` measures a trained run's segmenter (the compiled engines, whose cost does not
+    depend on the weights, build ``name`` with random ones)."""
     torch.set_num_threads(threads)
     target = torch.device(device)
     half = target.type == "cuda"
-    model = build_segmenter(name, 19).eval().to(target)
+    name, model = _segmenter(name, run)
+    model = model.eval()
+    shape = (batch, height, width)
+    share = None if half else _exact_share(model, shape)
+    model = model.to(target)
     if half:  # as the serving engine runs it: fp16, NHWC, cuDNN autotuned
         model = model.half().to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    shape = (batch, height, width)
 
     def timed(run) -> float:
         def once():
@@ -260,6 +301,7 @@ def bench(
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "ms": ms,
         "graph_over_network": ratios,
+        "exact_blocks": share,  # of the served graph (CPU engines): its cost depends on it
         "graph_fps": {k: round(1000 * batch / v, 1) for k, v in graphs.items()},
         "fastest_graph": min(graphs, key=graphs.get) if graphs else None,
     }
@@ -283,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: eager, aoti, aoti-autotune (Inductor's max_autotune), "
         "onnxruntime, tensorrt, openvino, openvino-bf16 (those missing are reported)",
     )
+    parser.add_argument(
+        "--run", type=Path, help="a trained segmentation run's network (default: random weights)"
+    )
     parser.add_argument("--out", type=Path, help="write segmenters.json here")
     args = parser.parse_args(argv)
     width, height = args.size
@@ -292,10 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [engine for engine in engines if engine not in known]
     if unknown or not engines:
         parser.error(f"--engines {args.engines}: expected some of {', '.join(known)}")
-    for name in args.network:
+    for name in [None] if args.run else args.network:
         rows.append(
-            bench(name, height, width, args.batch, args.threads, args.repeat, args.device, engines)
-        )
+            bench(
+                name, height, width, args.batch, args.threads, args.repeat, args.device, engines,
+                args.run,
+            )
+        )  # fmt: skip
         print(json.dumps(rows[-1]))
     write_results(args.out, "segmenters", {"size": [width, height], "rows": rows})
     return 0

@@ -103,7 +103,11 @@ def _onnx_variants(
     with tempfile.TemporaryDirectory() as scratch:
         if endpoint.kind != "translate":
             checked = export_onnx(
-                endpoint, Path(scratch) / "logits.onnx", logits=True, cache=options.cache
+                endpoint,
+                Path(scratch) / "logits.onnx",
+                logits=True,
+                cache=options.cache,
+                blocks=True,
             )
             logits_runner = parity.onnx_runner(checked)
         served = export_served(
@@ -179,7 +183,6 @@ def _timing_frame(endpoint: Endpoint, images: list):
 
 def _openvino_variants(
     endpoint: Endpoint,
-    options: ExportOptions,
     version_dir: Path,
     images: list,
     reference: Callable,
@@ -187,36 +190,42 @@ def _openvino_variants(
     log: Callable[[str], None],
 ) -> tuple[list[parity.ParityRow], dict[str, float]]:
     """OpenVINO's conversion, its parity rows and timings (fp32, bf16 where the CPU has it),
-    worked out in a child process (:func:`.openvino_export.convert_check_and_time` says why).
-    A segmentation is converted from its classes-first graph (one more trace), the others from
-    the ``served`` graph, which has no class layout to choose.
+    worked out in a child process (:func:`.openvino_export.convert_check_and_time` says why),
+    from the ``served`` graph (a segmentation's in blocks, also OpenVINO's fastest form).
     A precision that misses a bound is left out of the choice, not fatal: ONNX Runtime serves
     then."""
 
     log(f"{endpoint.name}: OpenVINO conversion")
     expected = [reference(batch) for batch in images]
     described = dataclasses.replace(endpoint, network=None)  # what the parity rows name
-    with tempfile.TemporaryDirectory() as scratch:
-        graph = served
-        if endpoint.kind == "segment":
-            graph = Path(scratch) / "graph.onnx"
-            export_onnx(endpoint, graph, cache=options.cache, channels_last=False)
-        job = (graph, version_dir, described, images, expected, _timing_frame(endpoint, images))
-        context = multiprocessing.get_context("spawn")
-        try:
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-                rows, timings, left_out = pool.submit(
-                    openvino_export.convert_check_and_time, *job
-                ).result()
-        except Exception as exc:  # OpenVINO is optional: a failure costs it, not the export
-            for path in version_dir.glob(OPENVINO_FILE.replace(".xml", ".*")):
-                path.unlink()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            log(f"{endpoint.name}: OpenVINO left out ({first})")
-            return [], {}
+    job = (served, version_dir, described, images, expected, _timing_frame(endpoint, images))
+    context = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            rows, timings, left_out = pool.submit(
+                openvino_export.convert_check_and_time, *job
+            ).result()
+    except Exception as exc:  # OpenVINO is optional: a failure costs it, not the export
+        for path in version_dir.glob(OPENVINO_FILE.replace(".xml", ".*")):
+            path.unlink()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log(f"{endpoint.name}: OpenVINO left out ({first})")
+        return [], {}
     for name, table in left_out.items():
         log(f"{endpoint.name}: {name} left out (parity)\n{table}")
     return rows, timings
+
+
+def _tensorrt_plan(
+    endpoint: Endpoint, options: ExportOptions, version_dir: Path, served: Path
+) -> Path:
+    """The plan of the served graph, or for a segmentation of its every-class form: the
+    blocks' data-dependent shapes would cost a GPU more than the upsampling."""
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = served
+        if endpoint.kind == "segment":
+            graph = export_onnx(endpoint, Path(scratch) / "graph.onnx", cache=options.cache)
+        return tensorrt_build.build_plan(graph, version_dir / "model.plan", endpoint, options)
 
 
 def _record_choice(
@@ -260,7 +269,7 @@ def _export_endpoint(
             graph_cache.wait_for_helper()  # engines timed on a quiet machine
         if on_cpu and options.cpu_engines and openvino_export.available():
             openvino_rows, openvino_timings = _openvino_variants(
-                endpoint, options, version_dir, images, reference, served, log
+                endpoint, version_dir, images, reference, served, log
             )
             rows, timings = rows + openvino_rows, {**timings, **openvino_timings}
         if on_cpu and timings:  # something to choose between: ONNX Runtime on the same frame
@@ -270,7 +279,7 @@ def _export_endpoint(
             _record_choice(endpoint, version_dir, timings, device, log)
         if options.tensorrt:
             log(f"{endpoint.name}: TensorRT plan")
-            plan = tensorrt_build.build_plan(served, version_dir / "model.plan", endpoint, options)
+            plan = _tensorrt_plan(endpoint, options, version_dir, served)
             runner = tensorrt_build.plan_runner(plan, endpoint)
             rows += parity.compare(endpoint, "tensorrt", reference, runner, images, True)
         report.rows.extend(rows)

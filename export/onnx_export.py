@@ -52,14 +52,16 @@ def export_onnx(
     simplify: bool = False,
     cache: bool = True,
     channels_last: bool = True,
+    blocks: bool = False,
 ) -> Path:
     """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it.
 
     ``simplify`` runs onnxscript's optimizer once more (constant folding, dead-code removal,
     function inlining) on top of the one the exporter applies. With ``cache``, a graph exported
     before from the same weights, code and options is copied instead (:mod:`.graph_cache`).
-    ``channels_last`` lays a segmentation's classes last and applies
-    :func:`resize_channels_last` (ONNX Runtime's faster layout; OpenVINO is faster without).
+    A segmentation's ``blocks`` upsamples two classes a block (the served fp32 graph: CPU
+    engines, :mod:`cycada.models.block_labels`); without, every class is upsampled, laid last
+    with ``channels_last`` (:func:`resize_channels_last`; the static shapes GPU engines want).
     """
     key = graph_cache.graph_key(
         endpoint.network,
@@ -74,20 +76,27 @@ def export_onnx(
             "max_side": MAX_SIDE,
             "outputs": tuple(output_names(endpoint, logits)),
             "channels_last": channels_last,
+            "blocks": blocks,
         },
     )
     if cache and graph_cache.fetch(key, path, wait=half):
         return path
-    _export_checked(endpoint, path, half, logits, simplify, channels_last)
+    _export_checked(endpoint, path, half, logits, simplify, channels_last, blocks)
     if cache:
         graph_cache.store(key, path)
     return path
 
 
 def _export_checked(
-    endpoint: Endpoint, path: Path, half: bool, logits: bool, simplify: bool, channels_last: bool
+    endpoint: Endpoint,
+    path: Path,
+    half: bool,
+    logits: bool,
+    simplify: bool,
+    channels_last: bool,
+    blocks: bool,
 ):
-    graph = serving_graph(endpoint, half, logits, channels_last)
+    graph = serving_graph(endpoint, half, logits, channels_last, blocks)
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = torch.export.Dim("height", min=1, max=MAX_SIDE)
     width = torch.export.Dim("width", min=1, max=MAX_SIDE)
@@ -217,11 +226,12 @@ def drop_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto | None:
 def export_served(
     endpoint: Endpoint, path: Path, checked: Path | None, simplify: bool, cache: bool
 ) -> Path:
-    """The served graph: ``checked`` (the same graph with a ``logits`` output, exported for the
-    parity checks) without that output, which saves a trace; else exported on its own."""
+    """The served graph (a segmentation's in blocks): ``checked`` (the same graph with a
+    ``logits`` output, exported for the parity checks) without that output, which saves a
+    trace; else exported on its own."""
     served = None if checked is None else drop_output(onnx.load(str(checked)), "logits")
     if served is None:
-        return export_onnx(endpoint, path, simplify=simplify, cache=cache)
+        return export_onnx(endpoint, path, simplify=simplify, cache=cache, blocks=True)
     served = _checked(served, endpoint, simplify)
     with atomic_path(path) as tmp:
         onnx.save(served, str(tmp))

@@ -3,8 +3,8 @@
 OpenVINO is optional (the ``[cpu]`` extra): without it the export goes on with ONNX Runtime
 alone. The conversion (``model.openvino.xml`` and ``.bin``) is read by the Python backend's
 :class:`~cycada.serving.engines.OpenVinoEngine` and by Triton's own openvino backend (the
-``openvino`` profile). It is converted from the graph without the channels-last Resize, which
-OpenVINO runs several times slower than the plain layout.
+``openvino`` profile). It is converted from the served ONNX graph (a segmentation's upsamples
+two classes a block, :mod:`cycada.models.block_labels`: OpenVINO's fastest form too).
 """
 
 from __future__ import annotations

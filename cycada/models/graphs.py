@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cycada.models.block_labels import BlockLabels, to_level
 from cycada.models.endpoints import Endpoint
 from cycada.models.transforms import fit_channels
 
@@ -36,12 +37,14 @@ class SegmentationGraph(nn.Module):
     Confidence is the winning class's softmax probability scaled to 0..255. ``logits`` adds the
     network's class scores at its output stride (N, K, H/s, W/s), for the parity checks.
 
-    The work after the network is most of a CPU's time at dashcam sizes, so it is arranged to
-    be cheap (the result is :class:`PlainSegmentationGraph`'s): each coarse position's scores
-    are shifted so that its best class scores 0 before upsampling (one constant per pixel moves
-    neither the argmax nor the softmax, and exp then needs no max pass at full resolution); the
-    upsampled scores are reduced with the classes last, along contiguous memory; the padding
-    is cropped from the uint8 results rather than from every class's float scores.
+    The result is :class:`PlainSegmentationGraph`'s, computed cheaply. With ``blocks`` (the CPU
+    graph) only each block of the coarse grid's two best classes are upsampled
+    (:mod:`cycada.models.block_labels`). Without (the GPU graphs, whose engines want static
+    shapes) every class is: each coarse position's scores are shifted so that its best class
+    scores 0 before upsampling (one constant per pixel moves neither the argmax nor the
+    softmax, and exp then needs no max pass at full resolution); the upsampled scores are
+    reduced with the classes last, along contiguous memory; the padding is cropped from the
+    uint8 results rather than from every class's float scores.
     """
 
     def __init__(
@@ -51,10 +54,12 @@ class SegmentationGraph(nn.Module):
         half: bool = False,
         logits: bool = False,
         classes_last: bool = True,
+        blocks: bool = False,
     ):
         super().__init__()
         self.segmenter, self.multiple = segmenter, multiple
         self.half, self.with_logits = half, logits
+        self.block_labels = BlockLabels(segmenter.output_stride) if blocks else None
         # ONNX Runtime reduces along contiguous classes fastest; OpenVINO in its own blocked
         # layout, where moving the classes last is a full-resolution copy
         self.class_axis = -1 if classes_last else 1
@@ -66,20 +71,25 @@ class SegmentationGraph(nn.Module):
         if self.half:
             x = x.half()
         scores = self.segmenter.score_maps(x).float()
+        if self.block_labels is not None:
+            outputs = self.block_labels(scores, height, width)
+        else:
+            outputs = self._every_class(scores, x.shape[-2:], height, width)
+        return (*outputs, scores) if self.with_logits else outputs
+
+    def _every_class(
+        self, scores: torch.Tensor, size: torch.Size, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         shifted = scores - scores.amax(1, keepdim=True)
-        full = F.interpolate(shifted, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        full = F.interpolate(shifted, size=size, mode="bilinear", align_corners=False)
         if self.class_axis == -1:
             full = full.permute(0, 2, 3, 1)
         top, labels = full.max(self.class_axis)
         # every pixel's best class is within the interpolation of zeros, so exp(top) stays far
         # above float32's range end for any trained network; the floor only keeps 0/0 out
         sums = torch.exp(full).sum(self.class_axis).clamp_min(torch.finfo(torch.float32).tiny)
-        confidence = torch.exp(top).div(sums).mul(255.0).round()
-        outputs = (
-            labels.to(torch.uint8)[:, :height, :width],
-            confidence.to(torch.uint8)[:, :height, :width],
-        )
-        return (*outputs, scores) if self.with_logits else outputs
+        confidence = to_level(torch.exp(top).div(sums))
+        return labels.to(torch.uint8)[:, :height, :width], confidence[:, :height, :width]
 
 
 class PlainSegmentationGraph(nn.Module):
@@ -95,7 +105,7 @@ class PlainSegmentationGraph(nn.Module):
         height, width = x.shape[-2], x.shape[-1]
         logits = self.segmenter(_pad_to_multiple(x, self.multiple))[:, :, :height, :width]
         confidence, labels = logits.float().softmax(1).max(1)
-        return labels.to(torch.uint8), confidence.mul(255.0).round().to(torch.uint8)
+        return labels.to(torch.uint8), to_level(confidence)
 
 
 class TranslationGraph(nn.Module):
@@ -141,15 +151,20 @@ class DigitGraph(nn.Module):
 
 
 def serving_graph(
-    endpoint: Endpoint, half: bool = False, logits: bool = False, channels_last: bool = True
+    endpoint: Endpoint,
+    half: bool = False,
+    logits: bool = False,
+    channels_last: bool = True,
+    blocks: bool = False,
 ) -> nn.Module:
     """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks;
-    ``channels_last`` reduces a segmentation's classes along contiguous memory)."""
+    a segmentation's ``blocks`` upsamples two classes a block, the CPU's form, else every class,
+    along contiguous memory with ``channels_last``)."""
     network = copy.deepcopy(endpoint.network).eval()
     if half:
         network = network.half()
     if endpoint.kind == "segment":
-        graph = SegmentationGraph(network, endpoint.multiple, half, logits, channels_last)
+        graph = SegmentationGraph(network, endpoint.multiple, half, logits, channels_last, blocks)
         return graph.eval()
     if endpoint.kind == "translate":
         return TranslationGraph(network, endpoint.multiple, half).eval()

@@ -1,0 +1,146 @@
+"""Full-resolution labels and confidence from a segmenter's coarse class scores, without
+upsampling every class: the post-processing of the CPU serving graph.
+
+Upsampling the scores bilinearly (``align_corners=False``) by the network's stride ``s`` gives
+each pixel a convex combination of the scores of four coarse cells; the pixels that share
+their four cells form an s×s *block* (the grid is offset by s/2; edge cells are repeated, as
+the interpolation clamps there). Within a block:
+
+* if one class leads at all four corners, it leads at every pixel (each pixel's score gap is
+  a convex combination of non-negative gaps);
+* a class that trails the block's two best classes by more than ``MARGIN`` at every corner
+  cannot win any pixel and moves its softmax by under ``exp(-MARGIN)`` per class, so labels and
+  confidence need only the *lead* of the first class over the second, one channel upsampled;
+* the other blocks (three or more classes within reach: junctions, unsure regions, about 1 %
+  of a dashcam frame's blocks) are computed with every class, exactly, and scattered in.
+
+The two classes' lower bound at a pixel is the best of: the first's lowest corner, the
+second's lowest corner, half the lowest corner sum (each pixel's best of two is at least their
+mean). With ``MARGIN`` 9 the confidence moves by under 0.6/255 and the labels not at all
+(ties aside). One uint8 frame costs the network plus about a fifth, where upsampling all 19
+classes cost the network again (ONNX Runtime and OpenVINO on a CPU, BENCHMARKS.md).
+
+Data-dependent shapes (the exact blocks) suit a CPU; GPU engines keep the dense form
+(:class:`cycada.models.graphs.SegmentationGraph` without ``blocks``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MARGIN = 9.0  # logits below the two best classes at which a class no longer counts
+NEVER = -1.0e4  # the score of a class added to a two-class segmenter's: it never counts
+
+
+class BlockLabels(nn.Module):
+    """Class scores (N, K, h, w) at ``stride`` → labels, confidence uint8 (N, height, width),
+    as the plain definition (bilinear upsampling, softmax, argmax) gives them."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        if stride < 2 or stride % 2:
+            raise ValueError(f"block labels need an even output stride, not {stride}")
+        self.stride = stride
+        # a pixel's weight on its block's far row (or column): (offset + 0.5) / stride
+        fraction = (torch.arange(stride, dtype=torch.float32) + 0.5) / stride
+        rows = fraction[:, None].expand(stride, stride).reshape(-1)
+        cols = fraction[None, :].expand(stride, stride).reshape(-1)
+        weights = torch.stack(
+            [(1 - rows) * (1 - cols), (1 - rows) * cols, rows * (1 - cols), rows * cols]
+        )  # the four corners' weights of each pixel of a block
+        self.register_buffer("fraction", fraction, persistent=False)
+        self.register_buffer("corner_weights", weights.t().contiguous(), persistent=False)
+        self.register_buffer("offsets", torch.arange(stride), persistent=False)
+        self.register_buffer("corner_columns", torch.tensor([0, 1, 0, 1]), persistent=False)
+        self.register_buffer("corner_rows", torch.tensor([0, 0, 1, 1]), persistent=False)
+
+    def forward(
+        self, scores: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cells, lead, pair, exact = self._blocks(scores)
+        labels, confidence = self._two_classes(lead, pair)
+        labels, confidence = self._every_class(cells, exact, labels, confidence)
+        half = self.stride // 2
+        return (
+            labels[:, half : half + height, half : half + width],
+            confidence[:, half : half + height, half : half + width],
+        )
+
+    def exact_share(self, scores: torch.Tensor) -> float:
+        """The share of blocks computed with every class: about 1 % for a trained network on
+        real frames, all of them for an untrained one (the graph's slowest case)."""
+        return self._blocks(scores)[3].float().mean().item()
+
+    def _blocks(self, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per block of the coarse grid (N, h+1, w+1): the first class's lead over the second
+        at the four corners (…, 4), those two classes (N, 2, …), and whether a third may count;
+        with the padded cells (N, K, h+2, w+2) the exact blocks are computed from."""
+        if scores.shape[1] < 3:  # classes that never count keep the shapes below
+            scores = F.pad(scores, (0, 0, 0, 0, 0, 3 - scores.shape[1]), value=NEVER)
+        h, w = scores.shape[-2:]
+        # one constant per cell moves neither argmax nor softmax: each cell's best scores 0
+        shifted = scores - scores.amax(1, keepdim=True)
+        cells = F.pad(shifted, (1, 1, 1, 1), mode="replicate")  # (n, k, h+2, w+2)
+        corners = [cells[:, :, r : r + h + 1, c : c + w + 1] for r in (0, 1) for c in (0, 1)]
+        # stacked, not gathered from each slice (OpenVINO mis-shapes a gather from a padded slice)
+        stacked = torch.stack(corners, -1)  # (n, k, h+1, w+1, 4)
+        top_values, top_classes = stacked.amax(-1).topk(3, dim=1)  # (n, 3, h+1, w+1)
+        pair = top_classes[:, :2]
+        pair_corners = stacked.gather(1, pair.unsqueeze(-1).expand(-1, -1, -1, -1, 4))
+        first, second = pair_corners[:, 0], pair_corners[:, 1]  # (n, h+1, w+1, 4)
+        floor = torch.maximum(
+            torch.maximum(first.amin(-1), second.amin(-1)), (first + second).amin(-1) * 0.5
+        )
+        exact = top_values[:, 2] - floor >= -MARGIN
+        return cells, first - second, pair, exact
+
+    def _two_classes(
+        self, lead: torch.Tensor, pair: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every block from its two best classes: the first's lead over the second at the four
+        corners, interpolated along the rows, then down the columns, already in image order."""
+        s, f = self.stride, self.fraction
+        n, h, w = lead.shape[0], lead.shape[1] - 1, lead.shape[2] - 1
+        c00, c01, c10, c11 = lead.unbind(-1)  # (n, h+1, w+1)
+        top = (c00.unsqueeze(-1) + (c01 - c00).unsqueeze(-1) * f).reshape(n, h + 1, 1, (w + 1) * s)
+        low = (c10.unsqueeze(-1) + (c11 - c10).unsqueeze(-1) * f).reshape(n, h + 1, 1, (w + 1) * s)
+        pixel_lead = top + (low - top) * f.unsqueeze(-1)  # (n, h+1, s, (w+1)*s)
+        classes = pair.to(torch.uint8)
+        first = classes[:, 0].repeat_interleave(s, dim=2).unsqueeze(2)  # (n, h+1, 1, (w+1)*s)
+        second = classes[:, 1].repeat_interleave(s, dim=2).unsqueeze(2)
+        size = (n, (h + 1) * s, (w + 1) * s)
+        labels = torch.where(pixel_lead >= 0, first, second).reshape(size)
+        confidence = to_level(torch.sigmoid(pixel_lead.abs())).reshape(size)
+        return labels, confidence
+
+    def _every_class(
+        self,
+        cells: torch.Tensor,
+        exact: torch.Tensor,
+        labels: torch.Tensor,
+        confidence: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks where a third class may count, from every class's scores, written over
+        the two-class results."""
+        s = self.stride
+        n, k, rows, columns = cells.shape
+        image, block_row, block_column = exact.nonzero().unbind(1)  # (E,) each
+        # (k, n*(h+2)*(w+2)): only moves a size-1 axis for one image
+        flat = cells.transpose(0, 1).reshape(k, -1)
+        first_cell = (image * rows + block_row) * columns + block_column
+        corner_cells = first_cell.unsqueeze(1) + self.corner_columns + self.corner_rows * columns
+        corners = flat.index_select(1, corner_cells.reshape(-1)).reshape(k, -1, 4).permute(1, 2, 0)
+        probability, winner = (self.corner_weights @ corners).softmax(-1).max(-1)  # (E, s*s)
+        pixel_rows = (block_row * s).reshape(-1, 1, 1) + self.offsets.reshape(1, s, 1)
+        pixel_columns = (block_column * s).reshape(-1, 1, 1) + self.offsets.reshape(1, 1, s)
+        where = (image.reshape(-1, 1, 1), pixel_rows, pixel_columns)
+        labels = labels.index_put(where, winner.to(torch.uint8).reshape(-1, s, s))
+        confidence = confidence.index_put(where, to_level(probability).reshape(-1, s, s))
+        return labels, confidence
+
+
+def to_level(probability: torch.Tensor) -> torch.Tensor:
+    """A probability as the uint8 level 0..255 that the serving graphs return."""
+    return probability.mul(255.0).round().to(torch.uint8)
