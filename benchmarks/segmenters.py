@@ -283,6 +283,19 @@ def bench(
     wanted = tuple(e for e in ONNX_ENGINES if e in engines)
     if wanted:
         timings.update(_onnx_ms(model, shape, half, wanted, threads, repeat))
+    return {
+        "model": name,
+        "device": torch.cuda.get_device_name(target) if half else "cpu",
+        "input": f"{batch}x{height}x{width}x3 uint8" + (" fp16" if half else ""),
+        "threads": threads,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "exact_blocks": share,  # of the served graph (CPU engines): its cost depends on it
+        **_summary(timings, batch),
+    }
+
+
+def _summary(timings: dict[str, dict[str, float | str]], batch: int) -> dict:
+    """The timings rounded, each engine's graph/network ratio and graph frames/s, the fastest."""
     ms = {
         engine: {part: round(v, 2) if isinstance(v, float) else v for part, v in parts.items()}
         for engine, parts in timings.items()
@@ -294,14 +307,8 @@ def bench(
     }
     graphs = {e: p["graph"] for e, p in timings.items() if isinstance(p["graph"], float)}
     return {
-        "model": name,
-        "device": torch.cuda.get_device_name(target) if half else "cpu",
-        "input": f"{batch}x{height}x{width}x3 uint8" + (" fp16" if half else ""),
-        "threads": threads,
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "ms": ms,
         "graph_over_network": ratios,
-        "exact_blocks": share,  # of the served graph (CPU engines): its cost depends on it
         "graph_fps": {k: round(1000 * batch / v, 1) for k, v in graphs.items()},
         "fastest_graph": min(graphs, key=graphs.get) if graphs else None,
     }

@@ -148,6 +148,8 @@ BENCH = "bench --url 127.0.0.1:1 --no-in-process"
         (f"{BENCH} --warmup -1", "argument --warmup: expected seconds, 0 or more"),
         ("bench segmenters --threads 0", "argument --threads: expected a whole number >= 1"),
         ("bench segmenters --engines nope", "--engines nope: expected some of eager, aoti"),
+        ("bench segmenters --run {tmp}/nope", "run folder {tmp}/nope does not exist"),
+        ("bench segmenters --run {tmp}/file", "{tmp}/file does not exist (expected the --out"),
         ("bench streams --streams 0", "argument --streams: expected a whole number >= 1"),
         ("data scenes --out {tmp}/file --count 2", "--out {tmp}/file: expected a folder, found"),
         ("data scenes --out {tmp}/s --count 0", "argument --count: expected a whole number >= 1"),
