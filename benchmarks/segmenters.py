@@ -98,14 +98,22 @@ def _parts(model: nn.Module, shape: tuple, half: bool, device) -> dict[str, tupl
 
 
 def _median_ms(run, repeat: int) -> float:
-    run()
-    run()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
+    return _medians_ms({"run": run}, repeat)["run"]
+
+
+def _medians_ms(runs: dict, repeat: int) -> dict[str, float]:
+    """name → median ms of ``repeat`` calls, the runs taken in turn (network, graph, network,
+    ...): on a shared machine a slow spell then costs both alike, not one of them."""
+    for run in runs.values():
         run()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 # AOTInductor packages compiled now, as `cycada export --compile` does: name → Inductor configs
@@ -194,10 +202,8 @@ def _onnx_ms(
             if isinstance(engines, str):
                 timings[engine] = {part: engines for part in PARTS}
                 continue
-            timings[engine] = {
-                part: _median_ms(lambda e=e, x=inputs[part]: e.run(x, e.outputs), repeat)
-                for part, e in engines.items()
-            }
+            runs = {p: lambda e=e, x=inputs[p]: e.run(x, e.outputs) for p, e in engines.items()}
+            timings[engine] = _medians_ms(runs, repeat)
     return timings
 
 
@@ -254,21 +260,20 @@ def bench(
         model = model.half().to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
 
-    def timed(run) -> float:
+    def synchronised(run):
         def once():
             run()
             if half:
                 torch.cuda.synchronize()
 
-        return _median_ms(once, repeat)
+        return once
 
     timings: dict[str, dict[str, float | str]] = {}
     if "eager" in engines:
         with torch.inference_mode():
             parts = _parts(model, shape, half, target)
-            timings["eager"] = {
-                part: timed(lambda m=m, x=x: m(x)) for part, (m, x) in parts.items()
-            }
+            runs = {p: synchronised(lambda m=m, x=x: m(x)) for p, (m, x) in parts.items()}
+            timings["eager"] = _medians_ms(runs, repeat)
         print(json.dumps({"engine": "eager", "ms": timings["eager"]}), flush=True)
     for engine, configs in COMPILED_ENGINES.items():
         if engine in engines:

@@ -127,18 +127,25 @@ class BlockLabels(nn.Module):
         s = self.stride
         n, k, rows, columns = cells.shape
         image, block_row, block_column = exact.nonzero().unbind(1)  # (E,) each
-        # (k, n*(h+2)*(w+2)): only moves a size-1 axis for one image
-        flat = cells.transpose(0, 1).reshape(k, -1)
+        by_cell = cells.permute(0, 2, 3, 1).reshape(-1, k)  # (n*(h+2)*(w+2), k): rows to gather
         first_cell = (image * rows + block_row) * columns + block_column
-        corner_cells = first_cell.unsqueeze(1) + self.corner_columns + self.corner_rows * columns
-        corners = flat.index_select(1, corner_cells.reshape(-1)).reshape(k, -1, 4).permute(1, 2, 0)
-        probability, winner = (self.corner_weights @ corners).softmax(-1).max(-1)  # (E, s*s)
-        pixel_rows = (block_row * s).reshape(-1, 1, 1) + self.offsets.reshape(1, s, 1)
-        pixel_columns = (block_column * s).reshape(-1, 1, 1) + self.offsets.reshape(1, 1, s)
-        where = (image.reshape(-1, 1, 1), pixel_rows, pixel_columns)
-        labels = labels.index_put(where, winner.to(torch.uint8).reshape(-1, s, s))
-        confidence = confidence.index_put(where, to_level(probability).reshape(-1, s, s))
-        return labels, confidence
+        offsets = self.corner_columns + self.corner_rows * columns  # the 4 corners' cells
+        corners = by_cell.index_select(0, (offsets.unsqueeze(1) + first_cell).reshape(-1))
+        # one (s*s, 4) x (4, E*k) product, not E small ones: (s*s, E, k)
+        values = (self.corner_weights @ corners.reshape(4, -1)).reshape(s * s, -1, k)
+        probability, winner = values.softmax(-1).max(-1)  # (s*s, E)
+        # written a block row (s pixels) at a time: the images seen as (n, h+1, s, w+1, s)
+        shape = labels.shape
+        grid = (n, rows - 1, s, columns - 1, s)
+        pixel_row = block_row.unsqueeze(1) * 0 + self.offsets  # (E, s); 0 blocks stay (0, s)
+        where = tuple(index.unsqueeze(1).expand_as(pixel_row) for index in (image, block_row)) + (
+            pixel_row,
+            block_column.unsqueeze(1).expand_as(pixel_row),
+        )
+        rows_of = lambda x: x.t().reshape(-1, s, s)  # noqa: E731  (s*s, E) → (E, s, s)
+        labels = labels.reshape(grid).index_put(where, rows_of(winner.to(torch.uint8)))
+        confidence = confidence.reshape(grid).index_put(where, rows_of(to_level(probability)))
+        return labels.reshape(shape), confidence.reshape(shape)
 
 
 def to_level(probability: torch.Tensor) -> torch.Tensor:
