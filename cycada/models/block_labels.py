@@ -17,8 +17,9 @@ the interpolation clamps there). Within a block:
 The two classes' lower bound at a pixel is the best of: the first's lowest corner, the
 second's lowest corner, half the lowest corner sum (each pixel's best of two is at least their
 mean). With ``MARGIN`` 9 the confidence moves by under 0.6/255 and the labels not at all
-(ties aside). One uint8 frame costs the network plus about a fifth, where upsampling all 19
-classes cost the network again (ONNX Runtime and OpenVINO on a CPU, BENCHMARKS.md).
+(ties aside). A 960x540 frame costs ONNX Runtime on a CPU 1.3x the bare network, where
+upsampling all 19 classes cost 1.8x; with every block exact (an untrained network) 1.2x the
+every-class graph (BENCHMARKS.md).
 
 Data-dependent shapes (the exact blocks) suit a CPU; GPU engines keep the dense form
 (:class:`cycada.models.graphs.SegmentationGraph` without ``blocks``).
