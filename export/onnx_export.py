@@ -51,7 +51,6 @@ def export_onnx(
     logits: bool = False,
     simplify: bool = False,
     cache: bool = True,
-    channels_last: bool = True,
     blocks: bool = False,
 ) -> Path:
     """Write the endpoint's graph to ``path`` (atomically), then check and shape-infer it.
@@ -61,7 +60,7 @@ def export_onnx(
     before from the same weights, code and options is copied instead (:mod:`.graph_cache`).
     A segmentation's ``blocks`` upsamples two classes a block (the served fp32 graph: CPU
     engines, :mod:`cycada.models.block_labels`); without, every class is upsampled, laid last
-    with ``channels_last`` (:func:`resize_channels_last`; the static shapes GPU engines want).
+    (:func:`resize_channels_last`; the static shapes GPU engines want).
     """
     key = graph_cache.graph_key(
         endpoint.network,
@@ -75,13 +74,12 @@ def export_onnx(
             "opset": OPSET,
             "max_side": MAX_SIDE,
             "outputs": tuple(output_names(endpoint, logits)),
-            "channels_last": channels_last,
             "blocks": blocks,
         },
     )
     if cache and graph_cache.fetch(key, path, wait=half):
         return path
-    _export_checked(endpoint, path, half, logits, simplify, channels_last, blocks)
+    _export_checked(endpoint, path, half, logits, simplify, blocks)
     if cache:
         graph_cache.store(key, path)
     return path
@@ -93,10 +91,9 @@ def _export_checked(
     half: bool,
     logits: bool,
     simplify: bool,
-    channels_last: bool,
     blocks: bool,
 ):
-    graph = serving_graph(endpoint, half, logits, channels_last, blocks)
+    graph = serving_graph(endpoint, half, logits, blocks)
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = torch.export.Dim("height", min=1, max=MAX_SIDE)
     width = torch.export.Dim("width", min=1, max=MAX_SIDE)
@@ -122,9 +119,7 @@ def _export_checked(
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
         program.save(str(tmp))
         model = onnx.load(str(tmp))
-        model = _checked(
-            resize_channels_last(model) if channels_last else model, endpoint, simplify
-        )
+        model = _checked(resize_channels_last(model), endpoint, simplify)
         onnx.save(model, str(tmp))
     return path
 

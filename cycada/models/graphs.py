@@ -53,16 +53,12 @@ class SegmentationGraph(nn.Module):
         multiple: int,
         half: bool = False,
         logits: bool = False,
-        classes_last: bool = True,
         blocks: bool = False,
     ):
         super().__init__()
         self.segmenter, self.multiple = segmenter, multiple
         self.half, self.with_logits = half, logits
         self.block_labels = BlockLabels(segmenter.output_stride) if blocks else None
-        # ONNX Runtime reduces along contiguous classes fastest; OpenVINO in its own blocked
-        # layout, where moving the classes last is a full-resolution copy
-        self.class_axis = -1 if classes_last else 1
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = _to_unit_nchw(images)
@@ -82,12 +78,11 @@ class SegmentationGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         shifted = scores - scores.amax(1, keepdim=True)
         full = F.interpolate(shifted, size=size, mode="bilinear", align_corners=False)
-        if self.class_axis == -1:
-            full = full.permute(0, 2, 3, 1)
-        top, labels = full.max(self.class_axis)
+        full = full.permute(0, 2, 3, 1)  # reduced along contiguous classes
+        top, labels = full.max(-1)
         # every pixel's best class is within the interpolation of zeros, so exp(top) stays far
         # above float32's range end for any trained network; the floor only keeps 0/0 out
-        sums = torch.exp(full).sum(self.class_axis).clamp_min(torch.finfo(torch.float32).tiny)
+        sums = torch.exp(full).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
         confidence = to_level(torch.exp(top).div(sums))
         return labels.to(torch.uint8)[:, :height, :width], confidence[:, :height, :width]
 
@@ -151,20 +146,16 @@ class DigitGraph(nn.Module):
 
 
 def serving_graph(
-    endpoint: Endpoint,
-    half: bool = False,
-    logits: bool = False,
-    channels_last: bool = True,
-    blocks: bool = False,
+    endpoint: Endpoint, half: bool = False, logits: bool = False, blocks: bool = False
 ) -> nn.Module:
     """The uint8-in/uint8-out module of an endpoint (``logits`` adds a float output for checks;
-    a segmentation's ``blocks`` upsamples two classes a block, the CPU's form, else every class,
-    along contiguous memory with ``channels_last``)."""
+    a segmentation's ``blocks`` upsamples two classes a block, the CPU's form, else every
+    class)."""
     network = copy.deepcopy(endpoint.network).eval()
     if half:
         network = network.half()
     if endpoint.kind == "segment":
-        graph = SegmentationGraph(network, endpoint.multiple, half, logits, channels_last, blocks)
+        graph = SegmentationGraph(network, endpoint.multiple, half, logits, blocks)
         return graph.eval()
     if endpoint.kind == "translate":
         return TranslationGraph(network, endpoint.multiple, half).eval()
