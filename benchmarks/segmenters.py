@@ -63,7 +63,7 @@ def _frame(shape: tuple) -> torch.Tensor:
     return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
 
 
-def _segmenter(name: str, run: Path | None) -> tuple[str, nn.Module]:
+def _segmenter(name: str | None, run: Path | None) -> tuple[str, nn.Module]:
     """The architecture and network measured: ``run``'s trained segmenter, else ``name`` with
     random weights (the same compute, but every block exact in the served graph)."""
     if run is None:
