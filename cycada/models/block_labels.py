@@ -17,9 +17,11 @@ the interpolation clamps there). Within a block:
 The two classes' lower bound at a pixel is the best of: the first's lowest corner, the
 second's lowest corner, half the lowest corner sum (each pixel's best of two is at least their
 mean). With ``MARGIN`` 9 the confidence moves by under 0.6/255 and the labels not at all
-(ties aside). A 960x540 frame costs ONNX Runtime on a CPU 1.3x the bare network, where
-upsampling all 19 classes cost 1.8x; with every block exact (an untrained network) 1.2x the
-every-class graph (BENCHMARKS.md).
+(ties aside). A 960x540 frame costs ONNX Runtime on a CPU 1.2x the bare network, where
+upsampling all 19 classes cost 1.8x; with every block exact (an untrained network) 1.15x the
+every-class graph (BENCHMARKS.md). The small tensors are worked with matrix products, pools
+and gathers rather than elementwise ops broadcast along a short last axis, which ONNX Runtime
+runs an element at a time.
 
 Data-dependent shapes (the exact blocks) suit a CPU; GPU engines keep the dense form
 (:class:`cycada.models.graphs.SegmentationGraph` without ``blocks``).
@@ -51,7 +53,9 @@ class BlockLabels(nn.Module):
         weights = torch.stack(
             [(1 - rows) * (1 - cols), (1 - rows) * cols, rows * (1 - cols), rows * cols]
         )  # the four corners' weights of each pixel of a block
-        self.register_buffer("fraction", fraction, persistent=False)
+        # (2, s): a pixel's weights on the near and the far corner along one axis
+        self.register_buffer("spread", torch.stack([1 - fraction, fraction]), persistent=False)
+        self.register_buffer("ones", torch.ones(1, stride), persistent=False)
         self.register_buffer("corner_weights", weights.t().contiguous(), persistent=False)
         self.register_buffer("offsets", torch.arange(stride), persistent=False)
         self.register_buffer("corner_columns", torch.tensor([0, 1, 0, 1]), persistent=False)
@@ -80,39 +84,46 @@ class BlockLabels(nn.Module):
         with the padded cells (N, K, h+2, w+2) the exact blocks are computed from."""
         if scores.shape[1] < 3:  # classes that never count keep the shapes below
             scores = F.pad(scores, (0, 0, 0, 0, 0, 3 - scores.shape[1]), value=NEVER)
-        h, w = scores.shape[-2:]
         # one constant per cell moves neither argmax nor softmax: each cell's best scores 0
         shifted = scores - scores.amax(1, keepdim=True)
         cells = F.pad(shifted, (1, 1, 1, 1), mode="replicate")  # (n, k, h+2, w+2)
-        corners = [cells[:, :, r : r + h + 1, c : c + w + 1] for r in (0, 1) for c in (0, 1)]
-        # stacked, not gathered from each slice (OpenVINO mis-shapes a gather from a padded slice)
-        stacked = torch.stack(corners, -1)  # (n, k, h+1, w+1, 4)
-        top_values, top_classes = stacked.amax(-1).topk(3, dim=1)  # (n, 3, h+1, w+1)
+        # each class's best corner: a 2x2 max pool (one pass; no corners stacked)
+        top_values, top_classes = F.max_pool2d(cells, 2, 1).topk(3, dim=1)  # (n, 3, h+1, w+1)
         pair = top_classes[:, :2]
-        pair_corners = stacked.gather(1, pair.unsqueeze(-1).expand(-1, -1, -1, -1, 4))
-        first, second = pair_corners[:, 0], pair_corners[:, 1]  # (n, h+1, w+1, 4)
+        # the two classes at each corner, gathered from that corner's own padding of the
+        # scores (the same cells as a slice of ``cells``; OpenVINO mis-shapes a gather from a
+        # slice of a pad)
+        corners = [
+            F.pad(shifted, (1 - column, column, 1 - row, row), mode="replicate").gather(1, pair)
+            for row in (0, 1)
+            for column in (0, 1)
+        ]
+        first = torch.stack([corner[:, 0] for corner in corners], -1)  # (n, h+1, w+1, 4)
+        second = torch.stack([corner[:, 1] for corner in corners], -1)
         floor = torch.maximum(
             torch.maximum(first.amin(-1), second.amin(-1)), (first + second).amin(-1) * 0.5
         )
         exact = top_values[:, 2] - floor >= -MARGIN
-        return cells, first - second, pair, exact
+        # the lead's corners laid (n, h+1, corner row, w+1, corner column) for _two_classes
+        lead = (first - second).unflatten(-1, (2, 2)).transpose(2, 3)
+        return cells, lead, pair, exact
 
     def _two_classes(
         self, lead: torch.Tensor, pair: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every block from its two best classes: the first's lead over the second at the four
-        corners, interpolated along the rows, then down the columns, already in image order."""
-        s, f = self.stride, self.fraction
-        n, h, w = lead.shape[0], lead.shape[1] - 1, lead.shape[2] - 1
-        c00, c01, c10, c11 = lead.unbind(-1)  # (n, h+1, w+1)
-        top = (c00.unsqueeze(-1) + (c01 - c00).unsqueeze(-1) * f).reshape(n, h + 1, 1, (w + 1) * s)
-        low = (c10.unsqueeze(-1) + (c11 - c10).unsqueeze(-1) * f).reshape(n, h + 1, 1, (w + 1) * s)
-        pixel_lead = top + (low - top) * f.unsqueeze(-1)  # (n, h+1, s, (w+1)*s)
-        classes = pair.to(torch.uint8)
-        first = classes[:, 0].repeat_interleave(s, dim=2).unsqueeze(2)  # (n, h+1, 1, (w+1)*s)
-        second = classes[:, 1].repeat_interleave(s, dim=2).unsqueeze(2)
+        """Every block from its two best classes: the first's lead over the second at the
+        corners (N, h+1, 2, w+1, 2: corner row, block column, corner column), interpolated along
+        the rows, then down the columns, already in image order. Both steps, and each block's
+        classes repeated across its s columns, are matrix products: elementwise ops that
+        broadcast a short last axis, ONNX Runtime runs an element at a time."""
+        s = self.stride
+        n, h, w = lead.shape[0], lead.shape[1] - 1, lead.shape[3] - 1
+        rows = (lead @ self.spread).reshape(n, h + 1, 2, (w + 1) * s)  # top and bottom rows
+        pixel_lead = self.spread.t() @ rows  # (n, h+1, s, (w+1)*s)
+        repeated = pair.float().unsqueeze(-1) @ self.ones  # (n, 2, h+1, w+1, s)
+        classes = repeated.to(torch.uint8).reshape(n, 2, h + 1, 1, (w + 1) * s)
         size = (n, (h + 1) * s, (w + 1) * s)
-        labels = torch.where(pixel_lead >= 0, first, second).reshape(size)
+        labels = torch.where(pixel_lead >= 0, classes[:, 0], classes[:, 1]).reshape(size)
         confidence = to_level(torch.sigmoid(pixel_lead.abs())).reshape(size)
         return labels, confidence
 
@@ -128,12 +139,14 @@ class BlockLabels(nn.Module):
         s = self.stride
         n, k, rows, columns = cells.shape
         image, block_row, block_column = exact.nonzero().unbind(1)  # (E,) each
-        by_cell = cells.permute(0, 2, 3, 1).reshape(-1, k)  # (n*(h+2)*(w+2), k): rows to gather
+        # (k, n*(h+2)*(w+2)): the cells are gathered, then laid classes last (not all of them)
+        by_class = cells.transpose(0, 1).reshape(k, -1)
         first_cell = (image * rows + block_row) * columns + block_column
         offsets = self.corner_columns + self.corner_rows * columns  # the 4 corners' cells
-        corners = by_cell.index_select(0, (offsets.unsqueeze(1) + first_cell).reshape(-1))
+        corners = by_class.index_select(1, (offsets.unsqueeze(1) + first_cell).reshape(-1))
+        corners = corners.reshape(k, 4, -1).permute(1, 2, 0).reshape(4, -1)  # (4, E*k)
         # one (s*s, 4) x (4, E*k) product, not E small ones: (s*s, E, k)
-        values = (self.corner_weights @ corners.reshape(4, -1)).reshape(s * s, -1, k)
+        values = (self.corner_weights @ corners).reshape(s * s, -1, k)
         probability, winner = values.softmax(-1).max(-1)  # (s*s, E)
         # written a block row (s pixels) at a time: the images seen as (n, h+1, s, w+1, s)
         shape = labels.shape

@@ -35,7 +35,9 @@ class SegmentationGraph(nn.Module):
     """uint8 (N, H, W, 3) → labels uint8 (N, H, W), confidence uint8 (N, H, W) [, scores].
 
     Confidence is the winning class's softmax probability scaled to 0..255. ``logits`` adds the
-    network's class scores at its output stride (N, K, H/s, W/s), for the parity checks.
+    network's class scores at its output stride (N, K, H/s, W/s), for the parity checks. The
+    frame goes to the network's normalised input in one affine
+    (:meth:`~cycada.models.segmenters.Segmenter.pixel_normalisation`).
 
     The result is :class:`PlainSegmentationGraph`'s, computed cheaply. With ``blocks`` (the CPU
     graph) only each block of the coarse grid's two best classes are upsampled
@@ -61,12 +63,13 @@ class SegmentationGraph(nn.Module):
         self.block_labels = BlockLabels(segmenter.output_stride) if blocks else None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = _to_unit_nchw(images)
+        scale, shift = self.segmenter.pixel_normalisation()
+        x = images.permute(0, 3, 1, 2).float() * scale + shift
         height, width = x.shape[-2], x.shape[-1]
         x = _pad_to_multiple(x, self.multiple)
         if self.half:
             x = x.half()
-        scores = self.segmenter.score_maps(x).float()
+        scores = self.segmenter.normalised_score_maps(x).float()
         if self.block_labels is not None:
             outputs = self.block_labels(scores, height, width)
         else:

@@ -45,9 +45,19 @@ class Segmenter(nn.Module, abc.ABC):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.input_scale + self.input_shift
 
-    @abc.abstractmethod
+    def pixel_normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (1, 3, 1, 1): uint8 pixel values straight to the normalised
+        input of :meth:`normalised_score_maps`, one affine where [-1, 1] and ``normalise``
+        take two (the serving graphs' saving of two full-frame passes)."""
+        return self.input_scale / 127.5, self.input_shift - self.input_scale
+
     def score_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at the network's output stride (before upsampling)."""
+        return self.normalised_score_maps(self.normalise(x))
+
+    @abc.abstractmethod
+    def normalised_score_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_maps` of an input already normalised (ImageNet statistics)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.score_maps(x)
@@ -139,7 +149,8 @@ class DRNC26(Segmenter):
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(self.normalise(x))))
+        """The 1/8 feature map of a normalised input."""
+        x = self.relu(self.bn1(self.conv1(x)))
         for layer in (
             self.layer1,
             self.layer2,
@@ -153,7 +164,7 @@ class DRNC26(Segmenter):
             x = layer(x)
         return x
 
-    def score_maps(self, x: torch.Tensor) -> torch.Tensor:
+    def normalised_score_maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.seg(self.features(x))
 
 
@@ -188,8 +199,7 @@ class FCN8s(Segmenter):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def score_maps(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalise(x)
+    def normalised_score_maps(self, x: torch.Tensor) -> torch.Tensor:
         pool3 = self.features[:17](x)  # after the third max-pool: 1/8
         pool4 = self.features[17:24](pool3)  # 1/16
         pool5 = self.features[24:](pool4)  # 1/32
@@ -287,8 +297,8 @@ class FastSCNN(Segmenter):
             _dsconv(128, 128), _dsconv(128, 128), nn.Dropout(0.1), nn.Conv2d(128, num_classes, 1)
         )
 
-    def score_maps(self, x: torch.Tensor) -> torch.Tensor:
-        low = self.downsample(self.normalise(x))
+    def normalised_score_maps(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.downsample(x)
         high = self.global_features(low)
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         fused = F.relu(self.fuse_low(low) + self.fuse_high(high), inplace=True)

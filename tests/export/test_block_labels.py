@@ -14,7 +14,7 @@ from torch import nn
 from cycada.models.block_labels import BlockLabels
 from cycada.models.endpoints import Endpoint
 from cycada.models.graphs import SegmentationGraph
-from cycada.models.segmenters import build_segmenter
+from cycada.models.segmenters import Segmenter, build_segmenter
 
 STRIDE = 8
 
@@ -98,13 +98,15 @@ def test_the_block_graph_equals_the_plain_one_on_frames_of_any_size():
         assert (confidence.int() - want_confidence.int()).abs().max() <= 1
 
 
-class CoarseScores(nn.Module):
+class CoarseScores(Segmenter):
     """A segmenter in shape only (scores at stride 8 from a pooled frame): exports in seconds."""
 
     output_stride = STRIDE
 
     def __init__(self):
         super().__init__()
+        self.input_scale.fill_(1.0)  # no ImageNet statistics: the head sees [-1, 1]
+        self.input_shift.fill_(0.0)
         # classes 0, 1, 2 follow the red, green and blue of a cell (blue handicapped), the
         # other 16 far below: blocks of two classes and blocks where a third counts
         self.head = nn.Conv2d(3, 19, 1)
@@ -114,7 +116,7 @@ class CoarseScores(nn.Module):
             self.head.weight.data[colour, colour] = 40.0
         self.head.bias.data[:3] = torch.tensor([0.0, 0.0, -20.0])
 
-    def score_maps(self, x: torch.Tensor) -> torch.Tensor:
+    def normalised_score_maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.avg_pool2d(x, STRIDE))
 
 
