@@ -13,7 +13,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -120,16 +119,12 @@ def _export_checked(
             raise ExportError(f"{endpoint.name}: ONNX export failed ({first})") from exc
         program.save(str(tmp))
         model = onnx.load(str(tmp))
-        model = resize_channels_last(model)
-        if blocks:
-            model = quantized_levels(model)
-        model = _checked(model, endpoint, simplify)
+        model = _checked(resize_channels_last(model), endpoint, simplify)
         onnx.save(model, str(tmp))
     return path
 
 
 CHANNELS_LAST = [0, 2, 3, 1]
-LEVEL_SCALE, LEVEL_ZERO = "level_scale", "level_zero_point"
 
 
 def resize_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -138,7 +133,10 @@ def resize_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     same tensor; ONNX Runtime resizes (N, H, W, C) along contiguous channels, about twice as
     fast as (N, C, H, W) for the 19 class channels of a segmentation graph."""
     graph = model.graph
-    readers = _readers(graph)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -170,83 +168,6 @@ def resize_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.op_type)
     return model
-
-
-def quantized_levels(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with each probability's uint8 level (Mul by 255 → Round → Cast to uint8,
-    :func:`cycada.models.block_labels.to_level`) computed by one QuantizeLinear (scale 1/255,
-    zero point 0: the same rounding, half to even). ONNX Runtime rounds an element at a time,
-    and quantizes vectorized. For the CPU graphs: TensorRT takes no uint8 QuantizeLinear."""
-    graph = model.graph
-    factors = {i.name for i in graph.initializer if _is_scalar(i, 255.0)}
-    factors.update(
-        n.output[0] for n in graph.node if n.op_type == "Constant" and _is_scalar(n, 255.0)
-    )
-    producer = {output: node for node in graph.node for output in node.output}
-    readers = _readers(graph)
-    found = False
-    for node in graph.node:
-        scaled = producer.get(node.input[0]) if node.op_type == "Round" else None
-        casts = readers.get(node.output[0], [])
-        if (
-            scaled is None
-            or scaled.op_type != "Mul"
-            or scaled.input[1] not in factors
-            or len(readers[scaled.output[0]]) != 1
-            or len(casts) != 1
-            or casts[0].op_type != "Cast"
-            or onnx.helper.get_attribute_value(casts[0].attribute[0]) != onnx.TensorProto.UINT8
-        ):
-            continue
-        cast, found = casts[0], True
-        cast.op_type = "QuantizeLinear"
-        del cast.attribute[:]
-        del cast.input[:]
-        cast.input.extend([scaled.input[0], LEVEL_SCALE, LEVEL_ZERO])
-        scaled.op_type = node.op_type = ""  # dropped below
-    if found:
-        nodes = [n for n in graph.node if n.op_type]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        graph.initializer.extend(
-            [
-                onnx.numpy_helper.from_array(np.array(1 / 255, np.float32), LEVEL_SCALE),
-                onnx.numpy_helper.from_array(np.array(0, np.uint8), LEVEL_ZERO),
-            ]
-        )
-        _drop_unread(graph)
-    return model
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """value name → the nodes that read it."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _is_scalar(constant: onnx.TensorProto | onnx.NodeProto, value: float) -> bool:
-    """Whether an initializer or a Constant node holds the one number ``value``."""
-    if isinstance(constant, onnx.NodeProto):
-        if not constant.attribute or constant.attribute[0].name != "value":
-            return False
-        constant = constant.attribute[0].t
-    array = onnx.numpy_helper.to_array(constant)
-    return array.size == 1 and float(array.reshape(())) == value
-
-
-def _drop_unread(graph: onnx.GraphProto) -> None:
-    """Remove the initializers and Constant nodes that nothing reads (ONNX Runtime warns of
-    each at load)."""
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    nodes = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in read]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    kept = [i for i in graph.initializer if i.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def _checked(model: onnx.ModelProto, endpoint: Endpoint, simplify: bool) -> onnx.ModelProto:

@@ -163,5 +163,7 @@ class BlockLabels(nn.Module):
 
 
 def to_level(probability: torch.Tensor) -> torch.Tensor:
-    """A probability as the uint8 level 0..255 that the serving graphs return."""
-    return probability.mul(255.0).round().to(torch.uint8)
+    """A probability as the uint8 level 0..255 that the serving graphs return, rounded half
+    up: the cast to uint8 truncates (in PyTorch, ONNX Runtime and OpenVINO alike), so adding
+    0.5 first rounds. ONNX Runtime's Round goes an element at a time, its Add is vectorized."""
+    return probability.mul(255.0).add(0.5).to(torch.uint8)

@@ -328,47 +328,6 @@ def test_resize_before_channels_last_is_rewritten_to_resize_channels_last():
     assert expected.shape == (2, 40, 56, 19)
 
 
-def test_probability_levels_are_rewritten_to_one_quantize_linear():
-    """Mul by 255 → Round → Cast to uint8 becomes QuantizeLinear and the 255 goes. The levels
-    stay the same but where p·255 is within float rounding of a half: there x·255 and
-    x / (1/255) round apart, by one level."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    from cycada.export.onnx_export import quantized_levels
-
-    nodes = [
-        helper.make_node("Mul", ["p", "factor"], ["scaled"]),
-        helper.make_node("Round", ["scaled"], ["rounded"]),
-        helper.make_node("Cast", ["rounded"], ["y"], to=TensorProto.UINT8),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n"])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["n"])],
-        [helper.make_tensor("factor", TensorProto.FLOAT, [], [255.0])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    halves = (np.arange(255) + 0.5) / 255
-    p = np.concatenate([np.random.default_rng(0).random(200_000), halves]).astype(np.float32)
-
-    def levels(m):
-        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, {"p": p})[0].astype(int)
-
-    expected = levels(model)
-    rewritten = quantized_levels(onnx.load_from_string(model.SerializeToString()))
-    onnx.checker.check_model(rewritten, full_check=True)
-    assert [n.op_type for n in rewritten.graph.node] == ["QuantizeLinear"]
-    assert [i.name for i in rewritten.graph.initializer] == ["level_scale", "level_zero_point"]
-    apart = levels(rewritten) != expected
-    near_half = np.abs(p.astype(np.float64) * 255 % 1 - 0.5) < 1e-4
-    assert not (apart & ~near_half).any()
-    assert (np.abs(levels(rewritten) - expected) <= 1).all()
-
-
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every path under ``folder`` with its mtime and ctime: what a polling Triton compares."""
     return {
