@@ -123,7 +123,10 @@ class BlockLabels(nn.Module):
         repeated = pair.float().unsqueeze(-1) @ self.ones  # (n, 2, h+1, w+1, s)
         classes = repeated.to(torch.uint8).reshape(n, 2, h + 1, 1, (w + 1) * s)
         size = (n, (h + 1) * s, (w + 1) * s)
-        labels = torch.where(pixel_lead >= 0, classes[:, 0], classes[:, 1]).reshape(size)
+        # the first class where it leads, else the second, as uint8 arithmetic on 0 or 1 (no
+        # overflow): a third of the time of ONNX Runtime's Where, which broadcasts slowly
+        leads = (pixel_lead >= 0).to(torch.uint8)
+        labels = (leads * classes[:, 0] + (1 - leads) * classes[:, 1]).reshape(size)
         confidence = to_level(torch.sigmoid(pixel_lead.abs())).reshape(size)
         return labels, confidence
 
