@@ -18,7 +18,7 @@ from cycada.command_line import (
 )
 from cycada.errors import ConfigError, DataError
 from cycada.grpc_security import add_client_security, security_from_args
-from cycada.sizes import image_size
+from cycada.sizes import VIDEO_WIDTH, image_size
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,9 @@ def _register_video(commands: argparse._SubParsersAction) -> None:
     video.add_argument(
         "--encoded", action="store_true", help="send JPEG frames (10-20x fewer bytes)"
     )
-    video.add_argument("--width", type=int, default=512, help="model input width (aspect kept)")
+    video.add_argument(
+        "--width", type=int, default=VIDEO_WIDTH, help="model input width (aspect kept)"
+    )
     video.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
     video.add_argument("--no-legend", action="store_true")
     video.add_argument("--labels-dir", type=Path, help="write per-frame label PNGs (train ids)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+# the width segment-video scales frames to unless told (--width): the export times the CPU
+# engines of a segmentation at it, as the speed that decides is the one clients meet
+VIDEO_WIDTH = 512
+
 
 def image_size(text: str) -> tuple[int, int]:
     """argparse type of every ``--size``: 'WIDTHxHEIGHT' → (width, height), both > 0."""

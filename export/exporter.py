@@ -38,6 +38,7 @@ from cycada.export.run_models import load_run_endpoints
 from cycada.export.runtime import RuntimeBuilder, default_pythons
 from cycada.models.endpoints import Endpoint
 from cycada.serving.engines import OPENVINO_FILE
+from cycada.sizes import VIDEO_WIDTH
 
 
 @dataclass
@@ -63,7 +64,8 @@ class ExportOptions:
     runtime_pythons: list[str] | None = None
     stage: str | None = None  # the task model's stage; None: the run's verdict
     # on a host without CUDA: also convert for OpenVINO (when installed), time every CPU engine
-    # on a frame of the run's size and record the fastest whose labels agree (engine_choice.json)
+    # on a frame of the width clients send (_timing_frame) and record the fastest whose labels
+    # agree (engine_choice.json)
     cpu_engines: bool = field(
         default_factory=lambda: os.environ.get("CYCADA_EXPORT_CPU_ENGINES", "1") != "0"
     )
@@ -172,9 +174,10 @@ def _compiled_package(
 
 
 def _timing_frame(endpoint: Endpoint, images: list):
-    """The first parity image at the run's own width (what its clients send), as a batch."""
+    """The first parity image as a batch at the width its clients send: segment-video's
+    default for a segmentation, else the run's own width."""
     frame = images[0]
-    width = endpoint.meta.get("resize_width")
+    width = VIDEO_WIDTH if endpoint.kind == "segment" else endpoint.meta.get("resize_width")
     if endpoint.kind == "classify" or not width or frame.shape[2] == width:
         return frame
     height = max(1, round(frame.shape[1] * int(width) / frame.shape[2]))

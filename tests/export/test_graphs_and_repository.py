@@ -425,3 +425,18 @@ def test_a_rename_that_would_cross_file_systems_is_published_through_copies(
     assert len(list((model / "runtime").iterdir())) == 1
     assert not [p for p in repository.rglob(".*") if p.name != ".export.lock"]
     assert not (tmp_path / ".repository.export").exists()
+
+
+def test_cpu_engines_are_timed_at_the_width_clients_send():
+    """A segmentation at segment-video's default width (what decides is the speed clients
+    meet, not the run's training width); a translation at the run's width."""
+    from cycada.export.exporter import _timing_frame
+    from cycada.models.endpoints import Endpoint
+    from cycada.sizes import VIDEO_WIDTH
+
+    images = [np.zeros((1, 128, 256, 3), np.uint8)]
+    meta = {"resize_width": 256}
+    segment = Endpoint("segment", "segment", None, 8, 3, meta=meta)
+    translate = Endpoint("translate_s2t", "translate", None, 4, 3, meta=meta)
+    assert _timing_frame(segment, images).shape == (1, VIDEO_WIDTH // 2, VIDEO_WIDTH, 3)
+    assert _timing_frame(translate, images).shape == (1, 128, 256, 3)
