@@ -81,7 +81,8 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(TEST_PARALLEL) -m "not slow and not server"
 
 # Every GPU-only test and benchmark (served DRN-C-26 with the compiled package vs every engine in
-# process, eight live video streams, the GPU tests, DRN-C-26 stage speeds): about 10 minutes,
+# process, eight live video streams, graph against network, the GPU tests, DRN-C-26 stage
+# speeds): about 11 minutes,
 # results in gpu-results/. ARGS="--only digits-paper" runs the paper's digit schedule instead.
 gpu-check: $(STAMP)
 	$(BIN)/python -m cycada.gpu_check --out gpu-results $(ARGS)

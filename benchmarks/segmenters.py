@@ -202,7 +202,8 @@ def _onnx_ms(
             if isinstance(engines, str):
                 timings[engine] = {part: engines for part in PARTS}
                 continue
-            runs = {p: lambda e=e, x=inputs[p]: e.run(x, e.outputs) for p, e in engines.items()}
+            frames = {p: inputs["network" if p == "network" else "graph"] for p in engines}
+            runs = {p: lambda e=e, x=frames[p]: e.run(x, e.outputs) for p, e in engines.items()}
             timings[engine] = _medians_ms(runs, repeat)
     return timings
 
@@ -223,10 +224,13 @@ def _serving_engines(files: dict, engine: str, gpu: bool, threads: int) -> dict 
     if provider not in onnxruntime().get_available_providers():
         return f"not available ({provider} missing)"
     graph = files["graph-dense" if gpu else "graph"]  # a GPU serves every class upsampled
-    return {
+    engines = {
         "network": OnnxEngine(files["network"], [provider], threads),
         "graph": OnnxEngine(graph, [provider], threads),
     }
+    if gpu:  # model.onnx too: the onnxruntime profile on a GPU serves it (blocks, NonZero)
+        engines["graph-blocks"] = OnnxEngine(files["graph"], [provider], threads)
+    return engines
 
 
 def bench(

@@ -2,7 +2,7 @@
 
     python -m cycada.gpu_check --out gpu-results      (make gpu-check)
 
-Steps, each with its own time limit (about 9 minutes in all on an H100/H200), in order of what
+Steps, each with its own time limit (about 11 minutes in all on an H100/H200), in order of what
 they show:
 
 * ``served``: DRN-C-26 fp16 at 1024x2048 exported with an AOTInductor package (``--compile``;
@@ -10,6 +10,9 @@ they show:
   fastest); every engine in process, then the real tritonserver over gRPC, raw and JPEG frames;
 * ``streams``: eight live 2048x1024 segment-video streams at 25 fps each against that
   repository (fps per stream, p99, every frame in order);
+* ``segmenters``: DRN-C-26 fp16 at 2048x1024, the bare network against the serving graph in
+  eager PyTorch, and ONNX Runtime CUDA on both served graphs (every class, and the blocks of
+  ``model.onnx``, which the onnxruntime profile serves);
 * ``pytest``: the GPU tests (CUDA training with AMP, the PyTorch-on-CUDA engine against the CPU
   graph, CUDA-graph replay, the compiled package on CUDA, nvJPEG, TensorRT where installed);
 * ``stages``: the per-stage images/s and peak memory of DRN-C-26 at the paper's sizes;
@@ -59,6 +62,15 @@ STEPS = [
             *("--size", "2048x1024", "--frames", "250", "--out", "{work}/streams"),
         ],
         100,
+    ),
+    (
+        "segmenters",
+        [
+            *(sys.executable, "-m", "cycada.benchmarks.segmenters", "--network", "drn26"),
+            *("--size", "2048x1024", "--device", "cuda", "--engines", "eager,onnxruntime"),
+            *("--repeat", "10", "--out", "{work}/segmenters"),
+        ],
+        150,
     ),
     ("pytest", [sys.executable, "-m", "pytest", "-q", "-s", "-m", "gpu", "tests/gpu"], 150),
     (

@@ -55,6 +55,25 @@ def test_pytorch_cuda_engine_agrees_with_the_cpu_onnx_graph(cuda_run, tmp_path):
         assert agree / total >= bound
 
 
+def test_the_served_block_graph_runs_under_onnx_runtime_cuda(cuda_run, tmp_path):
+    """model.onnx (two classes a block: NonZero, ScatterND) as the onnxruntime profile serves
+    it on a GPU: the CPU's labels."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("ONNX Runtime has no CUDA provider here (pip install cycada[gpu])")
+    out, _ = cuda_run
+    export_run(out, tmp_path, ExportOptions(fp16=False), log=lambda _: None)
+    model = tmp_path / "segment" / "1" / "model.onnx"
+    cpu = OnnxEngine(model, ["CPUExecutionProvider"])
+    cuda = OnnxEngine(model, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for image in scene_images(count=3, width=512):
+        expected = cpu.run(image[None], ["labels", "confidence"])
+        got = cuda.run(image[None], ["labels", "confidence"])
+        assert (expected[0] == got[0]).mean() >= 0.999
+        assert np.abs(expected[1].astype(int) - got[1].astype(int)).max() <= 2
+
+
 def test_tensorrt_plan_parity(cuda_run, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
     out, _ = cuda_run
