@@ -61,10 +61,15 @@ class SegmentationGraph(nn.Module):
         self.segmenter, self.multiple = segmenter, multiple
         self.half, self.with_logits = half, logits
         self.block_labels = BlockLabels(segmenter.output_stride) if blocks else None
+        self.register_buffer("mean", torch.zeros(3), persistent=False)
+        self.register_buffer("variance", torch.ones(3), persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         scale, shift = self.segmenter.pixel_normalisation()
-        x = images.permute(0, 3, 1, 2).float() * scale + shift
+        x = images.permute(0, 3, 1, 2).float()
+        # x·scale + shift per channel as an inference batch norm (mean 0, variance 1, no
+        # epsilon: exactly that affine): one pass in ONNX Runtime, where Mul and Add take two
+        x = F.batch_norm(x, self.mean, self.variance, scale.float(), shift.float(), eps=0.0)
         height, width = x.shape[-2], x.shape[-1]
         x = _pad_to_multiple(x, self.multiple)
         if self.half:

@@ -46,10 +46,10 @@ class Segmenter(nn.Module, abc.ABC):
         return x * self.input_scale + self.input_shift
 
     def pixel_normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), each (1, 3, 1, 1): uint8 pixel values straight to the normalised
-        input of :meth:`normalised_score_maps`, one affine where [-1, 1] and ``normalise``
-        take two (the serving graphs' saving of two full-frame passes)."""
-        return self.input_scale / 127.5, self.input_shift - self.input_scale
+        """(scale, shift), each (3,): uint8 pixel values straight to the normalised input of
+        :meth:`normalised_score_maps`, one affine where [-1, 1] and ``normalise`` take two
+        (the serving graphs' saving of full-frame passes)."""
+        return (self.input_scale / 127.5).flatten(), (self.input_shift - self.input_scale).flatten()
 
     def score_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at the network's output stride (before upsampling)."""
