@@ -18,7 +18,7 @@ The two classes' lower bound at a pixel is the best of: the first's lowest corne
 second's lowest corner, half the lowest corner sum (each pixel's best of two is at least their
 mean). With ``MARGIN`` 9 the confidence moves by under 0.6/255 and the labels not at all
 (ties aside). A 960x540 frame costs ONNX Runtime on a CPU 1.16-1.18x the bare network, where
-upsampling all 19 classes cost 1.8x; with every block exact (an untrained network) 1.15x the
+upsampling all 19 classes cost 1.8x; with every block exact (an untrained network) about 1.2x the
 every-class graph (BENCHMARKS.md). The small tensors are worked with matrix products, pools
 and gathers rather than elementwise ops broadcast along a short last axis, which ONNX Runtime
 runs an element at a time.
